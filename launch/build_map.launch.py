@@ -1,0 +1,22 @@
+"""Build a map from live camera images and odometry.
+
+    ros2 launch vpr_ros build_map.launch.py map_dir:=/path/to/new_map camera_topic:=/camera/image_raw
+
+Save at any time with: ros2 service call /vpr/save_map std_srvs/srv/Trigger
+Without ros2 launch, the same graph: vpr_ros_launch build_map --map-dir ... --camera-topic ...
+"""
+from vpr_ros.launch_graph import build_map_graph
+from vpr_ros.ros.launch_support import generate
+
+ARGUMENTS = [
+    ("map_dir", "", "Directory the map is written to (empty: keep map_dir from params_file)."),
+    ("params_file", None, "ROS parameters YAML of the map builder (default: config/map_builder.yaml)."),
+    ("backend", "", "Inference backend: auto, torch (empty: keep the params_file value)."),
+    ("camera_topic", "image", "Camera image topic; '<camera_topic>/compressed' is used too."),
+    ("odom_topic", "odom", "nav_msgs/Odometry topic giving the pose of each image."),
+    ("namespace", "", "Namespace of the map_builder node and its topics."),
+]
+
+
+def generate_launch_description():
+    return generate(build_map_graph, ARGUMENTS, "map_builder.yaml")

@@ -1,0 +1,20 @@
+"""Localize against a map.
+
+    ros2 launch vpr_ros localize.launch.py map_dir:=/path/to/map camera_topic:=/camera/image_raw
+
+Without ros2 launch, the same graph: vpr_ros_launch localize --map-dir ... --camera-topic ...
+"""
+from vpr_ros.launch_graph import localize_graph
+from vpr_ros.ros.launch_support import generate
+
+ARGUMENTS = [
+    ("map_dir", "", "Map directory to localize against (empty: keep map_dir from params_file)."),
+    ("params_file", None, "ROS parameters YAML of the localizer (default: config/localizer.yaml)."),
+    ("backend", "", "Inference backend: auto, torch (empty: keep the params_file value)."),
+    ("camera_topic", "image", "Camera image topic; '<camera_topic>/compressed' is used too."),
+    ("namespace", "", "Namespace of the localizer node and its topics."),
+]
+
+
+def generate_launch_description():
+    return generate(localize_graph, ARGUMENTS, "localizer.yaml")

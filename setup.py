@@ -1,0 +1,37 @@
+"""ament_python package definition of vpr_ros (also pip-installable)."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "vpr_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", sorted(glob("launch/*.launch.py"))),
+        (f"share/{PACKAGE}/config", sorted(glob("config/*.yaml"))),
+        (f"share/{PACKAGE}/models", sorted(glob("models/*.yaml")) + ["models/README.md"]),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="vpr_ros maintainers",
+    maintainer_email="maintainers@vpr-ros.dev",
+    description="Visual place recognition for ROS 2 (DINOv2 student, faiss maps, loop closures).",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    entry_points={
+        "console_scripts": [
+            # nodes (ros2 run vpr_ros <name>)
+            "localizer = vpr_ros.ros.localizer_node:main",
+            "map_builder = vpr_ros.ros.map_builder_node:main",
+            # commands
+            "vpr_ros_demo = vpr_ros.cli.demo:main",
+            "vpr_ros_launch = vpr_ros.cli.launch:main",
+            "vpr_ros_build_map = vpr_ros.cli.build_map:main",
+        ],
+    },
+)

@@ -1,0 +1,66 @@
+"""Shared fixtures. ROS traffic is isolated: a private domain id per test run, localhost only."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Must happen before rclpy is imported anywhere in this process or its children.
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 101)))
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+
+REPO = Path(__file__).resolve().parent.parent
+CORRIDOR = REPO.parent / "shared" / "data" / "corridor"
+
+#: Tiny random-weight model used wherever the real ViT-S would only cost time.
+TINY_MODEL = {"backbone": "vit_test", "input_size": 56, "seed": 3}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_cfg():
+    from vpr_ros.config import ModelConfig
+
+    return ModelConfig(**TINY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_model_cfg):
+    from vpr_ros.runtime.torch_backend import TorchBackend
+
+    with TorchBackend(tiny_model_cfg) as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def traversals():
+    from vpr_ros.demo.synthetic import make_traversals
+
+    return make_traversals(n_places=24, seed=11)
+
+
+@pytest.fixture()
+def built_map(tmp_path, tiny_backend, traversals):
+    """A saved map of the first synthetic traversal (every frame a keyframe); returns its dir."""
+    from vpr_ros.config import KeyframeConfig
+    from vpr_ros.mapping.builder import MapBuilder, frames_from_lists
+
+    first = traversals[0]
+    b = MapBuilder(tiny_backend, KeyframeConfig(min_distance=0.5), source="test")
+    b.add_many(frames_from_lists(first.images, first.stamps, first.poses))
+    return b.save(tmp_path / "map")
+
+
+@pytest.fixture()
+def rclpy_context():
+    import rclpy
+
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+def random_image(h: int = 120, w: int = 160, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)

@@ -1,0 +1,41 @@
+"""The demo command end to end (real nodes, real topics), on synthetic and real data."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CORRIDOR
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+
+def run_demo(tmp_path, *extra):
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "vpr_ros.cli.demo", "--output", str(out), "--backbone", "vit_test",
+                        *extra], capture_output=True, text=True, timeout=600)
+    return r, out
+
+
+def test_demo_on_synthetic_traversals(tmp_path):
+    r, out = run_demo(tmp_path, "--places", "20")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    text = r.stdout
+    assert "random initialisation" in text and "mean NOTHING" in text
+    assert "frames answered: 20/20" in text
+    assert "Recall@1 = " in text and "loop closures published" in text and "per-frame latency" in text
+    assert (out / "demo.png").stat().st_size > 10_000
+    assert (out / "map" / "manifest.yaml").is_file()
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 20 and all(r["top1_db_id"] != "-1" for r in rows)
+
+
+@pytest.mark.skipif(not CORRIDOR.is_dir(), reason="../shared/data/corridor not present")
+def test_demo_on_the_corridor_dataset(tmp_path):
+    r, out = run_demo(tmp_path, "--dataset", str(CORRIDOR))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "111 refs, 111 queries" in r.stdout and "frames answered: 111/111" in r.stdout
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 111

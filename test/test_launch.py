@@ -1,0 +1,101 @@
+"""Launch files and the launch-free entry point that runs the same node graph.
+
+``launch``/``launch_ros`` cannot be installed in CI, so the launch files are checked
+statically here (their arguments and the graph they start); the graph itself is run for
+real through ``vpr_ros_launch``. If launch_ros is importable, the description is built too.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from vpr_ros.launch_graph import GRAPHS, build_map_graph, localize_graph
+
+from conftest import REPO, TINY_MODEL
+
+EXPECTED_ARGS = {
+    "localize.launch.py": ("localize_graph", {"map_dir", "params_file", "backend", "camera_topic", "namespace"}),
+    "build_map.launch.py": ("build_map_graph",
+                            {"map_dir", "params_file", "backend", "camera_topic", "odom_topic", "namespace"}),
+}
+
+
+def launch_arguments(path):
+    tree = ast.parse(path.read_text())
+    funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    imported = {a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    args = next(ast.literal_eval(n.value) for n in tree.body
+                if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "ARGUMENTS")
+    return funcs, imported, args
+
+
+@pytest.mark.parametrize("fname", sorted(EXPECTED_ARGS))
+def test_launch_files_declare_described_arguments(fname):
+    graph_fn, names = EXPECTED_ARGS[fname]
+    funcs, imported, args = launch_arguments(REPO / "launch" / fname)
+    assert "generate_launch_description" in funcs
+    assert graph_fn in imported and "generate" in imported
+    assert {a[0] for a in args} == names
+    assert all(len(a[2]) > 15 for a in args), "every argument needs a description"
+    import inspect
+
+    params = set(inspect.signature(GRAPHS[graph_fn.replace("_graph", "")]).parameters)
+    assert {a[0] for a in args} == params, "launch arguments must match the graph function"
+
+
+def test_graph_specs_become_ros_command_lines():
+    [spec] = localize_graph(map_dir="/maps/lab", params_file="/p.yaml", backend="torch",
+                            camera_topic="/front/image_raw", namespace="robot1")
+    cmd = spec.command()
+    assert cmd[:3] == [sys.executable, "-m", "vpr_ros.ros.localizer_node"]
+    joined = " ".join(cmd)
+    for part in ("-r __node:=localizer", "-r __ns:=/robot1", "--params-file /p.yaml", "-p map_dir:=/maps/lab",
+                 "-p backend:=torch", "-r image:=/front/image_raw",
+                 "-r image/compressed:=/front/image_raw/compressed"):
+        assert part in joined
+    [plain] = localize_graph()
+    assert plain.overrides == {} and plain.remappings == ()  # empty args keep the params file values
+    [mb] = build_map_graph(odom_topic="/wheel/odom")
+    assert ("odom", "/wheel/odom") in mb.remappings and mb.executable == "map_builder"
+
+
+def test_launch_description_builds_when_launch_ros_is_available():
+    pytest.importorskip("launch_ros", reason="launch_ros is not pip-installable here (see README)")
+    import importlib.util
+
+    for fname in EXPECTED_ARGS:
+        spec = importlib.util.spec_from_file_location("lf", REPO / "launch" / fname)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        ld = mod.generate_launch_description()
+        assert {a.name for a in ld.get_launch_arguments()} == EXPECTED_ARGS[fname][1]
+
+
+@pytest.mark.ros
+def test_launch_free_entry_point_runs_the_graph(tmp_path, built_map, traversals, rclpy_context):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "qos": "reliable", **{f"model.{k}": v for k, v in TINY_MODEL.items()}}}}))
+    proc = subprocess.Popen([sys.executable, "-m", "vpr_ros.cli.launch", "localize", "--map-dir", str(built_map),
+                             "--params-file", str(params), "--camera-topic", "cam1/image", "--namespace", "robot1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        from vpr_ros.ros.player import QueryPlayer
+
+        p = QueryPlayer("robot1/cam1/image", vpr_ns="robot1/vpr")
+        assert p.wait_for_localizer(60), "localizer did not come up under /robot1"
+        assert p.play(traversals[0].images[:3], [900.0, 901.0, 902.0], timeout=30) == 3
+        assert [p.log.tables[t][0]["db_id"] for t in (900.0, 901.0, 902.0)] == [0, 1, 2]
+        assert p.log.poses[900.0].header.frame_id == "map"
+        p.destroy_node()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out.decode()[-2000:]
+    assert b"starting localizer" in out

@@ -1,0 +1,150 @@
+"""Map directory: round trip, validation, refusal of foreign maps, atomic saves."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from vpr_ros.errors import MapError
+from vpr_ros.geometry import planar_pose
+from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
+
+MODEL = ModelIdentity("test-model", "ab" * 32, 56, 8)
+
+
+def unit(n, d=8, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def make_map(n=5):
+    m = VprMap.create(MODEL, source="unit test")
+    kfs = [Keyframe(stamp=float(i), pose=planar_pose(i, 2 * i, 0.1 * i), camera="cam0", frame_id="cam0_optical",
+                    gps=(48.1, 11.5, 500.0) if i % 2 else None, image_ref=f"img{i}.jpg") for i in range(n)]
+    ids = m.add(unit(n), kfs)
+    return m, ids
+
+
+def test_round_trip_preserves_everything(tmp_path):
+    m, ids = make_map()
+    assert ids == [0, 1, 2, 3, 4]
+    m.save(tmp_path / "map")
+    back = VprMap.load(tmp_path / "map", expect=MODEL)
+    assert len(back) == 5 and back.model == MODEL
+    assert [k.__dict__ for k in back.keyframes] == [k.__dict__ for k in m.keyframes]
+    q = unit(5)
+    s1, i1 = m.search(q, 3)
+    s2, i2 = back.search(q, 3)
+    assert np.array_equal(i1, i2) and np.allclose(s1, s2)
+    assert np.array_equal(i2[:, 0], np.arange(5))  # each vector finds itself: ids are index ids
+    manifest = yaml.safe_load((tmp_path / "map" / "manifest.yaml").read_text())
+    for key in ("format_version", "model", "count", "metric", "index_type", "map_frame", "source", "created"):
+        assert key in manifest
+    assert manifest["model"]["model_id"] == "test-model" and manifest["count"] == 5
+
+
+def test_append_and_resave_replaces_generation(tmp_path):
+    m, _ = make_map(3)
+    m.save(tmp_path)
+    back = VprMap.load(tmp_path)
+    ids = back.add(unit(2, seed=5), [Keyframe(stamp=9.0 + i, pose=planar_pose(0, 0)) for i in range(2)])
+    assert ids == [3, 4]
+    back.save(tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["index.2.faiss", "keyframes.2.sqlite", "manifest.yaml"]
+    assert len(VprMap.load(tmp_path)) == 5
+
+
+def test_refuses_map_of_another_model(tmp_path):
+    m, _ = make_map()
+    m.save(tmp_path)
+    other = ModelIdentity("other-model", "cd" * 32, 56, 8)
+    with pytest.raises(MapError) as e:
+        VprMap.load(tmp_path, expect=other)
+    assert "model_id: map has 'test-model', model has 'other-model'" in str(e.value)
+    assert "weights_sha256" in str(e.value)
+
+
+def test_corrupt_maps_give_clear_errors(tmp_path):
+    m, _ = make_map()
+    m.save(tmp_path)
+    idx = tmp_path / "index.1.faiss"
+    idx.write_bytes(idx.read_bytes()[:40])
+    with pytest.raises(MapError, match=r"index\.1\.faiss: cannot read faiss index"):
+        VprMap.load(tmp_path)
+    m.save(tmp_path)
+    (tmp_path / "keyframes.2.sqlite").write_bytes(b"not a database at all" * 10)
+    with pytest.raises(MapError, match="keyframe table"):
+        VprMap.load(tmp_path)
+    m.save(tmp_path)
+    mf = tmp_path / "manifest.yaml"
+    d = yaml.safe_load(mf.read_text())
+    d["format_version"] = 99
+    mf.write_text(yaml.safe_dump(d))
+    with pytest.raises(MapError, match="format version 99"):
+        VprMap.load(tmp_path)
+    d["format_version"] = 1
+    d["count"] = 6
+    mf.write_text(yaml.safe_dump(d))
+    with pytest.raises(MapError, match="size mismatch"):
+        VprMap.load(tmp_path)
+    with pytest.raises(MapError, match="not a map directory"):
+        VprMap.load(tmp_path / "nowhere")
+
+
+def test_bad_descriptors_and_poses_are_refused():
+    m = VprMap.create(MODEL)
+    with pytest.raises(MapError, match="do not match"):
+        m.add(unit(2, d=4), [Keyframe(0.0, planar_pose(0, 0))] * 2)
+    bad = unit(1)
+    bad[0, 0] = np.nan
+    with pytest.raises(MapError, match="NaN"):
+        m.add(bad, [Keyframe(0.0, planar_pose(0, 0))])
+    with pytest.raises(MapError, match="pose"):
+        Keyframe(0.0, (float("nan"), 0, 0, 0, 0, 0, 1))
+
+
+SAVER = r"""
+import sys, numpy as np
+from vpr_ros.mapping.map_store import VprMap, Keyframe, ModelIdentity
+from vpr_ros.geometry import planar_pose
+m = VprMap.load(sys.argv[1])
+d = m.model.descriptor_dim
+x = np.random.default_rng(0).normal(size=(20000, d)).astype(np.float32)
+x /= np.linalg.norm(x, axis=1, keepdims=True)
+m.add(x, [Keyframe(float(i), planar_pose(i, 0)) for i in range(len(x))])
+print("saving", flush=True)
+while True:
+    m.save(sys.argv[1])
+"""
+
+
+def test_killed_save_leaves_previous_map_loadable(tmp_path):
+    """Kill a real process at random moments while it saves a large map."""
+    big = ModelIdentity("test-model", "ab" * 32, 56, 256)
+    m = VprMap.create(big)
+    m.add(unit(3, d=256), [Keyframe(float(i), planar_pose(i, 0)) for i in range(3)])
+    m.save(tmp_path)
+    rng = np.random.default_rng(1)
+    size, grew = 3, 0
+    for _ in range(6):
+        p = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "saving"
+        time.sleep(float(rng.uniform(0.0, 0.4)))
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        loaded = VprMap.load(tmp_path, expect=big)  # never half-written
+        assert len(loaded) in (size, size + 20000), "a killed save must leave the old or the new map"
+        grew += len(loaded) > size
+        size = len(loaded)
+        assert loaded.search(unit(1, d=256), 1)[1].shape == (1, 1)
+    loaded.save(tmp_path)  # a later save clears temp files a killed writer left behind
+    assert sorted(f.name for f in Path(tmp_path).iterdir())[-1] == "manifest.yaml"
+    assert not [f for f in Path(tmp_path).iterdir() if f.name.startswith(".")]

@@ -1,0 +1,182 @@
+"""The nodes over real ROS 2 topics (rclpy from the pip wheels, DDS on localhost)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
+from nav_msgs.msg import Odometry  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from vpr_ros.mapping.map_store import VprMap  # noqa: E402
+from vpr_ros.ros.conversions import pose_msg, rgb_to_image, sec_to_stamp  # noqa: E402
+from vpr_ros.ros.player import QueryPlayer  # noqa: E402
+
+from conftest import TINY_MODEL  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+
+def overrides(**values):
+    model = {f"model.{k}": v for k, v in TINY_MODEL.items()}
+    return [Parameter(k, value=v) for k, v in {**model, **values}.items()]
+
+
+class Spinning:
+    """Spin a node on its own executor thread for the duration of a test."""
+
+    def __init__(self, node):
+        self.node = node
+        self.ex = MultiThreadedExecutor(num_threads=2)
+        self.ex.add_node(node)
+        self.thread = threading.Thread(target=self.ex.spin, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.ex.shutdown()
+        self.node.destroy_node()
+
+
+@pytest.fixture()
+def localizer(rclpy_context, built_map):
+    from vpr_ros.ros.localizer_node import LocalizerNode
+
+    node = LocalizerNode(parameter_overrides=overrides(
+        map_dir=str(built_map), camera_topics=["cam0/image"], qos="reliable", top_k=3,
+        score_threshold=0.0, temporal_consistency=2, diagnostics_period=0.2))
+    s = Spinning(node)
+    yield node
+    s.stop()
+
+
+def last_diag(player):
+    player.spin_until(lambda: bool(player.log.diagnostics), 5)
+    st = player.log.diagnostics[-1].status[0]
+    return st, {kv.key: kv.value for kv in st.values}
+
+
+def test_localizer_answers_image_and_compressed_frames(localizer, traversals):
+    first, second = traversals
+    p = QueryPlayer("cam0/image")
+    assert p.wait_for_localizer(20)
+    assert p.spin_until(lambda: p.log.keyframes is not None, 5)
+    assert len(p.log.keyframes.poses) == len(first.images)
+    assert p.log.keyframes.poses[3].header.stamp == sec_to_stamp(first.stamps[3])
+
+    stamps = [500.0 + i for i in range(4)]
+    assert p.play(first.images[:4], stamps, timeout=20) == 4
+    for i, t in enumerate(stamps):
+        rows = p.log.tables[t]
+        assert [r["rank"] for r in rows] == [0, 1, 2]
+        assert rows[0]["db_id"] == i and rows[0]["score"] > 0.999
+        assert rows[0]["t_db"] == pytest.approx(first.stamps[i])
+        assert (rows[0]["x"], rows[0]["qw"]) == pytest.approx((first.poses[i][0], first.poses[i][6]))
+        pose = p.log.poses[t]
+        assert pose.header.frame_id == "map" and pose.pose.pose.position.x == pytest.approx(first.poses[i][0])
+        assert pose.pose.covariance[0] > 0 and pose.pose.covariance[35] > 0
+        assert len(p.log.matches[t].poses) == 3
+    # consecutive agreeing matches far in time -> LIO-SAM style [t_query, t_match]
+    assert p.spin_until(lambda: len(p.log.loop_closures) >= 1, 3)
+    tq, tm = p.log.loop_closures[0]
+    assert tq in stamps and tm in first.stamps and tq - tm >= 30
+    assert {r["status"] for r in p.log.loop_table} <= {-1.0, 0.0, 1.0}
+
+    ok, jpg = cv2.imencode(".jpg", np.ascontiguousarray(first.images[5][:, :, ::-1]))
+    msg = CompressedImage(format="jpeg", data=jpg.tobytes())
+    msg.header.stamp = sec_to_stamp(600.0)
+    p.send_raw(msg)
+    assert p.spin_until(lambda: 600.0 in p.log.tables, 20)
+    assert p.log.tables[600.0][0]["db_id"] == 5
+    p.destroy_node()
+
+
+def test_bad_frames_are_logged_and_the_node_keeps_running(localizer, traversals):
+    p = QueryPlayer("cam0/image")
+    assert p.wait_for_localizer(20)
+    bad = Image(height=4, width=4, encoding="yuv_weird", step=12, data=b"\0" * 48)
+    empty = Image(height=0, width=0, encoding="rgb8", step=0, data=b"")
+    ok, jpg = cv2.imencode(".jpg", traversals[0].images[0])
+    truncated = CompressedImage(format="jpeg", data=jpg.tobytes()[:200])
+    for i, m in enumerate((bad, empty, truncated)):
+        m.header.stamp = sec_to_stamp(700.0 + i)
+        p.send_raw(m)
+        time.sleep(0.3)  # one at a time: the node keeps only the newest frame
+    assert p.spin_until(lambda: localizer.counters.errors >= 3, 10)
+    assert p.play([traversals[0].images[2]], [710.0], timeout=20) == 1  # still alive
+    assert p.log.tables[710.0][0]["db_id"] == 2
+    p.log.diagnostics.clear()
+    st, vals = last_diag(p)
+    assert st.level == DiagnosticStatus.WARN and int(vals["frames_failed"]) >= 3
+    assert "truncated JPEG" in vals["last_error"] or "truncated JPEG" in localizer.counters.last_error
+    assert not {700.0, 701.0, 702.0} & set(p.log.tables)
+    p.destroy_node()
+
+
+def test_without_a_map_the_node_reports_error_and_survives(rclpy_context, tmp_path, traversals):
+    from vpr_ros.ros.localizer_node import LocalizerNode
+
+    node = LocalizerNode(parameter_overrides=overrides(map_dir=str(tmp_path / "none"), qos="reliable",
+                                                      diagnostics_period=0.2))
+    s = Spinning(node)
+    try:
+        p = QueryPlayer("image")
+        assert p.spin_until(lambda: p.pub.get_subscription_count() > 0, 20)
+        p.send(traversals[0].images[0], 1.0)
+        assert p.spin_until(lambda: node.counters.errors >= 1, 10)
+        st, vals = last_diag(p)
+        assert st.level == DiagnosticStatus.ERROR and "not a map directory" in st.message
+        assert "no map loaded" in node.counters.last_error
+        p.destroy_node()
+    finally:
+        s.stop()
+
+
+def test_map_builder_node_builds_a_map_from_topics(rclpy_context, tmp_path, traversals, tiny_backend):
+    from vpr_ros.ros.map_builder_node import MapBuilderNode
+
+    map_dir = tmp_path / "live_map"
+    node = MapBuilderNode(parameter_overrides=overrides(
+        map_dir=str(map_dir), qos="reliable", autosave_period=0.0, **{"keyframes.min_distance": 1.5}))
+    s = Spinning(node)
+    try:
+        client = rclpy.create_node("test_feeder")
+        pub_img = client.create_publisher(Image, "image", 10)
+        pub_odom = client.create_publisher(Odometry, "odom", 50)
+        end = time.monotonic() + 20
+        while (pub_img.get_subscription_count() == 0 or pub_odom.get_subscription_count() == 0) \
+                and time.monotonic() < end:
+            rclpy.spin_once(client, timeout_sec=0.05)
+        first = traversals[0]
+        for img, t, pose in zip(first.images[:10], first.stamps, first.poses):
+            od = Odometry()
+            od.header.stamp = sec_to_stamp(t)
+            od.pose.pose = pose_msg(pose)
+            pub_odom.publish(od)
+            time.sleep(0.02)
+            pub_img.publish(rgb_to_image(img, t))
+            time.sleep(0.05)
+        early = rgb_to_image(first.images[0], -50.0)  # no odometry near this stamp
+        pub_img.publish(early)
+        end = time.monotonic() + 20
+        while node.keyframes < 5 and time.monotonic() < end:
+            time.sleep(0.05)
+        cli = client.create_client(Trigger, "vpr/save_map")
+        assert cli.wait_for_service(timeout_sec=10)
+        fut = cli.call_async(Trigger.Request())
+        rclpy.spin_until_future_complete(client, fut, timeout_sec=20)
+        assert fut.result().success, fut.result().message
+        vmap = VprMap.load(map_dir)
+        xs = [kf.pose[0] for kf in vmap.keyframes]
+        assert xs == [0.0, 2.0, 4.0, 6.0, 8.0]  # positions 1 m apart, keyframe every >= 1.5 m
+        assert node.skipped_no_pose >= 1
+        client.destroy_node()
+    finally:
+        s.stop()

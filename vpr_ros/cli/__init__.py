@@ -1,0 +1,1 @@
+"""Command-line entry points: one ``main(argv=None) -> int`` per command."""

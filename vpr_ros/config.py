@@ -1,0 +1,274 @@
+"""Configuration dataclasses: the one place where every default lives.
+
+Each field carries a ``help`` text in its metadata; the ROS layer declares one
+parameter per field with that text as its description, and the YAML files in
+``config/`` are validated against the same fields. Bad values raise
+:class:`~vpr_ros.errors.ConfigError` naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+from vpr_ros.errors import ConfigError
+
+T = TypeVar("T")
+
+#: ImageNet normalisation used by DINOv2 and every VPR model here (RGB order).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+BACKBONES = ("vits14", "vitb14", "vits14_reg4", "vitb14_reg4", "vit_test")
+ARCHITECTURES = ("dinov2_gem",)
+BACKENDS = ("auto", "torch")
+INDEX_TYPES = ("flat",)
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with a description (used for ROS parameter descriptors)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def describe(cls: type) -> dict[str, str]:
+    """Field name -> description for a config dataclass."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network turns an image into a global descriptor."""
+
+    arch: str = _f("dinov2_gem", "Network architecture. 'dinov2_gem' is the TEMPORARY "
+                   "DINOv2 + GeM model used until the D2-VPR student lands.")
+    backbone: str = _f("vits14", "DINOv2 backbone preset: " + ", ".join(BACKBONES) + ".")
+    input_size: int = _f(224, "Square network input size in pixels (multiple of 14).")
+    weights: str = _f("", "Path to a weights file (.pth or .safetensors); empty = random "
+                      "initialisation (accuracy numbers then mean nothing).")
+    seed: int = _f(0, "Seed of the random initialisation when no weights are given.")
+    gem_p: float = _f(3.0, "Initial exponent p of generalised-mean pooling.")
+
+    def __post_init__(self) -> None:
+        _choice("arch", self.arch, ARCHITECTURES)
+        _choice("backbone", self.backbone, BACKBONES)
+        if self.input_size < 14 or self.input_size % 14:
+            raise ConfigError(f"input_size: must be a positive multiple of 14, got {self.input_size}")
+        if not (1.0 <= self.gem_p <= 10.0):
+            raise ConfigError(f"gem_p: must be within [1, 10], got {self.gem_p}")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How map descriptors are searched."""
+
+    index_type: str = _f("flat", "faiss index type: 'flat' = exact inner product.")
+
+    def __post_init__(self) -> None:
+        _choice("index_type", self.index_type, INDEX_TYPES)
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """Behaviour of the localizer (core and node)."""
+
+    map_dir: str = _f("", "Directory of the map to localize against.")
+    backend: str = _f("auto", "Inference backend: " + ", ".join(BACKENDS) + ".")
+    device: str = _f("cpu", "Torch device for the torch backend ('cpu', 'cuda').")
+    engine_cache_dir: str = _f("", "Where compiled engines are cached (empty = ~/.cache/vpr_ros).")
+    camera_topics: list = _f(["image"], "Image topics (relative names). "
+                             "'<topic>/compressed' is subscribed as CompressedImage too.")
+    top_k: int = _f(5, "Number of map matches reported per query.")
+    score_threshold: float = _f(0.5, "Minimum cosine similarity for a match to be accepted.")
+    temporal_consistency: int = _f(3, "Consecutive accepted queries that must agree before a "
+                                   "loop closure is published.")
+    consistency_window: int = _f(3, "Two consecutive matches agree when their map ids differ "
+                                 "by at most this many keyframes.")
+    min_time_separation: float = _f(30.0, "Minimum |t_query - t_match| in seconds for a loop closure.")
+    max_loop_closure_rate: float = _f(1.0, "Maximum loop closures per second (query time).")
+    map_frame: str = _f("map", "Frame of map keyframe poses and of /vpr/pose.")
+    base_frame: str = _f("base_link", "Robot body frame.")
+    odom_frame: str = _f("odom", "Odometry frame.")
+    qos: str = _f("sensor_data", "QoS of image subscriptions: 'sensor_data' or 'reliable'.")
+    position_sigma: float = _f(2.0, "Position standard deviation (m) of /vpr/pose at score 1; "
+                               "it grows as the score falls.")
+    diagnostics_period: float = _f(1.0, "Seconds between /diagnostics messages.")
+
+    def __post_init__(self) -> None:
+        _choice("backend", self.backend, BACKENDS)
+        _choice("qos", self.qos, ("sensor_data", "reliable"))
+        if not self.camera_topics or not all(isinstance(t, str) and t for t in self.camera_topics):
+            raise ConfigError("camera_topics: must be a non-empty list of topic names")
+        for t in self.camera_topics:
+            if t.startswith("/"):
+                raise ConfigError(f"camera_topics: '{t}' is absolute; use relative names and remap")
+        _positive("top_k", self.top_k)
+        _positive("temporal_consistency", self.temporal_consistency)
+        _range("score_threshold", self.score_threshold, -1.0, 1.0)
+        _range("consistency_window", self.consistency_window, 0, 10**9)
+        _range("min_time_separation", self.min_time_separation, 0.0, math.inf)
+        _positive("max_loop_closure_rate", self.max_loop_closure_rate)
+        _positive("position_sigma", self.position_sigma)
+        _positive("diagnostics_period", self.diagnostics_period)
+
+
+@dataclass(frozen=True)
+class KeyframeConfig:
+    """When a new image becomes a map keyframe."""
+
+    min_distance: float = _f(1.0, "Travelled distance (m) since the last keyframe that triggers a new one.")
+    min_rotation_deg: float = _f(15.0, "Heading change (deg) since the last keyframe that triggers a new one.")
+    max_interval: float = _f(0.0, "Seconds after which a keyframe is taken anyway (0 = never).")
+
+    def __post_init__(self) -> None:
+        _range("min_distance", self.min_distance, 0.0, math.inf)
+        _range("min_rotation_deg", self.min_rotation_deg, 0.0, 360.0)
+        _range("max_interval", self.max_interval, 0.0, math.inf)
+
+
+@dataclass(frozen=True)
+class MapBuilderConfig:
+    """Behaviour of the map builder (core and node)."""
+
+    map_dir: str = _f("", "Directory the map is written to.")
+    backend: str = _f("auto", "Inference backend: " + ", ".join(BACKENDS) + ".")
+    device: str = _f("cpu", "Torch device for the torch backend.")
+    camera_topics: list = _f(["image"], "Image topics (relative names).")
+    pose_topic: str = _f("odom", "nav_msgs/Odometry topic giving the pose of each image.")
+    max_pose_age: float = _f(0.5, "Maximum |t_image - t_pose| in seconds to pair an image with a pose.")
+    autosave_period: float = _f(60.0, "Seconds between automatic saves (0 = only on request and shutdown).")
+    map_frame: str = _f("map", "Frame the keyframe poses are expressed in.")
+    qos: str = _f("sensor_data", "QoS of image subscriptions: 'sensor_data' or 'reliable'.")
+
+    def __post_init__(self) -> None:
+        _choice("backend", self.backend, BACKENDS)
+        _choice("qos", self.qos, ("sensor_data", "reliable"))
+        if not self.camera_topics:
+            raise ConfigError("camera_topics: must be a non-empty list of topic names")
+        _positive("max_pose_age", self.max_pose_age)
+        _range("autosave_period", self.autosave_period, 0.0, math.inf)
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(map(str, allowed))}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{key}: must be a positive number, got {value!r}")
+
+
+def _range(key: str, value: float, lo: float, hi: float) -> None:
+    if not (isinstance(value, (int, float)) and not math.isnan(value) and lo <= value <= hi):
+        raise ConfigError(f"{key}: must be within [{lo}, {hi}], got {value!r}")
+
+
+def from_dict(cls: type[T], values: Mapping[str, Any], source: str = "config") -> T:
+    """Build config dataclass ``cls`` from a mapping, checking names and types.
+
+    Unknown keys and values of the wrong type raise ConfigError naming the key and ``source``.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
+                          f"known: {', '.join(fields)}")
+    clean: dict[str, Any] = {}
+    defaults = cls()  # type: ignore[call-arg]
+    for key, value in values.items():
+        expected = type(getattr(defaults, key))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if expected is list and isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{source}: key '{key}' must be {expected.__name__}, "
+                              f"got {type(value).__name__} {value!r}")
+        clean[key] = value
+    try:
+        return cls(**clean)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict of a config dataclass (lists copied)."""
+    return dataclasses.asdict(cfg)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; raise ConfigError naming the file on any problem."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: invalid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def ros_parameters(data: Mapping[str, Any], node_name: str, source: str) -> dict[str, Any]:
+    """Extract the ``ros__parameters`` of ``node_name`` (or ``/**``) from a ROS params YAML.
+
+    Returns a flat mapping; nested groups are joined with '.', as ROS does.
+    """
+    merged: dict[str, Any] = {}
+    for key in ("/**", node_name, "/" + node_name):
+        section = data.get(key)
+        if section is None:
+            continue
+        if not isinstance(section, dict) or "ros__parameters" not in section:
+            raise ConfigError(f"{source}: section '{key}' has no 'ros__parameters'")
+        merged.update(_flatten(section["ros__parameters"] or {}))
+    return merged
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def split_sections(flat: Mapping[str, Any], sections: Mapping[str, type]) -> dict[str, Any]:
+    """Split 'model.x' / 'keyframes.y' style keys into per-section config objects.
+
+    ``sections`` maps a prefix ('' for top-level) to its dataclass; every key must
+    belong to exactly one section, otherwise ConfigError names it.
+    """
+    buckets: dict[str, dict[str, Any]] = {p: {} for p in sections}
+    for key, value in flat.items():
+        prefix, _, name = key.rpartition(".")
+        if prefix not in buckets:
+            raise ConfigError(f"unknown parameter group '{prefix}' in key '{key}'")
+        buckets[prefix][name] = value
+    return {p: from_dict(cls, buckets[p], source=p or "parameters") for p, cls in sections.items()}
+
+
+def load_node_config(path: str | Path | None, node_name: str, sections: Mapping[str, type]) -> dict[str, Any]:
+    """Load a ROS-style params file for ``node_name`` into validated config objects."""
+    flat = ros_parameters(read_yaml(path), node_name, str(path)) if path else {}
+    try:
+        return split_sections(flat, sections)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+LOCALIZER_SECTIONS: dict[str, type] = {"": LocalizerConfig, "model": ModelConfig}
+MAP_BUILDER_SECTIONS: dict[str, type] = {"": MapBuilderConfig, "model": ModelConfig,
+                                         "keyframes": KeyframeConfig, "index": IndexConfig}

@@ -1,0 +1,104 @@
+"""Readers of image-folder datasets (ROS-free). Errors name the file and row."""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vpr_ros.errors import DatasetError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Sorted image files of a folder; DatasetError if missing or empty."""
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: folder not found")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Read an image file as RGB uint8 [H, W, 3]."""
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DatasetError(f"{path}: cannot read image")
+    return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+
+
+@dataclass(frozen=True)
+class FolderPair:
+    """A VPR-Bench-style dataset: ``ref/`` (map), ``query/`` and the correct refs per query."""
+
+    root: Path
+    ref: list[Path]
+    query: list[Path]
+    positives: list[set[int]]
+
+
+def read_vpr_bench(root: str | Path) -> FolderPair:
+    """Read ``ref/``, ``query/`` and ``ground_truth.csv`` (query_index, space-separated ref indices).
+
+    Without ground_truth.csv, query i matches refs i-2..i+2 (sequence convention).
+    """
+    root = Path(root)
+    ref, query = list_images(root / "ref"), list_images(root / "query")
+    gt_path = root / "ground_truth.csv"
+    if not gt_path.is_file():
+        pos = [set(range(max(0, i - 2), min(len(ref), i + 3))) for i in range(len(query))]
+        return FolderPair(root, ref, query, pos)
+    positives: list[set[int]] = [set() for _ in query]
+    with gt_path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or len(header) < 2:
+            raise DatasetError(f"{gt_path}: expected a header 'query_index,matching_ref_indices'")
+        for row_no, row in enumerate(reader, start=2):
+            try:
+                q = int(row[0])
+                refs = {int(v) for v in row[1].split()}
+            except (ValueError, IndexError):
+                raise DatasetError(f"{gt_path}: row {row_no} is malformed: {row}") from None
+            if not 0 <= q < len(query) or any(not 0 <= r < len(ref) for r in refs):
+                raise DatasetError(f"{gt_path}: row {row_no} names an index outside the "
+                                   f"{len(query)} queries / {len(ref)} references: {row}")
+            positives[q] = refs
+    return FolderPair(root, ref, query, positives)
+
+
+def utm_from_name(path: Path) -> tuple[float, float]:
+    """(easting, northing) from a gmberton-style name ``@<utm_east>@<utm_north>@...@.jpg``."""
+    parts = path.name.split("@")
+    try:
+        return float(parts[1]), float(parts[2])
+    except (IndexError, ValueError):
+        raise DatasetError(f"{path}: name has no '@utm_east@utm_north@' coordinates") from None
+
+
+def read_poses_csv(path: str | Path) -> dict[str, tuple[float, float, float, float]]:
+    """Poses CSV with header ``image,x,y[,yaw][,stamp]`` -> {image name: (x, y, yaw, stamp)}."""
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"{p}: poses file not found")
+    out: dict[str, tuple[float, float, float, float]] = {}
+    with p.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"image", "x", "y"} - set(reader.fieldnames or [])
+        if missing:
+            raise DatasetError(f"{p}: missing column(s) {', '.join(sorted(missing))} (header: {reader.fieldnames})")
+        for row_no, row in enumerate(reader, start=2):
+            try:
+                vals = (float(row["x"]), float(row["y"]), float(row.get("yaw") or 0.0),
+                        float(row.get("stamp") or (row_no - 2)))
+            except ValueError:
+                raise DatasetError(f"{p}: row {row_no} has a non-numeric value: {row}") from None
+            if not all(np.isfinite(vals)):
+                raise DatasetError(f"{p}: row {row_no} has NaN/inf values: {row}")
+            out[row["image"]] = vals
+    return out

@@ -1,0 +1,1 @@
+"""Maps: storage, keyframe selection and builders (ROS-free)."""

@@ -1,0 +1,94 @@
+"""MapBuilder: images + poses -> keyframes -> descriptors -> VprMap.
+
+The one code path used by the map_builder node, the offline builders and the demo.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from vpr_ros.config import KeyframeConfig
+from vpr_ros.errors import MapError
+from vpr_ros.mapping.keyframes import KeyframeSelector
+from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
+from vpr_ros.runtime.base import DescriptorBackend
+from vpr_ros.runtime.preprocess import preprocess_batch
+
+log = logging.getLogger(__name__)
+
+
+class MapBuilder:
+    """Accumulates keyframes into a map; ``offer`` one frame at a time or ``add_many``."""
+
+    def __init__(self, backend: DescriptorBackend, keyframes: KeyframeConfig,
+                 map_frame: str = "map", source: str = "", base: VprMap | None = None) -> None:
+        self.backend = backend
+        self.selector = KeyframeSelector(keyframes)
+        identity = ModelIdentity.of_backend(backend)
+        if base is not None:
+            base.check_model(identity, where="map to extend")
+            self.map = base
+        else:
+            self.map = VprMap.create(identity, map_frame=map_frame, source=source)
+        self.offered = 0
+
+    def offer(self, rgb: np.ndarray, keyframe: Keyframe) -> int | None:
+        """Consider one frame; returns its map id if it became a keyframe, else None."""
+        self.offered += 1
+        if not all(math.isfinite(v) for v in keyframe.pose):
+            raise MapError(f"frame at stamp {keyframe.stamp}: pose has NaN/inf values")
+        if not self.selector.offer(keyframe.stamp, keyframe.pose):
+            return None
+        desc = self.backend.infer(preprocess_batch([rgb], self.backend.input_size))
+        return self.map.add(desc, [keyframe])[0]
+
+    def add_many(self, frames: Iterable[tuple[np.ndarray, Keyframe]], batch_size: int = 8,
+                 progress: bool = False) -> list[int]:
+        """Offer many frames; keyframes are encoded in batches. Returns the new ids."""
+        ids: list[int] = []
+        pending: list[tuple[np.ndarray, Keyframe]] = []
+        frames = list(frames)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(frames), desc="building map", unit="img")
+        for rgb, kf in frames:
+            self.offered += 1
+            if self.selector.offer(kf.stamp, kf.pose):
+                pending.append((rgb, kf))
+            if len(pending) >= batch_size:
+                ids += self._flush(pending)
+            if bar is not None:
+                bar.update(1)
+        ids += self._flush(pending)
+        if bar is not None:
+            bar.close()
+        return ids
+
+    def _flush(self, pending: list[tuple[np.ndarray, Keyframe]]) -> list[int]:
+        if not pending:
+            return []
+        desc = self.backend.infer(preprocess_batch([p[0] for p in pending], self.backend.input_size))
+        ids = self.map.add(desc, [p[1] for p in pending])
+        pending.clear()
+        return ids
+
+    def save(self, map_dir: str | Path) -> Path:
+        """Write the map atomically."""
+        path = self.map.save(map_dir)
+        log.info("saved map with %d keyframes to %s", len(self.map), path)
+        return path
+
+
+def frames_from_lists(images: Sequence[np.ndarray], stamps: Sequence[float],
+                      poses: Sequence[Sequence[float]], camera: str = "image",
+                      image_refs: Sequence[str] | None = None) -> list[tuple[np.ndarray, Keyframe]]:
+    """Zip parallel lists into (rgb, Keyframe) pairs for :meth:`MapBuilder.add_many`."""
+    refs = image_refs or [""] * len(images)
+    return [(im, Keyframe(stamp=float(t), pose=tuple(float(v) for v in p), camera=camera, image_ref=r))  # type: ignore[arg-type]
+            for im, t, p, r in zip(images, stamps, poses, refs)]

@@ -1,0 +1,34 @@
+"""Keyframe selection shared by the map_builder node and the offline builders."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from vpr_ros.config import KeyframeConfig
+from vpr_ros.geometry import rotation_angle, translation_distance
+
+
+class KeyframeSelector:
+    """Accept a frame when the robot moved ``min_distance`` m, turned ``min_rotation_deg``,
+    or ``max_interval`` s passed since the last accepted frame (the first frame is accepted)."""
+
+    def __init__(self, cfg: KeyframeConfig) -> None:
+        self.cfg = cfg
+        self._last: tuple[float, Sequence[float]] | None = None
+
+    def offer(self, stamp: float, pose: Sequence[float]) -> bool:
+        """True if (stamp, pose) should become a keyframe; remembers it if so."""
+        if self._last is None or self._is_new(stamp, pose):
+            self._last = (stamp, tuple(pose))
+            return True
+        return False
+
+    def _is_new(self, stamp: float, pose: Sequence[float]) -> bool:
+        assert self._last is not None
+        t0, p0 = self._last
+        c = self.cfg
+        if c.min_distance > 0 and translation_distance(p0, pose) >= c.min_distance:
+            return True
+        if c.min_rotation_deg > 0 and math.degrees(rotation_angle(p0, pose)) >= c.min_rotation_deg:
+            return True
+        return c.max_interval > 0 and stamp - t0 >= c.max_interval

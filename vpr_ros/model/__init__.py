@@ -1,0 +1,1 @@
+"""Network definitions (torch). Import only where torch is available."""

@@ -1,0 +1,216 @@
+"""DINOv2 Vision Transformer (ViT-S/14, ViT-B/14, optional registers).
+
+Parameter names follow the official checkpoint files (``cls_token``, ``pos_embed``,
+``mask_token``, ``register_tokens``, ``patch_embed.proj``, ``blocks.N.{norm1, attn.qkv,
+attn.proj, ls1.gamma, norm2, mlp.fc1, mlp.fc2, ls2.gamma}``, ``norm``) so that
+``dinov2_vit{s,b}14[_reg4]_pretrain.pth`` load with ``strict=True``.
+
+The position embedding is built for a 37x37 grid (518 px). For a fixed input size it is
+interpolated once (bicubic, with the official 0.1 offset on the scale factor) and cached,
+so the traced/exported graph has no shape-dependent branches.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class VitSpec:
+    """Shape of a DINOv2 ViT."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    patch_size: int = 14
+    pos_grid: int = 37  # position embedding grid of the pretrained checkpoints (518 / 14)
+    num_registers: int = 0
+
+
+VIT_PRESETS: dict[str, VitSpec] = {
+    "vits14": VitSpec(384, 12, 6),
+    "vitb14": VitSpec(768, 12, 12),
+    "vits14_reg4": VitSpec(384, 12, 6, num_registers=4),
+    "vitb14_reg4": VitSpec(768, 12, 12, num_registers=4),
+    # Tiny random-weight network for tests and quick demos; not a real DINOv2.
+    "vit_test": VitSpec(48, 4, 2, pos_grid=8),
+}
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping 14x14 patches -> tokens: [B,3,H,W] -> [B,(H/14)(W/14),C]."""
+
+    def __init__(self, patch_size: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection: [B,N,C] -> [B,N,C]."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> fc2."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class LayerScale(nn.Module):
+    """Per-channel learnable scale (``gamma``), initialised to 1e-5 as in DINOv2."""
+
+    def __init__(self, dim: int, init: float = 1e-5) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with layer scale: x + ls1(attn(norm1 x)); x + ls2(mlp(norm2 x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.ls1 = LayerScale(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ls2 = LayerScale(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class DinoV2(nn.Module):
+    """DINOv2 ViT returning all token streams.
+
+    ``forward(x[B,3,S,S])`` returns the list of raw (pre-final-norm) token tensors after
+    each block, each [B, 1 + R + P, C] (class token, R registers, P = (S/14)^2 patches).
+    """
+
+    def __init__(self, spec: VitSpec, input_size: int) -> None:
+        super().__init__()
+        if input_size % spec.patch_size:
+            raise ValueError(f"input_size {input_size} is not a multiple of {spec.patch_size}")
+        self.spec = spec
+        self.input_size = input_size
+        self.grid = input_size // spec.patch_size
+        c = spec.embed_dim
+        self.patch_embed = PatchEmbed(spec.patch_size, c)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + spec.pos_grid**2, c))
+        self.mask_token = nn.Parameter(torch.zeros(1, c))  # unused at inference; kept for strict loading
+        self.register_tokens = (nn.Parameter(torch.zeros(1, spec.num_registers, c))
+                                if spec.num_registers else None)
+        self.blocks = nn.ModuleList(Block(c, spec.num_heads, spec.mlp_ratio) for _ in range(spec.depth))
+        self.norm = nn.LayerNorm(c, eps=1e-6)
+        self._pos_cache: tuple[int, Tensor] | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random initialisation as in DINOv2 (truncated normal 0.02, tiny cls/registers)."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        if self.register_tokens is not None:
+            nn.init.normal_(self.register_tokens, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Class token plus registers."""
+        return 1 + self.spec.num_registers
+
+    def interpolated_pos_embed(self) -> Tensor:
+        """Position embedding for the fixed input grid: [1, 1 + grid^2, C].
+
+        Computed with the official DINOv2 call (bicubic, scale factor (grid + 0.1) / 37,
+        no antialias). Cached whenever no gradient can flow into ``pos_embed`` (inference,
+        export); the cache is keyed by the parameter's version, so loading new weights
+        invalidates it.
+        """
+        version = self.pos_embed._version
+        cacheable = not (torch.is_grad_enabled() and self.pos_embed.requires_grad)
+        if cacheable and self._pos_cache is not None and self._pos_cache[0] == version:
+            return self._pos_cache[1]
+        pos = self.pos_embed.float()
+        m = self.spec.pos_grid
+        if self.grid == m:
+            out = pos
+        else:
+            cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
+            patch_pos = patch_pos.reshape(1, m, m, -1).permute(0, 3, 1, 2)
+            scale = (self.grid + 0.1) / m
+            patch_pos = F.interpolate(patch_pos, scale_factor=(scale, scale), mode="bicubic",
+                                      align_corners=False, antialias=False)
+            patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, self.grid * self.grid, -1)
+            out = torch.cat([cls_pos, patch_pos], dim=1)
+        out = out.to(self.pos_embed.dtype)
+        if cacheable:
+            self._pos_cache = (version, out.detach())
+            return self._pos_cache[1]
+        return out
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """Embedded input tokens before the first block: [B, 1 + R + P, C]."""
+        b = x.shape[0]
+        t = self.patch_embed(x)
+        t = torch.cat([self.cls_token.expand(b, -1, -1), t], dim=1) + self.interpolated_pos_embed()
+        if self.register_tokens is not None:
+            t = torch.cat([t[:, :1], self.register_tokens.expand(b, -1, -1), t[:, 1:]], dim=1)
+        return t
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        t = self.tokens(x)
+        outs = []
+        for blk in self.blocks:
+            t = blk(t)
+            outs.append(t)
+        return outs
+
+
+def build_backbone(name: str, input_size: int) -> DinoV2:
+    """A randomly initialised DINOv2 backbone from a preset name (see VIT_PRESETS)."""
+    try:
+        spec = VIT_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone '{name}'; known: {', '.join(VIT_PRESETS)}") from None
+    return DinoV2(spec, input_size)
+
+
+def patch_grid(x: Tensor, num_prefix: int) -> Tensor:
+    """Patch tokens [B, prefix + P, C] -> feature map [B, C, sqrt(P), sqrt(P)]."""
+    b, n, c = x.shape
+    side = int(math.isqrt(n - num_prefix))
+    return x[:, num_prefix:].transpose(1, 2).reshape(b, c, side, side)

@@ -1,0 +1,85 @@
+"""Reading weight files safely and loading them with a full report of what did not fit.
+
+Only tensor-safe formats: ``torch.load(weights_only=True)`` for .pth/.pt and
+safetensors. Wrapper dicts (``model_state_dict``, ``state_dict``, ``model``) and a
+DataParallel ``module.`` prefix are unwrapped.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from vpr_ros.errors import CheckpointError
+
+_WRAPPERS = ("model_state_dict", "state_dict", "model")
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a weights file into a flat name -> tensor dict (CPU)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: weights file not found")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: object = load_file(str(p), device="cpu")
+        else:
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt/truncated/foreign files raise many kinds of errors
+        raise CheckpointError(f"{p}: cannot read weights ({type(exc).__name__}: {exc})") from None
+    for _ in range(2):
+        if isinstance(obj, dict):
+            inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
+            if inner is not None:
+                obj = inner
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{p}: does not contain a state dict of tensors")
+    state = {str(k): v for k, v in obj.items()}
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Load ``state`` into ``module``; any missing, unexpected or mis-shaped key is an error.
+
+    The CheckpointError lists every offending key by name (and both shapes).
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                        for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
+        raise CheckpointError(f"{source}: weights do not fit the model: " + " | ".join(parts))
+    module.load_state_dict(dict(state), strict=True)
+
+
+def state_sha256(module: nn.Module) -> str:
+    """sha256 over names, shapes and bytes of a module's state dict (stable across runs)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_safetensors(module: nn.Module, path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
+    """Save a module's state dict as safetensors."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(path), metadata=dict(metadata or {}))

@@ -1,0 +1,62 @@
+"""The one interface every inference backend implements.
+
+``infer(float32[N, 3, S, S]) -> float32[N, D]`` (L2-normalised descriptors), used as a
+context manager so that device resources are released deterministically.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+from vpr_ros.errors import ImageError
+
+
+class DescriptorBackend(abc.ABC):
+    """Turns a preprocessed image batch into global descriptors."""
+
+    name: str = "base"
+
+    def __init__(self, model_id: str, weights_sha256: str, weights_source: str,
+                 input_size: int, descriptor_dim: int) -> None:
+        self.model_id = model_id
+        self.weights_sha256 = weights_sha256
+        self.weights_source = weights_source
+        self.input_size = input_size
+        self.descriptor_dim = descriptor_dim
+
+    def check_input(self, batch: np.ndarray) -> np.ndarray:
+        """Validate dtype, shape and finiteness; return a C-contiguous float32 array."""
+        if not isinstance(batch, np.ndarray):
+            raise ImageError(f"batch: expected numpy array, got {type(batch).__name__}")
+        s = self.input_size
+        if batch.ndim != 4 or batch.shape[1:] != (3, s, s) or batch.shape[0] < 1:
+            raise ImageError(f"batch: expected shape [N>=1, 3, {s}, {s}], got {list(batch.shape)}")
+        if batch.dtype != np.float32:
+            raise ImageError(f"batch: expected float32, got {batch.dtype}")
+        if not np.isfinite(batch).all():
+            raise ImageError("batch: contains NaN or infinite values")
+        return np.ascontiguousarray(batch)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """float32 [N, 3, S, S] -> float32 [N, D]."""
+        out = self._infer(self.check_input(batch))
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    @abc.abstractmethod
+    def _infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None:
+        """Release resources (idempotent)."""
+
+    def __enter__(self) -> "DescriptorBackend":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, Any]:
+        """Identity for logs, manifests and diagnostics."""
+        return {"backend": self.name, "model_id": self.model_id, "weights": self.weights_source,
+                "input_size": self.input_size, "descriptor_dim": self.descriptor_dim}

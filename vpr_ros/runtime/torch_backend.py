@@ -1,0 +1,41 @@
+"""PyTorch backend (CPU or CUDA): the reference implementation of the interface."""
+from __future__ import annotations
+
+import numpy as np
+
+from vpr_ros.config import ModelConfig
+from vpr_ros.errors import BackendUnavailable
+from vpr_ros.runtime.base import DescriptorBackend
+
+
+class TorchBackend(DescriptorBackend):
+    """Runs the model in eval mode under ``torch.inference_mode``."""
+
+    name = "torch"
+
+    def __init__(self, cfg: ModelConfig, device: str = "cpu", threads: int | None = None) -> None:
+        try:
+            import torch
+        except ImportError:
+            raise BackendUnavailable("backend 'torch' needs PyTorch: pip install torch") from None
+        from vpr_ros.model.factory import build_model
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailable(f"backend 'torch' on '{device}': CUDA is not available here; use device 'cpu'")
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        model, info = build_model(cfg)
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        super().__init__(info.model_id, info.weights_sha256, info.weights_source,
+                         info.input_size, info.descriptor_dim)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device)
+            return self.model(x).float().cpu().numpy()
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
