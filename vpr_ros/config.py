@@ -24,7 +24,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 BACKBONES = ("vits14", "vitb14", "vits14_reg4", "vitb14_reg4", "vit_test")
-ARCHITECTURES = ("dinov2_gem",)
+ARCHITECTURES = ("d2vpr", "scicevpr", "cricavpr")
+ENCODERS = ("self_enhanced", "none")
 BACKENDS = ("auto", "torch")
 INDEX_TYPES = ("flat",)
 
@@ -45,9 +46,13 @@ def describe(cls: type) -> dict[str, str]:
 class ModelConfig:
     """Which network turns an image into a global descriptor."""
 
-    arch: str = _f("dinov2_gem", "Network architecture. 'dinov2_gem' is the TEMPORARY "
-                   "DINOv2 + GeM model used until the D2-VPR student lands.")
+    arch: str = _f("d2vpr", "Network: 'd2vpr' (D2-VPR student), 'scicevpr' (SciceVPR student) or "
+                   "'cricavpr' (the CricaVPR teacher: batch-dependent, training only).")
     backbone: str = _f("vits14", "DINOv2 backbone preset: " + ", ".join(BACKBONES) + ".")
+    encoder: str = _f("self_enhanced", "Per-image encoder of the D2-VPR student: 'self_enhanced' "
+                      "(SciceVPR's) or 'none' (as the released D2-VPR weights).")
+    compat: bool = _f(False, "Reproduce the official D2-VPR code's aggregator quirks exactly (needed "
+                      "for the released D2-VPR weights); the clean version is the default.")
     input_size: int = _f(224, "Square network input size in pixels (multiple of 14).")
     weights: str = _f("", "Path to a weights file (.pth or .safetensors); empty = random "
                       "initialisation (accuracy numbers then mean nothing).")
@@ -56,6 +61,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _choice("arch", self.arch, ARCHITECTURES)
+        _choice("encoder", self.encoder, ENCODERS)
         _choice("backbone", self.backbone, BACKBONES)
         if self.input_size < 14 or self.input_size % 14:
             raise ConfigError(f"input_size: must be a positive multiple of 14, got {self.input_size}")

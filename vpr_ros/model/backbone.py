@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vpr_ros.model.adapter import AdapterSpec, MultiConvAdapter
+
 
 @dataclass(frozen=True)
 class VitSpec:
@@ -38,7 +40,7 @@ VIT_PRESETS: dict[str, VitSpec] = {
     "vits14_reg4": VitSpec(384, 12, 6, num_registers=4),
     "vitb14_reg4": VitSpec(768, 12, 12, num_registers=4),
     # Tiny random-weight network for tests and quick demos; not a real DINOv2.
-    "vit_test": VitSpec(48, 4, 2, pos_grid=8),
+    "vit_test": VitSpec(64, 6, 2, pos_grid=8),
 }
 
 
@@ -94,9 +96,13 @@ class LayerScale(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block with layer scale: x + ls1(attn(norm1 x)); x + ls2(mlp(norm2 x))."""
+    """Pre-norm transformer block with layer scale: x + ls1(attn(norm1 x));
+    x + ls2(mlp(norm2 x) + 0.2 adapter(norm2 x)) when an adapter is present."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+    ADAPTER_SCALE = 0.2
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, adapter_grid: int = 0,
+                 prefix: int = 1) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads)
@@ -104,10 +110,14 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.ls2 = LayerScale(dim)
+        self.adapter = MultiConvAdapter(AdapterSpec.for_width(dim), adapter_grid, prefix) if adapter_grid else None
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.ls1(self.attn(self.norm1(x)))
-        return x + self.ls2(self.mlp(self.norm2(x)))
+        h = self.norm2(x)
+        if self.adapter is None:
+            return x + self.ls2(self.mlp(h))
+        return x + self.ls2(self.mlp(h) + self.ADAPTER_SCALE * self.adapter(h))
 
 
 class DinoV2(nn.Module):
@@ -117,7 +127,7 @@ class DinoV2(nn.Module):
     each block, each [B, 1 + R + P, C] (class token, R registers, P = (S/14)^2 patches).
     """
 
-    def __init__(self, spec: VitSpec, input_size: int) -> None:
+    def __init__(self, spec: VitSpec, input_size: int, adapters: bool = False) -> None:
         super().__init__()
         if input_size % spec.patch_size:
             raise ValueError(f"input_size {input_size} is not a multiple of {spec.patch_size}")
@@ -131,7 +141,8 @@ class DinoV2(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, c))  # unused at inference; kept for strict loading
         self.register_tokens = (nn.Parameter(torch.zeros(1, spec.num_registers, c))
                                 if spec.num_registers else None)
-        self.blocks = nn.ModuleList(Block(c, spec.num_heads, spec.mlp_ratio) for _ in range(spec.depth))
+        self.blocks = nn.ModuleList(Block(c, spec.num_heads, spec.mlp_ratio, self.grid if adapters else 0,
+                                          1 + spec.num_registers) for _ in range(spec.depth))
         self.norm = nn.LayerNorm(c, eps=1e-6)
         self._pos_cache: tuple[int, Tensor] | None = None
         self.reset_parameters()
@@ -146,6 +157,10 @@ class DinoV2(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
+        for blk in self.blocks:  # adapters start as identity (zero output projection)
+            if blk.adapter is not None:
+                nn.init.zeros_(blk.adapter.D_fc2.weight)
+                nn.init.zeros_(blk.adapter.D_fc2.bias)
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -200,17 +215,15 @@ class DinoV2(nn.Module):
         return outs
 
 
-def build_backbone(name: str, input_size: int) -> DinoV2:
+def build_backbone(name: str, input_size: int, adapters: bool = False) -> DinoV2:
     """A randomly initialised DINOv2 backbone from a preset name (see VIT_PRESETS)."""
     try:
         spec = VIT_PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown backbone '{name}'; known: {', '.join(VIT_PRESETS)}") from None
-    return DinoV2(spec, input_size)
+    return DinoV2(spec, input_size, adapters)
 
 
-def patch_grid(x: Tensor, num_prefix: int) -> Tensor:
-    """Patch tokens [B, prefix + P, C] -> feature map [B, C, sqrt(P), sqrt(P)]."""
-    b, n, c = x.shape
-    side = int(math.isqrt(n - num_prefix))
-    return x[:, num_prefix:].transpose(1, 2).reshape(b, c, side, side)
+def patch_grid(x: Tensor, num_prefix: int, side: int) -> Tensor:
+    """Patch tokens [B, prefix + side^2, C] -> feature map [B, C, side, side]."""
+    return x[:, num_prefix:].transpose(1, 2).unflatten(2, (side, side))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from vpr_ros.config import ModelConfig
-from vpr_ros.errors import BackendUnavailable
+from vpr_ros.errors import BackendUnavailable, ConfigError
 from vpr_ros.runtime.base import DescriptorBackend
 
 
@@ -26,6 +26,10 @@ class TorchBackend(DescriptorBackend):
             torch.set_num_threads(threads)
         self._torch = torch
         model, info = build_model(cfg)
+        if not model.batch_independent:
+            raise ConfigError(f"model.arch '{cfg.arch}' is batch-dependent (cross-image encoder): a "
+                              "descriptor would depend on the other images of its batch; it is a "
+                              "training teacher, not a localization model. Use 'd2vpr' or 'scicevpr'.")
         self.device = torch.device(device)
         self.model = model.to(self.device)
         super().__init__(info.model_id, info.weights_sha256, info.weights_source,

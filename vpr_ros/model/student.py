@@ -1,0 +1,192 @@
+"""The place-recognition networks: D2-VPR student, SciceVPR student, CricaVPR teacher.
+
+Every model maps images [B, 3, S, S] to L2-normalised descriptors [B, 14 * D] (D = 2C for
+the D2-VPR student, the teacher's width for CricaVPR, 768 for SciceVPR). Students are
+batch-independent; the teacher's cross-image encoder is not (training only).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from vpr_ros.model.adapter import ConvBnRelu
+from vpr_ros.model.aggregator import FusedDeformableAggregator
+from vpr_ros.model.backbone import DinoV2, patch_grid
+from vpr_ros.model.encoder import CrossImageEncoder, SelfEnhancedEncoder
+from vpr_ros.model.pooling import GeM, l2n
+from vpr_ros.model.recovery import DistillationRecovery
+
+#: CricaVPR's exact region slices of a 16x16 map: quadrants, then the 3x3 grid (5/6/5 cells).
+def region_slices(side: int) -> list[tuple[slice, slice]]:
+    """Row/column slices of the 4 quadrants and 9 cells of a side x side map (16 -> [0:8],[8:16]
+    and [0:5],[5:11],[11:16])."""
+    h = side // 2
+    a, b = round(side * 5 / 16), round(side * 11 / 16)
+    halves = [slice(0, h), slice(h, side)]
+    thirds = [slice(0, a), slice(a, b), slice(b, side)]
+    return [(r, c) for r in halves for c in halves] + [(r, c) for r in thirds for c in thirds]
+
+
+class PlaceModel(nn.Module):
+    """Common interface: ``descriptor_dim``, ``freeze_for(stage)``, ``fold_batchnorm()``."""
+
+    descriptor_dim: int
+    batch_independent = True
+
+    def freeze_for(self, stage: str) -> None:
+        """Set ``requires_grad`` for a training stage ('distill', 'finetune', 'inference')."""
+        raise NotImplementedError
+
+    def fold_batchnorm(self) -> None:
+        """Merge adapter BatchNorms into their convolutions (export); eval-mode only."""
+        for m in self.modules():
+            if isinstance(m, ConvBnRelu):
+                m.fold()
+
+    def frozen_batchnorms(self) -> Iterator[nn.Module]:
+        """BatchNorm layers whose parameters are frozen (kept in eval mode while training)."""
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d) and not any(p.requires_grad for p in m.parameters()):
+                yield m
+
+    def train(self, mode: bool = True) -> "PlaceModel":
+        super().train(mode)
+        if mode:
+            for bn in self.frozen_batchnorms():
+                bn.eval()  # frozen blocks keep their running statistics
+        return self
+
+
+class D2VprStudent(PlaceModel):
+    """DINOv2 with adapters -> distillation recovery -> deformable aggregator -> encoder -> L2.
+
+    ``encoder``: 'self_enhanced' (per-image, default) or 'none'. The paper's cross-image
+    encoder is deliberately not offered: it would make a descriptor depend on its batch.
+    """
+
+    def __init__(self, backbone: DinoV2, encoder: str = "self_enhanced", compat: bool = False,
+                 gem_p: float = 3.0) -> None:
+        super().__init__()
+        c = backbone.spec.embed_dim
+        self.backbone = backbone
+        self.drm = DistillationRecovery(c, backbone.spec.depth)
+        d = self.drm.out_dim
+        self.aggregator = FusedDeformableAggregator(d, compat=compat, gem_p=gem_p)
+        if encoder == "self_enhanced":
+            self.encoder: nn.Module | None = SelfEnhancedEncoder(d, layers=1, heads=16, ffn=int(2048 * d / 768))
+        elif encoder == "none":
+            self.encoder = None
+        else:
+            raise ValueError(f"encoder '{encoder}' is not 'self_enhanced' or 'none'")
+        self.descriptor_dim = 14 * d
+
+    def region_tokens(self, x: Tensor) -> Tensor:
+        """Images -> the 14 region tokens before the encoder [B, 14, D]."""
+        tokens = self.drm(self.backbone(x))
+        prefix = self.backbone.num_prefix_tokens
+        return self.aggregator(patch_grid(tokens, prefix, self.backbone.grid), tokens[:, 0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = self.region_tokens(x)
+        if self.encoder is not None:
+            t = self.encoder(t)
+        return l2n(t.flatten(1))
+
+    def freeze_for(self, stage: str) -> None:
+        """'distill': everything trains. 'finetune': blocks 1-8 (with their adapters), the
+        patch embedding and tokens are frozen; the rest trains. 'inference': all frozen."""
+        if stage not in ("distill", "finetune", "inference"):
+            raise ValueError(f"unknown stage '{stage}'")
+        self.requires_grad_(stage != "inference")
+        if stage == "finetune":
+            bb = self.backbone
+            frozen = [bb.patch_embed, *bb.blocks[: 3 * len(bb.blocks) // 4]]
+            for m in frozen:
+                m.requires_grad_(False)
+            for p in (bb.cls_token, bb.pos_embed, bb.mask_token, bb.register_tokens):
+                if p is not None:
+                    p.requires_grad_(False)
+        self.backbone.norm.requires_grad_(False)  # the DINOv2 final norm is not used by the student
+        self.backbone.mask_token.requires_grad_(False)
+
+
+class TokenMixer(nn.Module):
+    """LayerNorm over channels, then an MLP across the P tokens (P -> P -> P, ReLU), residual.
+
+    x [B, D, P] -> [B, D, P] (SciceVPR's token mixer)."""
+
+    def __init__(self, d: int, tokens: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.mix = nn.Sequential(nn.Linear(tokens, tokens), nn.ReLU(), nn.Linear(tokens, tokens))
+        for m in self.mix:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.mix(self.norm(x.transpose(1, 2)).transpose(1, 2))
+
+
+class SciceVprStudent(PlaceModel):
+    """Frozen DINOv2; patch tokens of the last 4 blocks (final LayerNorm each) concatenated ->
+    Conv1x1 4C -> D, ReLU -> 2 token mixers -> GeM + L2 over 14 regions (whole map, 2x2, 3x3)
+    -> self-enhanced encoder -> concat -> L2."""
+
+    def __init__(self, backbone: DinoV2, d: int = 768, mixers: int = 2, gem_p: float = 3.0) -> None:
+        super().__init__()
+        c, side = backbone.spec.embed_dim, backbone.grid
+        self.backbone = backbone
+        self.conv = nn.Conv2d(4 * c, d, 1)
+        self.tokenmix = nn.Sequential(*[TokenMixer(d, side * side) for _ in range(mixers)])
+        self.gem = GeM(gem_p)
+        self.encoder = SelfEnhancedEncoder(d, layers=1, heads=16, ffn=int(2048 * d / 768))
+        self.slices = region_slices(side)
+        self.descriptor_dim = 14 * d
+
+    def forward(self, x: Tensor) -> Tensor:
+        streams = self.backbone(x)
+        prefix = self.backbone.num_prefix_tokens
+        maps = [patch_grid(self.backbone.norm(s), prefix, self.backbone.grid) for s in streams[-4:]]
+        f = torch.relu(self.conv(torch.cat(maps, dim=1)))
+        side = self.backbone.grid
+        f = self.tokenmix(f.flatten(2)).unflatten(2, (side, side))
+        regions = [f] + [f[:, :, r, c] for r, c in self.slices]
+        tokens = torch.stack([l2n(self.gem(r)) for r in regions], dim=1)
+        return l2n(self.encoder(tokens).flatten(1))
+
+    def freeze_for(self, stage: str) -> None:
+        """The backbone is always frozen; everything after it trains (except at 'inference')."""
+        if stage not in ("distill", "finetune", "inference"):
+            raise ValueError(f"unknown stage '{stage}'")
+        self.requires_grad_(stage != "inference")
+        self.backbone.requires_grad_(False)
+
+
+class CricaVprTeacher(PlaceModel):
+    """CricaVPR: DINOv2 ViT-B/14 with adapters, final norm, class token + 13 exact region slices
+    (per-location L2, shared GeM), cross-image encoder (2 layers), L2. Batch-dependent."""
+
+    batch_independent = False
+
+    def __init__(self, backbone: DinoV2, gem_p: float = 3.0) -> None:
+        super().__init__()
+        d = backbone.spec.embed_dim
+        self.backbone = backbone
+        self.gem = GeM(gem_p)
+        self.encoder = CrossImageEncoder(d, layers=2, heads=16, ffn=int(2048 * d / 768))
+        self.slices = region_slices(backbone.grid)
+        self.descriptor_dim = 14 * d
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.backbone.norm(self.backbone(x)[-1])
+        f = l2n(patch_grid(tokens, self.backbone.num_prefix_tokens, self.backbone.grid), dim=1)
+        regions = [self.gem(f[:, :, r, c]) for r, c in self.slices]
+        t = torch.stack([tokens[:, 0], *regions], dim=1)
+        return l2n(self.encoder(t).flatten(1))
+
+    def freeze_for(self, stage: str) -> None:
+        """The teacher is only ever used frozen (it provides targets)."""
+        self.requires_grad_(False)
