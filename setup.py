@@ -32,6 +32,7 @@ setup(
             "vpr_ros_demo = vpr_ros.cli.demo:main",
             "vpr_ros_launch = vpr_ros.cli.launch:main",
             "vpr_ros_build_map = vpr_ros.cli.build_map:main",
+            "vpr_ros_model_report = vpr_ros.cli.model_report:main",
         ],
     },
 )

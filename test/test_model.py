@@ -1,4 +1,4 @@
-"""DINOv2 backbone and the temporary DINOv2+GeM model, with random weights."""
+"""DINOv2 backbone, checkpoint reading and model ids, with random weights."""
 from __future__ import annotations
 
 import math
@@ -42,27 +42,24 @@ def test_presets_have_the_official_layout(name):
     assert abs(n_params - expected) / expected < 0.01
 
 
-def test_pos_embed_is_interpolated_once_like_the_official_code():
+def test_pos_embed_is_interpolated_like_the_official_code_and_can_be_fixed():
     m = DinoV2(VIT_PRESETS["vits14"], 224).eval()
-    torch.set_grad_enabled(False)
-    try:
-        _check_pos_embed(m)
-    finally:
-        torch.set_grad_enabled(True)
-    assert m.interpolated_pos_embed().requires_grad  # training path: not cached, differentiable
-
-
-def _check_pos_embed(m):
     pe = m.interpolated_pos_embed()
-    assert pe.shape == (1, 257, 384)
+    assert pe.shape == (1, 257, 384) and pe.requires_grad  # training path: differentiable
     patch = m.pos_embed[:, 1:].reshape(1, 37, 37, 384).permute(0, 3, 1, 2)
     ref = F.interpolate(patch, scale_factor=((16 + 0.1) / 37, (16 + 0.1) / 37), mode="bicubic",
                         align_corners=False, antialias=False)
     assert torch.equal(pe[:, 1:], ref.permute(0, 2, 3, 1).reshape(1, 256, 384))
-    assert m.interpolated_pos_embed() is pe  # cached
+    m.fix_pos_embed()
+    fixed = m.interpolated_pos_embed()
+    assert torch.equal(fixed, pe.detach()) and "fixed_pos_embed" not in m.state_dict()
     with torch.no_grad():
-        m.pos_embed.add_(1.0)  # new weights invalidate the cache
-    assert not torch.equal(m.interpolated_pos_embed(), pe)
+        m.pos_embed.add_(1.0)
+    assert torch.equal(m.interpolated_pos_embed(), fixed)  # a constant until fixed again
+    m.fix_pos_embed()
+    assert not torch.equal(m.interpolated_pos_embed(), fixed)
+    m.half()
+    assert m.interpolated_pos_embed().dtype == torch.float16  # follows the module's dtype
 
 
 def test_registers_sit_between_cls_and_patches():

@@ -283,3 +283,24 @@ def test_localization_refuses_the_teacher():
 
     with pytest.raises(ConfigError, match="batch-dependent"):
         TorchBackend(VARIANTS["cricavpr"])
+
+
+def test_gem_pooling_has_finite_gradients_in_float16():
+    """Regression (seen on the GPU run): in float16, eps^p underflows and 0^(1/p) has an infinite
+    gradient, and the deformable sampling grid's gradient overflows; mixed-precision training
+    then skipped every step."""
+    from vpr_ros.model.pooling import GeM
+
+    x = (torch.rand(2, 8, 4, 4) - 0.7).half().requires_grad_()
+    y = GeM()(x)
+    assert y.dtype == torch.float16
+    y.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    m = create(VARIANTS["d2vpr"])
+    m.freeze_for("finetune")
+    m.train()
+    with torch.autocast("cpu", dtype=torch.float16):  # what AMP does on a GPU
+        emb = m(torch.randn(8, 3, 56, 56))
+    (emb.float() @ emb.float().T).sum().mul(65536.0).backward()  # GradScaler's initial scale
+    bad = [n for n, p in m.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, bad

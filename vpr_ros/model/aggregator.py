@@ -147,12 +147,22 @@ class FusedDeformableAggregator(nn.Module):
 
     # ----------------------------------------------------------------- forward passes
     def forward(self, fmap: Tensor, cls: Tensor) -> Tensor:
-        """Fused: one generator pass, one grid_sample for the generator, one for F."""
+        """Fused: one generator pass, one grid_sample for the generator, one for F.
+
+        Runs outside autocast in the dtype of its own parameters: under float16 autocast the
+        gradient of the sampling grid (a sum over D channels) overflows and mixed-precision
+        training skips every step; the aggregator is ~3% of the network's compute."""
+        dtype = self.generator[0].weight.dtype
+        with torch.autocast(device_type=fmap.device.type, enabled=False):
+            return self._fused(fmap.to(dtype), cls.to(dtype))
+
+    def _fused(self, fmap: Tensor, cls: Tensor) -> Tensor:
         gen = self._generate(fmap, cls)
         pts = self._deform(gen, self.base, self.point_box)               # [B, 512, 2]
         feat = self._sample(fmap, pts)                                  # [B, D, 512]
-        p = self.gem.p
-        pooled = torch.matmul(feat.clamp(min=self.gem.eps).pow(p), self.average.t()).pow(1.0 / p)
+        p = self.gem.p.float()  # GeM in float32 (see GeM): eps^p underflows in float16
+        pooled = torch.matmul(feat.float().clamp(min=self.gem.eps).pow(p), self.average.t().float()).pow(1.0 / p)
+        pooled = pooled.to(feat.dtype)
         centre = torch.matmul(self.average, pts)                        # [B, 13, 2]
         away = self.outside[None, :, :, None]                           # [1, 13, 512, 1]
         hi = (pts[:, None] - away).amax(dim=2)                          # extent of each deformed grid

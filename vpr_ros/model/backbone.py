@@ -144,7 +144,8 @@ class DinoV2(nn.Module):
         self.blocks = nn.ModuleList(Block(c, spec.num_heads, spec.mlp_ratio, self.grid if adapters else 0,
                                           1 + spec.num_registers) for _ in range(spec.depth))
         self.norm = nn.LayerNorm(c, eps=1e-6)
-        self._pos_cache: tuple[int, Tensor] | None = None
+        self.fixed_pos_embed: Tensor | None
+        self.register_buffer("fixed_pos_embed", None, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -170,32 +171,32 @@ class DinoV2(nn.Module):
     def interpolated_pos_embed(self) -> Tensor:
         """Position embedding for the fixed input grid: [1, 1 + grid^2, C].
 
-        Computed with the official DINOv2 call (bicubic, scale factor (grid + 0.1) / 37,
-        no antialias). Cached whenever no gradient can flow into ``pos_embed`` (inference,
-        export); the cache is keyed by the parameter's version, so loading new weights
-        invalidates it.
+        The official DINOv2 call (bicubic, scale factor (grid + 0.1) / 37, no antialias).
+        After :meth:`fix_pos_embed` (inference, export) the precomputed buffer is used, so
+        exported graphs carry it as a constant; otherwise it is computed (differentiably).
         """
-        version = self.pos_embed._version
-        cacheable = not (torch.is_grad_enabled() and self.pos_embed.requires_grad)
-        if cacheable and self._pos_cache is not None and self._pos_cache[0] == version:
-            return self._pos_cache[1]
+        if self.fixed_pos_embed is not None:
+            return self.fixed_pos_embed
+        return self._interpolate_pos_embed()
+
+    def _interpolate_pos_embed(self) -> Tensor:
         pos = self.pos_embed.float()
         m = self.spec.pos_grid
         if self.grid == m:
-            out = pos
-        else:
-            cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
-            patch_pos = patch_pos.reshape(1, m, m, -1).permute(0, 3, 1, 2)
-            scale = (self.grid + 0.1) / m
-            patch_pos = F.interpolate(patch_pos, scale_factor=(scale, scale), mode="bicubic",
-                                      align_corners=False, antialias=False)
-            patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, self.grid * self.grid, -1)
-            out = torch.cat([cls_pos, patch_pos], dim=1)
-        out = out.to(self.pos_embed.dtype)
-        if cacheable:
-            self._pos_cache = (version, out.detach())
-            return self._pos_cache[1]
-        return out
+            return self.pos_embed
+        cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
+        patch_pos = patch_pos.reshape(1, m, m, -1).permute(0, 3, 1, 2)
+        scale = (self.grid + 0.1) / m
+        patch_pos = F.interpolate(patch_pos, scale_factor=(scale, scale), mode="bicubic",
+                                  align_corners=False, antialias=False)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, self.grid * self.grid, -1)
+        return torch.cat([cls_pos, patch_pos], dim=1).to(self.pos_embed.dtype)
+
+    @torch.no_grad()
+    def fix_pos_embed(self, fixed: bool = True) -> None:
+        """Precompute the interpolated position embedding into a (non-persistent) buffer, or
+        drop it (``fixed=False``, for training). Call again after loading new weights."""
+        self.fixed_pos_embed = self._interpolate_pos_embed().detach().clone() if fixed else None
 
     def tokens(self, x: Tensor) -> Tensor:
         """Embedded input tokens before the first block: [B, 1 + R + P, C]."""

@@ -82,6 +82,7 @@ def build_model(cfg: ModelConfig) -> tuple[PlaceModel, ModelInfo]:
         source = cfg.weights
     model.freeze_for("inference")
     model.eval()
+    model.backbone.fix_pos_embed()  # inference: the interpolated position embedding is a constant
     sha = state_sha256(model)
     tag = f"{cfg.arch}{'-compat' if cfg.compat else ''}"
     info = ModelInfo(
