@@ -11,6 +11,7 @@ A bad message is logged and counted; the node keeps running.
 """
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import deque
@@ -261,6 +262,7 @@ def main(args: list[str] | None = None) -> int:
         print(f"localizer: {exc}")
         return 2
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the cleanup
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import queue
+import signal
 import threading
 import time
 from typing import Any
@@ -208,6 +209,7 @@ def main(args: list[str] | None = None) -> int:
         print(f"map_builder: {exc}")
         return 2
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the cleanup
         if node is not None:
             node.drain(timeout=10.0)
             try:
