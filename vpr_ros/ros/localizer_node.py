@@ -11,17 +11,14 @@ A bad message is logged and counted; the node keeps running.
 """
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections import deque
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray, PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import Path
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
@@ -34,6 +31,7 @@ from vpr_ros.frame_slots import LatestFrameSlots
 from vpr_ros.localization import LocalizationResult, Localizer
 from vpr_ros.loop_closure import STATUS_CODES
 from vpr_ros.mapping.map_store import ModelIdentity, VprMap
+from vpr_ros.ros.node_main import run_node
 from vpr_ros.ros.conversions import image_to_rgb, pose_msg, sec_to_stamp, stamp_to_sec, table
 from vpr_ros.ros.params import declare_config
 from vpr_ros.runtime.base import DescriptorBackend
@@ -251,22 +249,7 @@ class LocalizerNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Console script ``localizer`` (``ros2 run vpr_ros localizer``)."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = LocalizerNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except VprError as exc:
-        print(f"localizer: {exc}")
-        return 2
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the cleanup
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(LocalizerNode, "localizer", args)
 
 
 if __name__ == "__main__":

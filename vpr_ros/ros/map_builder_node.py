@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import bisect
 import queue
-import signal
 import threading
 import time
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
@@ -30,6 +27,7 @@ from vpr_ros.mapping.builder import MapBuilder
 from vpr_ros.mapping.map_store import Keyframe, VprMap
 from vpr_ros.ros.conversions import image_to_rgb, pose_tuple, stamp_to_sec
 from vpr_ros.ros.localizer_node import image_qos
+from vpr_ros.ros.node_main import run_node
 from vpr_ros.ros.params import declare_config
 from vpr_ros.runtime.base import DescriptorBackend
 from vpr_ros.runtime.factory import open_backend
@@ -196,29 +194,14 @@ class MapBuilderNode(Node):
         super().destroy_node()
 
 
+def _finish(node: MapBuilderNode) -> None:
+    node.drain(timeout=10.0)
+    node.save()
+
+
 def main(args: list[str] | None = None) -> int:
-    """Console script ``map_builder`` (``ros2 run vpr_ros map_builder``)."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = MapBuilderNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except VprError as exc:
-        print(f"map_builder: {exc}")
-        return 2
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the cleanup
-        if node is not None:
-            node.drain(timeout=10.0)
-            try:
-                node.save()
-            except VprError as exc:
-                print(f"map_builder: final save failed: {exc}")
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    """Console script ``map_builder`` (``ros2 run vpr_ros map_builder``); saves the map on exit."""
+    return run_node(MapBuilderNode, "map_builder", args, before_destroy=_finish)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
