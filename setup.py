@@ -33,6 +33,7 @@ setup(
             "vpr_ros_launch = vpr_ros.cli.launch:main",
             "vpr_ros_build_map = vpr_ros.cli.build_map:main",
             "vpr_ros_model_report = vpr_ros.cli.model_report:main",
+            "vpr_ros_eval = vpr_ros.cli.eval:main",
         ],
     },
 )

@@ -102,3 +102,64 @@ def read_poses_csv(path: str | Path) -> dict[str, tuple[float, float, float, flo
                 raise DatasetError(f"{p}: row {row_no} has NaN/inf values: {row}")
             out[row["image"]] = vals
     return out
+
+
+LAYOUTS = ("auto", "gmberton", "vpr_bench", "sequence")
+
+
+@dataclass(frozen=True)
+class EvalDataset:
+    """Database and query images with the correct database ids of each query."""
+
+    name: str
+    layout: str
+    database: list[Path]
+    queries: list[Path]
+    positives: list[set[int]]
+
+
+def read_gmberton(root: str | Path, radius: float = 25.0) -> EvalDataset:
+    """``database/`` and ``queries/`` with ``@utm_east@utm_north@...@.jpg`` names (the
+    deep-visual-geo-localization-benchmark layout); positives within ``radius`` metres.
+    ``images/test/{database,queries}`` under ``root`` is found too."""
+    from vpr_ros.evaluation import positives_within
+
+    root = Path(root)
+    base = root / "images" / "test" if (root / "images" / "test" / "database").is_dir() else root
+    db, q = list_images(base / "database"), list_images(base / "queries")
+    db_xy = np.array([utm_from_name(p) for p in db])
+    q_xy = np.array([utm_from_name(p) for p in q])
+    return EvalDataset(root.name, "gmberton", db, q, positives_within(q_xy, db_xy, radius))
+
+
+def read_sequence(root: str | Path, tolerance: int = 2) -> EvalDataset:
+    """``ref/`` and ``query/`` as two traversals in frame order; query i matches ref i +- tolerance."""
+    from vpr_ros.evaluation import positives_by_index
+
+    root = Path(root)
+    ref, query = list_images(root / "ref"), list_images(root / "query")
+    return EvalDataset(root.name, "sequence", ref, query, positives_by_index(len(query), len(ref), tolerance))
+
+
+def read_eval_dataset(root: str | Path, layout: str = "auto", radius: float = 25.0,
+                      tolerance: int = 2) -> EvalDataset:
+    """Read any supported evaluation layout; 'auto' decides from the folder names."""
+    root = Path(root)
+    if layout not in LAYOUTS:
+        raise DatasetError(f"layout '{layout}' is not one of {', '.join(LAYOUTS)}")
+    if layout == "auto":
+        if (root / "database").is_dir() or (root / "images" / "test" / "database").is_dir():
+            layout = "gmberton"
+        elif (root / "ref").is_dir() and (root / "ground_truth.csv").is_file():
+            layout = "vpr_bench"
+        elif (root / "ref").is_dir():
+            layout = "sequence"
+        else:
+            raise DatasetError(f"{root}: no database/+queries/ (gmberton) or ref/+query/ (VPR-Bench, "
+                               "sequence) folders")
+    if layout == "gmberton":
+        return read_gmberton(root, radius)
+    if layout == "sequence":
+        return read_sequence(root, tolerance)
+    pair = read_vpr_bench(root)
+    return EvalDataset(root.name, "vpr_bench", pair.ref, pair.query, pair.positives)

@@ -1,0 +1,88 @@
+"""``vpr_ros_eval``: Recall@N and precision-recall of a model on a VPR dataset.
+
+Layouts: gmberton (``database/`` + ``queries/`` with ``@utm_east@utm_north@`` names, positives
+within --radius m), VPR-Bench (``ref/`` + ``query/`` + ``ground_truth.csv``), sequences
+(``ref/`` + ``query/``, positives within +-``--tolerance`` frames). Descriptors are cached, so a
+second evaluation with another PCA or threshold does not run the network again.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vpr_ros.config import ModelConfig, from_dict, read_yaml, ros_parameters
+from vpr_ros.datasets import LAYOUTS, read_eval_dataset
+from vpr_ros.errors import VprError
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "vpr_ros" / "descriptors"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="vpr_ros_eval", description=__doc__.split("\n\n")[0])
+    ap.add_argument("dataset", help="dataset folder")
+    ap.add_argument("--layout", choices=LAYOUTS, default="auto")
+    ap.add_argument("--radius", type=float, default=25.0, help="gmberton: positives within this many metres")
+    ap.add_argument("--tolerance", type=int, default=2, help="sequence: positives within +- this many frames")
+    ap.add_argument("--model-config", default="", help="a models/*.yaml file (its model: section)")
+    ap.add_argument("--params-file", default="", help="params YAML whose model.* section to use")
+    ap.add_argument("--arch", default="", help="override model.arch")
+    ap.add_argument("--backbone", default="", help="override model.backbone")
+    ap.add_argument("--weights", default="", help="override model.weights")
+    ap.add_argument("--compat", action="store_true", help="official D2-VPR aggregator behaviour")
+    ap.add_argument("--encoder", default="", help="override model.encoder (self_enhanced | none)")
+    ap.add_argument("--backend", default="auto", help="inference backend")
+    ap.add_argument("--device", default="cpu", help="torch device")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--pca", default="", help="PCA file (.npz from training) applied to the descriptors")
+    ap.add_argument("--cache-dir", default=str(default_cache_dir()), help="descriptor cache ('' disables)")
+    ap.add_argument("--output", default="eval_output", help="where results.json, CSVs and eval.png go")
+    a = ap.parse_args(argv)
+    try:
+        model: dict = {}
+        if a.model_config:
+            section = read_yaml(a.model_config).get("model")
+            if not isinstance(section, dict):
+                raise VprError(f"{a.model_config}: no 'model:' section")
+            model.update(section)
+        if a.params_file:
+            flat = ros_parameters(read_yaml(a.params_file), "localizer", a.params_file)
+            model.update({k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith("model.")})
+        for key in ("arch", "backbone", "weights", "encoder"):
+            if getattr(a, key):
+                model[key] = getattr(a, key)
+        if a.compat:
+            model["compat"] = True
+        cfg = from_dict(ModelConfig, model, source="eval model settings")
+        dataset = read_eval_dataset(a.dataset, a.layout, a.radius, a.tolerance)
+        print(f"[eval] {dataset.name} ({dataset.layout}): {len(dataset.database)} database, "
+              f"{len(dataset.queries)} queries")
+        from vpr_ros.eval_run import evaluate, write_outputs
+        from vpr_ros.pca import Pca
+        from vpr_ros.runtime.factory import open_backend
+
+        pca = Pca.load(a.pca) if a.pca else None
+        with open_backend(a.backend, cfg, a.device) as backend:
+            title = f"{backend.model_id} ({backend.weights_source})" + (f" + {pca.pca_id}" if pca else "")
+            print(f"[eval] model {title} on '{backend.name}'")
+            if backend.weights_source.startswith("random"):
+                print("[eval] WARNING: random weights - these numbers say nothing about the method")
+            result = evaluate(dataset, backend, a.batch_size, Path(a.cache_dir) if a.cache_dir else None,
+                              pca, progress=True)
+        if result.cached:
+            print("[eval] descriptors loaded from cache (the network did not run)")
+        print("[eval] " + "   ".join(f"R@{n} {v:.3f}" for n, v in result.recalls.items()))
+        print(f"[eval] PR AUC {result.pr.auc:.3f}   recall at 100% precision {result.pr.recall_at_100_precision:.3f}")
+        print("[eval] timings: " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
+        files = write_outputs(result, dataset, Path(a.output), title)
+        print(f"[eval] wrote {', '.join(str(f) for f in files)}")
+        return 0
+    except VprError as exc:
+        print(f"vpr_ros_eval: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
