@@ -34,6 +34,8 @@ setup(
             "vpr_ros_build_map = vpr_ros.cli.build_map:main",
             "vpr_ros_model_report = vpr_ros.cli.model_report:main",
             "vpr_ros_eval = vpr_ros.cli.eval:main",
+            "vpr_ros_export = vpr_ros.cli.export:main",
+            "vpr_ros_build_engine = vpr_ros.cli.build_engine:main",
         ],
     },
 )

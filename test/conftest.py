@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 # Must happen before rclpy is imported anywhere in this process or its children.
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 101)))
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+# Exported ONNX graphs and engines go to a private cache, not the user's ~/.cache.
+os.environ.setdefault("VPR_ROS_CACHE", tempfile.mkdtemp(prefix="vpr_ros_test_cache_"))
 
 REPO = Path(__file__).resolve().parent.parent
 CORRIDOR = REPO.parent / "shared" / "data" / "corridor"

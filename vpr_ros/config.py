@@ -26,7 +26,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKBONES = ("vits14", "vitb14", "vits14_reg4", "vitb14_reg4", "vit_test")
 ARCHITECTURES = ("d2vpr", "scicevpr", "cricavpr")
 ENCODERS = ("self_enhanced", "none")
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+PRECISIONS = ("fp32", "fp16", "int8")
 INDEX_TYPES = ("flat",)
 
 
@@ -58,6 +59,9 @@ class ModelConfig:
                       "initialisation (accuracy numbers then mean nothing).")
     seed: int = _f(0, "Seed of the random initialisation when no weights are given.")
     gem_p: float = _f(3.0, "Initial exponent p of generalised-mean pooling.")
+    pca: str = _f("", "PCA file (.npz, fitted on training images) applied to descriptors; empty = none.")
+    onnx: str = _f("", "Exported ONNX file to run with the onnxruntime/tensorrt backends (no torch "
+                   "needed); empty = export the model above into the engine cache on first use.")
 
     def __post_init__(self) -> None:
         _choice("arch", self.arch, ARCHITECTURES)
@@ -273,6 +277,22 @@ def load_node_config(path: str | Path | None, node_name: str, sections: Mapping[
         return split_sections(flat, sections)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def model_config_from(model_config: str = "", params_file: str = "", **overrides: Any) -> ModelConfig:
+    """ModelConfig from a ``models/*.yaml`` file (its ``model:`` section) and/or the ``model.*``
+    parameters of a params file, then non-empty ``overrides``."""
+    model: dict[str, Any] = {}
+    if model_config:
+        section = read_yaml(model_config).get("model")
+        if not isinstance(section, dict):
+            raise ConfigError(f"{model_config}: no 'model:' section")
+        model.update(section)
+    if params_file:
+        flat = ros_parameters(read_yaml(params_file), "localizer", params_file)
+        model.update({k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith("model.")})
+    model.update({k: v for k, v in overrides.items() if v not in ("", None, False)})
+    return from_dict(ModelConfig, model, source="model settings")
 
 
 LOCALIZER_SECTIONS: dict[str, type] = {"": LocalizerConfig, "model": ModelConfig}

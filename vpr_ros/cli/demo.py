@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from vpr_ros.config import KeyframeConfig, ModelConfig, from_dict, read_yaml, ros_parameters
+from vpr_ros.config import KeyframeConfig, model_config_from
 from vpr_ros.errors import VprError
 from vpr_ros.evaluation import positives_within, recall_at_n
 from vpr_ros.geometry import planar_pose
@@ -73,19 +73,6 @@ def folder_data(path: str) -> DemoData:
                     "ground_truth.csv")
 
 
-def _model_config(args: argparse.Namespace) -> ModelConfig:
-    if args.params_file:
-        flat = ros_parameters(read_yaml(args.params_file), "localizer", args.params_file)
-        model = {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith("model.")}
-    else:
-        model = {}
-    if args.weights:
-        model["weights"] = args.weights
-    if args.backbone:
-        model["backbone"] = args.backbone
-    return from_dict(ModelConfig, model, source="demo model settings")
-
-
 def _isolated_ros_env() -> dict[str, str]:
     """A private ROS domain on localhost unless the user chose one."""
     env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")}
@@ -97,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = folder_data(args.dataset) if args.dataset else synthetic_data(args.places, args.seed)
-    model_cfg = _model_config(args)
+    model_cfg = model_config_from("", args.params_file, weights=args.weights, backbone=args.backbone)
     print(f"[demo] data: {data.name}")
 
     from vpr_ros.runtime.factory import open_backend

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vpr_ros.config import ModelConfig, from_dict, read_yaml, ros_parameters
+from vpr_ros.config import model_config_from
 from vpr_ros.datasets import LAYOUTS, read_eval_dataset
 from vpr_ros.errors import VprError
 
@@ -41,21 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default="eval_output", help="where results.json, CSVs and eval.png go")
     a = ap.parse_args(argv)
     try:
-        model: dict = {}
-        if a.model_config:
-            section = read_yaml(a.model_config).get("model")
-            if not isinstance(section, dict):
-                raise VprError(f"{a.model_config}: no 'model:' section")
-            model.update(section)
-        if a.params_file:
-            flat = ros_parameters(read_yaml(a.params_file), "localizer", a.params_file)
-            model.update({k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith("model.")})
-        for key in ("arch", "backbone", "weights", "encoder"):
-            if getattr(a, key):
-                model[key] = getattr(a, key)
-        if a.compat:
-            model["compat"] = True
-        cfg = from_dict(ModelConfig, model, source="eval model settings")
+        cfg = model_config_from(a.model_config, a.params_file, arch=a.arch, backbone=a.backbone,
+                                weights=a.weights, encoder=a.encoder, compat=a.compat)
         dataset = read_eval_dataset(a.dataset, a.layout, a.radius, a.tolerance)
         print(f"[eval] {dataset.name} ({dataset.layout}): {len(dataset.database)} database, "
               f"{len(dataset.queries)} queries")

@@ -45,7 +45,8 @@ class ModelIdentity:
     @classmethod
     def of_backend(cls, backend: Any) -> "ModelIdentity":
         """Identity of an open DescriptorBackend."""
-        return cls(backend.model_id, backend.weights_sha256, backend.input_size, backend.descriptor_dim)
+        return cls(backend.model_id, backend.weights_sha256, backend.input_size, backend.descriptor_dim,
+                   pca_id=getattr(backend, "pca_id", ""))
 
     def differences(self, other: "ModelIdentity") -> list[str]:
         """Human-readable list of fields that differ (empty when compatible)."""

@@ -110,6 +110,7 @@ class FusedDeformableAggregator(nn.Module):
         self.register_buffer("base", base, persistent=False)
         self.register_buffer("point_box", boxes[member], persistent=False)  # [512, 4]
         self.register_buffer("mask", mask, persistent=False)
+        self.register_buffer("global_box", torch.tensor([[0.5, 0.5, 1.0, 1.0]]), persistent=False)
         # points are in [0, 1]: pushing non-members 1e4 away excludes them from a max / min
         self.register_buffer("outside", (~mask).float() * 1e4, persistent=False)
         self.register_buffer("average", mask.float() / mask.sum(1, keepdim=True), persistent=False)
@@ -142,7 +143,7 @@ class FusedDeformableAggregator(nn.Module):
         glob, enhanced = self.fusion(cls, medium, small)
         out_medium = medium if self.compat else enhanced
         tokens = torch.cat([glob[:, None], out_medium, small], dim=1)
-        global_box = _batched(cls, torch.tensor([[0.5, 0.5, 1.0, 1.0]], device=cls.device, dtype=cls.dtype))
+        global_box = _batched(cls, self.global_box.to(cls.dtype))
         return self.position(tokens, torch.cat([global_box, boxes], dim=1))
 
     # ----------------------------------------------------------------- forward passes

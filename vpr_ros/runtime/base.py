@@ -19,8 +19,9 @@ class DescriptorBackend(abc.ABC):
     name: str = "base"
 
     def __init__(self, model_id: str, weights_sha256: str, weights_source: str,
-                 input_size: int, descriptor_dim: int) -> None:
+                 input_size: int, descriptor_dim: int, pca_id: str = "") -> None:
         self.model_id = model_id
+        self.pca_id = pca_id
         self.weights_sha256 = weights_sha256
         self.weights_source = weights_source
         self.input_size = input_size
@@ -59,4 +60,4 @@ class DescriptorBackend(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Identity for logs, manifests and diagnostics."""
         return {"backend": self.name, "model_id": self.model_id, "weights": self.weights_source,
-                "input_size": self.input_size, "descriptor_dim": self.descriptor_dim}
+                "input_size": self.input_size, "descriptor_dim": self.descriptor_dim, "pca_id": self.pca_id}

@@ -1,34 +1,92 @@
-"""Choose and open an inference backend by name ('auto' picks the best available)."""
+"""Choose and open an inference backend by name; 'auto' picks the fastest one available.
+
+Preference (fastest first, see benchmarks/backend_speed.py and docs/GPU_RESULTS.md):
+TensorRT (CUDA) > ONNX Runtime > PyTorch. The ONNX graph the first two need is
+``model.onnx`` if set, else exported once into the engine cache (keyed by the model
+configuration and the sha256 of its weight and PCA files).
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
 
 from vpr_ros.config import BACKENDS, ModelConfig
 from vpr_ros.errors import BackendUnavailable, ConfigError
+from vpr_ros.export.graph_io import file_sha256
 from vpr_ros.runtime.base import DescriptorBackend
 
 log = logging.getLogger(__name__)
 
 
-def open_backend(name: str, cfg: ModelConfig, device: str = "cpu") -> DescriptorBackend:
-    """Open backend ``name`` for model ``cfg``.
+def default_cache_dir() -> Path:
+    """``$VPR_ROS_CACHE`` or ``~/.cache/vpr_ros``."""
+    return Path(os.environ.get("VPR_ROS_CACHE") or Path.home() / ".cache" / "vpr_ros")
 
-    Only 'torch' exists until the deployment issue adds ONNX Runtime and TensorRT;
-    'auto' then tries them fastest-first and logs its choice.
-    """
+
+def export_key(cfg: ModelConfig) -> str:
+    """Identifies the graph ``cfg`` exports to (configuration + weight/PCA file contents)."""
+    fields = {k: v for k, v in asdict(cfg).items() if k != "onnx"}
+    fields["weights"] = file_sha256(cfg.weights) if cfg.weights else f"random-{cfg.seed}"
+    fields["pca"] = file_sha256(cfg.pca) if cfg.pca else ""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def onnx_for(cfg: ModelConfig, cache_dir: str | Path | None = None) -> Path:
+    """The ONNX file of ``cfg``: ``cfg.onnx``, or a cached export (made now if missing)."""
+    if cfg.onnx:
+        return Path(cfg.onnx)
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = root / "onnx" / f"{cfg.arch}-{cfg.backbone}-{cfg.input_size}-{export_key(cfg)}.onnx"
+    if not path.is_file():
+        try:
+            from vpr_ros.export.onnx import export_onnx
+        except ImportError as exc:
+            raise BackendUnavailable(f"no ONNX file for this model and no torch to export one ({exc}); "
+                                     "set model.onnx to a file made by vpr_ros_export") from None
+        log.info("exporting %s to %s (once; cached)", cfg.arch, path)
+        export_onnx(cfg, path)
+    return path
+
+
+def _open(name: str, cfg: ModelConfig, device: str, cache_dir: str | Path | None) -> DescriptorBackend:
+    if name == "torch":
+        from vpr_ros.runtime.torch_backend import TorchBackend
+
+        return TorchBackend(cfg, device=device)
+    if name == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401 - fail fast before exporting
+        except ImportError:
+            raise BackendUnavailable("backend 'onnxruntime' needs: pip install onnxruntime") from None
+        from vpr_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(onnx_for(cfg, cache_dir), device=device)
+    from vpr_ros.runtime.tensorrt_backend import TensorRTBackend, require_tensorrt
+
+    require_tensorrt()
+    return TensorRTBackend.from_onnx(onnx_for(cfg, cache_dir), cache_dir=cache_dir)
+
+
+def open_backend(name: str, cfg: ModelConfig, device: str = "cpu",
+                 cache_dir: str | Path | None = None) -> DescriptorBackend:
+    """Open backend ``name`` ('auto', 'tensorrt', 'onnxruntime', 'torch') for model ``cfg``."""
     if name not in BACKENDS:
         raise ConfigError(f"backend: '{name}' is not one of {', '.join(BACKENDS)}")
-    candidates = ["torch"] if name == "auto" else [name]
-    errors = []
-    for cand in candidates:
+    if name != "auto":
+        return _open(name, cfg, device, cache_dir)
+    order = ["tensorrt", "onnxruntime", "torch"] if device.startswith("cuda") else ["onnxruntime", "torch"]
+    reasons = []
+    for cand in order:
         try:
-            if cand == "torch":
-                from vpr_ros.runtime.torch_backend import TorchBackend
-
-                backend = TorchBackend(cfg, device=device)
-                if name == "auto":
-                    log.info("backend 'auto' chose '%s' on %s", cand, device)
-                return backend
+            backend = _open(cand, cfg, device, cache_dir)
         except BackendUnavailable as exc:
-            errors.append(str(exc))
-    raise BackendUnavailable("; ".join(errors) or f"no backend available for '{name}'")
+            reasons.append(f"{cand}: {exc}")
+            continue
+        log.info("backend 'auto' chose '%s' on %s%s", cand, device,
+                 f" (skipped {'; '.join(reasons)})" if reasons else "")
+        return backend
+    raise BackendUnavailable("no backend available: " + "; ".join(reasons))

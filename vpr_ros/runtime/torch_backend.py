@@ -32,14 +32,19 @@ class TorchBackend(DescriptorBackend):
                               "training teacher, not a localization model. Use 'd2vpr' or 'scicevpr'.")
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        super().__init__(info.model_id, info.weights_sha256, info.weights_source,
-                         info.input_size, info.descriptor_dim)
+        from vpr_ros.pca import Pca
+
+        self.pca = Pca.load(cfg.pca) if cfg.pca else None
+        super().__init__(info.model_id, info.weights_sha256, info.weights_source, info.input_size,
+                         self.pca.out_dim if self.pca else info.descriptor_dim,
+                         self.pca.pca_id if self.pca else "")
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device)
-            return self.model(x).float().cpu().numpy()
+            d = self.model(x).float().cpu().numpy()
+        return self.pca.apply(d) if self.pca is not None else d
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

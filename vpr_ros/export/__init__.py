@@ -1,0 +1,1 @@
+"""Export to ONNX and TensorRT (build separate from runtime)."""

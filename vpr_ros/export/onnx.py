@@ -1,0 +1,98 @@
+"""Export a model to ONNX: fixed input size, dynamic batch, BatchNorm folded, PCA baked in.
+
+The graph's input is ``images`` float32 [N, 3, S, S] (preprocessed as everywhere), its output
+``descriptors`` float32 [N, D] (L2-normalised; after PCA, re-normalised). The metadata
+records the model identity (id, weights sha256, input size, descriptor dim, PCA id,
+normalisation) so that a backend reading the file alone can check maps against it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vpr_ros.config import ModelConfig
+from vpr_ros.errors import EngineBuildError
+from vpr_ros.export.graph_io import INPUT, OPSET, OUTPUT, metadata_of
+from vpr_ros.model.pooling import l2n
+from vpr_ros.pca import Pca
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What was written, and how close ONNX Runtime is to PyTorch on it."""
+
+    path: Path
+    metadata: dict[str, str]
+    max_abs_diff: float
+
+
+class ExportGraph(nn.Module):
+    """The model followed by the optional PCA projection and re-normalisation."""
+
+    def __init__(self, model: nn.Module, descriptor_dim: int, pca: Pca | None) -> None:
+        super().__init__()
+        self.model = model
+        self.has_pca = pca is not None
+        self.descriptor_dim = pca.out_dim if pca is not None else descriptor_dim
+        if pca is not None:
+            self.register_buffer("pca_mean", torch.from_numpy(pca.mean))
+            self.register_buffer("pca_w", torch.from_numpy(pca.components))
+
+    def forward(self, x: Tensor) -> Tensor:
+        d = self.model(x)
+        return l2n((d - self.pca_mean) @ self.pca_w) if self.has_pca else d
+
+
+def export_onnx(cfg: ModelConfig, path: str | Path, check_batch: int = 2) -> ExportInfo:
+    """Build ``cfg``'s model (weights, PCA), fold BatchNorm, export, check, and compare with
+    ONNX Runtime on random inputs. The file is written atomically."""
+    import onnx
+
+    from vpr_ros.model.factory import build_model
+
+    model, info = build_model(cfg)
+    model.fold_batchnorm()
+    pca = Pca.load(cfg.pca) if cfg.pca else None
+    graph = ExportGraph(model, info.descriptor_dim, pca).eval()
+    s = cfg.input_size
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with torch.no_grad():
+            torch.onnx.export(graph, (torch.zeros(1, 3, s, s),), str(tmp), input_names=[INPUT],
+                              output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                              opset_version=OPSET, do_constant_folding=True, dynamo=False)
+        proto = onnx.load(str(tmp))
+        meta = metadata_of(info.model_id, info.weights_sha256, s, graph.descriptor_dim,
+                           pca.pca_id if pca else "", cfg.arch, info.weights_source)
+        for k, v in meta.items():
+            proto.metadata_props.add(key=k, value=v)
+        proto.producer_name = "vpr_ros"
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        diff = _parity(graph, tmp, s, check_batch)
+        os.replace(tmp, path)
+    except Exception as exc:  # exporter/checker errors come in many types
+        raise EngineBuildError(f"ONNX export of {info.model_id} to {path} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return ExportInfo(path, meta, diff)
+
+
+def _parity(graph: nn.Module, path: Path, size: int, batch: int) -> float:
+    """max |ONNX Runtime - torch| on random inputs (CPU)."""
+    import onnxruntime as ort
+
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = graph(x).numpy()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run([OUTPUT], {INPUT: x.numpy()})[0]
+    return float(np.abs(out - ref).max())
