@@ -89,8 +89,9 @@ class LocalizerConfig:
 
     map_dir: str = _f("", "Directory of the map to localize against.")
     backend: str = _f("auto", "Inference backend: " + ", ".join(BACKENDS) + ".")
-    device: str = _f("cpu", "Torch device for the torch backend ('cpu', 'cuda').")
-    engine_cache_dir: str = _f("", "Where compiled engines are cached (empty = ~/.cache/vpr_ros).")
+    device: str = _f("cpu", "Device: 'cpu' or 'cuda'.")
+    engine_cache_dir: str = _f("", "Where exported ONNX graphs and engines are cached (empty = "
+                               "$VPR_ROS_CACHE or ~/.cache/vpr_ros).")
     camera_topics: list = _f(["image"], "Image topics (relative names). "
                              "'<topic>/compressed' is subscribed as CompressedImage too.")
     top_k: int = _f(5, "Number of map matches reported per query.")
@@ -147,7 +148,9 @@ class MapBuilderConfig:
 
     map_dir: str = _f("", "Directory the map is written to.")
     backend: str = _f("auto", "Inference backend: " + ", ".join(BACKENDS) + ".")
-    device: str = _f("cpu", "Torch device for the torch backend.")
+    device: str = _f("cpu", "Device: 'cpu' or 'cuda'.")
+    engine_cache_dir: str = _f("", "Where exported ONNX graphs and engines are cached (empty = "
+                               "$VPR_ROS_CACHE or ~/.cache/vpr_ros).")
     camera_topics: list = _f(["image"], "Image topics (relative names).")
     pose_topic: str = _f("odom", "nav_msgs/Odometry topic giving the pose of each image.")
     max_pose_age: float = _f(0.5, "Maximum |t_image - t_pose| in seconds to pair an image with a pose.")

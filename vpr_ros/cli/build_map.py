@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         poses = read_poses_csv(a.poses) if a.poses else None
         from vpr_ros.runtime.factory import open_backend
 
-        with open_backend(cfg[""].backend, cfg["model"], cfg[""].device) as backend:
+        with open_backend(cfg[""].backend, cfg["model"], cfg[""].device,
+                          cfg[""].engine_cache_dir or None) as backend:
             base = VprMap.load(a.map_dir) if a.append else None
             builder = MapBuilder(backend, cfg["keyframes"], map_frame=cfg[""].map_frame,
                                  source=f"vpr_ros_build_map {a.images}", base=base)

@@ -84,7 +84,8 @@ class LocalizerNode(Node):
         self.pub_keyframes = self.create_publisher(Path, "vpr/map_keyframes", latched)
         self.pub_diag = self.create_publisher(DiagnosticArray, "diagnostics", 10)
 
-        self.backend = backend or open_backend(self.cfg.backend, self.model_cfg, self.cfg.device)
+        self.backend = backend or open_backend(self.cfg.backend, self.model_cfg, self.cfg.device,
+                                               self.cfg.engine_cache_dir or None)
         self.get_logger().info(f"model {self.backend.model_id} on backend '{self.backend.name}' "
                                f"(weights: {self.backend.weights_source})")
         if self.backend.weights_source.startswith("random"):

@@ -50,7 +50,8 @@ class MapBuilderNode(Node):
         self.kf_cfg: KeyframeConfig = cfgs["keyframes"]
         if not self.cfg.map_dir:
             raise MapError("parameter map_dir is empty: say where the map is written")
-        self.backend = backend or open_backend(self.cfg.backend, self.model_cfg, self.cfg.device)
+        self.backend = backend or open_backend(self.cfg.backend, self.model_cfg, self.cfg.device,
+                                               self.cfg.engine_cache_dir or None)
         base = None
         try:
             base = VprMap.load(self.cfg.map_dir)

@@ -1,0 +1,177 @@
+"""Export and runtime backends: ONNX parity for every student variant, backend selection,
+input validation, clear errors for corrupt or foreign files, TensorRT type-checking.
+
+TensorRT and CUDA cannot exist on the CI machine: the TensorRT modules are type-checked with
+mypy against tensorrt-stubs, and their absence must give BackendUnavailable (tested here)."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from vpr_ros.config import ModelConfig
+from vpr_ros.errors import BackendUnavailable, ConfigError, EngineBuildError, ImageError
+from vpr_ros.export.engine_cache import EngineSpec
+from vpr_ros.export.onnx import export_onnx
+from vpr_ros.mapping.map_store import ModelIdentity
+from vpr_ros.pca import Pca
+from vpr_ros.runtime.factory import open_backend
+from vpr_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from vpr_ros.runtime.torch_backend import TorchBackend
+
+from conftest import REPO
+
+TINY = dict(backbone="vit_test", input_size=56, seed=5)
+VARIANTS = {
+    "d2vpr": ModelConfig(**TINY),
+    "d2vpr_compat": ModelConfig(**TINY, compat=True, encoder="none"),
+    "d2vpr_no_encoder": ModelConfig(**TINY, encoder="none"),
+    "scicevpr": ModelConfig(**TINY, arch="scicevpr"),
+}
+
+
+def nontrivial_weights(cfg: ModelConfig, tmp_path: Path) -> ModelConfig:
+    """Save random non-zero weights (adapters, BN statistics included) and point cfg at them."""
+    from test_network import randomize  # same helper as the network tests
+
+    from vpr_ros.model.checkpoints import save_safetensors
+    from vpr_ros.model.factory import create
+
+    model = randomize(create(cfg), seed=11)
+    path = tmp_path / f"{cfg.arch}-{cfg.compat}.safetensors"
+    save_safetensors(model, path)
+    return ModelConfig(**{**cfg.__dict__, "weights": str(path)})
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_onnx_export_parity_metadata_and_folding(name, tmp_path):
+    cfg = nontrivial_weights(VARIANTS[name], tmp_path)
+    info = export_onnx(cfg, tmp_path / "m.onnx")
+    assert info.max_abs_diff <= 1e-4
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    onnx.checker.check_model(proto)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["vpr_ros.model_id"].startswith(cfg.arch) and meta["vpr_ros.input_size"] == "56"
+    assert [i.name for i in proto.graph.input] == ["images"] and [o.name for o in proto.graph.output] == ["descriptors"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    # the same descriptors through both backends, for several batch sizes
+    with TorchBackend(cfg) as tb, OnnxRuntimeBackend(tmp_path / "m.onnx") as ob:
+        assert ModelIdentity.of_backend(tb) == ModelIdentity.of_backend(ob)  # maps are interchangeable
+        for n in (1, 3):
+            x = np.random.default_rng(n).normal(size=(n, 3, 56, 56)).astype(np.float32)
+            assert np.abs(tb.infer(x) - ob.infer(x)).max() <= 1e-4
+
+
+def test_pca_is_baked_into_the_graph(tmp_path):
+    cfg = VARIANTS["d2vpr"]
+    with TorchBackend(cfg) as tb:
+        x = np.random.default_rng(0).normal(size=(40, 3, 56, 56)).astype(np.float32)
+        Pca.fit(tb.infer(x), 16).save(tmp_path / "pca.npz")
+    with_pca = ModelConfig(**{**cfg.__dict__, "pca": str(tmp_path / "pca.npz")})
+    info = export_onnx(with_pca, tmp_path / "p.onnx")
+    assert info.max_abs_diff <= 1e-4 and info.metadata["vpr_ros.descriptor_dim"] == "16"
+    with TorchBackend(with_pca) as tb, OnnxRuntimeBackend(tmp_path / "p.onnx") as ob:
+        assert ob.descriptor_dim == 16 and ob.pca_id.startswith("pca16-") and tb.pca_id == ob.pca_id
+        y = ob.infer(x[:4])
+        assert np.allclose(np.linalg.norm(y, axis=1), 1, atol=1e-5) and np.abs(y - tb.infer(x[:4])).max() <= 1e-4
+
+
+def test_auto_picks_onnxruntime_on_cpu_and_logs_it(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="vpr_ros.runtime.factory"):
+        with open_backend("auto", VARIANTS["d2vpr"], "cpu", cache_dir=tmp_path) as b:
+            assert b.name == "onnxruntime"
+    assert "backend 'auto' chose 'onnxruntime' on cpu" in caplog.text
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1  # exported once into the cache
+    with open_backend("onnxruntime", VARIANTS["d2vpr"], "cpu", cache_dir=tmp_path):
+        pass
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1  # reused
+
+
+def test_unavailable_backends_say_what_is_missing(tmp_path):
+    with pytest.raises(BackendUnavailable, match="TensorRT 10"):
+        open_backend("tensorrt", VARIANTS["d2vpr"], "cuda", cache_dir=tmp_path)
+    with pytest.raises(BackendUnavailable, match="CUDA provider|CUDA is not available"):
+        open_backend("onnxruntime", VARIANTS["d2vpr"], "cuda", cache_dir=tmp_path)
+    with pytest.raises(BackendUnavailable) as e:
+        open_backend("auto", VARIANTS["d2vpr"], "cuda", cache_dir=tmp_path)
+    assert "tensorrt:" in str(e.value) and "onnxruntime:" in str(e.value) and "torch" in str(e.value)
+    with pytest.raises(ConfigError, match="backend"):
+        open_backend("tflite", VARIANTS["d2vpr"])
+
+
+def test_input_validation_and_corrupt_files(tmp_path):
+    export_onnx(VARIANTS["scicevpr"], tmp_path / "m.onnx")
+    with OnnxRuntimeBackend(tmp_path / "m.onnx") as b:
+        with pytest.raises(ImageError, match=r"shape \[N>=1, 3, 56, 56\]"):
+            b.infer(np.zeros((1, 3, 64, 64), np.float32))
+        with pytest.raises(ImageError, match="float32"):
+            b.infer(np.zeros((1, 3, 56, 56), np.float64))
+        with pytest.raises(ImageError, match="NaN"):
+            b.infer(np.full((1, 3, 56, 56), np.nan, np.float32))
+        strided = np.zeros((2, 3, 56, 112), np.float32)[:, :, :, ::2]  # non-contiguous is copied, not refused
+        assert b.infer(strided).shape == (2, b.descriptor_dim)
+    bad = tmp_path / "corrupt.onnx"
+    bad.write_bytes((tmp_path / "m.onnx").read_bytes()[:5000])
+    with pytest.raises(EngineBuildError, match="corrupt.onnx"):
+        OnnxRuntimeBackend(bad)
+    foreign = tmp_path / "foreign.onnx"
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(foreign))
+    with pytest.raises(EngineBuildError, match="not a vpr_ros export.*vpr_ros_export"):
+        OnnxRuntimeBackend(foreign)
+    with pytest.raises(EngineBuildError, match="not found"):
+        OnnxRuntimeBackend(tmp_path / "missing.onnx")
+
+
+def test_engine_cache_key_changes_with_every_dependency(tmp_path):
+    base = EngineSpec("a" * 64, "10.13.0", "NVIDIA H100", "fp16", 224, 8)
+    variants = [EngineSpec("b" * 64, "10.13.0", "NVIDIA H100", "fp16", 224, 8),
+                EngineSpec("a" * 64, "10.14.1", "NVIDIA H100", "fp16", 224, 8),
+                EngineSpec("a" * 64, "10.13.0", "Orin", "fp16", 224, 8),
+                EngineSpec("a" * 64, "10.13.0", "NVIDIA H100", "int8", 224, 8),
+                EngineSpec("a" * 64, "10.13.0", "NVIDIA H100", "fp16", 224, 16)]
+    assert len({base.key(), *(v.key() for v in variants)}) == 6
+    engine, sidecar = base.paths(tmp_path)
+    assert engine.parent == sidecar.parent == tmp_path / "engines" and engine.suffix == ".engine"
+    assert '"precision": "fp16"' in base.sidecar(build_seconds=1.0)
+
+
+def sanitized_tensorrt_stubs(dest: Path) -> Path:
+    """A copy of tensorrt-stubs that mypy can parse: the published stubs name parameters 'in'
+    (a keyword), put a required parameter after defaulted ones, and import an absent module."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    for pkg in ("tensorrt", "tensorrt_bindings"):
+        if not (site / pkg).is_dir():
+            pytest.fail(f"tensorrt-stubs is not installed ({site / pkg} missing): run scripts/setup.sh")
+        shutil.copytree(site / pkg, dest / pkg)
+    binding = dest / "tensorrt_bindings" / "tensorrt.pyi"
+    text = binding.read_text()
+    for sep in ("(", ", "):
+        text = text.replace(f"{sep}in: ", f"{sep}in_: ")
+    text = text.replace("power: Weights = None, channel_axis: int)", "power: Weights = None, channel_axis: int = ...)")
+    binding.write_text(text)
+    init = dest / "tensorrt" / "__init__.pyi"
+    init.write_text(init.read_text().replace("import tensorrt_libs as tensorrt_libs\n", ""))
+    return dest
+
+
+@pytest.mark.slow
+def test_tensorrt_modules_type_check_against_tensorrt_stubs(tmp_path):
+    stubs = sanitized_tensorrt_stubs(tmp_path / "stubs")
+    files = ["vpr_ros/export/tensorrt.py", "vpr_ros/runtime/tensorrt_backend.py", "vpr_ros/export/engine_cache.py"]
+    r = subprocess.run([sys.executable, "-m", "mypy", "--config-file", "setup.cfg", "--follow-imports=silent",
+                        "--cache-dir", str(tmp_path / "mypy_cache"), *files], cwd=REPO, capture_output=True,
+                       text=True, env={**os.environ, "MYPYPATH": str(stubs)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Success" in r.stdout
