@@ -36,6 +36,7 @@ setup(
             "vpr_ros_eval = vpr_ros.cli.eval:main",
             "vpr_ros_export = vpr_ros.cli.export:main",
             "vpr_ros_build_engine = vpr_ros.cli.build_engine:main",
+            "vpr_ros_map_info = vpr_ros.cli.map_info:main",
         ],
     },
 )

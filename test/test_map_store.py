@@ -148,3 +148,52 @@ def test_killed_save_leaves_previous_map_loadable(tmp_path):
     loaded.save(tmp_path)  # a later save clears temp files a killed writer left behind
     assert sorted(f.name for f in Path(tmp_path).iterdir())[-1] == "manifest.yaml"
     assert not [f for f in Path(tmp_path).iterdir() if f.name.startswith(".")]
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])
+def test_index_types_round_trip_append_and_search(tmp_path, kind):
+    from vpr_ros.config import IndexConfig
+
+    ident = ModelIdentity("test-model", "ab" * 32, 56, 32)
+    m = VprMap.create(ident)
+    x = unit(3000, d=32, seed=3)
+    m.add(x, [Keyframe(float(i), planar_pose(i, 0)) for i in range(len(x))])
+    m.reindex(kind, IndexConfig(ivf_nlist=16, pq_m=8))
+    m.save(tmp_path)
+    back = VprMap.load(tmp_path, expect=ident)
+    assert back.manifest.index_type == kind and len(back) == 3000
+    ids = back.add(unit(2, d=32, seed=9), [Keyframe(9e3 + i, planar_pose(0, 0)) for i in range(2)])
+    assert ids == [3000, 3001]  # appends get the ids the index returns
+    _, found = back.search(x[:200], 1)
+    assert (found[:, 0] == np.arange(200)).mean() >= (0.9 if kind == "ivfpq" else 0.97)
+
+
+def test_auto_index_switches_to_hnsw_and_ivf_needs_enough_keyframes(tmp_path, tiny_backend, traversals):
+    from vpr_ros.config import IndexConfig, KeyframeConfig
+    from vpr_ros.mapping.builder import MapBuilder, frames_from_lists
+
+    first = traversals[0]
+    frames = frames_from_lists(first.images, first.stamps, first.poses)
+    small = MapBuilder(tiny_backend, KeyframeConfig(min_distance=0.5), index=IndexConfig(auto_threshold=1000))
+    small.add_many(frames)
+    small.save(tmp_path / "a")
+    assert VprMap.load(tmp_path / "a").manifest.index_type == "flat"
+    big = MapBuilder(tiny_backend, KeyframeConfig(min_distance=0.5), index=IndexConfig(auto_threshold=10))
+    big.add_many(frames)
+    big.save(tmp_path / "b")
+    assert VprMap.load(tmp_path / "b").manifest.index_type == "hnsw"
+    ivf = MapBuilder(tiny_backend, KeyframeConfig(min_distance=0.5), index=IndexConfig(index_type="ivf", ivf_nlist=100))
+    ivf.add_many(frames)
+    with pytest.raises(MapError, match="needs at least 100 keyframes"):
+        ivf.save(tmp_path / "c")
+
+
+def test_map_info_command(tmp_path, capsys):
+    from vpr_ros.cli.map_info import main
+
+    m, _ = make_map()
+    m.save(tmp_path / "map")
+    assert main([str(tmp_path / "map")]) == 0
+    out = capsys.readouterr().out
+    assert "test-model" in out and "5 x 8" in out and "cam0 (5)" in out and "with GPS      2" in out
+    assert main([str(tmp_path / "nowhere")]) == 2

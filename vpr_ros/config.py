@@ -28,7 +28,7 @@ ARCHITECTURES = ("d2vpr", "scicevpr", "cricavpr")
 ENCODERS = ("self_enhanced", "none")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
-INDEX_TYPES = ("flat",)
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -77,10 +77,21 @@ class ModelConfig:
 class IndexConfig:
     """How map descriptors are searched."""
 
-    index_type: str = _f("flat", "faiss index type: 'flat' = exact inner product.")
+    index_type: str = _f("auto", "faiss index: 'flat' (exact inner product), 'hnsw', 'ivf', 'ivfpq', or "
+                         "'auto' (exact below auto_threshold keyframes, HNSW above).")
+    auto_threshold: int = _f(50000, "Keyframes from which 'auto' switches from exact search to HNSW.")
+    hnsw_m: int = _f(32, "HNSW: neighbours per node.")
+    hnsw_ef_construction: int = _f(80, "HNSW: candidate list size while building.")
+    hnsw_ef_search: int = _f(64, "HNSW: candidate list size while searching (recall vs speed).")
+    ivf_nlist: int = _f(0, "IVF: number of cells (0 = 4 sqrt(N)).")
+    ivf_nprobe: int = _f(16, "IVF: cells visited per search (recall vs speed).")
+    pq_m: int = _f(32, "IVF-PQ: sub-quantizers (must divide the descriptor dimension).")
 
     def __post_init__(self) -> None:
         _choice("index_type", self.index_type, INDEX_TYPES)
+        for key in ("auto_threshold", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe", "pq_m"):
+            _positive(key, getattr(self, key))
+        _range("ivf_nlist", self.ivf_nlist, 0, 10**7)
 
 
 @dataclass(frozen=True)

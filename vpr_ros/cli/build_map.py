@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                           cfg[""].engine_cache_dir or None) as backend:
             base = VprMap.load(a.map_dir) if a.append else None
             builder = MapBuilder(backend, cfg["keyframes"], map_frame=cfg[""].map_frame,
-                                 source=f"vpr_ros_build_map {a.images}", base=base)
+                                 source=f"vpr_ros_build_map {a.images}", base=base,
+                                 index=cfg["index"])
             frames = []
             for i, f in enumerate(files):
                 if poses is not None:

@@ -11,7 +11,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from vpr_ros.config import KeyframeConfig
+from vpr_ros.config import IndexConfig, KeyframeConfig
+from vpr_ros.mapping.index import choose_type
 from vpr_ros.errors import MapError
 from vpr_ros.mapping.keyframes import KeyframeSelector
 from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
@@ -25,8 +26,10 @@ class MapBuilder:
     """Accumulates keyframes into a map; ``offer`` one frame at a time or ``add_many``."""
 
     def __init__(self, backend: DescriptorBackend, keyframes: KeyframeConfig,
-                 map_frame: str = "map", source: str = "", base: VprMap | None = None) -> None:
+                 map_frame: str = "map", source: str = "", base: VprMap | None = None,
+                 index: IndexConfig | None = None) -> None:
         self.backend = backend
+        self.index_cfg = index or IndexConfig()
         self.selector = KeyframeSelector(keyframes)
         identity = ModelIdentity.of_backend(backend)
         if base is not None:
@@ -79,7 +82,11 @@ class MapBuilder:
         return ids
 
     def save(self, map_dir: str | Path) -> Path:
-        """Write the map atomically."""
+        """Write the map atomically, converting the index to the configured type first."""
+        kind = choose_type(self.index_cfg, len(self.map))
+        if kind != self.map.manifest.index_type:
+            log.info("building a '%s' index over %d keyframes", kind, len(self.map))
+            self.map.reindex(kind, self.index_cfg)
         path = self.map.save(map_dir)
         log.info("saved map with %d keyframes to %s", len(self.map), path)
         return path

@@ -18,13 +18,16 @@ import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 import yaml
 
 from vpr_ros.config import IMAGENET_MEAN, IMAGENET_STD
 from vpr_ros.errors import MapError
+
+if TYPE_CHECKING:
+    from vpr_ros.config import IndexConfig
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.yaml"
@@ -187,6 +190,14 @@ class VprMap:
         self.manifest.count = len(self)
         return ids
 
+    def reindex(self, kind: str, cfg: "IndexConfig | None" = None) -> None:
+        """Rebuild the search index as ``kind`` ('flat', 'hnsw', 'ivf', 'ivfpq') from the stored vectors."""
+        from vpr_ros.config import IndexConfig
+        from vpr_ros.mapping.index import all_vectors, build_index
+
+        self.index = build_index(all_vectors(self.index), kind, cfg or IndexConfig())
+        self.manifest.index_type = kind
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by cosine: queries [M, D] -> (scores [M, k'], ids [M, k']), k' = min(k, size)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
@@ -251,6 +262,12 @@ class VprMap:
         if not (index.ntotal == manifest.count == len(keyframes)):
             raise MapError(f"{root}: size mismatch: index has {index.ntotal}, manifest says "
                            f"{manifest.count}, keyframe table has {len(keyframes)}")
+        from vpr_ros.config import IndexConfig
+        from vpr_ros.mapping.index import kind_of, set_search_params
+
+        if kind_of(index) != manifest.index_type:
+            raise MapError(f"{idx_path}: index is '{kind_of(index)}' but the manifest says '{manifest.index_type}'")
+        set_search_params(index, IndexConfig())
         vmap = cls(manifest, index, keyframes)
         if expect is not None:
             vmap.check_model(expect, where=str(root))

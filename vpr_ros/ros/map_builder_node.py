@@ -59,7 +59,8 @@ class MapBuilderNode(Node):
         except MapError:
             pass
         self.builder = MapBuilder(self.backend, self.kf_cfg, map_frame=self.cfg.map_frame,
-                                  source=f"map_builder node ({', '.join(self.cfg.camera_topics)})", base=base)
+                                  source=f"map_builder node ({', '.join(self.cfg.camera_topics)})", base=base,
+                                  index=cfgs["index"])
         self.get_logger().info(f"model {self.backend.model_id} (weights: {self.backend.weights_source})")
         self._poses: list[tuple[float, tuple]] = []
         self._lock = threading.Lock()
