@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 import numpy as np
@@ -38,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--kinds", nargs="+", default=["hnsw", "ivf", "ivfpq"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--nlist", type=int, default=0, help="IVF cells (0 = 4 sqrt(N))")
+    ap.add_argument("--nprobe", type=int, default=16)
     a = ap.parse_args(argv)
     import faiss
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in a.sizes:
         for d in a.dims:
             db, q = synthetic(n, d, a.queries)
-            cfg = IndexConfig(pq_m=min(64, d // 8))
+            cfg = IndexConfig(pq_m=min(64, d // 8), ivf_nlist=a.nlist, ivf_nprobe=a.nprobe)
             timings = {}
             tops = {}
             for kind in ["flat", *a.kinds]:
@@ -75,4 +76,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -116,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"[demo] starting localizer node (ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}): {' '.join(specs[0].command())}")
     procs = start_graph(specs, env=env, log_dir=str(out / "logs"))
     try:
-        log, answered = _play(data, args.frame_timeout)
+        from vpr_ros.ros.player import play_session
+
+        log, answered = play_session(CAMERA_TOPIC, data.query_images, data.query_stamps, args.frame_timeout)
     finally:
         stop_graph(procs)
     if log is None:
@@ -124,26 +126,6 @@ def run(args: argparse.Namespace) -> int:
         print((out / "logs" / "localizer.log").read_text(errors="replace")[-3000:])
         return 1
     return _report(data, log, answered, out)
-
-
-def _play(data: DemoData, frame_timeout: float):  # type: ignore[no-untyped-def]
-    import rclpy
-
-    from vpr_ros.ros.player import QueryPlayer
-
-    rclpy.init()
-    try:
-        player = QueryPlayer(CAMERA_TOPIC)
-        if not player.wait_for_localizer(timeout=120.0):
-            return None, 0
-        player.spin_until(lambda: player.log.keyframes is not None, 5.0)
-        answered = player.play(data.query_images, data.query_stamps, timeout=frame_timeout, progress=True)
-        player.spin_until(lambda: bool(player.log.diagnostics), 2.0)
-        log = player.log
-        player.destroy_node()
-        return log, answered
-    finally:
-        rclpy.try_shutdown()
 
 
 def _report(data: DemoData, log, answered: int, out: Path) -> int:  # type: ignore[no-untyped-def]

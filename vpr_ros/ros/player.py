@@ -115,3 +115,24 @@ class QueryPlayer(Node):
                 answered += 1
         self.spin_until(lambda: False, 0.3)  # collect trailing loop-closure messages
         return answered
+
+
+def play_session(image_topic: str, images: Sequence[np.ndarray], stamps: Sequence[float],
+                 frame_timeout: float, startup_timeout: float = 120.0) -> tuple[PlayerLog | None, int]:
+    """Init rclpy, wait for a localizer on ``image_topic``, play the frames, shut down.
+
+    Returns (everything received, frames answered), or (None, 0) if no localizer came up.
+    """
+    rclpy.init()
+    try:
+        player = QueryPlayer(image_topic)
+        if not player.wait_for_localizer(timeout=startup_timeout):
+            return None, 0
+        player.spin_until(lambda: player.log.keyframes is not None, 5.0)
+        answered = player.play(images, stamps, timeout=frame_timeout, progress=True)
+        player.spin_until(lambda: bool(player.log.diagnostics), 2.0)
+        log = player.log
+        player.destroy_node()
+        return log, answered
+    finally:
+        rclpy.try_shutdown()
