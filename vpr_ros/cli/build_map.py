@@ -1,8 +1,9 @@
-"""``vpr_ros_build_map``: build a map offline from an image folder.
+"""``vpr_ros_build_map``: build a map offline from an image folder or a rosbag2 recording.
 
-Poses come from gmberton-style names (``@utm_east@utm_north@...@.jpg``) or from a poses
-CSV (``image,x,y[,yaw][,stamp]``). Uses the same MapBuilder and keyframe selection as
-the map_builder node.
+Folders: poses from gmberton-style names (``@utm_east@utm_north@...@.jpg``) or a poses CSV
+(``image,x,y[,yaw][,stamp]``). Bags (.db3 or .mcap, no ROS needed): ``--image-topic`` and
+either ``--pose-topic`` (Odometry / PoseStamped / PoseWithCovarianceStamped) or
+``--trajectory`` (TUM or CSV). Same MapBuilder and keyframe selection as the map_builder node.
 """
 from __future__ import annotations
 
@@ -18,39 +19,69 @@ from vpr_ros.mapping.builder import MapBuilder
 from vpr_ros.mapping.map_store import Keyframe, VprMap
 
 
+def _from_folder(folder: Path, poses_csv: str) -> list:  # type: ignore[type-arg]
+    files = list_images(folder)
+    poses = read_poses_csv(poses_csv) if poses_csv else None
+    frames = []
+    for i, f in enumerate(files):
+        if poses is not None:
+            if f.name not in poses:
+                raise DatasetError(f"{poses_csv}: no pose for image '{f.name}'")
+            x, y, yaw, stamp = poses[f.name]
+        else:
+            (x, y), yaw, stamp = utm_from_name(f), 0.0, float(i)
+        frames.append((lambda f=f: read_rgb(f), Keyframe(stamp=stamp, pose=planar_pose(x, y, yaw),
+                                                          image_ref=str(f.resolve()))))
+    return frames
+
+
+def _from_bag(builder: MapBuilder, bag: Path, a: argparse.Namespace, max_pose_age: float) -> tuple[list[int], int]:
+    from vpr_ros.mapping.bag_source import BagStats, bag_frames, count_messages
+
+    if not bag.exists():
+        raise DatasetError(f"{bag}: bag not found")
+    if not a.image_topic:
+        raise DatasetError(f"{bag}: a bag needs --image-topic")
+    stats = BagStats()
+    frames = bag_frames(bag, a.image_topic, a.pose_topic, a.trajectory, max_pose_age, stats)
+    ids = builder.add_many(frames, progress=True, total=count_messages(bag, a.image_topic))
+    if stats.without_pose:
+        print(f"vpr_ros_build_map: {stats.without_pose} of {stats.images} images had no pose within "
+              f"{max_pose_age} s and were skipped")
+    return ids, stats.images
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vpr_ros_build_map", description=__doc__.splitlines()[0])
-    ap.add_argument("images", help="folder of images")
+    ap.add_argument("source", help="folder of images, or a rosbag2 directory (.db3 / .mcap)")
     ap.add_argument("--map-dir", required=True, help="output map directory")
     ap.add_argument("--poses", default="", help="poses CSV (default: coordinates in the file names)")
     ap.add_argument("--params-file", default="", help="map_builder params YAML (model, keyframes)")
     ap.add_argument("--append", action="store_true", help="extend an existing map in --map-dir")
+    ap.add_argument("--image-topic", default="", help="bag: image topic (Image or CompressedImage)")
+    ap.add_argument("--pose-topic", default="", help="bag: Odometry / PoseStamped topic giving poses")
+    ap.add_argument("--trajectory", default="", help="bag: TUM or CSV trajectory file instead of a pose topic")
     a = ap.parse_args(argv)
     try:
         cfg = load_node_config(a.params_file or None, "map_builder", MAP_BUILDER_SECTIONS)
-        files = list_images(Path(a.images))
-        poses = read_poses_csv(a.poses) if a.poses else None
+        source = Path(a.source)
+        is_bag = (source / "metadata.yaml").is_file() or source.suffix in (".db3", ".mcap")
         from vpr_ros.runtime.factory import open_backend
 
         with open_backend(cfg[""].backend, cfg["model"], cfg[""].device,
                           cfg[""].engine_cache_dir or None) as backend:
             base = VprMap.load(a.map_dir) if a.append else None
             builder = MapBuilder(backend, cfg["keyframes"], map_frame=cfg[""].map_frame,
-                                 source=f"vpr_ros_build_map {a.images}", base=base,
+                                 source=f"vpr_ros_build_map {a.source}", base=base,
                                  index=cfg["index"])
-            frames = []
-            for i, f in enumerate(files):
-                if poses is not None:
-                    if f.name not in poses:
-                        raise DatasetError(f"{a.poses}: no pose for image '{f.name}'")
-                    x, y, yaw, stamp = poses[f.name]
-                else:
-                    (x, y), yaw, stamp = utm_from_name(f), 0.0, float(i)
-                frames.append((read_rgb(f), Keyframe(stamp=stamp, pose=planar_pose(x, y, yaw),
-                                                     image_ref=str(f.resolve()))))
-            ids = builder.add_many(frames, progress=True)
+            if is_bag:
+                ids, n = _from_bag(builder, source, a, cfg[""].max_pose_age)
+            else:
+                frames = _from_folder(source, a.poses)
+                n = len(frames)
+                ids = builder.add_many(frames, progress=True)
             builder.save(a.map_dir)
-        print(f"vpr_ros_build_map: {len(ids)} keyframes from {len(files)} images -> {a.map_dir}")
+        print(f"vpr_ros_build_map: {len(ids)} keyframes from {n} images -> {a.map_dir}")
         return 0
     except VprError as exc:
         print(f"vpr_ros_build_map: error: {exc}", file=sys.stderr)

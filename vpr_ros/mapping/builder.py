@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -49,21 +49,26 @@ class MapBuilder:
         desc = self.backend.infer(preprocess_batch([rgb], self.backend.input_size))
         return self.map.add(desc, [keyframe])[0]
 
-    def add_many(self, frames: Iterable[tuple[np.ndarray, Keyframe]], batch_size: int = 8,
-                 progress: bool = False) -> list[int]:
-        """Offer many frames; keyframes are encoded in batches. Returns the new ids."""
+    def add_many(self, frames: Iterable[tuple[np.ndarray | Callable[[], np.ndarray], Keyframe]],
+                 batch_size: int = 8, progress: bool = False, total: int | None = None) -> list[int]:
+        """Offer many frames (streamed); keyframes are encoded in batches. Returns the new ids.
+
+        An image may be given as a callable returning it: it is only decoded if the frame
+        becomes a keyframe (cheap for long recordings)."""
         ids: list[int] = []
         pending: list[tuple[np.ndarray, Keyframe]] = []
-        frames = list(frames)
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(frames), desc="building map", unit="img")
+            bar = tqdm(total=total if total is not None else (len(frames) if hasattr(frames, "__len__") else None),
+                       desc="building map", unit="img")
         for rgb, kf in frames:
             self.offered += 1
+            if not all(math.isfinite(v) for v in kf.pose):
+                raise MapError(f"frame at stamp {kf.stamp}: pose has NaN/inf values")
             if self.selector.offer(kf.stamp, kf.pose):
-                pending.append((rgb, kf))
+                pending.append((rgb() if callable(rgb) else rgb, kf))
             if len(pending) >= batch_size:
                 ids += self._flush(pending)
             if bar is not None:

@@ -1,0 +1,167 @@
+"""Frames for map building from rosbag2 recordings (.db3 and .mcap), read with ``rosbags``.
+
+No ROS installation is needed. Poses come from an odometry-like topic
+(``nav_msgs/msg/Odometry``, ``geometry_msgs/msg/PoseStamped`` or ``PoseWithCovarianceStamped``)
+or from a trajectory file (TUM: ``t x y z qx qy qz qw`` per line; or CSV with a header
+``stamp,x,y,z,qx,qy,qz,qw``). Each image is paired with the pose nearest in time (within
+``max_pose_age`` seconds). Images are decoded lazily: only frames that become keyframes are.
+"""
+from __future__ import annotations
+
+import bisect
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from vpr_ros.errors import DatasetError, ImageError, MapError
+from vpr_ros.images import compressed_to_rgb, raw_to_rgb
+from vpr_ros.mapping.map_store import Keyframe
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+POSE_TYPES = ("nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped")
+
+Pose7 = tuple[float, float, float, float, float, float, float]
+
+
+@dataclass
+class BagStats:
+    """Counts of what was read (for the report at the end of a build)."""
+
+    images: int = 0
+    without_pose: int = 0
+    poses: int = 0
+    cameras: set[str] = field(default_factory=set)
+
+
+class PoseTrack:
+    """Time-sorted poses with nearest-neighbour lookup."""
+
+    def __init__(self, stamps: list[float], poses: list[Pose7], source: str) -> None:
+        order = np.argsort(stamps, kind="stable")
+        self.stamps = [float(stamps[i]) for i in order]
+        self.poses = [poses[i] for i in order]
+        self.source = source
+        for t, p in zip(self.stamps, self.poses):
+            if not all(math.isfinite(v) for v in (t, *p)):
+                raise MapError(f"{source}: pose at stamp {t} has NaN/inf values")
+
+    def __len__(self) -> int:
+        return len(self.stamps)
+
+    def at(self, t: float, max_age: float) -> Pose7 | None:
+        i = bisect.bisect_left(self.stamps, t)
+        best = min((j for j in (i - 1, i) if 0 <= j < len(self.stamps)),
+                   key=lambda j: abs(self.stamps[j] - t), default=None)
+        if best is None or abs(self.stamps[best] - t) > max_age:
+            return None
+        return self.poses[best]
+
+
+def read_trajectory(path: str | Path) -> PoseTrack:
+    """TUM (``t x y z qx qy qz qw``, '#' comments) or CSV (header stamp,x,y,z,qx,qy,qz,qw)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"{p}: trajectory file not found")
+    stamps: list[float] = []
+    poses: list[Pose7] = []
+    text = p.read_text().splitlines()
+    is_csv = bool(text) and text[0].replace(" ", "").lower().startswith(("stamp,", "t,", "time,"))
+    rows = list(csv.reader(text[1:])) if is_csv else [ln.split() for ln in text if ln.strip() and not ln.startswith("#")]
+    for row_no, row in enumerate(rows, start=2 if is_csv else 1):
+        try:
+            vals = [float(v) for v in row]
+        except ValueError:
+            raise DatasetError(f"{p}: line {row_no} is not numeric: {row}") from None
+        if len(vals) != 8:
+            raise DatasetError(f"{p}: line {row_no} has {len(vals)} values, expected 8 (t x y z qx qy qz qw)")
+        stamps.append(vals[0])
+        poses.append(tuple(vals[1:]))  # type: ignore[arg-type]
+    if not stamps:
+        raise DatasetError(f"{p}: no poses")
+    return PoseTrack(stamps, poses, str(p))
+
+
+def _stamp(msg: Any) -> float:
+    return float(msg.header.stamp.sec) + float(msg.header.stamp.nanosec) * 1e-9
+
+
+def _pose_of(msg: Any) -> Pose7:
+    pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose
+    p, q = pose.position, pose.orientation
+    return (p.x, p.y, p.z, q.x, q.y, q.z, q.w)
+
+
+def _connections(reader: Any, topic: str, types: tuple[str, ...], bag: Path, what: str) -> list[Any]:
+    conns = [c for c in reader.connections if c.topic == topic]
+    if not conns:
+        available = ", ".join(sorted(f"{c.topic} ({c.msgtype})" for c in reader.connections))
+        raise DatasetError(f"{bag}: no {what} topic '{topic}'; the bag has: {available}")
+    bad = [c.msgtype for c in conns if c.msgtype not in types]
+    if bad:
+        raise DatasetError(f"{bag}: topic '{topic}' has type {bad[0]}, expected one of {', '.join(types)}")
+    return conns
+
+
+def _decoder(msg: Any, bag: Path, topic: str, t: float) -> Callable[[], np.ndarray]:
+    def decode() -> np.ndarray:
+        try:
+            if hasattr(msg, "format"):
+                return compressed_to_rgb(msg.format, msg.data)
+            return raw_to_rgb(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data)
+        except ImageError as exc:
+            raise ImageError(f"{bag}: topic '{topic}' at stamp {t:.6f}: {exc}") from None
+    return decode
+
+
+def bag_frames(bag: str | Path, image_topic: str, pose_topic: str = "", trajectory: str = "",
+               max_pose_age: float = 0.5, stats: BagStats | None = None
+               ) -> Iterator[tuple[Callable[[], np.ndarray], Keyframe]]:
+    """Yield (lazy image decoder, Keyframe) for every image that has a pose, in bag order."""
+    from rosbags.highlevel import AnyReader, AnyReaderError
+
+    bag = Path(bag)
+    stats = stats if stats is not None else BagStats()
+    if bool(pose_topic) == bool(trajectory):
+        raise DatasetError("give exactly one pose source: a pose topic or a trajectory file")
+    if not bag.exists():
+        raise DatasetError(f"{bag}: bag not found")
+    try:
+        with AnyReader([bag]) as reader:
+            img_conns = _connections(reader, image_topic, IMAGE_TYPES, bag, "image")
+            if trajectory:
+                track = read_trajectory(trajectory)
+            else:
+                pose_conns = _connections(reader, pose_topic, POSE_TYPES, bag, "pose")
+                stamps, poses = [], []
+                for conn, _, raw in reader.messages(connections=pose_conns):
+                    msg = reader.deserialize(raw, conn.msgtype)
+                    stamps.append(_stamp(msg))
+                    poses.append(_pose_of(msg))
+                track = PoseTrack(stamps, poses, f"{bag}:{pose_topic}")
+            stats.poses = len(track)
+            for conn, _, raw in reader.messages(connections=img_conns):
+                msg = reader.deserialize(raw, conn.msgtype)
+                t = _stamp(msg)
+                stats.images += 1
+                pose = track.at(t, max_pose_age)
+                if pose is None:
+                    stats.without_pose += 1
+                    continue
+                stats.cameras.add(msg.header.frame_id or image_topic)
+                yield _decoder(msg, bag, image_topic, t), Keyframe(
+                    stamp=t, pose=pose, camera=image_topic, frame_id=msg.header.frame_id,
+                    image_ref=f"{bag.name}:{image_topic}@{t:.6f}")
+    except AnyReaderError as exc:
+        raise DatasetError(f"{bag}: cannot read the bag ({exc})") from None
+
+
+def count_messages(bag: str | Path, topic: str) -> int:
+    """Number of messages on ``topic`` (for progress bars)."""
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([Path(bag)]) as reader:
+        return sum(c.msgcount for c in reader.connections if c.topic == topic)
