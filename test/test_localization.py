@@ -90,3 +90,22 @@ def test_latest_frame_slots_keep_only_the_newest_per_camera():
     t.start()
     assert s.take(timeout=2.0) is None
     t.join()
+
+
+def test_appearance_novelty_adds_keyframes_without_motion(tiny_backend, traversals):
+    from vpr_ros.config import KeyframeConfig
+    from vpr_ros.geometry import planar_pose
+    from vpr_ros.mapping.builder import MapBuilder
+    from vpr_ros.mapping.map_store import Keyframe
+
+    first = traversals[0]
+    still = planar_pose(0.0, 0.0)  # the robot does not move; the scene in front of it changes
+    frames = [(img, Keyframe(stamp=float(i), pose=still)) for i, img in enumerate(first.images[:12])]
+    plain = MapBuilder(tiny_backend, KeyframeConfig(min_distance=1.0))
+    assert len(plain.add_many(frames)) == 1
+    novel = MapBuilder(tiny_backend, KeyframeConfig(min_distance=1.0, novelty_threshold=0.995))
+    ids = novel.add_many(frames)
+    assert 1 < len(ids) <= 12
+    repeated = MapBuilder(tiny_backend, KeyframeConfig(min_distance=1.0, novelty_threshold=0.995))
+    same = [(first.images[0], Keyframe(stamp=float(i), pose=still)) for i in range(6)]
+    assert len(repeated.add_many(same)) == 1  # an unchanged view is never novel

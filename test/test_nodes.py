@@ -180,3 +180,44 @@ def test_map_builder_node_builds_a_map_from_topics(rclpy_context, tmp_path, trav
         client.destroy_node()
     finally:
         s.stop()
+
+
+def test_map_builder_node_with_navsatfix_poses(rclpy_context, tmp_path, traversals):
+    from sensor_msgs.msg import NavSatFix, NavSatStatus
+
+    from vpr_ros.ros.map_builder_node import MapBuilderNode
+
+    map_dir = tmp_path / "gps_map"
+    node = MapBuilderNode(parameter_overrides=overrides(
+        map_dir=str(map_dir), qos="reliable", autosave_period=0.0, pose_source="navsatfix", pose_topic="fix",
+        **{"keyframes.min_distance": 2.5}))
+    s = Spinning(node)
+    try:
+        client = rclpy.create_node("test_gps_feeder")
+        pub_img = client.create_publisher(Image, "image", 10)
+        pub_fix = client.create_publisher(NavSatFix, "fix", 50)
+        end = time.monotonic() + 20
+        while (pub_img.get_subscription_count() == 0 or pub_fix.get_subscription_count() == 0) \
+                and time.monotonic() < end:
+            rclpy.spin_once(client, timeout_sec=0.05)
+        first = traversals[0]
+        lat0, lon0 = 48.137, 11.575
+        for i, (img, t) in enumerate(zip(first.images[:8], first.stamps)):
+            fix = NavSatFix(latitude=lat0 + i * 1.0 / 111_319.49, longitude=lon0, altitude=520.0)  # 1 m north per frame
+            fix.status.status = NavSatStatus.STATUS_FIX
+            fix.header.stamp = sec_to_stamp(t)
+            pub_fix.publish(fix)
+            time.sleep(0.02)
+            pub_img.publish(rgb_to_image(img, t))
+            time.sleep(0.05)
+        end = time.monotonic() + 20
+        while node.keyframes < 3 and time.monotonic() < end:
+            time.sleep(0.05)
+        node.save()
+        vmap = VprMap.load(map_dir)
+        norths = [round(k.pose[1], 2) for k in vmap.keyframes]
+        assert norths == [0.0, 3.0, 6.0]  # metres north of the first fix, a keyframe every >= 2.5 m
+        assert vmap.keyframes[1].gps[0] == pytest.approx(lat0 + 3 / 111_319.49) and vmap.keyframes[0].gps[2] == 520.0
+        client.destroy_node()
+    finally:
+        s.stop()

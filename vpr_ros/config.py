@@ -146,8 +146,12 @@ class KeyframeConfig:
     min_distance: float = _f(1.0, "Travelled distance (m) since the last keyframe that triggers a new one.")
     min_rotation_deg: float = _f(15.0, "Heading change (deg) since the last keyframe that triggers a new one.")
     max_interval: float = _f(0.0, "Seconds after which a keyframe is taken anyway (0 = never).")
+    novelty_threshold: float = _f(0.0, "Appearance novelty: a frame whose cosine similarity to the last "
+                                  "keyframe is below this becomes a keyframe even without motion "
+                                  "(0 = off; costs one inference per frame).")
 
     def __post_init__(self) -> None:
+        _range("novelty_threshold", self.novelty_threshold, 0.0, 1.0)
         _range("min_distance", self.min_distance, 0.0, math.inf)
         _range("min_rotation_deg", self.min_rotation_deg, 0.0, 360.0)
         _range("max_interval", self.max_interval, 0.0, math.inf)
@@ -163,7 +167,9 @@ class MapBuilderConfig:
     engine_cache_dir: str = _f("", "Where exported ONNX graphs and engines are cached (empty = "
                                "$VPR_ROS_CACHE or ~/.cache/vpr_ros).")
     camera_topics: list = _f(["image"], "Image topics (relative names).")
-    pose_topic: str = _f("odom", "nav_msgs/Odometry topic giving the pose of each image.")
+    pose_source: str = _f("odometry", "Where image poses come from: 'odometry' (nav_msgs/Odometry) or "
+                          "'navsatfix' (sensor_msgs/NavSatFix; positions east/north of the first fix).")
+    pose_topic: str = _f("odom", "Topic of the pose source.")
     max_pose_age: float = _f(0.5, "Maximum |t_image - t_pose| in seconds to pair an image with a pose.")
     autosave_period: float = _f(60.0, "Seconds between automatic saves (0 = only on request and shutdown).")
     map_frame: str = _f("map", "Frame the keyframe poses are expressed in.")
@@ -172,6 +178,7 @@ class MapBuilderConfig:
     def __post_init__(self) -> None:
         _choice("backend", self.backend, BACKENDS)
         _choice("qos", self.qos, ("sensor_data", "reliable"))
+        _choice("pose_source", self.pose_source, ("odometry", "navsatfix"))
         if not self.camera_topics:
             raise ConfigError("camera_topics: must be a non-empty list of topic names")
         _positive("max_pose_age", self.max_pose_age)

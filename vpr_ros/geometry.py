@@ -26,3 +26,15 @@ def rotation_angle(a: Sequence[float], b: Sequence[float]) -> float:
     """Angle (rad) of the relative rotation between two poses' unit quaternions."""
     dot = abs(sum(x * y for x, y in zip(a[3:7], b[3:7])))
     return 2.0 * math.acos(min(1.0, dot))
+
+
+#: WGS84 equatorial radius (m); the local tangent-plane approximation below is good to ~0.1% within 10 km.
+EARTH_RADIUS = 6378137.0
+
+
+def enu_from_geodetic(lat: float, lon: float, alt: float, origin: tuple[float, float, float]) -> tuple[float, float, float]:
+    """East/north/up metres of (lat, lon [deg], alt [m]) relative to ``origin`` (local plane)."""
+    lat0, lon0, alt0 = origin
+    east = math.radians(lon - lon0) * EARTH_RADIUS * math.cos(math.radians(lat0))
+    north = math.radians(lat - lat0) * EARTH_RADIUS
+    return east, north, alt - alt0

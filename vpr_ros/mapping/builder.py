@@ -38,16 +38,45 @@ class MapBuilder:
         else:
             self.map = VprMap.create(identity, map_frame=map_frame, source=source)
         self.offered = 0
+        self._last_descriptor: np.ndarray | None = None
+
+    def _novel(self, rgb: np.ndarray) -> np.ndarray | None:
+        """The frame's descriptor [1, D] if it is novel enough to become a keyframe, else None."""
+        desc = self.backend.infer(preprocess_batch([rgb], self.backend.input_size))
+        last = self._last_descriptor
+        return desc if last is None or self.selector.is_novel(float(desc[0] @ last)) else None
+
+    def add_encoded(self, desc: np.ndarray, kfs: list[Keyframe]) -> list[int]:
+        """Add keyframes whose descriptors [N, D] are already computed (the node's worker)."""
+        return self._add(desc, kfs)
+
+    def consider_novel(self, desc: np.ndarray, kf: Keyframe) -> int | None:
+        """Appearance trigger for a frame the motion rules rejected: add it if it is novel."""
+        last = self._last_descriptor
+        if last is not None and not self.selector.is_novel(float(desc[0] @ last)):
+            return None
+        self.selector.accept(kf.stamp, kf.pose)
+        return self._add(desc, [kf])[0]
+
+    def _add(self, desc: np.ndarray, kfs: list[Keyframe]) -> list[int]:
+        ids = self.map.add(desc, kfs)
+        self._last_descriptor = desc[-1]
+        return ids
 
     def offer(self, rgb: np.ndarray, keyframe: Keyframe) -> int | None:
         """Consider one frame; returns its map id if it became a keyframe, else None."""
         self.offered += 1
         if not all(math.isfinite(v) for v in keyframe.pose):
             raise MapError(f"frame at stamp {keyframe.stamp}: pose has NaN/inf values")
-        if not self.selector.offer(keyframe.stamp, keyframe.pose):
-            return None
-        desc = self.backend.infer(preprocess_batch([rgb], self.backend.input_size))
-        return self.map.add(desc, [keyframe])[0]
+        if self.selector.offer(keyframe.stamp, keyframe.pose):
+            desc = self.backend.infer(preprocess_batch([rgb], self.backend.input_size))
+            return self._add(desc, [keyframe])[0]
+        if self.selector.cfg.novelty_threshold > 0:
+            novel = self._novel(rgb)
+            if novel is not None:
+                self.selector.accept(keyframe.stamp, keyframe.pose)
+                return self._add(novel, [keyframe])[0]
+        return None
 
     def add_many(self, frames: Iterable[tuple[np.ndarray | Callable[[], np.ndarray], Keyframe]],
                  batch_size: int = 8, progress: bool = False, total: int | None = None) -> list[int]:
@@ -69,6 +98,12 @@ class MapBuilder:
                 raise MapError(f"frame at stamp {kf.stamp}: pose has NaN/inf values")
             if self.selector.offer(kf.stamp, kf.pose):
                 pending.append((rgb() if callable(rgb) else rgb, kf))
+            elif self.selector.cfg.novelty_threshold > 0:
+                ids += self._flush(pending)  # compare with the latest keyframe, in order
+                novel = self._novel(rgb() if callable(rgb) else rgb)
+                if novel is not None:
+                    self.selector.accept(kf.stamp, kf.pose)
+                    ids += self._add(novel, [kf])
             if len(pending) >= batch_size:
                 ids += self._flush(pending)
             if bar is not None:
@@ -82,7 +117,7 @@ class MapBuilder:
         if not pending:
             return []
         desc = self.backend.infer(preprocess_batch([p[0] for p in pending], self.backend.input_size))
-        ids = self.map.add(desc, [p[1] for p in pending])
+        ids = self._add(desc, [p[1] for p in pending])
         pending.clear()
         return ids
 

@@ -10,7 +10,9 @@ from vpr_ros.geometry import rotation_angle, translation_distance
 
 class KeyframeSelector:
     """Accept a frame when the robot moved ``min_distance`` m, turned ``min_rotation_deg``,
-    or ``max_interval`` s passed since the last accepted frame (the first frame is accepted)."""
+    or ``max_interval`` s passed since the last accepted frame (the first frame is accepted);
+    optionally also when its appearance differs from the last keyframe (``novelty_threshold``,
+    checked by the builder, which has the descriptors)."""
 
     def __init__(self, cfg: KeyframeConfig) -> None:
         self.cfg = cfg
@@ -19,9 +21,17 @@ class KeyframeSelector:
     def offer(self, stamp: float, pose: Sequence[float]) -> bool:
         """True if (stamp, pose) should become a keyframe; remembers it if so."""
         if self._last is None or self._is_new(stamp, pose):
-            self._last = (stamp, tuple(pose))
+            self.accept(stamp, pose)
             return True
         return False
+
+    def accept(self, stamp: float, pose: Sequence[float]) -> None:
+        """Record a keyframe taken for another reason (appearance novelty)."""
+        self._last = (stamp, tuple(pose))
+
+    def is_novel(self, similarity_to_last: float) -> bool:
+        """Appearance trigger: the frame looks unlike the last keyframe (if enabled)."""
+        return 0.0 < self.cfg.novelty_threshold and similarity_to_last < self.cfg.novelty_threshold
 
     def _is_new(self, stamp: float, pose: Sequence[float]) -> bool:
         assert self._last is not None

@@ -1,11 +1,12 @@
-"""map_builder node: images + odometry in, a map on disk out.
+"""map_builder node: images + poses in, a map on disk out.
 
 Subscriptions (relative): ``<camera>`` / ``<camera>/compressed`` for each of
-``camera_topics``, and ``pose_topic`` (nav_msgs/Odometry). Each image is paired with
-the odometry message nearest in time (within ``max_pose_age``); keyframes are chosen
-by the shared :class:`~vpr_ros.mapping.keyframes.KeyframeSelector` and encoded on a
-worker thread. The map is saved periodically, on ``vpr/save_map`` (std_srvs/Trigger)
-and on shutdown.
+``camera_topics``, and ``pose_topic``: nav_msgs/Odometry (``pose_source: odometry``) or
+sensor_msgs/NavSatFix (``navsatfix``: positions east/north/up of the first fix, GPS kept on
+the keyframes). Each image is paired with the pose nearest in time (within ``max_pose_age``);
+keyframes are chosen by the shared :class:`~vpr_ros.mapping.keyframes.KeyframeSelector`
+(motion, time, optionally appearance novelty) and encoded on a worker thread. The map is
+saved periodically, on ``vpr/save_map`` (std_srvs/Trigger) and on shutdown.
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage, Image, NavSatFix, NavSatStatus
 from std_srvs.srv import Trigger
 
 from vpr_ros.config import MAP_BUILDER_SECTIONS, KeyframeConfig, MapBuilderConfig, ModelConfig
 from vpr_ros.errors import MapError, VprError
+from vpr_ros.geometry import enu_from_geodetic
 from vpr_ros.mapping.builder import MapBuilder
 from vpr_ros.mapping.map_store import Keyframe, VprMap
 from vpr_ros.ros.conversions import image_to_rgb, pose_tuple, stamp_to_sec
@@ -62,7 +64,8 @@ class MapBuilderNode(Node):
                                   source=f"map_builder node ({', '.join(self.cfg.camera_topics)})", base=base,
                                   index=cfgs["index"])
         self.get_logger().info(f"model {self.backend.model_id} (weights: {self.backend.weights_source})")
-        self._poses: list[tuple[float, tuple]] = []
+        self._poses: list[tuple[float, tuple, tuple | None]] = []  # (stamp, pose, gps)
+        self._gps_origin: tuple[float, float, float] | None = None
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue(maxsize=MAX_PENDING)
         self.images = self.keyframes = self.skipped_no_pose = self.dropped = self.errors = 0
@@ -74,7 +77,10 @@ class MapBuilderNode(Node):
             self.create_subscription(Image, topic, lambda m, c=topic: self._on_image(c, m), qos)
             self.create_subscription(CompressedImage, f"{topic}/compressed",
                                      lambda m, c=topic: self._on_image(c, m), qos)
-        self.create_subscription(Odometry, self.cfg.pose_topic, self._on_odom, 50)
+        if self.cfg.pose_source == "navsatfix":
+            self.create_subscription(NavSatFix, self.cfg.pose_topic, self._on_fix, 50)
+        else:
+            self.create_subscription(Odometry, self.cfg.pose_topic, self._on_odom, 50)
         self.create_service(Trigger, "vpr/save_map", self._on_save)
         self.pub_diag = self.create_publisher(DiagnosticArray, "diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -84,55 +90,73 @@ class MapBuilderNode(Node):
         self._worker = threading.Thread(target=self._work, name="vpr-map-encoder", daemon=True)
         self._worker.start()
 
-    def _on_odom(self, msg: Odometry) -> None:
-        t = stamp_to_sec(msg.header.stamp)
+    def _store_pose(self, t: float, pose: tuple, gps: tuple | None) -> None:
         with self._lock:
-            bisect.insort(self._poses, (t, pose_tuple(msg.pose.pose)))
+            bisect.insort(self._poses, (t, pose, gps), key=lambda p: p[0])
             del self._poses[:-POSE_HISTORY]
 
-    def _pose_at(self, t: float) -> tuple | None:
+    def _on_odom(self, msg: Odometry) -> None:
+        self._store_pose(stamp_to_sec(msg.header.stamp), pose_tuple(msg.pose.pose), None)
+
+    def _on_fix(self, msg: NavSatFix) -> None:
+        if msg.status.status < NavSatStatus.STATUS_FIX:
+            self.get_logger().warning("NavSatFix without a fix ignored", throttle_duration_sec=5.0)
+            return
+        gps = (msg.latitude, msg.longitude, msg.altitude)
+        if self._gps_origin is None:
+            self._gps_origin = gps
+            self.get_logger().info(f"GPS origin of the map frame: lat {gps[0]:.7f}, lon {gps[1]:.7f}, alt {gps[2]:.1f}")
+        e, n, u = enu_from_geodetic(*gps, self._gps_origin)
+        self._store_pose(stamp_to_sec(msg.header.stamp), (e, n, u, 0.0, 0.0, 0.0, 1.0), gps)
+
+    def _pose_at(self, t: float) -> tuple[tuple, tuple | None] | None:
         with self._lock:
             if not self._poses:
                 return None
-            i = bisect.bisect_left(self._poses, (t,))
+            i = bisect.bisect_left(self._poses, t, key=lambda p: p[0])
             near = [self._poses[j] for j in (i - 1, i) if 0 <= j < len(self._poses)]
         best = min(near, key=lambda p: abs(p[0] - t))
-        return best[1] if abs(best[0] - t) <= self.cfg.max_pose_age else None
+        return (best[1], best[2]) if abs(best[0] - t) <= self.cfg.max_pose_age else None
 
     def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
         self.images += 1
         t = stamp_to_sec(msg.header.stamp)
-        pose = self._pose_at(t)
-        if pose is None:
+        found = self._pose_at(t)
+        if found is None:
             self.skipped_no_pose += 1
             self.get_logger().warning(f"image on '{camera}' at {t:.3f}: no odometry within "
                                    f"{self.cfg.max_pose_age}s; skipped", throttle_duration_sec=2.0)
             return
+        pose, gps = found
         try:
-            kf = Keyframe(stamp=t, pose=pose, camera=camera, frame_id=msg.header.frame_id)
+            kf = Keyframe(stamp=t, pose=pose, camera=camera, frame_id=msg.header.frame_id, gps=gps)
         except VprError as exc:
             self._error(str(exc))
             return
-        if not self.builder.selector.offer(t, pose):
+        if self.builder.selector.offer(t, pose):
+            keyframe = True
+        elif self.kf_cfg.novelty_threshold > 0 and self._queue.qsize() == 0:
+            keyframe = False  # a candidate for the appearance trigger, checked when the worker is idle
+        else:
             return
         try:
-            self._queue.put_nowait((camera, msg, kf))
+            self._queue.put_nowait((camera, msg, kf, keyframe))
         except queue.Full:
             self.dropped += 1
 
     def _work(self) -> None:
         while not self._stop.is_set():
             try:
-                camera, msg, kf = self._queue.get(timeout=0.2)
+                camera, msg, kf, keyframe = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
             try:
                 rgb = image_to_rgb(msg)
                 desc = self.backend.infer(preprocess_batch([rgb], self.backend.input_size))
                 with self._lock:
-                    self.builder.map.add(desc, [kf])
-                    self._dirty = True
-                self.keyframes += 1
+                    added = self.builder.add_encoded(desc, [kf]) if keyframe else self.builder.consider_novel(desc, kf)
+                    self._dirty = self._dirty or added is not None
+                self.keyframes += added is not None
             except VprError as exc:
                 self._error(f"frame from '{camera}' skipped: {exc}")
             except Exception as exc:  # noqa: BLE001 - keep building on one bad frame
