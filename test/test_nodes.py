@@ -221,3 +221,19 @@ def test_map_builder_node_with_navsatfix_poses(rclpy_context, tmp_path, traversa
         client.destroy_node()
     finally:
         s.stop()
+
+
+def test_tf_pose_source_needs_tf2_ros(rclpy_context, tmp_path):
+    """tf2_ros has no pip wheel: selecting TF here must give a clear configuration error. (With a ROS 2
+    installation the same node looks up map_frame -> base_frame; not testable in this environment.)"""
+    pytest.importorskip("rclpy")
+    try:
+        import tf2_ros  # noqa: F401
+        pytest.skip("tf2_ros is installed: the TF path would be used")
+    except ImportError:
+        pass
+    from vpr_ros.errors import ConfigError
+    from vpr_ros.ros.map_builder_node import MapBuilderNode
+
+    with pytest.raises(ConfigError, match="pose_source 'tf' needs tf2_ros"):
+        MapBuilderNode(parameter_overrides=overrides(map_dir=str(tmp_path / "m"), pose_source="tf"))

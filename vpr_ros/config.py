@@ -167,18 +167,20 @@ class MapBuilderConfig:
     engine_cache_dir: str = _f("", "Where exported ONNX graphs and engines are cached (empty = "
                                "$VPR_ROS_CACHE or ~/.cache/vpr_ros).")
     camera_topics: list = _f(["image"], "Image topics (relative names).")
-    pose_source: str = _f("odometry", "Where image poses come from: 'odometry' (nav_msgs/Odometry) or "
-                          "'navsatfix' (sensor_msgs/NavSatFix; positions east/north of the first fix).")
+    pose_source: str = _f("odometry", "Where image poses come from: 'odometry' (nav_msgs/Odometry on "
+                          "pose_topic), 'navsatfix' (sensor_msgs/NavSatFix on pose_topic; positions east/north "
+                          "of the first fix) or 'tf' (map_frame -> base_frame at the image stamp; needs tf2_ros).")
     pose_topic: str = _f("odom", "Topic of the pose source.")
     max_pose_age: float = _f(0.5, "Maximum |t_image - t_pose| in seconds to pair an image with a pose.")
     autosave_period: float = _f(60.0, "Seconds between automatic saves (0 = only on request and shutdown).")
     map_frame: str = _f("map", "Frame the keyframe poses are expressed in.")
+    base_frame: str = _f("base_link", "Robot frame looked up in TF (pose_source 'tf').")
     qos: str = _f("sensor_data", "QoS of image subscriptions: 'sensor_data' or 'reliable'.")
 
     def __post_init__(self) -> None:
         _choice("backend", self.backend, BACKENDS)
         _choice("qos", self.qos, ("sensor_data", "reliable"))
-        _choice("pose_source", self.pose_source, ("odometry", "navsatfix"))
+        _choice("pose_source", self.pose_source, ("odometry", "navsatfix", "tf"))
         if not self.camera_topics:
             raise ConfigError("camera_topics: must be a non-empty list of topic names")
         _positive("max_pose_age", self.max_pose_age)

@@ -242,9 +242,10 @@ class LocalizerNode(Node):
         self.pub_diag.publish(arr)
 
     def destroy_node(self) -> None:
-        self._stop.set()
-        self.slots.close()
-        self._worker.join(timeout=10.0)
+        if hasattr(self, "_worker"):  # absent if the constructor failed
+            self._stop.set()
+            self.slots.close()
+            self._worker.join(timeout=10.0)
         super().destroy_node()
 
 

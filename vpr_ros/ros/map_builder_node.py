@@ -23,7 +23,7 @@ from sensor_msgs.msg import CompressedImage, Image, NavSatFix, NavSatStatus
 from std_srvs.srv import Trigger
 
 from vpr_ros.config import MAP_BUILDER_SECTIONS, KeyframeConfig, MapBuilderConfig, ModelConfig
-from vpr_ros.errors import MapError, VprError
+from vpr_ros.errors import ConfigError, MapError, VprError
 from vpr_ros.geometry import enu_from_geodetic
 from vpr_ros.mapping.builder import MapBuilder
 from vpr_ros.mapping.map_store import Keyframe, VprMap
@@ -77,7 +77,10 @@ class MapBuilderNode(Node):
             self.create_subscription(Image, topic, lambda m, c=topic: self._on_image(c, m), qos)
             self.create_subscription(CompressedImage, f"{topic}/compressed",
                                      lambda m, c=topic: self._on_image(c, m), qos)
-        if self.cfg.pose_source == "navsatfix":
+        self._tf = None
+        if self.cfg.pose_source == "tf":
+            self._tf = self._tf_buffer()
+        elif self.cfg.pose_source == "navsatfix":
             self.create_subscription(NavSatFix, self.cfg.pose_topic, self._on_fix, 50)
         else:
             self.create_subscription(Odometry, self.cfg.pose_topic, self._on_odom, 50)
@@ -109,7 +112,32 @@ class MapBuilderNode(Node):
         e, n, u = enu_from_geodetic(*gps, self._gps_origin)
         self._store_pose(stamp_to_sec(msg.header.stamp), (e, n, u, 0.0, 0.0, 0.0, 1.0), gps)
 
+    def _tf_buffer(self) -> object:
+        """A tf2 buffer + listener (ROS 2 installations; tf2_ros has no pip wheel)."""
+        try:
+            from tf2_ros import Buffer, TransformListener  # type: ignore[import-not-found]
+        except ImportError:
+            raise ConfigError("pose_source 'tf' needs tf2_ros (a ROS 2 installation; it is not available "
+                              "from pip): use 'odometry' or 'navsatfix' here") from None
+        buffer = Buffer()
+        self._tf_listener = TransformListener(buffer, self)
+        return buffer
+
+    def _tf_pose(self, t: float) -> tuple[tuple, None] | None:
+        from rclpy.duration import Duration
+        from rclpy.time import Time
+
+        try:
+            tr = self._tf.lookup_transform(self.cfg.map_frame, self.cfg.base_frame,  # type: ignore[attr-defined]
+                                           Time(nanoseconds=int(t * 1e9)), timeout=Duration(seconds=0.05))
+        except Exception:  # noqa: BLE001 - tf2 raises several lookup/extrapolation exception types
+            return None
+        p, q = tr.transform.translation, tr.transform.rotation
+        return (p.x, p.y, p.z, q.x, q.y, q.z, q.w), None
+
     def _pose_at(self, t: float) -> tuple[tuple, tuple | None] | None:
+        if self._tf is not None:
+            return self._tf_pose(t)
         with self._lock:
             if not self._poses:
                 return None
@@ -215,8 +243,9 @@ class MapBuilderNode(Node):
 
 
     def destroy_node(self) -> None:
-        self._stop.set()
-        self._worker.join(timeout=10.0)
+        if hasattr(self, "_worker"):  # absent if the constructor failed
+            self._stop.set()
+            self._worker.join(timeout=10.0)
         super().destroy_node()
 
 
