@@ -237,3 +237,28 @@ def test_tf_pose_source_needs_tf2_ros(rclpy_context, tmp_path):
 
     with pytest.raises(ConfigError, match="pose_source 'tf' needs tf2_ros"):
         MapBuilderNode(parameter_overrides=overrides(map_dir=str(tmp_path / "m"), pose_source="tf"))
+
+
+def test_markers_and_debug_image_only_when_watched(localizer, traversals):
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    p = QueryPlayer("cam0/image")
+    assert p.wait_for_localizer(20)
+    assert p.play([traversals[0].images[4]], [800.0], timeout=20) == 1
+    assert localizer.counters.debug_images == 0  # nobody subscribed: not built
+    got: dict = {"markers": [], "debug": []}
+    p.create_subscription(MarkerArray, "vpr/markers", got["markers"].append, 10)
+    p.create_subscription(Image, "vpr/debug_image", got["debug"].append, 10)
+    assert p.spin_until(lambda: localizer.pub_debug.get_subscription_count() > 0 and
+                        localizer.pub_markers.get_subscription_count() > 0, 10)
+    assert p.play([traversals[0].images[6]], [801.0], timeout=20) == 1
+    assert p.spin_until(lambda: got["debug"] and any(len(m.markers) > 1 for m in got["markers"]), 10)
+    dbg = got["debug"][-1]
+    assert dbg.encoding == "rgb8" and dbg.height == 240 and dbg.width > dbg.height
+    assert localizer.counters.debug_images >= 1
+    matches = next(m for m in got["markers"] if len(m.markers) > 1).markers
+    spheres = [m for m in matches if m.type == Marker.SPHERE]
+    assert len(spheres) == 3 and spheres[0].ns == "matches"
+    text = next(m for m in matches if m.type == Marker.TEXT_VIEW_FACING)
+    assert text.text.startswith("6: ")
+    p.destroy_node()

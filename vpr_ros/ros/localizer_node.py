@@ -24,6 +24,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
 
 from vpr_ros.config import LOCALIZER_SECTIONS, LocalizerConfig, ModelConfig
 from vpr_ros.errors import VprError
@@ -32,7 +33,9 @@ from vpr_ros.localization import LocalizationResult, Localizer
 from vpr_ros.loop_closure import STATUS_CODES
 from vpr_ros.mapping.map_store import ModelIdentity, VprMap
 from vpr_ros.ros.node_main import run_node
-from vpr_ros.ros.conversions import image_to_rgb, pose_msg, sec_to_stamp, stamp_to_sec, table
+from vpr_ros.debug_view import keyframe_image, side_by_side
+from vpr_ros.ros.conversions import image_to_rgb, pose_msg, rgb_to_image, sec_to_stamp, stamp_to_sec, table
+from vpr_ros.ros.markers import keyframe_markers, match_markers
 from vpr_ros.ros.params import declare_config
 from vpr_ros.runtime.base import DescriptorBackend
 from vpr_ros.runtime.factory import open_backend
@@ -59,6 +62,7 @@ class Counters:
         self.latency_ms: deque[float] = deque(maxlen=100)   # receive -> published
         self.inference_ms: deque[float] = deque(maxlen=100)
         self.loop_closures = 0
+        self.debug_images = 0
 
 
 class LocalizerNode(Node):
@@ -83,6 +87,8 @@ class LocalizerNode(Node):
                              reliability=ReliabilityPolicy.RELIABLE)
         self.pub_keyframes = self.create_publisher(Path, "vpr/map_keyframes", latched)
         self.pub_diag = self.create_publisher(DiagnosticArray, "diagnostics", 10)
+        self.pub_markers = self.create_publisher(MarkerArray, "vpr/markers", 10)
+        self.pub_debug = self.create_publisher(Image, "vpr/debug_image", 2)
 
         self.backend = backend or open_backend(self.cfg.backend, self.model_cfg, self.cfg.device,
                                                self.cfg.engine_cache_dir or None)
@@ -141,6 +147,7 @@ class LocalizerNode(Node):
             ps.pose = pose_msg(kf.pose)
             path.poses.append(ps)
         self.pub_keyframes.publish(path)
+        self.pub_markers.publish(keyframe_markers(vmap, self.cfg.map_frame, path.header.stamp))
 
     # ------------------------------------------------------------------ input
     def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
@@ -166,6 +173,13 @@ class LocalizerNode(Node):
         stamp = stamp_to_sec(msg.header.stamp)
         result = self.localizer.localize(rgb, stamp, camera)
         self._publish(result, msg.header.stamp)
+        if self.pub_markers.get_subscription_count() > 0:
+            self.pub_markers.publish(match_markers(result, self.cfg.map_frame, msg.header.stamp))
+        if self.pub_debug.get_subscription_count() > 0:  # only built when someone looks
+            top = result.matches[0]
+            view = side_by_side(rgb, keyframe_image(top.keyframe.image_ref), top.db_id, top.score, result.accepted)
+            self.pub_debug.publish(rgb_to_image(view, stamp, self.cfg.map_frame))
+            self.counters.debug_images += 1
         self.counters.processed += 1
         self.counters.inference_ms.append(result.timings_ms["inference"])
         self.counters.latency_ms.append((time.monotonic() - received) * 1e3)

@@ -185,6 +185,9 @@ class MapBuilderNode(Node):
                     added = self.builder.add_encoded(desc, [kf]) if keyframe else self.builder.consider_novel(desc, kf)
                     self._dirty = self._dirty or added is not None
                 self.keyframes += added is not None
+                if added is not None and self.keyframes % 10 == 0:
+                    self.get_logger().info(f"{len(self.builder.map)} keyframes; last at x={kf.pose[0]:.1f} "
+                                           f"y={kf.pose[1]:.1f} ({self.images} images received)")
             except VprError as exc:
                 self._error(f"frame from '{camera}' skipped: {exc}")
             except Exception as exc:  # noqa: BLE001 - keep building on one bad frame

@@ -46,6 +46,7 @@ class QueryPlayer(Node):
         self.pub = self.create_publisher(Image, image_topic, qos)
         self.pub_compressed = self.create_publisher(CompressedImage, f"{image_topic}/compressed", qos)
         self.log = PlayerLog()
+        self.table_listeners: list = []  # extra callables receiving every vpr/match_table message
         self._sent: dict[float, float] = {}
         self.create_subscription(Float64MultiArray, f"{vpr_ns}/match_table", self._on_table, 50)
         self.create_subscription(Float64MultiArray, f"{vpr_ns}/loop_closures",
@@ -63,6 +64,8 @@ class QueryPlayer(Node):
                                  lambda m: setattr(self.log, "keyframes", m), latched)
 
     def _on_table(self, msg: Float64MultiArray) -> None:
+        for listener in self.table_listeners:
+            listener(msg)
         rows = read_table(msg)
         if rows:
             t = round(rows[0]["t_query"], 6)
