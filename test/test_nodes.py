@@ -262,3 +262,18 @@ def test_markers_and_debug_image_only_when_watched(localizer, traversals):
     text = next(m for m in matches if m.type == Marker.TEXT_VIEW_FACING)
     assert text.text.startswith("6: ")
     p.destroy_node()
+
+
+def test_localizer_save_and_reload_services(localizer, built_map):
+    client = rclpy.create_node("test_service_client")
+    try:
+        before = VprMap.load(built_map).manifest.generation
+        for name in ("vpr/save_map", "vpr/reload_map"):
+            cli = client.create_client(Trigger, name)
+            assert cli.wait_for_service(timeout_sec=10), name
+            fut = cli.call_async(Trigger.Request())
+            rclpy.spin_until_future_complete(client, fut, timeout_sec=20)
+            assert fut.result().success, (name, fut.result().message)
+        assert VprMap.load(built_map).manifest.generation == before + 1
+    finally:
+        client.destroy_node()

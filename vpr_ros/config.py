@@ -112,6 +112,8 @@ class LocalizerConfig:
     consistency_window: int = _f(3, "Two consecutive matches agree when their map ids differ "
                                  "by at most this many keyframes.")
     min_time_separation: float = _f(30.0, "Minimum |t_query - t_match| in seconds for a loop closure.")
+    exclude_recent: float = _f(0.0, "Ignore map keyframes taken less than this many seconds before/after "
+                               "the query (for a robot querying its own growing map; 0 = off).")
     max_loop_closure_rate: float = _f(1.0, "Maximum loop closures per second (query time).")
     map_frame: str = _f("map", "Frame of map keyframe poses and of /vpr/pose.")
     base_frame: str = _f("base_link", "Robot body frame.")
@@ -134,6 +136,7 @@ class LocalizerConfig:
         _range("score_threshold", self.score_threshold, -1.0, 1.0)
         _range("consistency_window", self.consistency_window, 0, 10**9)
         _range("min_time_separation", self.min_time_separation, 0.0, math.inf)
+        _range("exclude_recent", self.exclude_recent, 0.0, math.inf)
         _positive("max_loop_closure_rate", self.max_loop_closure_rate)
         _positive("position_sigma", self.position_sigma)
         _positive("diagnostics_period", self.diagnostics_period)

@@ -89,10 +89,16 @@ class Localizer:
         """Match one frame taken at ``stamp`` (seconds) by ``camera``."""
         desc, timings = self.describe(rgb)
         t0 = time.perf_counter()
-        scores, ids = self.map.search(desc[None], self.cfg.top_k)
+        # with recent keyframes excluded, look further down the ranking to still fill top_k
+        k = self.cfg.top_k if self.cfg.exclude_recent <= 0 else min(len(self.map), max(64, 8 * self.cfg.top_k))
+        scores, ids = self.map.search(desc[None], k)
         timings["search"] = (time.perf_counter() - t0) * 1e3
-        matches = [Match(r, int(i), float(s), self.map.keyframes[int(i)])
-                   for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0]
+        kept = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and
+                abs(self.map.keyframes[int(i)].stamp - stamp) >= self.cfg.exclude_recent]
+        if not kept:
+            raise MapError(f"no map keyframe older than exclude_recent={self.cfg.exclude_recent}s "
+                           f"before the query at {stamp:.3f}")
+        matches = [Match(r, i, s, self.map.keyframes[i]) for r, (s, i) in enumerate(kept[: self.cfg.top_k])]
         top = matches[0]
         accepted = top.score >= self.cfg.score_threshold
         loop = self.loops.update(stamp, top.keyframe.stamp, top.db_id, top.score)

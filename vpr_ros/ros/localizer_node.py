@@ -4,7 +4,7 @@ Subscriptions (relative, remappable): ``<camera>`` (sensor_msgs/Image) and
 ``<camera>/compressed`` (sensor_msgs/CompressedImage) for each of ``camera_topics``.
 Publications: ``vpr/pose``, ``vpr/matches``, ``vpr/match_table``, ``vpr/loop_closures``,
 ``vpr/loop_closure_table``, ``vpr/map_keyframes`` (transient local), ``diagnostics``.
-Service: ``vpr/reload_map`` (std_srvs/Trigger).
+Services: ``vpr/reload_map`` and ``vpr/save_map`` (std_srvs/Trigger).
 
 Inference runs on one worker thread; only the newest frame per camera is kept.
 A bad message is logged and counted; the node keeps running.
@@ -105,6 +105,7 @@ class LocalizerNode(Node):
             self.create_subscription(CompressedImage, f"{topic}/compressed",
                                      lambda m, c=topic: self._on_image(c, m), qos)
         self.create_service(Trigger, "vpr/reload_map", self._on_reload)
+        self.create_service(Trigger, "vpr/save_map", self._on_save)
         self._rate_window: deque[tuple[float, int, int, int]] = deque(maxlen=30)
         self.create_timer(self.cfg.diagnostics_period, self._publish_diagnostics)
         self._stop = threading.Event()
@@ -134,6 +135,18 @@ class LocalizerNode(Node):
     def _on_reload(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
         resp.success = self.load_map()
         resp.message = self._status[1]
+        return resp
+
+    def _on_save(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
+        """Write the loaded map back to map_dir (atomically; a new generation)."""
+        if self.localizer is None:
+            resp.success, resp.message = False, "no map loaded"
+            return resp
+        try:
+            path = self.localizer.map.save(self.cfg.map_dir)
+            resp.success, resp.message = True, f"saved {len(self.localizer.map)} keyframes to {path}"
+        except VprError as exc:
+            resp.success, resp.message = False, str(exc)
         return resp
 
     def _publish_keyframes(self, vmap: VprMap) -> None:
