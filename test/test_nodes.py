@@ -277,3 +277,25 @@ def test_localizer_save_and_reload_services(localizer, built_map):
         assert VprMap.load(built_map).manifest.generation == before + 1
     finally:
         client.destroy_node()
+
+
+def test_two_cameras_and_the_rich_loop_closure_table(rclpy_context, built_map, traversals):
+    from vpr_ros.ros.localizer_node import LocalizerNode
+
+    node = LocalizerNode(parameter_overrides=overrides(
+        map_dir=str(built_map), camera_topics=["front/image", "rear/image"], qos="reliable", top_k=2,
+        score_threshold=0.0, temporal_consistency=1))
+    s = Spinning(node)
+    try:
+        front, rear = QueryPlayer("front/image", name="front_player"), QueryPlayer("rear/image", name="rear_player")
+        assert front.wait_for_localizer(20) and rear.wait_for_localizer(20)
+        assert front.play([traversals[0].images[3]], [900.0], timeout=20) == 1
+        assert rear.play([traversals[0].images[8]], [901.0], timeout=20) == 1
+        assert front.log.tables[900.0][0]["db_id"] == 3 and rear.log.tables[901.0][0]["db_id"] == 8
+        assert front.spin_until(lambda: len(front.log.loop_table) >= 2, 5)
+        row = front.log.loop_table[0]
+        assert (row["rel_x"], row["rel_qw"]) == (0.0, 1.0) and row["cov_x"] > 0 and row["cov_yaw"] > 0
+        front.destroy_node()
+        rear.destroy_node()
+    finally:
+        s.stop()

@@ -42,7 +42,11 @@ from vpr_ros.runtime.factory import open_backend
 
 MATCH_COLUMNS = ("t_query", "t_db", "db_id", "rank", "score", "verified",
                  "x", "y", "z", "qx", "qy", "qz", "qw")
-LOOP_COLUMNS = ("t_query", "t_match", "match_id", "status", "score", "streak")
+# Relative pose query->match: place recognition gives no metric offset, so identity with the
+# match covariance (diagonal: x, y, z, roll, pitch, yaw) for a geometric verifier to refine.
+LOOP_COLUMNS = ("t_query", "t_match", "match_id", "status", "score", "streak",
+                "rel_x", "rel_y", "rel_z", "rel_qx", "rel_qy", "rel_qz", "rel_qw",
+                "cov_x", "cov_y", "cov_z", "cov_roll", "cov_pitch", "cov_yaw")
 
 
 def image_qos(name: str) -> QoSProfile:
@@ -224,8 +228,10 @@ class LocalizerNode(Node):
 
         if r.loop is not None:
             lp = r.loop
-            self.pub_loop_table.publish(table(LOOP_COLUMNS, [(lp.t_query, lp.t_match, lp.db_id,
-                                                             STATUS_CODES[lp.status], lp.score, lp.streak)]))
+            cov = r.covariance
+            self.pub_loop_table.publish(table(LOOP_COLUMNS, [(
+                lp.t_query, lp.t_match, lp.db_id, STATUS_CODES[lp.status], lp.score, lp.streak,
+                0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, *(cov[i * 7] for i in range(6)))]))
             if lp.publish:
                 self.pub_loops.publish(Float64MultiArray(data=[lp.t_query, lp.t_match]))
                 self.counters.loop_closures += 1
