@@ -57,6 +57,14 @@ def localizer(rclpy_context, built_map):
     s.stop()
 
 
+def wait_until_matched(node, *publishers, timeout=20.0):
+    """Spin ``node`` until every publisher has a subscriber (DDS discovery done)."""
+    end = time.monotonic() + timeout
+    while any(p.get_subscription_count() == 0 for p in publishers) and time.monotonic() < end:
+        rclpy.spin_once(node, timeout_sec=0.05)
+    return all(p.get_subscription_count() > 0 for p in publishers)
+
+
 def last_diag(player):
     player.spin_until(lambda: bool(player.log.diagnostics), 5)
     st = player.log.diagnostics[-1].status[0]
@@ -150,10 +158,7 @@ def test_map_builder_node_builds_a_map_from_topics(rclpy_context, tmp_path, trav
         client = rclpy.create_node("test_feeder")
         pub_img = client.create_publisher(Image, "image", 10)
         pub_odom = client.create_publisher(Odometry, "odom", 50)
-        end = time.monotonic() + 20
-        while (pub_img.get_subscription_count() == 0 or pub_odom.get_subscription_count() == 0) \
-                and time.monotonic() < end:
-            rclpy.spin_once(client, timeout_sec=0.05)
+        assert wait_until_matched(client, pub_img, pub_odom)
         first = traversals[0]
         for img, t, pose in zip(first.images[:10], first.stamps, first.poses):
             od = Odometry()
@@ -196,10 +201,7 @@ def test_map_builder_node_with_navsatfix_poses(rclpy_context, tmp_path, traversa
         client = rclpy.create_node("test_gps_feeder")
         pub_img = client.create_publisher(Image, "image", 10)
         pub_fix = client.create_publisher(NavSatFix, "fix", 50)
-        end = time.monotonic() + 20
-        while (pub_img.get_subscription_count() == 0 or pub_fix.get_subscription_count() == 0) \
-                and time.monotonic() < end:
-            rclpy.spin_once(client, timeout_sec=0.05)
+        assert wait_until_matched(client, pub_img, pub_fix)
         first = traversals[0]
         lat0, lon0 = 48.137, 11.575
         for i, (img, t) in enumerate(zip(first.images[:8], first.stamps)):
