@@ -37,6 +37,10 @@ setup(
             "vpr_ros_export = vpr_ros.cli.export:main",
             "vpr_ros_build_engine = vpr_ros.cli.build_engine:main",
             "vpr_ros_map_info = vpr_ros.cli.map_info:main",
+            "vpr_ros_distill = vpr_ros.cli.distill:main",
+            "vpr_ros_finetune = vpr_ros.cli.finetune:main",
+            "vpr_ros_train_joint = vpr_ros.cli.train_joint:main",
+            "vpr_ros_fit_pca = vpr_ros.cli.fit_pca:main",
         ],
     },
 )

@@ -134,18 +134,9 @@ def aggregator(results: dict) -> None:
 
 def synthetic_places(n_places: int, views: int, seed: int) -> np.ndarray:
     """[n_places, views, 224, 224, 3] uint8 from the demo's procedural street."""
-    from vpr_ros.demo.synthetic import PX_PER_M, _degrade, _panorama, _view
+    from vpr_ros.demo.synthetic import place_views
 
-    rng = np.random.default_rng(seed)
-    spacing = 6.0  # metres between places: distinct content
-    pano = _panorama(n_places * spacing + 10, 448, rng)
-    out = np.zeros((n_places, views, 224, 224, 3), np.uint8)
-    for i in range(n_places):
-        for v in range(views):
-            img = _view(pano, i * spacing, (224, 224), shift_px=rng.uniform(-0.3, 0.3) * PX_PER_M,
-                        zoom=rng.uniform(0.85, 1.15), roll_deg=rng.uniform(-5, 5))
-            out[i, v] = img if v == 0 else _degrade(img, rng)
-    return out
+    return place_views(n_places, views, 224, seed)
 
 
 def to_batch(imgs: np.ndarray) -> torch.Tensor:

@@ -23,7 +23,7 @@ T = TypeVar("T")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-BACKBONES = ("vits14", "vitb14", "vits14_reg4", "vitb14_reg4", "vit_test")
+BACKBONES = ("vits14", "vitb14", "vits14_reg4", "vitb14_reg4", "vit_test", "vit_test_wide")
 ARCHITECTURES = ("d2vpr", "scicevpr", "cricavpr")
 ENCODERS = ("self_enhanced", "none")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
@@ -305,6 +305,20 @@ def load_node_config(path: str | Path | None, node_name: str, sections: Mapping[
         raise ConfigError(f"{path}: {exc}") from None
 
 
+MODEL_PATH_KEYS = ("weights", "pca", "onnx")
+
+
+def resolve_model_paths(section: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """Relative ``weights``/``pca``/``onnx`` paths of a model YAML are relative to the YAML's
+    folder when the file exists there (so a checkpoint folder can be moved as a whole)."""
+    out = dict(section)
+    for key in MODEL_PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and (base / value).exists():
+            out[key] = str(base / value)
+    return out
+
+
 def model_config_from(model_config: str = "", params_file: str = "", **overrides: Any) -> ModelConfig:
     """ModelConfig from a ``models/*.yaml`` file (its ``model:`` section) and/or the ``model.*``
     parameters of a params file, then non-empty ``overrides``."""
@@ -313,7 +327,7 @@ def model_config_from(model_config: str = "", params_file: str = "", **overrides
         section = read_yaml(model_config).get("model")
         if not isinstance(section, dict):
             raise ConfigError(f"{model_config}: no 'model:' section")
-        model.update(section)
+        model.update(resolve_model_paths(section, Path(model_config).parent))
     if params_file:
         flat = ros_parameters(read_yaml(params_file), "localizer", params_file)
         model.update({k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith("model.")})

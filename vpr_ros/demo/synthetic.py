@@ -9,6 +9,7 @@ No data is downloaded; the same seed always gives the same images.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -100,3 +101,43 @@ def make_traversals(n_places: int = 60, spacing_m: float = 1.0, size: tuple[int,
     t1 = [i * frame_period for i in range(n_places)]
     t2 = [revisit_start + i * frame_period for i in range(n_places)]
     return Traversal(first, t1, poses, pos), Traversal(second, t2, poses, pos)
+
+
+def place_views(n_places: int, views: int, size: int = 224, seed: int = 1, spacing_m: float = 6.0) -> np.ndarray:
+    """[n_places, views, size, size, 3] uint8: places ``spacing_m`` apart along one procedural
+    street; view 0 is clean, the others have viewpoint jitter, lighting change and noise."""
+    rng = np.random.default_rng(seed)
+    pano = _panorama(n_places * spacing_m + 10, 2 * size, rng)
+    out = np.zeros((n_places, views, size, size, 3), np.uint8)
+    for i in range(n_places):
+        for v in range(views):
+            img = _view(pano, i * spacing_m, (size, size), shift_px=rng.uniform(-0.3, 0.3) * PX_PER_M,
+                        zoom=rng.uniform(0.85, 1.15), roll_deg=rng.uniform(-5, 5))
+            out[i, v] = img if v == 0 else _degrade(img, rng)
+    return out
+
+
+def write_gsv_cities(root: str | Path, views: np.ndarray, city: str = "Synthville",
+                     first_place: int = 0) -> None:
+    """Write ``views`` [P, K, H, W, 3] as one city of a GSV-Cities tree (Dataframes/<city>.csv +
+    Images/<city>/...), with the dataset's file naming; positions are made up."""
+    import csv
+
+    import cv2
+
+    from vpr_ros.training.gsv_cities import GSV_COLUMNS, gsv_image_name
+
+    root = Path(root)
+    (root / "Dataframes").mkdir(parents=True, exist_ok=True)
+    folder = root / "Images" / city
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(root / "Dataframes" / f"{city}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(GSV_COLUMNS))
+        w.writeheader()
+        for p in range(views.shape[0]):
+            for k in range(views.shape[1]):
+                row = {"place_id": str(first_place + p), "year": str(2010 + k), "month": str(1 + k),
+                       "northdeg": str(90 * k), "city_id": city, "lat": f"{45.0 + p * 1e-4:.6f}",
+                       "lon": f"{7.0 + k * 1e-5:.6f}", "panoid": f"pano{p:04d}x{k}"}
+                w.writerow(row)
+                cv2.imwrite(str(folder / gsv_image_name(row)), cv2.cvtColor(views[p, k], cv2.COLOR_RGB2BGR))

@@ -41,6 +41,9 @@ VIT_PRESETS: dict[str, VitSpec] = {
     "vitb14_reg4": VitSpec(768, 12, 12, num_registers=4),
     # Tiny random-weight network for tests and quick demos; not a real DINOv2.
     "vit_test": VitSpec(64, 6, 2, pos_grid=8),
+    # Its teacher-sized sibling: width 128 = 2 x 64, so a CricaVPR teacher on it matches the
+    # descriptor size of D2-VPR/SciceVPR students on vit_test (training tests).
+    "vit_test_wide": VitSpec(128, 4, 4, pos_grid=8),
 }
 
 

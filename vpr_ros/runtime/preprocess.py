@@ -17,15 +17,20 @@ _MEAN = np.asarray(IMAGENET_MEAN, np.float32) * 255.0
 _INV_STD = 1.0 / (np.asarray(IMAGENET_STD, np.float32) * 255.0)
 
 
-def preprocess(rgb: np.ndarray, size: int) -> np.ndarray:
-    """One RGB image [H, W, 3] (uint8 or float 0..255) -> float32 [3, size, size]."""
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    """[H, W, 3] -> [size, size, 3]: area interpolation when shrinking, bilinear when enlarging."""
     import cv2
 
-    img = check_rgb(rgb)
     h, w = img.shape[:2]
-    if (h, w) != (size, size):
-        interp = cv2.INTER_AREA if (h > size or w > size) else cv2.INTER_LINEAR
-        img = cv2.resize(img, (size, size), interpolation=interp)
+    if (h, w) == (size, size):
+        return img
+    interp = cv2.INTER_AREA if (h > size or w > size) else cv2.INTER_LINEAR
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
+def preprocess(rgb: np.ndarray, size: int) -> np.ndarray:
+    """One RGB image [H, W, 3] (uint8 or float 0..255) -> float32 [3, size, size]."""
+    img = resize_square(check_rgb(rgb), size)
     x = (img.astype(np.float32) - _MEAN) * _INV_STD
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 

@@ -1,0 +1,213 @@
+"""Training configuration: the sections of a ``config/train_*.yaml`` file.
+
+A training YAML has the sections ``model`` (the student, :class:`ModelConfig`), ``teacher``
+(a :class:`ModelConfig`, distillation only), ``data``, ``optim`` and ``train``. Every key is
+validated (unknown keys and wrong types raise ConfigError naming the key); command-line
+``--set section.key=value`` overrides are applied before validation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from vpr_ros.config import ModelConfig, _choice, _f, _positive, _range, from_dict, read_yaml, to_dict
+from vpr_ros.errors import ConfigError
+
+STAGES = ("distill", "finetune", "joint")
+AMP_MODES = ("auto", "off", "fp16", "bf16")
+SELECT_METRICS = ("auto", "recall@1", "recall@5", "val_distill_mse")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training and validation images come from and how batches are formed."""
+
+    gsv_root: str = _f("", "GSV-Cities root (Dataframes/<City>.csv + Images/<City>/...); "
+                       "fine-tuning and the joint objective need it.")
+    cities: list = _f([], "GSV-Cities cities to use (CSV names without .csv); empty = every CSV.")
+    image_folders: list = _f([], "Plain image folders (searched recursively) for distillation; "
+                             "used when gsv_root is empty.")
+    places_per_batch: int = _f(32, "P: places per training batch (GSV-Cities).")
+    images_per_place: int = _f(4, "K: images per place in a batch; every place must have at least K.")
+    batch_size: int = _f(32, "Images per batch when training on image folders (distillation).")
+    val_dataset: str = _f("", "Validation set in an evaluation layout (gmberton, VPR-Bench, sequence); "
+                          "never a test set.")
+    val_layout: str = _f("auto", "Layout of val_dataset: auto, gmberton, vpr_bench, sequence.")
+    val_radius: float = _f(25.0, "gmberton validation: positives within this many metres.")
+    val_holdout: int = _f(0, "Without val_dataset: hold out this many training places (GSV-Cities; "
+                          "query = one image, database = another) or images (folders, distillation "
+                          "error) as the validation split.")
+    augment: bool = _f(True, "RandAugment-style photometric/geometric augmentation of training images.")
+    augment_ops: int = _f(3, "Augmentation operations per image (RandAugment N).")
+    augment_magnitude: int = _f(9, "Augmentation strength 0..30 (RandAugment M).")
+    check_images: bool = _f(True, "Check at start that every listed image file exists.")
+    loader_threads: int = _f(4, "Threads that decode and augment images (OpenCV releases the GIL).")
+
+    def __post_init__(self) -> None:
+        for key in ("places_per_batch", "images_per_place", "batch_size", "augment_ops", "loader_threads"):
+            _positive(key, getattr(self, key))
+        _range("augment_magnitude", self.augment_magnitude, 0, 30)
+        _range("val_holdout", self.val_holdout, 0, 10**9)
+        if self.images_per_place < 2:
+            raise ConfigError("images_per_place: metric learning needs at least 2 images per place")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule (linear warm-up in steps, then step decay)."""
+
+    optimizer: str = _f("adamw", "'adamw' or 'adam'.")
+    lr: float = _f(2e-4, "Peak learning rate.")
+    weight_decay: float = _f(1e-3, "Weight decay (decoupled for AdamW).")
+    warmup_steps: int = _f(0, "Linear warm-up from 0 to lr over this many steps.")
+    milestones: list = _f([], "Steps at which the learning rate is multiplied by gamma.")
+    gamma: float = _f(0.1, "Learning-rate factor at each milestone.")
+    grad_clip: float = _f(0.0, "Clip the gradient norm to this value (0 = off).")
+
+    def __post_init__(self) -> None:
+        _choice("optimizer", self.optimizer, ("adamw", "adam"))
+        _positive("lr", self.lr)
+        _range("weight_decay", self.weight_decay, 0.0, 1.0)
+        _range("warmup_steps", self.warmup_steps, 0, 10**9)
+        _range("gamma", self.gamma, 0.0, 1.0)
+        _range("grad_clip", self.grad_clip, 0.0, 1e9)
+        if any(not isinstance(m, int) or m < 1 for m in self.milestones):
+            raise ConfigError(f"milestones: must be positive step numbers, got {self.milestones!r}")
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of ``lr`` for optimizer step ``step`` (0-based)."""
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        return warm * self.gamma ** sum(step >= m for m in self.milestones)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The training run itself: length, validation, checkpoints, device, objective weights."""
+
+    steps: int = _f(1000, "Optimizer steps to train for (a resumed run continues to this number).")
+    val_every: int = _f(250, "Validate every this many steps (and at the end).")
+    checkpoint_every: int = _f(250, "Write a resumable checkpoint every this many steps (and at the end).")
+    keep_checkpoints: int = _f(2, "Resumable checkpoints kept besides the best one.")
+    log_every: int = _f(10, "Write training metrics every this many steps.")
+    seed: int = _f(0, "Seed of batch sampling, augmentation and of everything random in training.")
+    device: str = _f("auto", "'auto' (CUDA if available), 'cpu' or 'cuda[:N]'.")
+    amp: str = _f("auto", "Mixed precision: 'auto' (fp16 on CUDA, off on CPU), 'off', 'fp16', 'bf16'.")
+    select_on: str = _f("auto", "Validation metric that picks the best checkpoint: 'recall@1', "
+                        "'recall@5', 'val_distill_mse', or 'auto' (recall@1 when places are known).")
+    output_root: str = _f("runs", "Run directories are created under this folder.")
+    teacher_cache: str = _f("", "Folder for precomputed teacher outputs (distillation without the "
+                            "teacher in memory); empty = run the teacher on every batch.")
+    teacher_batch: int = _f(32, "Images per teacher forward pass when caching (fixed composition: "
+                            "the CricaVPR teacher's encoder attends across its batch).")
+    distill_weight: float = _f(1.0, "Joint objective: weight of the distillation term.")
+    ms_alpha: float = _f(1.0, "Multi-similarity loss alpha.")
+    ms_beta: float = _f(50.0, "Multi-similarity loss beta.")
+    ms_base: float = _f(0.0, "Multi-similarity loss base.")
+    miner_epsilon: float = _f(0.1, "Multi-similarity miner epsilon.")
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "val_every", "checkpoint_every", "keep_checkpoints", "log_every", "teacher_batch"):
+            _positive(key, getattr(self, key))
+        _choice("amp", self.amp, AMP_MODES)
+        _choice("select_on", self.select_on, SELECT_METRICS)
+        _range("distill_weight", self.distill_weight, 0.0, 1e6)
+
+
+@dataclass(frozen=True)
+class PcaConfig:
+    """PCA fitting on training images (``vpr_ros_fit_pca``)."""
+
+    dim: int = _f(4096, "Output dimension (at most the number of images used).")
+    max_images: int = _f(20000, "Fit on at most this many training images (a seeded random sample).")
+    batch_size: int = _f(32, "Images per forward pass.")
+    device: str = _f("auto", "'auto', 'cpu' or 'cuda[:N]'.")
+    seed: int = _f(0, "Seed of the image sample.")
+    output: str = _f("", "PCA file to write (empty = pca.npz beside the model YAML, which then "
+                     "names it in its 'pca' key so export and the nodes apply it).")
+
+    def __post_init__(self) -> None:
+        for key in ("dim", "max_images", "batch_size"):
+            _positive(key, getattr(self, key))
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """All sections of one training run."""
+
+    stage: str
+    model: ModelConfig
+    teacher: ModelConfig
+    data: DataConfig
+    optim: OptimConfig
+    train: RunConfig
+
+    def to_yaml(self) -> str:
+        """The resolved configuration, loadable again by :func:`load_settings`."""
+        d = {"stage": self.stage, **{k: to_dict(getattr(self, k)) for k in SECTIONS}}
+        return yaml.safe_dump(d, sort_keys=False)
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.stage in ("distill", "joint")
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "teacher": ModelConfig, "data": DataConfig,
+                             "optim": OptimConfig, "train": RunConfig}
+
+
+PCA_SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "pca": PcaConfig}
+
+
+def parse_override(text: str, sections: Mapping[str, type] = SECTIONS) -> tuple[str, str, Any]:
+    """'section.key=value' -> (section, key, YAML-parsed value)."""
+    name, sep, raw = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or section not in sections:
+        raise ConfigError(f"override '{text}': expected section.key=value with section one of "
+                          f"{', '.join(sections)}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML: {exc}") from None
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads '1e-3' as a string
+            value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            pass
+    return section, key.strip(), value
+
+
+def load_settings(stage: str, path: str | Path | None, overrides: list[str] = (),  # type: ignore[assignment]
+                  ) -> TrainSettings:
+    """Read a training YAML (or start from defaults), apply overrides, validate every section."""
+    if stage not in STAGES:
+        raise ConfigError(f"stage '{stage}' is not one of {', '.join(STAGES)}")
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    source = str(path) if path else "defaults"
+    if data.get("stage", stage) != stage:
+        raise ConfigError(f"{source}: written for stage '{data['stage']}', not '{stage}'")
+    defaults = {} if "teacher" in data else {"teacher": {"arch": "cricavpr", "backbone": "vitb14"}}
+    built = build_sections(SECTIONS, {k: v for k, v in data.items() if k != "stage"}, source, overrides, defaults)
+    return TrainSettings(stage=stage, **built)
+
+
+def build_sections(sections: Mapping[str, type], data: Mapping[str, Any], source: str,
+                   overrides: list[str] = (),  # type: ignore[assignment]
+                   defaults: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Validate every section of ``data`` (+ ``defaults`` below, overrides above) into its dataclass."""
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}")
+    values: dict[str, dict[str, Any]] = {}
+    for name in sections:
+        section = data.get(name) or {}
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{source}: section '{name}' must be a mapping")
+        values[name] = {**(defaults or {}).get(name, {}), **section}
+    for text in overrides:
+        section_name, key, value = parse_override(text, sections)
+        values[section_name][key] = value
+    return {name: from_dict(cls, values[name], source=f"{source} [{name}]") for name, cls in sections.items()}
