@@ -35,15 +35,15 @@ def _gray(img: np.ndarray) -> np.ndarray:
 def _shear(img: np.ndarray, v: float, axis: int) -> np.ndarray:
     h, w = img.shape[:2]
     if axis == 0:
-        m = np.float32([[1, v, -v * h / 2], [0, 1, 0]])
+        m = np.array([[1, v, -v * h / 2], [0, 1, 0]], np.float32)
     else:
-        m = np.float32([[1, 0, 0], [v, 1, -v * w / 2]])
+        m = np.array([[1, 0, 0], [v, 1, -v * w / 2]], np.float32)
     return _affine(img, m)
 
 
 def _translate(img: np.ndarray, v: float, axis: int) -> np.ndarray:
     h, w = img.shape[:2]
-    m = np.float32([[1, 0, v * w if axis == 0 else 0], [0, 1, v * h if axis == 1 else 0]])
+    m = np.array([[1, 0, v * w if axis == 0 else 0], [0, 1, v * h if axis == 1 else 0]], np.float32)
     return _affine(img, m)
 
 

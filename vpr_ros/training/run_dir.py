@@ -185,7 +185,7 @@ class RunDir:
 
         series: dict[tuple[str, str], list[tuple[int, float]]] = {}
         for step, split, name, value in rows:
-            if name in ("lr", "images_per_s", "mined_fraction"):
+            if name in ("lr", "images_per_s", "mined_fraction", "epoch", "gpu_peak_gib"):
                 continue
             series.setdefault((split, name), []).append((step, value))
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))

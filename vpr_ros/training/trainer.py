@@ -73,9 +73,9 @@ def prepare_data(s: TrainSettings) -> TrainData:
     if d.val_holdout:
         if d.val_holdout >= len(paths):
             raise ConfigError(f"data.val_holdout={d.val_holdout} leaves no training images of {len(paths)}")
-        held = set(np.random.default_rng([seed, 7]).choice(len(paths), d.val_holdout, replace=False).tolist())
-        val_paths = [p for i, p in enumerate(paths) if i in held]
-        paths = [p for i, p in enumerate(paths) if i not in held]
+        picked = set(np.random.default_rng([seed, 7]).choice(len(paths), d.val_holdout, replace=False).tolist())
+        val_paths = [p for i, p in enumerate(paths) if i in picked]
+        paths = [p for i, p in enumerate(paths) if i not in picked]
     plan = ImageBatches(len(paths), d.batch_size, seed)
     return TrainData(paths, plan, np.arange(len(paths)), val_places, val_paths)
 
@@ -291,6 +291,8 @@ class Trainer:
                     rate = window_images / max(1e-9, time.perf_counter() - window_start)
                     m["images_per_s"] = rate
                     m["epoch"] = float(self.data.plan.epoch_of(done - 1))
+                    if self.device.type == "cuda":
+                        m["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
                     self.run_dir.log_metrics(done, "train", m)
                     window_images, window_start = 0, time.perf_counter()
                     if bar is not None:
