@@ -301,3 +301,113 @@ def test_two_cameras_and_the_rich_loop_closure_table(rclpy_context, built_map, t
         rear.destroy_node()
     finally:
         s.stop()
+
+
+class _Tf2StandIn:
+    """A stand-in for ``tf2_ros`` (a true boundary here: it has no pip wheel), with the real API
+    the node uses: ``Buffer()``, ``TransformListener(buffer, node)`` and
+    ``Buffer.lookup_transform(target_frame, source_frame, time, timeout=...)`` returning a
+    geometry_msgs/TransformStamped and raising LookupException / ExtrapolationException. Its
+    listener is fed over a real rclpy topic (TransformStamped on ``tf_standin``, since
+    tf2_msgs/TFMessage has no wheel either); lookups interpolate the translation linearly."""
+
+    class LookupException(Exception):
+        pass
+
+    class ExtrapolationException(Exception):
+        pass
+
+    class Buffer:
+        def __init__(self, cache_time=None, node=None):
+            self.frames: dict[tuple[str, str], list] = {}
+            self.lookups: list[tuple[str, str, float]] = []
+
+        def set_transform(self, msg, authority):
+            key = (msg.header.frame_id, msg.child_frame_id)
+            self.frames.setdefault(key, []).append((msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, msg))
+            self.frames[key].sort(key=lambda e: e[0])
+
+        def lookup_transform(self, target_frame, source_frame, time, timeout=None):
+            from geometry_msgs.msg import TransformStamped
+
+            t = time.nanoseconds * 1e-9
+            self.lookups.append((target_frame, source_frame, t))
+            series = self.frames.get((target_frame, source_frame))
+            if not series:
+                raise _Tf2StandIn.LookupException(f"{target_frame} -> {source_frame} unknown")
+            if not series[0][0] <= t <= series[-1][0]:
+                raise _Tf2StandIn.ExtrapolationException(f"{t} outside [{series[0][0]}, {series[-1][0]}]")
+            after = next(i for i, (s, _) in enumerate(series) if s >= t)
+            (t0, a), (t1, b) = series[max(0, after - 1)], series[after]
+            w = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
+            out = TransformStamped()
+            out.header.frame_id, out.child_frame_id = target_frame, source_frame
+            for axis in ("x", "y", "z"):
+                pa, pb = getattr(a.transform.translation, axis), getattr(b.transform.translation, axis)
+                setattr(out.transform.translation, axis, pa + w * (pb - pa))
+            out.transform.rotation = (a if w < 0.5 else b).transform.rotation
+            return out
+
+    class TransformListener:
+        def __init__(self, buffer, node, *, spin_thread=False, qos=None, static_qos=None):
+            from geometry_msgs.msg import TransformStamped
+
+            self.sub = node.create_subscription(TransformStamped, "tf_standin",
+                                                lambda m: buffer.set_transform(m, "stand-in"), 100)
+
+
+def test_map_builder_tf_pose_source_with_a_tf2_stand_in(rclpy_context, tmp_path, traversals, monkeypatch):
+    """pose_source 'tf': each image's pose is the map -> base_link transform at its stamp; images
+    without a transform (before the first, or other frames) are skipped and counted."""
+    import sys
+    import types
+
+    from geometry_msgs.msg import TransformStamped
+
+    from vpr_ros.ros.map_builder_node import MapBuilderNode
+
+    fake = types.ModuleType("tf2_ros")
+    for name in ("Buffer", "TransformListener", "LookupException", "ExtrapolationException"):
+        setattr(fake, name, getattr(_Tf2StandIn, name))
+    monkeypatch.setitem(sys.modules, "tf2_ros", fake)
+    map_dir = tmp_path / "tf_map"
+    node = MapBuilderNode(parameter_overrides=overrides(
+        map_dir=str(map_dir), qos="reliable", autosave_period=0.0, pose_source="tf", map_frame="world",
+        base_frame="robot", **{"keyframes.min_distance": 1.4}))
+    s = Spinning(node)
+    try:
+        client = rclpy.create_node("test_tf_feeder")
+        pub_img = client.create_publisher(Image, "image", 10)
+        pub_tf = client.create_publisher(TransformStamped, "tf_standin", 100)
+        assert wait_until_matched(client, pub_img, pub_tf)
+        first = traversals[0]
+        t0 = first.stamps[0]
+        for i in range(12):  # the robot moves 1 m along x per second, transforms at 4 Hz
+            tr = TransformStamped()
+            tr.header.frame_id, tr.child_frame_id = "world", "robot"
+            tr.header.stamp = sec_to_stamp(t0 + 0.25 * i + 0.1)
+            tr.transform.translation.x = 0.25 * i + 0.1
+            tr.transform.rotation.w = 1.0
+            pub_tf.publish(tr)
+        time.sleep(0.3)
+        images = [(t0, first.images[0])]  # before the first transform: no pose
+        images += [(t0 + 0.5 * k + 0.35, first.images[k]) for k in range(1, 6)]  # x = 0.85, 1.35, ... 2.85
+        for t, img in images:
+            pub_img.publish(rgb_to_image(img, t))
+            time.sleep(0.1)
+        end = time.monotonic() + 20
+        while node.images < len(images) and time.monotonic() < end:
+            time.sleep(0.05)
+        end = time.monotonic() + 20
+        while node.keyframes < 2 and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        node.save()
+        vmap = VprMap.load(map_dir)
+        xs = [round(k.pose[0], 3) for k in vmap.keyframes]
+        assert xs == [0.85, 2.35]  # interpolated transforms; a keyframe every >= 1.4 m
+        assert node.skipped_no_pose == 1
+        assert {(a, b) for a, b, _ in node._tf.lookups} == {("world", "robot")}
+        client.destroy_node()
+    finally:
+        s.stop()

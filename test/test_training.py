@@ -321,12 +321,13 @@ def test_distillation_online_teacher_matches_the_loss(gsv, tmp_path):
 
 
 def test_joint_objective_combines_both_losses(gsv, tmp_path):
+    """SciceVPR student, under bf16 autocast (the CPU stand-in for the CUDA AMP path)."""
     from vpr_ros.cli.train_joint import main
 
     run = tmp_path / "j"
     assert main([*run_common(gsv), "--run-dir", str(run),
                  *sets("model.arch=scicevpr", *TEACHER, "data.val_holdout=12", "train.steps=6", "train.val_every=6",
-                       "train.log_every=1", "train.distill_weight=0.5")]) == 0
+                       "train.log_every=1", "train.distill_weight=0.5", "train.amp=bf16")]) == 0
     total, ms, dist = (dict(metrics(run, "train", n)) for n in ("loss", "loss_ms", "loss_distill"))
     assert len(total) == 6
     for step in total:

@@ -152,8 +152,10 @@ class MapBuilderNode(Node):
         found = self._pose_at(t)
         if found is None:
             self.skipped_no_pose += 1
-            self.get_logger().warning(f"image on '{camera}' at {t:.3f}: no odometry within "
-                                   f"{self.cfg.max_pose_age}s; skipped", throttle_duration_sec=2.0)
+            source = "transform" if self._tf is not None else "pose"
+            self.get_logger().warning(f"image on '{camera}' at {t:.3f}: no {source} within "
+                                      f"{self.cfg.max_pose_age}s ({self.cfg.pose_source}); skipped",
+                                      throttle_duration_sec=2.0)
             return
         pose, gps = found
         try:
