@@ -11,6 +11,7 @@ optimizer, GradScaler, RNG and best-so-far are checkpointed, so ``--resume`` con
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -277,41 +278,45 @@ class Trainer:
         if self.step == 0:
             self._after_validation(self.validate())  # the untrained model: the baseline to beat
         bar = None
+        quiet_logs: Any = contextlib.nullcontext()
         if self.progress:
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             bar = tqdm(total=t.steps, initial=self.step, desc=f"{self.s.stage}", unit="step", dynamic_ncols=True)
+            quiet_logs = logging_redirect_tqdm()  # log lines above the bar, not through it
         window_images, window_start = 0, time.perf_counter()
-        try:
-            for _, x, labels, idx in self.loader.iterate(self.data.plan, self.step, t.steps):
-                m = self.train_step(x, labels, idx)
-                window_images += len(x)
-                done = self.step
-                if done % t.log_every == 0 or done == t.steps:
-                    rate = window_images / max(1e-9, time.perf_counter() - window_start)
-                    m["images_per_s"] = rate
-                    m["epoch"] = float(self.data.plan.epoch_of(done - 1))
-                    if self.device.type == "cuda":
-                        m["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-                    self.run_dir.log_metrics(done, "train", m)
-                    window_images, window_start = 0, time.perf_counter()
+        with quiet_logs:
+            try:
+                for _, x, labels, idx in self.loader.iterate(self.data.plan, self.step, t.steps):
+                    m = self.train_step(x, labels, idx)
+                    window_images += len(x)
+                    done = self.step
+                    if done % t.log_every == 0 or done == t.steps:
+                        rate = window_images / max(1e-9, time.perf_counter() - window_start)
+                        m["images_per_s"] = rate
+                        m["epoch"] = float(self.data.plan.epoch_of(done - 1))
+                        if self.device.type == "cuda":
+                            m["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                        self.run_dir.log_metrics(done, "train", m)
+                        window_images, window_start = 0, time.perf_counter()
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{m['loss']:.4f}", img_s=f"{rate:.1f}", lr=f"{m['lr']:.2g}")
                     if bar is not None:
-                        bar.set_postfix(loss=f"{m['loss']:.4f}", img_s=f"{rate:.1f}", lr=f"{m['lr']:.2g}")
+                        bar.update(1)
+                    if done % t.val_every == 0 or done == t.steps:
+                        self._after_validation(self.validate())
+                    if done % t.checkpoint_every == 0 or done == t.steps:
+                        self.checkpoint()
+            except KeyboardInterrupt:
+                path = self.checkpoint()
+                log.warning("interrupted at step %d: saved %s; continue with --resume %s", self.step, path,
+                            self.run_dir.path)
+                raise
+            finally:
                 if bar is not None:
-                    bar.update(1)
-                if done % t.val_every == 0 or done == t.steps:
-                    self._after_validation(self.validate())
-                if done % t.checkpoint_every == 0 or done == t.steps:
-                    self.checkpoint()
-        except KeyboardInterrupt:
-            path = self.checkpoint()
-            log.warning("interrupted at step %d: saved %s; continue with --resume %s", self.step, path,
-                        self.run_dir.path)
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-            self.loader.close()
-            self.run_dir.plot()
+                    bar.close()
+                self.loader.close()
+                self.run_dir.plot()
         return dict(self.best)
 
