@@ -1,6 +1,7 @@
 """The nodes over real ROS 2 topics (rclpy from the pip wheels, DDS on localhost)."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -63,6 +64,32 @@ def wait_until_matched(node, *publishers, timeout=20.0):
     while any(p.get_subscription_count() == 0 for p in publishers) and time.monotonic() < end:
         rclpy.spin_once(node, timeout_sec=0.05)
     return all(p.get_subscription_count() > 0 for p in publishers)
+
+
+@contextlib.contextmanager
+def feeding_map_builder(map_dir, feeder, pose_type, pose_channel, **params):
+    """A spinning MapBuilderNode writing ``map_dir`` and a feeder node whose image and pose
+    publishers are matched; yields (node, feeder node, image publisher, pose publisher)."""
+    from vpr_ros.ros.map_builder_node import MapBuilderNode
+
+    node = MapBuilderNode(parameter_overrides=overrides(
+        map_dir=str(map_dir), qos="reliable", autosave_period=0.0, **params))
+    s = Spinning(node)
+    try:
+        client = rclpy.create_node(feeder)
+        pub_img = client.create_publisher(Image, "image", 10)
+        pub_pose = client.create_publisher(pose_type, pose_channel, 100)
+        assert wait_until_matched(client, pub_img, pub_pose)
+        yield node, client, pub_img, pub_pose
+        client.destroy_node()
+    finally:
+        s.stop()
+
+
+def wait_for(condition, timeout=20.0):
+    end = time.monotonic() + timeout
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.05)
 
 
 def last_diag(player):
@@ -148,17 +175,9 @@ def test_without_a_map_the_node_reports_error_and_survives(rclpy_context, tmp_pa
 
 
 def test_map_builder_node_builds_a_map_from_topics(rclpy_context, tmp_path, traversals, tiny_backend):
-    from vpr_ros.ros.map_builder_node import MapBuilderNode
-
     map_dir = tmp_path / "live_map"
-    node = MapBuilderNode(parameter_overrides=overrides(
-        map_dir=str(map_dir), qos="reliable", autosave_period=0.0, **{"keyframes.min_distance": 1.5}))
-    s = Spinning(node)
-    try:
-        client = rclpy.create_node("test_feeder")
-        pub_img = client.create_publisher(Image, "image", 10)
-        pub_odom = client.create_publisher(Odometry, "odom", 50)
-        assert wait_until_matched(client, pub_img, pub_odom)
+    with feeding_map_builder(map_dir, "test_feeder", Odometry, "odom",
+                             **{"keyframes.min_distance": 1.5}) as (node, client, pub_img, pub_odom):
         first = traversals[0]
         for img, t, pose in zip(first.images[:10], first.stamps, first.poses):
             od = Odometry()
@@ -170,9 +189,7 @@ def test_map_builder_node_builds_a_map_from_topics(rclpy_context, tmp_path, trav
             time.sleep(0.05)
         early = rgb_to_image(first.images[0], -50.0)  # no odometry near this stamp
         pub_img.publish(early)
-        end = time.monotonic() + 20
-        while node.keyframes < 5 and time.monotonic() < end:
-            time.sleep(0.05)
+        wait_for(lambda: node.keyframes >= 5)
         cli = client.create_client(Trigger, "vpr/save_map")
         assert cli.wait_for_service(timeout_sec=10)
         fut = cli.call_async(Trigger.Request())
@@ -182,26 +199,14 @@ def test_map_builder_node_builds_a_map_from_topics(rclpy_context, tmp_path, trav
         xs = [kf.pose[0] for kf in vmap.keyframes]
         assert xs == [0.0, 2.0, 4.0, 6.0, 8.0]  # positions 1 m apart, keyframe every >= 1.5 m
         assert node.skipped_no_pose >= 1
-        client.destroy_node()
-    finally:
-        s.stop()
 
 
 def test_map_builder_node_with_navsatfix_poses(rclpy_context, tmp_path, traversals):
     from sensor_msgs.msg import NavSatFix, NavSatStatus
 
-    from vpr_ros.ros.map_builder_node import MapBuilderNode
-
     map_dir = tmp_path / "gps_map"
-    node = MapBuilderNode(parameter_overrides=overrides(
-        map_dir=str(map_dir), qos="reliable", autosave_period=0.0, pose_source="navsatfix", pose_topic="fix",
-        **{"keyframes.min_distance": 2.5}))
-    s = Spinning(node)
-    try:
-        client = rclpy.create_node("test_gps_feeder")
-        pub_img = client.create_publisher(Image, "image", 10)
-        pub_fix = client.create_publisher(NavSatFix, "fix", 50)
-        assert wait_until_matched(client, pub_img, pub_fix)
+    with feeding_map_builder(map_dir, "test_gps_feeder", NavSatFix, "fix", pose_source="navsatfix", pose_topic="fix",
+                             **{"keyframes.min_distance": 2.5}) as (node, _, pub_img, pub_fix):
         first = traversals[0]
         lat0, lon0 = 48.137, 11.575
         for i, (img, t) in enumerate(zip(first.images[:8], first.stamps)):
@@ -212,17 +217,12 @@ def test_map_builder_node_with_navsatfix_poses(rclpy_context, tmp_path, traversa
             time.sleep(0.02)
             pub_img.publish(rgb_to_image(img, t))
             time.sleep(0.05)
-        end = time.monotonic() + 20
-        while node.keyframes < 3 and time.monotonic() < end:
-            time.sleep(0.05)
+        wait_for(lambda: node.keyframes >= 3)
         node.save()
         vmap = VprMap.load(map_dir)
         norths = [round(k.pose[1], 2) for k in vmap.keyframes]
         assert norths == [0.0, 3.0, 6.0]  # metres north of the first fix, a keyframe every >= 2.5 m
         assert vmap.keyframes[1].gps[0] == pytest.approx(lat0 + 3 / 111_319.49) and vmap.keyframes[0].gps[2] == 520.0
-        client.destroy_node()
-    finally:
-        s.stop()
 
 
 def test_tf_pose_source_needs_tf2_ros(rclpy_context, tmp_path):
@@ -364,22 +364,14 @@ def test_map_builder_tf_pose_source_with_a_tf2_stand_in(rclpy_context, tmp_path,
 
     from geometry_msgs.msg import TransformStamped
 
-    from vpr_ros.ros.map_builder_node import MapBuilderNode
-
     fake = types.ModuleType("tf2_ros")
     for name in ("Buffer", "TransformListener", "LookupException", "ExtrapolationException"):
         setattr(fake, name, getattr(_Tf2StandIn, name))
     monkeypatch.setitem(sys.modules, "tf2_ros", fake)
     map_dir = tmp_path / "tf_map"
-    node = MapBuilderNode(parameter_overrides=overrides(
-        map_dir=str(map_dir), qos="reliable", autosave_period=0.0, pose_source="tf", map_frame="world",
-        base_frame="robot", **{"keyframes.min_distance": 1.4}))
-    s = Spinning(node)
-    try:
-        client = rclpy.create_node("test_tf_feeder")
-        pub_img = client.create_publisher(Image, "image", 10)
-        pub_tf = client.create_publisher(TransformStamped, "tf_standin", 100)
-        assert wait_until_matched(client, pub_img, pub_tf)
+    with feeding_map_builder(map_dir, "test_tf_feeder", TransformStamped, "tf_standin", pose_source="tf",
+                             map_frame="world", base_frame="robot",
+                             **{"keyframes.min_distance": 1.4}) as (node, _, pub_img, pub_tf):
         first = traversals[0]
         t0 = first.stamps[0]
         for i in range(12):  # the robot moves 1 m along x per second, transforms at 4 Hz
@@ -395,12 +387,8 @@ def test_map_builder_tf_pose_source_with_a_tf2_stand_in(rclpy_context, tmp_path,
         for t, img in images:
             pub_img.publish(rgb_to_image(img, t))
             time.sleep(0.1)
-        end = time.monotonic() + 20
-        while node.images < len(images) and time.monotonic() < end:
-            time.sleep(0.05)
-        end = time.monotonic() + 20
-        while node.keyframes < 2 and time.monotonic() < end:
-            time.sleep(0.05)
+        wait_for(lambda: node.images >= len(images))
+        wait_for(lambda: node.keyframes >= 2)
         time.sleep(0.3)
         node.save()
         vmap = VprMap.load(map_dir)
@@ -408,6 +396,3 @@ def test_map_builder_tf_pose_source_with_a_tf2_stand_in(rclpy_context, tmp_path,
         assert xs == [0.85, 2.35]  # interpolated transforms; a keyframe every >= 1.4 m
         assert node.skipped_no_pose == 1
         assert {(a, b) for a, b, _ in node._tf.lookups} == {("world", "robot")}
-        client.destroy_node()
-    finally:
-        s.stop()

@@ -319,15 +319,18 @@ def resolve_model_paths(section: Mapping[str, Any], base: Path) -> dict[str, Any
     return out
 
 
+def read_model_section(path: str | Path) -> dict[str, Any]:
+    """The ``model:`` section of a models/*.yaml file, its relative paths resolved (unvalidated)."""
+    section = read_yaml(path).get("model")
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: no 'model:' section")
+    return resolve_model_paths(section, Path(path).parent)
+
+
 def model_config_from(model_config: str = "", params_file: str = "", **overrides: Any) -> ModelConfig:
     """ModelConfig from a ``models/*.yaml`` file (its ``model:`` section) and/or the ``model.*``
     parameters of a params file, then non-empty ``overrides``."""
-    model: dict[str, Any] = {}
-    if model_config:
-        section = read_yaml(model_config).get("model")
-        if not isinstance(section, dict):
-            raise ConfigError(f"{model_config}: no 'model:' section")
-        model.update(resolve_model_paths(section, Path(model_config).parent))
+    model: dict[str, Any] = read_model_section(model_config) if model_config else {}
     if params_file:
         flat = ros_parameters(read_yaml(params_file), "localizer", params_file)
         model.update({k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith("model.")})

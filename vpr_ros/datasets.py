@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -20,6 +22,15 @@ def list_images(folder: Path) -> list[Path]:
     if not files:
         raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     return files
+
+
+def fingerprint_files(paths: Sequence[Path], h: "hashlib._Hash | None" = None) -> "hashlib._Hash":
+    """sha256 over the ordered files' resolved paths, sizes and modification times."""
+    h = h or hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vpr_ros.datasets import EvalDataset, read_rgb
+from vpr_ros.datasets import EvalDataset, fingerprint_files, read_rgb
 from vpr_ros.evaluation import PrCurve, precision_recall, recall_at_n
 from vpr_ros.pca import Pca
 from vpr_ros.runtime.base import DescriptorBackend
@@ -53,13 +53,9 @@ def describe_images(backend: DescriptorBackend, paths: Sequence[Path], batch_siz
 def cache_key(backend: DescriptorBackend, dataset: EvalDataset) -> str:
     """Depends on the model (id, weights, input size) and on every image file (name, size, mtime)."""
     h = hashlib.sha256(f"{backend.model_id}|{backend.weights_sha256}|{backend.input_size}".encode())
-    for p in [*dataset.database, None, *dataset.queries]:
-        if p is None:
-            h.update(b"|queries|")
-            continue
-        st = p.stat()
-        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:20]
+    fingerprint_files(dataset.database, h)
+    h.update(b"|queries|")
+    return fingerprint_files(dataset.queries, h).hexdigest()[:20]
 
 
 def load_or_describe(backend: DescriptorBackend, dataset: EvalDataset, batch_size: int,

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s] %(message)s")
-    from vpr_ros.config import read_yaml, resolve_model_paths
+    from vpr_ros.config import read_model_section, read_yaml
     from vpr_ros.launch_graph import default_params_file
     from vpr_ros.training.pca_fit import attach_to_model_yaml, fit_pca, training_images
     from vpr_ros.training.settings import PCA_SECTIONS, build_sections
@@ -31,10 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         path = a.config or default_params_file("fit_pca.yaml")
         data = read_yaml(path)
         if a.model_config:
-            section = read_yaml(a.model_config).get("model")
-            if not isinstance(section, dict):
-                raise VprError(f"{a.model_config}: no 'model:' section")
-            data["model"] = resolve_model_paths(section, Path(a.model_config).parent)
+            data["model"] = read_model_section(a.model_config)
         s = build_sections(PCA_SECTIONS, data, str(path), a.overrides)
         model, cfg = s["model"], s["pca"]
         if not model.weights:

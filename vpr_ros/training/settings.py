@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -180,8 +180,7 @@ def parse_override(text: str, sections: Mapping[str, type] = SECTIONS) -> tuple[
     return section, key.strip(), value
 
 
-def load_settings(stage: str, path: str | Path | None, overrides: list[str] = (),  # type: ignore[assignment]
-                  ) -> TrainSettings:
+def load_settings(stage: str, path: str | Path | None, overrides: Sequence[str] = ()) -> TrainSettings:
     """Read a training YAML (or start from defaults), apply overrides, validate every section."""
     if stage not in STAGES:
         raise ConfigError(f"stage '{stage}' is not one of {', '.join(STAGES)}")
@@ -195,7 +194,7 @@ def load_settings(stage: str, path: str | Path | None, overrides: list[str] = ()
 
 
 def build_sections(sections: Mapping[str, type], data: Mapping[str, Any], source: str,
-                   overrides: list[str] = (),  # type: ignore[assignment]
+                   overrides: Sequence[str] = (),
                    defaults: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Validate every section of ``data`` (+ ``defaults`` below, overrides above) into its dataclass."""
     unknown = sorted(set(data) - set(sections))

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from vpr_ros.config import ModelConfig
+from vpr_ros.datasets import fingerprint_files
 from vpr_ros.errors import CheckpointError, ConfigError
 from vpr_ros.model.factory import ModelInfo, build_model
 from vpr_ros.model.student import PlaceModel
@@ -53,15 +54,6 @@ class CacheKey:
         return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def images_sha256(paths: Sequence[Path]) -> str:
-    """Hash of the ordered image list (resolved path, size, mtime of every file)."""
-    h = hashlib.sha256()
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
 class TeacherCache:
     """Cached teacher descriptors [N, D] for images in a fixed order; ``rows(order_ids)``."""
 
@@ -86,7 +78,7 @@ def open_or_build_cache(folder: Path, teacher: PlaceModel, info: ModelInfo, path
     ``loader_fn(indices) -> float32 tensor [b, 3, S, S]`` reads un-augmented images.
     """
     key = CacheKey(f"{info.model_id}|{info.weights_sha256}", info.input_size, batch,
-                   images_sha256(paths), len(paths))
+                   fingerprint_files(paths).hexdigest(), len(paths))
     folder.mkdir(parents=True, exist_ok=True)
     npy, meta = folder / f"teacher-{key.digest}.npy", folder / f"teacher-{key.digest}.json"
     if npy.is_file() and meta.is_file():

@@ -157,15 +157,14 @@ class Trainer:
     def _setup_teacher(self, cached: bool) -> None:
         s = self.s
         teacher, info = load_teacher(s.teacher, self.device, self.model.descriptor_dim)
-        plain = BatchLoader(self.data.val_images or self.data.paths[:1], s.model.input_size, s.train.seed,
-                            threads=s.data.loader_threads)
-        if self.data.val_images:
-            tb = s.train.teacher_batch
+        if self.data.val_images:  # validation targets: un-augmented images in fixed teacher batches
+            val, tb = self.data.val_images, s.train.teacher_batch
+            plain = BatchLoader(val, s.model.input_size, s.train.seed, threads=s.data.loader_threads)
             with torch.inference_mode():
-                parts = [teacher(plain.load(0, np.arange(i, min(i + tb, len(self.data.val_images)))).to(self.device))
-                         .float().cpu().numpy() for i in range(0, len(self.data.val_images), tb)]
+                parts = [teacher(plain.load(0, np.arange(i, min(i + tb, len(val)))).to(self.device)).float().cpu().numpy()
+                         for i in range(0, len(val), tb)]
+            plain.close()
             self.val_targets = np.concatenate(parts)
-        plain.close()
         if cached:
             order = self.data.cache_order
             ordered = [self.data.paths[i] for i in order]
