@@ -25,7 +25,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 BACKBONES = ("vits14", "vitb14", "vits14_reg4", "vitb14_reg4", "vit_test", "vit_test_wide")
 ARCHITECTURES = ("d2vpr", "scicevpr", "cricavpr")
-ENCODERS = ("self_enhanced", "none")
+ENCODERS = ("self_enhanced", "none", "cross_image")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
@@ -50,8 +50,9 @@ class ModelConfig:
     arch: str = _f("d2vpr", "Network: 'd2vpr' (D2-VPR student), 'scicevpr' (SciceVPR student) or "
                    "'cricavpr' (the CricaVPR teacher: batch-dependent, training only).")
     backbone: str = _f("vits14", "DINOv2 backbone preset: " + ", ".join(BACKBONES) + ".")
-    encoder: str = _f("self_enhanced", "Per-image encoder of the D2-VPR student: 'self_enhanced' "
-                      "(SciceVPR's) or 'none' (as the released D2-VPR weights).")
+    encoder: str = _f("self_enhanced", "Encoder of the D2-VPR student: 'self_enhanced' (SciceVPR's "
+                      "per-image encoder), 'none' (the released no-encoder D2-VPR model) or 'cross_image' "
+                      "(the paper's encoder across the images of a batch: evaluation only, refused by the nodes).")
     compat: bool = _f(False, "Reproduce the official D2-VPR code's aggregator quirks exactly (needed "
                       "for the released D2-VPR weights); the clean version is the default.")
     input_size: int = _f(224, "Square network input size in pixels (multiple of 14).")
@@ -71,6 +72,23 @@ class ModelConfig:
             raise ConfigError(f"input_size: must be a positive multiple of 14, got {self.input_size}")
         if not (1.0 <= self.gem_p <= 10.0):
             raise ConfigError(f"gem_p: must be within [1, 10], got {self.gem_p}")
+        if self.encoder == "cross_image" and self.arch != "d2vpr":
+            raise ConfigError(f"encoder: 'cross_image' is an option of arch 'd2vpr', not '{self.arch}'")
+
+    @property
+    def batch_dependent(self) -> bool:
+        """True when a descriptor depends on the other images of its batch (cross-image encoder:
+        the CricaVPR teacher, or the D2-VPR student with encoder 'cross_image')."""
+        return self.arch == "cricavpr" or (self.arch == "d2vpr" and self.encoder == "cross_image")
+
+
+def batch_dependent_refusal(cfg: ModelConfig) -> str:
+    """Why a batch-dependent model cannot describe images for a map or a robot."""
+    what = "the CricaVPR teacher" if cfg.arch == "cricavpr" else "the D2-VPR student with encoder 'cross_image'"
+    return (f"model {cfg.arch} ({what}) is batch-dependent (cross-image encoder): a descriptor would "
+            "depend on the other images of its batch, so it cannot build or query maps. Use 'd2vpr' with "
+            "encoder 'self_enhanced' or 'none', or 'scicevpr'; vpr_ros_eval can evaluate it as the "
+            "official code does (--backend torch).")
 
 
 @dataclass(frozen=True)

@@ -50,9 +50,11 @@ def describe_images(backend: DescriptorBackend, paths: Sequence[Path], batch_siz
     return np.concatenate(out) if out else np.zeros((0, backend.descriptor_dim), np.float32)
 
 
-def cache_key(backend: DescriptorBackend, dataset: EvalDataset) -> str:
-    """Depends on the model (id, weights, input size) and on every image file (name, size, mtime)."""
-    h = hashlib.sha256(f"{backend.model_id}|{backend.weights_sha256}|{backend.input_size}".encode())
+def cache_key(backend: DescriptorBackend, dataset: EvalDataset, batch_size: int = 0) -> str:
+    """Depends on the model (id, weights, input size), on every image file (name, size, mtime)
+    and, for batch-dependent models, on the batch size."""
+    batch = "" if backend.batch_independent else f"|batch={batch_size}"
+    h = hashlib.sha256(f"{backend.model_id}|{backend.weights_sha256}|{backend.input_size}{batch}".encode())
     fingerprint_files(dataset.database, h)
     h.update(b"|queries|")
     return fingerprint_files(dataset.queries, h).hexdigest()[:20]
@@ -61,7 +63,7 @@ def cache_key(backend: DescriptorBackend, dataset: EvalDataset) -> str:
 def load_or_describe(backend: DescriptorBackend, dataset: EvalDataset, batch_size: int,
                      cache_dir: Path | None, progress: bool) -> tuple[np.ndarray, np.ndarray, bool, float]:
     """(database [N, D], queries [M, D], from cache?, seconds spent describing)."""
-    path = cache_dir / f"{dataset.name}-{cache_key(backend, dataset)}.npz" if cache_dir else None
+    path = cache_dir / f"{dataset.name}-{cache_key(backend, dataset, batch_size)}.npz" if cache_dir else None
     if path is not None and path.is_file():
         with np.load(path, allow_pickle=False) as f:
             return f["database"], f["queries"], True, 0.0

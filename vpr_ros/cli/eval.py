@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backbone", default="", help="override model.backbone")
     ap.add_argument("--weights", default="", help="override model.weights")
     ap.add_argument("--compat", action="store_true", help="official D2-VPR aggregator behaviour")
-    ap.add_argument("--encoder", default="", help="override model.encoder (self_enhanced | none)")
+    ap.add_argument("--encoder", default="", help="override model.encoder (self_enhanced | none | cross_image)")
     ap.add_argument("--backend", default="auto", help="inference backend")
     ap.add_argument("--device", default="cpu", help="torch device")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -51,9 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         from vpr_ros.runtime.factory import open_backend
 
         pca = Pca.load(a.pca) if a.pca else None
-        with open_backend(a.backend, cfg, a.device) as backend:
+        with open_backend(a.backend, cfg, a.device, batch_dependent_ok=True) as backend:
             title = f"{backend.model_id} ({backend.weights_source})" + (f" + {pca.pca_id}" if pca else "")
             print(f"[eval] model {title} on '{backend.name}'")
+            if not backend.batch_independent:
+                print(f"[eval] NOTE: this model's cross-image encoder makes each descriptor depend on the "
+                      f"other {a.batch_size - 1} images of its batch (--batch-size), as in the official "
+                      "evaluation; it cannot be used for maps")
             if backend.weights_source.startswith("random"):
                 print("[eval] WARNING: random weights - these numbers say nothing about the method")
             result = evaluate(dataset, backend, a.batch_size, Path(a.cache_dir) if a.cache_dir else None,

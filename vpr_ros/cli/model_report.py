@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---:|---:|---:|")
     for name, cfg in VARIANTS.items():
         gmac, gflop = compute(cfg)
-        paper = {"d2vpr_official": f"{PAPER['gflops_without_encoder']:.2f}"}.get(name, "-")
+        paper = {"d2vpr_official": f"{PAPER['gflops_without_encoder']:.2f}",
+                 "d2vpr_official_encoder": f"{PAPER['gflops_with_encoder']:.2f}"}.get(name, "-")
         print(("| " if a.markdown else "") + sep.join([name, f"{gmac:.2f}", f"{gflop:.2f}", paper])
               + (" |" if a.markdown else ""))
         if cfg.arch == "d2vpr":

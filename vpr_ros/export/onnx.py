@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vpr_ros.config import ModelConfig
-from vpr_ros.errors import EngineBuildError
+from vpr_ros.config import ModelConfig, batch_dependent_refusal
+from vpr_ros.errors import ConfigError, EngineBuildError
 from vpr_ros.export.graph_io import INPUT, OPSET, OUTPUT, metadata_of
 from vpr_ros.model.pooling import l2n
 from vpr_ros.pca import Pca
@@ -55,6 +55,8 @@ def export_onnx(cfg: ModelConfig, path: str | Path, check_batch: int = 2) -> Exp
 
     from vpr_ros.model.factory import build_model
 
+    if cfg.batch_dependent:
+        raise ConfigError("cannot export: " + batch_dependent_refusal(cfg))
     model, info = build_model(cfg)
     model.fold_batchnorm()
     pca = Pca.load(cfg.pca) if cfg.pca else None

@@ -6,8 +6,11 @@ attn.proj, ls1.gamma, norm2, mlp.fc1, mlp.fc2, ls2.gamma}``, ``norm``) so that
 ``dinov2_vit{s,b}14[_reg4]_pretrain.pth`` load with ``strict=True``.
 
 The position embedding is built for a 37x37 grid (518 px). For a fixed input size it is
-interpolated once (bicubic, with the official 0.1 offset on the scale factor) and cached,
-so the traced/exported graph has no shape-dependent branches.
+interpolated once with the official rule of the checkpoint's family (see
+:func:`interpolate_pos_embed`) and cached, so the exported graph has no shape-dependent branches.
+
+The D2-VPR student's backbone has no final ``norm`` (the official D2-VPR ViT-S ends in its
+recovery module instead): ``DinoV2(..., final_norm=False)``.
 """
 from __future__ import annotations
 
@@ -32,19 +35,50 @@ class VitSpec:
     patch_size: int = 14
     pos_grid: int = 37  # position embedding grid of the pretrained checkpoints (518 / 14)
     num_registers: int = 0
+    # Position-embedding resize rule of the official hub models: plain DINOv2 uses a scale
+    # factor (grid + 0.1) / 37 without antialiasing; the _reg4 models use the output size
+    # with antialiasing (interpolate_antialias=True, interpolate_offset=0.0).
+    interp_antialias: bool = False
+    interp_offset: float = 0.1
 
 
 VIT_PRESETS: dict[str, VitSpec] = {
     "vits14": VitSpec(384, 12, 6),
     "vitb14": VitSpec(768, 12, 12),
-    "vits14_reg4": VitSpec(384, 12, 6, num_registers=4),
-    "vitb14_reg4": VitSpec(768, 12, 12, num_registers=4),
+    "vits14_reg4": VitSpec(384, 12, 6, num_registers=4, interp_antialias=True, interp_offset=0.0),
+    "vitb14_reg4": VitSpec(768, 12, 12, num_registers=4, interp_antialias=True, interp_offset=0.0),
     # Tiny random-weight network for tests and quick demos; not a real DINOv2.
     "vit_test": VitSpec(64, 6, 2, pos_grid=8),
     # Its teacher-sized sibling: width 128 = 2 x 64, so a CricaVPR teacher on it matches the
     # descriptor size of D2-VPR/SciceVPR students on vit_test (training tests).
     "vit_test_wide": VitSpec(128, 4, 4, pos_grid=8),
 }
+
+
+def interpolate_pos_embed(pos: Tensor, grid: int, antialias: bool = False, offset: float = 0.1,
+                          src_grid: int | None = None) -> Tensor:
+    """Resize a square position embedding to a ``grid`` x ``grid`` patch map, as DINOv2 does.
+
+    ``pos`` [1, 1 + M*M, C] (class-token entry first) -> [1, 1 + grid*grid, C], same dtype.
+    Bicubic; with ``offset`` > 0 the call passes the scale factor (grid + offset) / M (which
+    also sets the sampling positions), otherwise the output size; ``antialias`` as given.
+    Returned unchanged when grid == M. ``src_grid`` (M) defaults to the square root of the patch
+    count (pass it when tracing, where shapes are tensors).
+    """
+    m = src_grid if src_grid is not None else math.isqrt(int(pos.shape[1]) - 1)
+    if m * m != pos.shape[1] - 1:
+        raise ValueError(f"position embedding of {pos.shape[1] - 1} patches is not a square grid")
+    if grid == m:
+        return pos
+    p = pos.float()
+    patch = p[:, 1:].reshape(1, m, m, -1).permute(0, 3, 1, 2)
+    if offset:
+        scale = (grid + offset) / m
+        patch = F.interpolate(patch, scale_factor=(scale, scale), mode="bicubic", antialias=antialias)
+    else:
+        patch = F.interpolate(patch, size=(grid, grid), mode="bicubic", antialias=antialias)
+    patch = patch.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)
+    return torch.cat([p[:, :1], patch], dim=1).to(pos.dtype)
 
 
 class PatchEmbed(nn.Module):
@@ -130,7 +164,7 @@ class DinoV2(nn.Module):
     each block, each [B, 1 + R + P, C] (class token, R registers, P = (S/14)^2 patches).
     """
 
-    def __init__(self, spec: VitSpec, input_size: int, adapters: bool = False) -> None:
+    def __init__(self, spec: VitSpec, input_size: int, adapters: bool = False, final_norm: bool = True) -> None:
         super().__init__()
         if input_size % spec.patch_size:
             raise ValueError(f"input_size {input_size} is not a multiple of {spec.patch_size}")
@@ -146,7 +180,7 @@ class DinoV2(nn.Module):
                                 if spec.num_registers else None)
         self.blocks = nn.ModuleList(Block(c, spec.num_heads, spec.mlp_ratio, self.grid if adapters else 0,
                                           1 + spec.num_registers) for _ in range(spec.depth))
-        self.norm = nn.LayerNorm(c, eps=1e-6)
+        self.norm: nn.LayerNorm | None = nn.LayerNorm(c, eps=1e-6) if final_norm else None
         self.fixed_pos_embed: Tensor | None
         self.register_buffer("fixed_pos_embed", None, persistent=False)
         self.reset_parameters()
@@ -166,6 +200,12 @@ class DinoV2(nn.Module):
                 nn.init.zeros_(blk.adapter.D_fc2.weight)
                 nn.init.zeros_(blk.adapter.D_fc2.bias)
 
+    def apply_norm(self, t: Tensor) -> Tensor:
+        """The final LayerNorm on a token tensor [B, N, C] (backbones with ``final_norm``)."""
+        if self.norm is None:
+            raise RuntimeError("this backbone was built without its final norm")
+        return self.norm(t)
+
     @property
     def num_prefix_tokens(self) -> int:
         """Class token plus registers."""
@@ -174,7 +214,7 @@ class DinoV2(nn.Module):
     def interpolated_pos_embed(self) -> Tensor:
         """Position embedding for the fixed input grid: [1, 1 + grid^2, C].
 
-        The official DINOv2 call (bicubic, scale factor (grid + 0.1) / 37, no antialias).
+        The official DINOv2 rule of this backbone family (:func:`interpolate_pos_embed`).
         After :meth:`fix_pos_embed` (inference, export) the precomputed buffer is used, so
         exported graphs carry it as a constant; otherwise it is computed (differentiably).
         """
@@ -183,17 +223,8 @@ class DinoV2(nn.Module):
         return self._interpolate_pos_embed()
 
     def _interpolate_pos_embed(self) -> Tensor:
-        pos = self.pos_embed.float()
-        m = self.spec.pos_grid
-        if self.grid == m:
-            return self.pos_embed
-        cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
-        patch_pos = patch_pos.reshape(1, m, m, -1).permute(0, 3, 1, 2)
-        scale = (self.grid + 0.1) / m
-        patch_pos = F.interpolate(patch_pos, scale_factor=(scale, scale), mode="bicubic",
-                                  align_corners=False, antialias=False)
-        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, self.grid * self.grid, -1)
-        return torch.cat([cls_pos, patch_pos], dim=1).to(self.pos_embed.dtype)
+        s = self.spec
+        return interpolate_pos_embed(self.pos_embed, self.grid, s.interp_antialias, s.interp_offset, s.pos_grid)
 
     @torch.no_grad()
     def fix_pos_embed(self, fixed: bool = True) -> None:
@@ -219,13 +250,13 @@ class DinoV2(nn.Module):
         return outs
 
 
-def build_backbone(name: str, input_size: int, adapters: bool = False) -> DinoV2:
+def build_backbone(name: str, input_size: int, adapters: bool = False, final_norm: bool = True) -> DinoV2:
     """A randomly initialised DINOv2 backbone from a preset name (see VIT_PRESETS)."""
     try:
         spec = VIT_PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown backbone '{name}'; known: {', '.join(VIT_PRESETS)}") from None
-    return DinoV2(spec, input_size, adapters)
+    return DinoV2(spec, input_size, adapters, final_norm)
 
 
 def patch_grid(x: Tensor, num_prefix: int, side: int) -> Tensor:

@@ -1,8 +1,11 @@
-"""Reading weight files safely and loading them with a full report of what did not fit.
+"""Reading weight files safely and loading them with a report of what did not fit.
 
 Only tensor-safe formats: ``torch.load(weights_only=True)`` for .pth/.pt and
 safetensors. Wrapper dicts (``model_state_dict``, ``state_dict``, ``model``) and a
-DataParallel ``module.`` prefix are unwrapped.
+DataParallel ``module.`` prefix are unwrapped. The training scripts of D2-VPR, CricaVPR and
+SciceVPR store numpy arrays and scalars (``recalls``, ``best_r5``) beside the weights; those
+numpy types are allowed to the weights-only unpickler under their numpy 1.x and 2.x names
+(data only: no code can run).
 """
 from __future__ import annotations
 
@@ -16,6 +19,31 @@ from torch import Tensor, nn
 from vpr_ros.errors import CheckpointError
 
 _WRAPPERS = ("model_state_dict", "state_dict", "model")
+#: names listed per category in a load error before "... and N more".
+_LIST_AT_MOST = 8
+
+
+def _numpy_safe_globals() -> list:
+    """numpy's array/scalar/dtype reconstructors for ``torch.serialization.safe_globals``,
+    under the module names numpy 2 (``numpy._core``) and numpy 1 (``numpy.core``) pickle them with."""
+    import numpy as np
+    from numpy._core import multiarray
+
+    dtype_classes = [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"]
+    out: list = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtype_classes]
+    out += [(multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+            (multiarray.scalar, "numpy.core.multiarray.scalar")]
+    return out
+
+
+def _torch_load(p: Path) -> object:
+    with torch.serialization.safe_globals(_numpy_safe_globals()):
+        return torch.load(str(p), map_location="cpu", weights_only=True)
+
+
+def _listed(names: list[str]) -> str:
+    more = len(names) - _LIST_AT_MOST
+    return ", ".join(names[:_LIST_AT_MOST]) + (f", ... and {more} more" if more > 0 else "")
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -29,15 +57,16 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
             obj: object = load_file(str(p), device="cpu")
         else:
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+            obj = _torch_load(p)
     except Exception as exc:  # corrupt/truncated/foreign files raise many kinds of errors
-        raise CheckpointError(f"{p}: cannot read weights ({type(exc).__name__}: {exc})") from None
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise CheckpointError(f"{p}: cannot read weights ({type(exc).__name__}: {first})") from None
     for _ in range(2):
         if isinstance(obj, dict):
             inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
             if inner is not None:
                 obj = inner
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"{p}: does not contain a state dict of tensors")
     state = {str(k): v for k, v in obj.items()}
     if state and all(k.startswith("module.") for k in state):
@@ -48,7 +77,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
     """Load ``state`` into ``module``; any missing, unexpected or mis-shaped key is an error.
 
-    The CheckpointError lists every offending key by name (and both shapes).
+    The CheckpointError names the offending keys (both shapes for mismatches), the first
+    few of each kind with the counts.
     """
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
@@ -58,11 +88,11 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> 
     if missing or unexpected or mismatched:
         parts = []
         if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+            parts.append(f"missing keys ({len(missing)}): {_listed(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+            parts.append(f"unexpected keys ({len(unexpected)}): {_listed(unexpected)}")
         if mismatched:
-            parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
+            parts.append(f"shape mismatches ({len(mismatched)}): {_listed(mismatched)}")
         raise CheckpointError(f"{source}: weights do not fit the model: " + " | ".join(parts))
     module.load_state_dict(dict(state), strict=True)
 

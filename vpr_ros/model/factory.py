@@ -10,7 +10,8 @@ from vpr_ros.config import ModelConfig
 from vpr_ros.errors import CheckpointError
 from vpr_ros.model.backbone import build_backbone
 from vpr_ros.model.checkpoints import load_strict, read_state_dict, state_sha256
-from vpr_ros.model.convert import detect_layout, from_cricavpr, from_d2vpr, from_hf_dinov2
+from vpr_ros.model.convert import (ARCH_LAYOUTS, FROM, LAYOUT_HINTS, LAYOUTS, closest_layout, detect_layout,
+                                   from_d2vpr, from_hf_dinov2, layout_keys)
 from vpr_ros.model.student import CricaVprTeacher, D2VprStudent, PlaceModel, SciceVprStudent
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def create(cfg: ModelConfig) -> PlaceModel:
     """The randomly initialised network of ``cfg`` (seeded by ``cfg.seed``)."""
     torch.manual_seed(cfg.seed)
     if cfg.arch == "d2vpr":
-        return D2VprStudent(build_backbone(cfg.backbone, cfg.input_size, adapters=True),
+        return D2VprStudent(build_backbone(cfg.backbone, cfg.input_size, adapters=True, final_norm=False),
                             encoder=cfg.encoder, compat=cfg.compat, gem_p=cfg.gem_p)
     if cfg.arch == "scicevpr":
         bb = build_backbone(cfg.backbone, cfg.input_size)
@@ -42,34 +43,95 @@ def create(cfg: ModelConfig) -> PlaceModel:
     raise CheckpointError(f"unknown arch '{cfg.arch}'")  # unreachable: ModelConfig validates
 
 
-def load_weights(model: PlaceModel, path: str) -> list[str]:
-    """Load a weights file of any supported layout into ``model``; returns unused keys.
+def _first(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
-    A bare DINOv2 backbone file (official or Hugging Face) loads into ``model.backbone``:
-    the DINOv2 keys must match exactly; adapters it does not have keep their fresh
-    (identity) initialisation and are listed in the log.
-    """
-    state = read_state_dict(path)
-    layout = detect_layout(state)
+
+def _layout_mismatch(path: str, state: dict, model: PlaceModel, why: str, layout: str | None = None) -> CheckpointError:
+    """An error naming ``layout`` (default: the closest known layout for this model) and the
+    first keys, in the file's own naming, that differ from it."""
+    cands = layout_keys(model.state_dict(), model.arch, model.backbone.state_dict())
+    name, missing, extra = closest_layout(state, {layout: cands[layout]} if layout in cands else cands)
+    diff = "; ".join(p for p in (f"{len(missing)} of its keys are missing (first: {_first(missing)})" if missing else "",
+                                 f"{len(extra)} keys are not in it (first: {_first(extra)})" if extra else "") if p)
+    what = "layout" if layout else f"Closest known layout for model.arch '{model.arch}':"
+    return CheckpointError(f"{path}: {why}. {what} '{name}' ({LAYOUTS[name]}): {diff or 'same keys'}")
+
+
+def _load_backbone_file(model: PlaceModel, state: dict, layout: str, path: str) -> list[str]:
+    """An official or Hugging Face DINOv2 file into ``model.backbone``; adapters the file does not
+    have keep their fresh (identity) initialisation; a final norm the model lacks is unused."""
     unused: list[str] = []
+    if layout == "hf_dinov2":
+        state, unused = from_hf_dinov2(state)
+    own = model.backbone.state_dict()
+    if model.backbone.norm is None:
+        unused += [k for k in state if k.startswith("norm.")]
+        state = {k: v for k, v in state.items() if not k.startswith("norm.")}
+    fresh = [k for k in own if ".adapter." in k and k not in state]
+    load_strict(model.backbone, {**state, **{k: own[k] for k in fresh}}, f"{path} ({layout} backbone)")
+    if fresh:
+        log.info("%s: %d adapter tensors not in the file keep their initialisation", path, len(fresh))
+    return unused
+
+
+def load_weights(model: PlaceModel, path: str) -> list[str]:
+    """Load a weights file of any supported layout into ``model``; returns the unused keys."""
+    return load_state(model, read_state_dict(path), path)
+
+
+def load_state(model: PlaceModel, state: dict, path: str) -> list[str]:
+    """Load a state dict of any supported layout (wrappers and ``module.`` already removed, as
+    :func:`read_state_dict` returns it) into ``model``; returns the unused keys.
+
+    A bare DINOv2 backbone file (official or Hugging Face) loads into ``model.backbone``. A
+    state whose layout is unknown, or belongs to another architecture, is refused with the
+    closest known layout and the first differing keys. ``path`` names the source in messages.
+    """
+    raw = state
+    layout = detect_layout(state)
+    arch = model.arch
+    if layout is None:
+        raise _layout_mismatch(path, state, model, "not a known weights layout")
+    if layout not in ARCH_LAYOUTS[arch]:
+        raise CheckpointError(f"{path}: this is {LAYOUTS[layout]}, which does not fit model.arch '{arch}'; "
+                              f"load it with {LAYOUT_HINTS.get(layout, 'its own architecture')}")
     if layout in ("dinov2", "hf_dinov2"):
-        if layout == "hf_dinov2":
-            state, unused = from_hf_dinov2(state)
-        own = model.backbone.state_dict()
-        fresh = [k for k in own if ".adapter." in k and k not in state]
-        state = {**state, **{k: own[k] for k in fresh}}
-        load_strict(model.backbone, state, f"{path} ({layout} backbone)")
-        if fresh:
-            log.info("%s: %d adapter tensors not in the file keep their initialisation", path, len(fresh))
-        return unused
+        return _load_backbone_file(model, state, layout, path)
+    unused: list[str] = []
     if layout == "d2vpr":
-        state, unused = from_d2vpr(state)
+        kind = getattr(model, "encoder_kind", "")
+        if kind == "self_enhanced":
+            raise CheckpointError(f"{path}: D2-VPR checkpoints have no per-image (self_enhanced) encoder; "
+                                  f"load it with {LAYOUT_HINTS['d2vpr']}")
+        has_encoder = any(k.startswith("encoder.") for k in state)
+        if kind == "cross_image" and not has_encoder:
+            raise CheckpointError(f"{path}: this D2-VPR checkpoint has no cross-image encoder; set "
+                                  "model.encoder: none (models/d2vpr_official.yaml)")
+        state, unused = from_d2vpr(state, keep_encoder=kind == "cross_image")
         if unused:
-            log.info("%s: %d cross-image encoder tensors are not used by the per-image student",
-                     path, len(unused))
-    elif layout == "cricavpr":
-        state, unused = from_cricavpr(state)
-    load_strict(model, state, f"{path} ({layout} layout)")
+            log.info("%s: %d cross-image encoder tensors are not used (model.encoder: none)", path, len(unused))
+        if not getattr(model.aggregator, "compat", True):
+            log.warning("%s: D2-VPR weights with model.compat false: descriptors will differ from the "
+                        "official model's (use models/d2vpr_official.yaml)", path)
+    elif layout in FROM:
+        state, unused = FROM[layout](state)
+    elif layout == "native" and model.backbone.norm is None:
+        # D2-VPR students saved by vpr_ros <= 0.2 carried the (unused) DINOv2 final norm
+        old = [k for k in state if k.startswith("backbone.norm.")]
+        state = {k: v for k, v in state.items() if k not in old}
+        unused += old
+    try:
+        load_strict(model, state, f"{path} ({layout} layout)")
+    except CheckpointError:
+        cands = layout_keys(model.state_dict(), arch, model.backbone.state_dict())
+        name, missing, extra = closest_layout(raw, cands)
+        if name != layout:
+            raise _layout_mismatch(path, raw, model, "not a known weights layout") from None
+        if layout != "native" and (missing or extra):  # name the keys as the file names them
+            raise _layout_mismatch(path, raw, model, f"keys do not fit model.arch '{arch}' ({model.backbone.spec})",
+                                   layout) from None
+        raise
     return unused
 
 

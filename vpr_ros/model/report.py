@@ -45,7 +45,8 @@ def component_rows(name: str, cfg: ModelConfig) -> list[Row]:
                  Row(name, "distillation recovery module", count(m.drm), PAPER["drm"]),
                  Row(name, "aggregator: generator + fusion + GeM", count(agg) - count(agg.position), PAPER["aggregator"]),
                  Row(name, "aggregator: deformation-aware position embedding", count(agg.position)),
-                 Row(name, f"encoder ({cfg.encoder})", count(m.encoder))]
+                 Row(name, f"encoder ({cfg.encoder})", count(m.encoder),
+                     PAPER["encoder"] if cfg.encoder == "cross_image" else None)]
     elif cfg.arch == "scicevpr":
         rows += [Row(name, "backbone (frozen)", count(m.backbone)),
                  Row(name, "conv 1x1 + token mixers + GeM", count(m.conv) + count(m.tokenmix) + count(m.gem)),
@@ -54,7 +55,8 @@ def component_rows(name: str, cfg: ModelConfig) -> list[Row]:
         rows += [Row(name, "backbone (DINOv2 ViT-B/14)", count(m.backbone, ".adapter.")),
                  Row(name, "adapters", count(m.backbone) - count(m.backbone, ".adapter.")),
                  Row(name, "cross-image encoder (2 layers)", count(m.encoder), PAPER["encoder"])]
-    total_paper = {"d2vpr_official": PAPER["student_without_encoder"], "cricavpr_teacher": PAPER["cricavpr"]}.get(name)
+    total_paper = {"d2vpr_official": PAPER["student_without_encoder"], "cricavpr_teacher": PAPER["cricavpr"],
+                   "d2vpr_official_encoder": PAPER["student_with_encoder"]}.get(name)
     rows.append(Row(name, "TOTAL", count(m), total_paper))
     return rows
 
@@ -80,7 +82,9 @@ def compute(cfg: ModelConfig, batch: int = 1, per_region: bool = False) -> tuple
 
 VARIANTS = {
     "d2vpr_official": ModelConfig(arch="d2vpr", encoder="none", compat=True),
+    "d2vpr_official_encoder": ModelConfig(arch="d2vpr", encoder="cross_image", compat=True),
     "d2vpr_student": ModelConfig(arch="d2vpr"),
     "scicevpr_student": ModelConfig(arch="scicevpr"),
+    "scicevpr_official": ModelConfig(arch="scicevpr", backbone="vitb14"),
     "cricavpr_teacher": ModelConfig(arch="cricavpr", backbone="vitb14"),
 }

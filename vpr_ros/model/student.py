@@ -30,10 +30,12 @@ def region_slices(side: int) -> list[tuple[slice, slice]]:
 
 
 class PlaceModel(nn.Module):
-    """Common interface: ``descriptor_dim``, ``freeze_for(stage)``, ``fold_batchnorm()``."""
+    """Common interface: ``arch``, ``descriptor_dim``, ``freeze_for(stage)``, ``fold_batchnorm()``."""
 
+    arch: str
     descriptor_dim: int
     batch_independent = True
+    backbone: DinoV2
 
     def freeze_for(self, stage: str) -> None:
         """Set ``requires_grad`` for a training stage ('distill', 'finetune', 'inference')."""
@@ -62,24 +64,34 @@ class PlaceModel(nn.Module):
 class D2VprStudent(PlaceModel):
     """DINOv2 with adapters -> distillation recovery -> deformable aggregator -> encoder -> L2.
 
-    ``encoder``: 'self_enhanced' (per-image, default) or 'none'. The paper's cross-image
-    encoder is deliberately not offered: it would make a descriptor depend on its batch.
+    ``encoder``: 'self_enhanced' (per-image, default), 'none' (the released no-encoder model) or
+    'cross_image' (the paper's 2-layer encoder attending across the images of a batch, as in
+    the released distillation/fine-tuning files: batch-dependent, so evaluation only).
+    The backbone has no final norm (``final_norm=False``), as in the official D2-VPR ViT-S.
     """
+
+    arch = "d2vpr"
 
     def __init__(self, backbone: DinoV2, encoder: str = "self_enhanced", compat: bool = False,
                  gem_p: float = 3.0) -> None:
         super().__init__()
+        if backbone.norm is not None:
+            raise ValueError("the D2-VPR student's backbone has no final norm: build it with final_norm=False")
         c = backbone.spec.embed_dim
         self.backbone = backbone
         self.drm = DistillationRecovery(c, backbone.spec.depth)
         d = self.drm.out_dim
         self.aggregator = FusedDeformableAggregator(d, compat=compat, gem_p=gem_p)
+        self.encoder_kind = encoder
         if encoder == "self_enhanced":
             self.encoder: nn.Module | None = SelfEnhancedEncoder(d, layers=1, heads=16, ffn=int(2048 * d / 768))
+        elif encoder == "cross_image":
+            self.encoder = CrossImageEncoder(d, layers=2, heads=16, ffn=int(2048 * d / 768))
+            self.batch_independent = False
         elif encoder == "none":
             self.encoder = None
         else:
-            raise ValueError(f"encoder '{encoder}' is not 'self_enhanced' or 'none'")
+            raise ValueError(f"encoder '{encoder}' is not 'self_enhanced', 'cross_image' or 'none'")
         self.descriptor_dim = 14 * d
 
     def region_tokens(self, x: Tensor) -> Tensor:
@@ -108,7 +120,6 @@ class D2VprStudent(PlaceModel):
             for p in (bb.cls_token, bb.pos_embed, bb.mask_token, bb.register_tokens):
                 if p is not None:
                     p.requires_grad_(False)
-        self.backbone.norm.requires_grad_(False)  # the DINOv2 final norm is not used by the student
         self.backbone.mask_token.requires_grad_(False)
 
 
@@ -135,6 +146,8 @@ class SciceVprStudent(PlaceModel):
     Conv1x1 4C -> D, ReLU -> 2 token mixers -> GeM + L2 over 14 regions (whole map, 2x2, 3x3)
     -> self-enhanced encoder -> concat -> L2."""
 
+    arch = "scicevpr"
+
     def __init__(self, backbone: DinoV2, d: int = 768, mixers: int = 2, gem_p: float = 3.0) -> None:
         super().__init__()
         c, side = backbone.spec.embed_dim, backbone.grid
@@ -149,7 +162,7 @@ class SciceVprStudent(PlaceModel):
     def forward(self, x: Tensor) -> Tensor:
         streams = self.backbone(x)
         prefix = self.backbone.num_prefix_tokens
-        maps = [patch_grid(self.backbone.norm(s), prefix, self.backbone.grid) for s in streams[-4:]]
+        maps = [patch_grid(self.backbone.apply_norm(s), prefix, self.backbone.grid) for s in streams[-4:]]
         f = torch.relu(self.conv(torch.cat(maps, dim=1)))
         side = self.backbone.grid
         f = self.tokenmix(f.flatten(2)).unflatten(2, (side, side))
@@ -169,6 +182,7 @@ class CricaVprTeacher(PlaceModel):
     """CricaVPR: DINOv2 ViT-B/14 with adapters, final norm, class token + 13 exact region slices
     (per-location L2, shared GeM), cross-image encoder (2 layers), L2. Batch-dependent."""
 
+    arch = "cricavpr"
     batch_independent = False
 
     def __init__(self, backbone: DinoV2, gem_p: float = 3.0) -> None:
@@ -181,7 +195,7 @@ class CricaVprTeacher(PlaceModel):
         self.descriptor_dim = 14 * d
 
     def forward(self, x: Tensor) -> Tensor:
-        tokens = self.backbone.norm(self.backbone(x)[-1])
+        tokens = self.backbone.apply_norm(self.backbone(x)[-1])
         f = l2n(patch_grid(tokens, self.backbone.num_prefix_tokens, self.backbone.grid), dim=1)
         regions = [self.gem(f[:, :, r, c]) for r, c in self.slices]
         t = torch.stack([tokens[:, 0], *regions], dim=1)

@@ -17,6 +17,8 @@ class DescriptorBackend(abc.ABC):
     """Turns a preprocessed image batch into global descriptors."""
 
     name: str = "base"
+    #: False only for batch-dependent models (cross-image encoder), which only evaluation opens.
+    batch_independent: bool = True
 
     def __init__(self, model_id: str, weights_sha256: str, weights_source: str,
                  input_size: int, descriptor_dim: int, pca_id: str = "") -> None:

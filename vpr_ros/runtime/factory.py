@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from vpr_ros.config import BACKENDS, ModelConfig
+from vpr_ros.config import BACKENDS, ModelConfig, batch_dependent_refusal
 from vpr_ros.errors import BackendUnavailable, ConfigError
 from vpr_ros.export.graph_io import file_sha256
 from vpr_ros.runtime.base import DescriptorBackend
@@ -52,11 +52,12 @@ def onnx_for(cfg: ModelConfig, cache_dir: str | Path | None = None) -> Path:
     return path
 
 
-def _open(name: str, cfg: ModelConfig, device: str, cache_dir: str | Path | None) -> DescriptorBackend:
+def _open(name: str, cfg: ModelConfig, device: str, cache_dir: str | Path | None,
+          batch_dependent_ok: bool = False) -> DescriptorBackend:
     if name == "torch":
         from vpr_ros.runtime.torch_backend import TorchBackend
 
-        return TorchBackend(cfg, device=device)
+        return TorchBackend(cfg, device=device, batch_dependent_ok=batch_dependent_ok)
     if name == "onnxruntime":
         try:
             import onnxruntime  # noqa: F401 - fail fast before exporting
@@ -72,10 +73,21 @@ def _open(name: str, cfg: ModelConfig, device: str, cache_dir: str | Path | None
 
 
 def open_backend(name: str, cfg: ModelConfig, device: str = "cpu",
-                 cache_dir: str | Path | None = None) -> DescriptorBackend:
-    """Open backend ``name`` ('auto', 'tensorrt', 'onnxruntime', 'torch') for model ``cfg``."""
+                 cache_dir: str | Path | None = None, batch_dependent_ok: bool = False) -> DescriptorBackend:
+    """Open backend ``name`` ('auto', 'tensorrt', 'onnxruntime', 'torch') for model ``cfg``.
+
+    Batch-dependent models (cross-image encoder) are refused unless ``batch_dependent_ok``
+    (evaluation), and then only run on PyTorch (they are not exported).
+    """
     if name not in BACKENDS:
         raise ConfigError(f"backend: '{name}' is not one of {', '.join(BACKENDS)}")
+    if cfg.batch_dependent:
+        if not batch_dependent_ok:
+            raise ConfigError(batch_dependent_refusal(cfg))
+        if name not in ("auto", "torch"):
+            raise ConfigError(f"backend '{name}': batch-dependent models (cross-image encoder) run on "
+                              "'torch' only; they are not exported")
+        return _open("torch", cfg, device, cache_dir, batch_dependent_ok=True)
     if name != "auto":
         return _open(name, cfg, device, cache_dir)
     order = ["tensorrt", "onnxruntime", "torch"] if device.startswith("cuda") else ["onnxruntime", "torch"]

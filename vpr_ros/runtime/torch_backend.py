@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vpr_ros.config import ModelConfig
+from vpr_ros.config import ModelConfig, batch_dependent_refusal
 from vpr_ros.errors import BackendUnavailable, ConfigError
 from vpr_ros.runtime.base import DescriptorBackend
 
@@ -13,7 +13,8 @@ class TorchBackend(DescriptorBackend):
 
     name = "torch"
 
-    def __init__(self, cfg: ModelConfig, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, device: str = "cpu", threads: int | None = None,
+                 batch_dependent_ok: bool = False) -> None:
         try:
             import torch
         except ImportError:
@@ -25,11 +26,10 @@ class TorchBackend(DescriptorBackend):
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
+        if cfg.batch_dependent and not batch_dependent_ok:
+            raise ConfigError(batch_dependent_refusal(cfg))
         model, info = build_model(cfg)
-        if not model.batch_independent:
-            raise ConfigError(f"model.arch '{cfg.arch}' is batch-dependent (cross-image encoder): a "
-                              "descriptor would depend on the other images of its batch; it is a "
-                              "training teacher, not a localization model. Use 'd2vpr' or 'scicevpr'.")
+        self.batch_independent = model.batch_independent
         self.device = torch.device(device)
         self.model = model.to(self.device)
         from vpr_ros.pca import Pca
