@@ -7,7 +7,7 @@ PACKAGE = "vpr_ros"
 
 setup(
     name=PACKAGE,
-    version="0.1.0",
+    version="0.3.0",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
@@ -28,6 +28,8 @@ setup(
             # nodes (ros2 run vpr_ros <name>)
             "localizer = vpr_ros.ros.localizer_node:main",
             "map_builder = vpr_ros.ros.map_builder_node:main",
+            "localizer_lifecycle = vpr_ros.ros.localizer_node:main_lifecycle",
+            "map_builder_lifecycle = vpr_ros.ros.map_builder_node:main_lifecycle",
             # commands
             "vpr_ros_demo = vpr_ros.cli.demo:main",
             "vpr_ros_launch = vpr_ros.cli.launch:main",

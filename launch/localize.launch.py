@@ -10,9 +10,14 @@ from vpr_ros.ros.launch_support import generate
 ARGUMENTS = [
     ("map_dir", "", "Map directory to localize against (empty: keep map_dir from params_file)."),
     ("params_file", None, "ROS parameters YAML of the localizer (default: config/localizer.yaml)."),
-    ("backend", "", "Inference backend: auto, torch (empty: keep the params_file value)."),
-    ("camera_topic", "image", "Camera image topic; '<camera_topic>/compressed' is used too."),
+    ("backend", "", "Inference backend: auto, tensorrt, onnxruntime or torch (empty: keep the params_file value)."),
+    ("camera_topic", "image", "Camera image topic; '<camera_topic>/compressed' with transport:=compressed in the params."),
     ("namespace", "", "Namespace of the localizer node and its topics."),
+    ("use_sim_time", "false", "Use /clock (simulation or bag playback with --clock) as the node's time."),
+    ("log_level", "info", "Log level of the node: debug, info, warn, error or fatal."),
+    ("lifecycle", "false", "Start the managed (lifecycle) variant of the node instead."),
+    ("autostart", "true", "With lifecycle:=true, configure and activate it right away (false: leave it "
+                          "to your lifecycle manager or 'ros2 lifecycle set')."),
 ]
 
 

@@ -81,3 +81,52 @@ def test_preprocess_normalises_and_resizes():
     white = preprocess(np.full((10, 10, 3), 255, np.uint8), 28)
     assert np.allclose(white[0], (1 - 0.485) / 0.229, atol=1e-5)
     assert preprocess_batch([img, img], 28).shape == (2, 3, 28, 28)
+
+
+@pytest.mark.parametrize("encoding,dtype,value", [
+    ("32FC1", np.float32, 1.5), ("16UC1", np.uint16, 300), ("16SC1", np.int16, -1), ("8SC1", np.int8, -1),
+    ("32SC1", np.int32, 7), ("64FC1", np.float64, np.nan), ("32FC3", np.float32, 0.5),
+])
+def test_depth_signed_and_float_encodings_are_not_camera_images(encoding, dtype, value):
+    """They used to be cast to uint8 without scaling (1.5 -> 1, 300 -> 44, NaN -> 0, -1 -> 255)."""
+    ch = int(encoding[-1])
+    a = np.full((2, 3, ch), value, dtype)
+    with pytest.raises(ImageError, match=f"encoding '{encoding}'.*(depth|signed or floating)"):
+        raw_to_rgb(encoding, 2, 3, 3 * ch * a.itemsize, False, a.tobytes())
+
+
+def test_every_accepted_camera_encoding_decodes():
+    from vpr_ros.images import CAMERA_ENCODINGS
+
+    for enc, (typestr, ch, _) in CAMERA_ENCODINGS.items():
+        dt = np.dtype(typestr)
+        a = (np.arange(4 * 6 * ch) % 200).astype(dt).reshape(4, 6, ch)
+        out = raw_to_rgb(enc, 4, 6, 6 * ch * dt.itemsize, False, a.tobytes())
+        assert out.shape == (4, 6, 3) and out.dtype == np.uint8, enc
+
+
+def test_depth_decoder_gives_metres_with_invalid_pixels_as_nan():
+    from vpr_ros.images import depth_to_metres
+
+    mm = np.array([[0, 1500], [65535, 250]], np.uint16)
+    d = depth_to_metres("16UC1", 2, 2, 4, False, mm.tobytes())
+    assert np.isnan(d[0, 0]) and d[0, 1] == pytest.approx(1.5) and d[1, 1] == pytest.approx(0.25)
+    m = np.array([[np.nan, 2.0], [-1.0, np.inf]], np.float32)
+    d = depth_to_metres("32FC1", 2, 2, 8, False, m.tobytes())
+    assert d[0, 1] == 2.0 and np.isnan(d[[0, 1, 1], [0, 0, 1]]).all()
+    with pytest.raises(ImageError, match="not a depth encoding"):
+        depth_to_metres("rgb8", 2, 2, 6, False, b"\0" * 12)
+
+
+def test_image_files_go_through_the_same_checks(tmp_path):
+    from vpr_ros.images import read_image_file
+
+    rgb = random_image(16, 16)
+    ok, jpg = cv2.imencode(".jpg", rgb[:, :, ::-1])
+    (tmp_path / "ok.jpg").write_bytes(jpg.tobytes())
+    (tmp_path / "cut.jpg").write_bytes(jpg.tobytes()[:100])
+    assert read_image_file(tmp_path / "ok.jpg").shape == (16, 16, 3)
+    with pytest.raises(ImageError, match="cut.jpg: truncated JPEG"):
+        read_image_file(tmp_path / "cut.jpg")
+    with pytest.raises(ImageError, match="missing.jpg: cannot read"):
+        read_image_file(tmp_path / "missing.jpg")

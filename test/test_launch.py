@@ -19,10 +19,11 @@ from vpr_ros.launch_graph import GRAPHS, build_map_graph, localize_graph
 
 from conftest import REPO, TINY_MODEL
 
+COMMON = {"map_dir", "params_file", "backend", "camera_topic", "namespace", "use_sim_time", "log_level",
+          "lifecycle", "autostart"}
 EXPECTED_ARGS = {
-    "localize.launch.py": ("localize_graph", {"map_dir", "params_file", "backend", "camera_topic", "namespace"}),
-    "build_map.launch.py": ("build_map_graph",
-                            {"map_dir", "params_file", "backend", "camera_topic", "odom_topic", "namespace"}),
+    "localize.launch.py": ("localize_graph", COMMON),
+    "build_map.launch.py": ("build_map_graph", COMMON | {"odom_topic"}),
 }
 
 
@@ -53,7 +54,7 @@ def test_graph_specs_become_ros_command_lines():
     [spec] = localize_graph(map_dir="/maps/lab", params_file="/p.yaml", backend="torch",
                             camera_topic="/front/image_raw", namespace="robot1")
     cmd = spec.command()
-    assert cmd[:3] == [sys.executable, "-m", "vpr_ros.ros.localizer_node"]
+    assert cmd[:2] == [sys.executable, "-c"] and "from vpr_ros.ros.localizer_node import main;" in cmd[2]
     joined = " ".join(cmd)
     for part in ("-r __node:=localizer", "-r __ns:=/robot1", "--params-file /p.yaml", "-p map_dir:=/maps/lab",
                  "-p backend:=torch", "-r image:=/front/image_raw",
@@ -63,6 +64,13 @@ def test_graph_specs_become_ros_command_lines():
     assert plain.overrides == {} and plain.remappings == ()  # empty args keep the params file values
     [mb] = build_map_graph(odom_topic="/wheel/odom")
     assert ("odom", "/wheel/odom") in mb.remappings and mb.executable == "map_builder"
+    assert mb.shutdown_timeouts[0] >= 25  # ros2 launch waits for the final save before SIGTERM
+    [lc] = localize_graph(use_sim_time="true", log_level="debug", lifecycle="true", namespace="robot1")
+    assert lc.program == "localizer_lifecycle" and lc.autostart and lc.fqn == "/robot1/localizer"
+    assert "main_lifecycle" in lc.command()[2] and lc.overrides == {"use_sim_time": True}
+    assert " ".join(lc.command()).endswith("--log-level debug")
+    with pytest.raises(ValueError, match="log_level"):
+        localize_graph(log_level="loud")
 
 
 def test_launch_description_builds_when_launch_ros_is_available():
@@ -99,3 +107,27 @@ def test_launch_free_entry_point_runs_the_graph(tmp_path, built_map, traversals,
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out.decode()[-2000:]
     assert b"starting localizer" in out
+
+
+@pytest.mark.ros
+def test_launch_free_entry_point_runs_the_lifecycle_graph(tmp_path, built_map, traversals, rclpy_context):
+    """--lifecycle starts the managed localizer and drives configure + activate over its services."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "qos": "reliable", **{f"model.{k}": v for k, v in TINY_MODEL.items()}}}}))
+    proc = subprocess.Popen([sys.executable, "-m", "vpr_ros.cli.launch", "localize", "--map-dir", str(built_map),
+                             "--params-file", str(params), "--lifecycle"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        from vpr_ros.ros.player import QueryPlayer
+
+        p = QueryPlayer("image")
+        assert p.wait_for_localizer(60), "managed localizer did not become active"
+        assert p.play(traversals[0].images[4:5], [950.0], timeout=30) == 1
+        assert p.log.tables[950.0][0]["db_id"] == 4
+        p.destroy_node()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode()[-2000:]
+    assert b"/localizer: active" in out and b"localizer_lifecycle" not in out.split(b"starting")[0]

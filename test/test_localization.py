@@ -55,30 +55,52 @@ def test_loop_closure_rules():
     assert jump.status == CANDIDATE and jump.streak == 1
 
 
-def test_loop_closures_on_a_revisiting_trajectory():
-    """Ground truth: the robot revisits keyframes 20..39 from t=200 s on."""
-    det = LoopClosureDetector(0.6, 30.0, 3, 2, 1.0)
-    rng = np.random.default_rng(0)
-    truth, published = [], []
-    for k in range(60):
-        t = 200.0 + 0.5 * k
-        if k < 40:  # revisit: right match with high score, sometimes a wrong one
-            good = rng.random() > 0.15
-            db = 20 + k // 2 if good else int(rng.integers(0, 100))
-            d = det.update(t, float(db), db, 0.8 if good else 0.65)
-            truth.append(good)
-        else:  # new territory: best match is random and weak
-            db = int(rng.integers(0, 100))
-            d = det.update(t, float(db), db, float(rng.uniform(0.3, 0.62)))
-            truth.append(False)
-        if d.publish:
-            published.append(truth[-1])
-    precision = np.mean(published)
-    # at most one closure per second (rate limit): 20 s of revisits allow 20
-    recall = sum(published) / 20
-    assert precision == 1.0 and recall >= 0.4, (precision, recall, len(published))
+def loop_closure_run(backend, first, second, positives, cfg):
+    """Feed the second traversal to a Localizer over a map of the first (real descriptors of the
+    real images); returns (published (query index, map id) pairs, their correctness, decisions)."""
+    from vpr_ros.config import KeyframeConfig
+    from vpr_ros.mapping.builder import MapBuilder, frames_from_lists
+
+    b = MapBuilder(backend, KeyframeConfig(min_distance=0.5))
+    b.add_many(frames_from_lists(first.images, first.stamps, first.poses))
+    loc = Localizer(backend, b.map, cfg)
+    published, decisions = [], []
+    for i, (img, t) in enumerate(zip(second.images, second.stamps)):
+        r = loc.localize(img, t)
+        decisions.append(r.loop)
+        if r.loop is not None and r.loop.publish:
+            published.append((i, r.loop.db_id))
+    correct = [db in positives[i] for i, db in published]
+    return published, correct, decisions
 
 
+def test_loop_closures_from_real_descriptors_of_the_demo_traversals(tiny_backend):
+    """The demo's two procedural traversals (60 places, seed 7, positives within 2 m) described by
+    the tiny random-weight network: every published closure obeys the rules, and precision and
+    recall are what the README states (18 published, precision 0.50, recall 0.15; accepting
+    every top-1 match instead: 30 published, precision 0.53). With random weights the rules alone
+    do not make loop closures trustworthy; the numbers are here so that nobody claims otherwise."""
+    from vpr_ros.demo.synthetic import make_traversals
+    from vpr_ros.evaluation import positives_within
+
+    first, second = make_traversals(n_places=60, seed=7)
+    positives = positives_within(second.positions, first.positions, radius=2.0)
+    rules = LocalizerConfig(score_threshold=0.5, temporal_consistency=3, consistency_window=3)
+    published, correct, decisions = loop_closure_run(tiny_backend, first, second, positives, rules)
+    naive_pub, naive_ok, _ = loop_closure_run(tiny_backend, first, second, positives,
+                                              LocalizerConfig(score_threshold=0.5, temporal_consistency=1))
+    stamps = [second.stamps[i] for i, _ in published]
+    assert published and all(b - a >= 1.0 for a, b in zip(stamps, stamps[1:]))  # 1 Hz, query time
+    assert all(second.stamps[i] - first.stamps[db] >= 30.0 for i, db in published)
+    assert all(d.streak >= 3 for d in decisions if d is not None and d.publish)
+    precision = float(np.mean(correct))
+    naive_precision = float(np.mean(naive_ok)) if naive_ok else 0.0
+    revisits = sum(1 for p in positives if p)
+    print(f"temporal consistency: {len(published)} published, precision {precision:.2f}, "
+          f"recall {sum(correct) / revisits:.2f}; every top-1: {len(naive_pub)} published, "
+          f"precision {naive_precision:.2f}")
+    assert abs(precision - 0.50) <= 0.1 and 12 <= len(published) <= 24, (precision, len(published))
+    assert abs(naive_precision - 0.53) <= 0.1 and 24 <= len(naive_pub) <= 36, (naive_precision, len(naive_pub))
 def test_latest_frame_slots_keep_only_the_newest_per_camera():
     s = LatestFrameSlots()
     for i in range(100):

@@ -58,16 +58,24 @@ def localizer(rclpy_context, built_map):
     s.stop()
 
 
+def until(condition, timeout=20.0, spin=None):
+    """Wait for ``condition()`` (spinning ``spin`` if given), at most ``timeout`` s; returns it."""
+    end = time.monotonic() + timeout
+    while not condition() and time.monotonic() < end:
+        if spin is not None:
+            rclpy.spin_once(spin, timeout_sec=0.02)
+        else:
+            threading.Event().wait(0.02)
+    return bool(condition())
+
+
 def wait_until_matched(node, *publishers, timeout=20.0):
     """Spin ``node`` until every publisher has a subscriber (DDS discovery done)."""
-    end = time.monotonic() + timeout
-    while any(p.get_subscription_count() == 0 for p in publishers) and time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.05)
-    return all(p.get_subscription_count() > 0 for p in publishers)
+    return until(lambda: all(p.get_subscription_count() > 0 for p in publishers), timeout, spin=node)
 
 
 @contextlib.contextmanager
-def feeding_map_builder(map_dir, feeder, pose_type, pose_channel, **params):
+def feeding_map_builder(map_dir, feeder, pose_type, pose_channel, pose_qos=None, **params):
     """A spinning MapBuilderNode writing ``map_dir`` and a feeder node whose image and pose
     publishers are matched; yields (node, feeder node, image publisher, pose publisher)."""
     from vpr_ros.ros.map_builder_node import MapBuilderNode
@@ -78,7 +86,7 @@ def feeding_map_builder(map_dir, feeder, pose_type, pose_channel, **params):
     try:
         client = rclpy.create_node(feeder)
         pub_img = client.create_publisher(Image, "image", 10)
-        pub_pose = client.create_publisher(pose_type, pose_channel, 100)
+        pub_pose = client.create_publisher(pose_type, pose_channel, pose_qos or 100)
         assert wait_until_matched(client, pub_img, pub_pose)
         yield node, client, pub_img, pub_pose
         client.destroy_node()
@@ -86,25 +94,29 @@ def feeding_map_builder(map_dir, feeder, pose_type, pose_channel, **params):
         s.stop()
 
 
-def wait_for(condition, timeout=20.0):
-    end = time.monotonic() + timeout
-    while not condition() and time.monotonic() < end:
-        time.sleep(0.05)
-
-
-def last_diag(player):
-    player.spin_until(lambda: bool(player.log.diagnostics), 5)
-    st = player.log.diagnostics[-1].status[0]
+def last_diag(player, name="localizer"):
+    player.log.diagnostics.clear()
+    player.spin_until(lambda: any(s.name.endswith(name) for a in player.log.diagnostics for s in a.status), 5)
+    st = [s for a in player.log.diagnostics for s in a.status if s.name.endswith(name)][-1]
     return st, {kv.key: kv.value for kv in st.values}
 
 
-def test_localizer_answers_image_and_compressed_frames(localizer, traversals):
+def odometry(t, pose, frame="odom"):
+    od = Odometry()
+    od.header.stamp = sec_to_stamp(t)
+    od.header.frame_id = frame
+    od.pose.pose = pose_msg(pose)
+    return od
+
+
+def test_localizer_answers_image_frames(localizer, traversals):
     first, second = traversals
     p = QueryPlayer("cam0/image")
     assert p.wait_for_localizer(20)
     assert p.spin_until(lambda: p.log.keyframes is not None, 5)
     assert len(p.log.keyframes.poses) == len(first.images)
     assert p.log.keyframes.poses[3].header.stamp == sec_to_stamp(first.stamps[3])
+    assert p.pub_compressed.get_subscription_count() == 0  # one transport per camera (raw here)
 
     stamps = [500.0 + i for i in range(4)]
     assert p.play(first.images[:4], stamps, timeout=20) == 4
@@ -123,14 +135,29 @@ def test_localizer_answers_image_and_compressed_frames(localizer, traversals):
     tq, tm = p.log.loop_closures[0]
     assert tq in stamps and tm in first.stamps and tq - tm >= 30
     assert {r["status"] for r in p.log.loop_table} <= {-1.0, 0.0, 1.0}
-
-    ok, jpg = cv2.imencode(".jpg", np.ascontiguousarray(first.images[5][:, :, ::-1]))
-    msg = CompressedImage(format="jpeg", data=jpg.tobytes())
-    msg.header.stamp = sec_to_stamp(600.0)
-    p.send_raw(msg)
-    assert p.spin_until(lambda: 600.0 in p.log.tables, 20)
-    assert p.log.tables[600.0][0]["db_id"] == 5
     p.destroy_node()
+
+
+def test_compressed_transport_subscribes_only_the_compressed_topic(rclpy_context, built_map, traversals):
+    from vpr_ros.ros.localizer_node import LocalizerNode
+
+    node = LocalizerNode(parameter_overrides=overrides(map_dir=str(built_map), qos="reliable",
+                                                      transport="compressed", score_threshold=0.0))
+    s = Spinning(node)
+    try:
+        p = QueryPlayer("image")
+        assert until(lambda: p.pub_compressed.get_subscription_count() > 0, spin=p)
+        assert p.pub.get_subscription_count() == 0  # raw frames are not also received
+        ok, jpg = cv2.imencode(".jpg", np.ascontiguousarray(traversals[0].images[5][:, :, ::-1]))
+        msg = CompressedImage(format="jpeg", data=jpg.tobytes())
+        msg.header.stamp = sec_to_stamp(600.0)
+        p.send_raw(msg)
+        assert p.spin_until(lambda: 600.0 in p.log.tables, 20)
+        assert p.log.tables[600.0][0]["db_id"] == 5
+        assert node.slots.received == 1 and node.slots.dropped == 0
+        p.destroy_node()
+    finally:
+        s.stop()
 
 
 def test_bad_frames_are_logged_and_the_node_keeps_running(localizer, traversals):
@@ -138,19 +165,17 @@ def test_bad_frames_are_logged_and_the_node_keeps_running(localizer, traversals)
     assert p.wait_for_localizer(20)
     bad = Image(height=4, width=4, encoding="yuv_weird", step=12, data=b"\0" * 48)
     empty = Image(height=0, width=0, encoding="rgb8", step=0, data=b"")
-    ok, jpg = cv2.imencode(".jpg", traversals[0].images[0])
-    truncated = CompressedImage(format="jpeg", data=jpg.tobytes()[:200])
-    for i, m in enumerate((bad, empty, truncated)):
+    nan = Image(height=4, width=4, encoding="32FC1", step=16, data=b"\0" * 64)
+    for i, m in enumerate((bad, empty, nan)):
         m.header.stamp = sec_to_stamp(700.0 + i)
         p.send_raw(m)
-        time.sleep(0.3)  # one at a time: the node keeps only the newest frame
-    assert p.spin_until(lambda: localizer.counters.errors >= 3, 10)
+        # one at a time (the node keeps only the newest frame): wait until this one failed
+        assert p.spin_until(lambda n=i: localizer.counters.errors >= n + 1, 10)
     assert p.play([traversals[0].images[2]], [710.0], timeout=20) == 1  # still alive
     assert p.log.tables[710.0][0]["db_id"] == 2
-    p.log.diagnostics.clear()
     st, vals = last_diag(p)
     assert st.level == DiagnosticStatus.WARN and int(vals["frames_failed"]) >= 3
-    assert "truncated JPEG" in vals["last_error"] or "truncated JPEG" in localizer.counters.last_error
+    assert "32FC1" in localizer.counters.last_error
     assert not {700.0, 701.0, 702.0} & set(p.log.tables)
     p.destroy_node()
 
@@ -174,31 +199,52 @@ def test_without_a_map_the_node_reports_error_and_survives(rclpy_context, tmp_pa
         s.stop()
 
 
-def test_map_builder_node_builds_a_map_from_topics(rclpy_context, tmp_path, traversals, tiny_backend):
+def test_diagnostics_are_absolute_under_a_namespace(rclpy_context, built_map):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from vpr_ros.ros.localizer_node import LocalizerNode
+
+    node = LocalizerNode(namespace="robot1", parameter_overrides=overrides(map_dir=str(built_map),
+                                                                          diagnostics_period=0.2))
+    s = Spinning(node)
+    try:
+        names = [n for n, _ in node.get_publisher_names_and_types_by_node("localizer", "/robot1")]
+        assert "/diagnostics" in names and "/robot1/vpr/match_table" in names
+        got = []
+        client = rclpy.create_node("diag_listener")
+        client.create_subscription(DiagnosticArray, "/diagnostics", got.append, 10)
+        assert until(lambda: any(st.name == "localizer: localizer" for m in got for st in m.status), spin=client)
+        client.destroy_node()
+    finally:
+        s.stop()
+
+
+def test_map_builder_pairs_images_with_sparse_odometry(rclpy_context, tmp_path, traversals):
+    """Odometry at 1 Hz from a best-effort publisher, images at 4 Hz published before the odometry
+    that follows them: every image waits, is interpolated, and the map is in the odometry's frame."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
     map_dir = tmp_path / "live_map"
-    with feeding_map_builder(map_dir, "test_feeder", Odometry, "odom",
-                             **{"keyframes.min_distance": 1.5}) as (node, client, pub_img, pub_odom):
+    best_effort = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
+    with feeding_map_builder(map_dir, "test_feeder", Odometry, "odom", pose_qos=best_effort, max_pose_wait=30.0,
+                             **{"keyframes.min_distance": 0.2}) as (node, client, pub_img, pub_odom):
         first = traversals[0]
-        for img, t, pose in zip(first.images[:10], first.stamps, first.poses):
-            od = Odometry()
-            od.header.stamp = sec_to_stamp(t)
-            od.pose.pose = pose_msg(pose)
-            pub_odom.publish(od)
-            time.sleep(0.02)
-            pub_img.publish(rgb_to_image(img, t))
-            time.sleep(0.05)
-        early = rgb_to_image(first.images[0], -50.0)  # no odometry near this stamp
+        x = lambda t: 2.0 * (t - 100.0)  # noqa: E731 - 2 m/s along x
+        pub_odom.publish(odometry(100.0, (x(100.0), 0, 0, 0, 0, 0, 1)))
+        assert until(lambda: len(node._track) == 1)
+        stamps = [100.0 + 0.25 * k for k in range(1, 9)]  # 100.25 ... 102.0
+        for k, t in enumerate(stamps):
+            pub_img.publish(rgb_to_image(first.images[k], t))
+            if t in (101.0, 102.0):
+                assert until(lambda n=k: node.images == n + 1)  # the image is there before its odometry
+                pub_odom.publish(odometry(t, (x(t), 0, 0, 0, 0, 0, 1)))
+        early = rgb_to_image(first.images[0], 50.0)  # long before any odometry: skipped
         pub_img.publish(early)
-        wait_for(lambda: node.keyframes >= 5)
-        cli = client.create_client(Trigger, "vpr/save_map")
-        assert cli.wait_for_service(timeout_sec=10)
-        fut = cli.call_async(Trigger.Request())
-        rclpy.spin_until_future_complete(client, fut, timeout_sec=20)
-        assert fut.result().success, fut.result().message
-        vmap = VprMap.load(map_dir)
-        xs = [kf.pose[0] for kf in vmap.keyframes]
-        assert xs == [0.0, 2.0, 4.0, 6.0, 8.0]  # positions 1 m apart, keyframe every >= 1.5 m
-        assert node.skipped_no_pose >= 1
+        assert until(lambda: node.keyframes == 8 and node.skipped_no_pose == 1)
+        assert node.interpolated >= 6
+    vmap = VprMap.load(map_dir)  # saved by the node on destruction
+    assert [round(k.pose[0], 6) for k in vmap.keyframes] == [x(t) for t in stamps]
+    assert vmap.manifest.map_frame == "odom"
 
 
 def test_map_builder_node_with_navsatfix_poses(rclpy_context, tmp_path, traversals):
@@ -206,7 +252,7 @@ def test_map_builder_node_with_navsatfix_poses(rclpy_context, tmp_path, traversa
 
     map_dir = tmp_path / "gps_map"
     with feeding_map_builder(map_dir, "test_gps_feeder", NavSatFix, "fix", pose_source="navsatfix", pose_topic="fix",
-                             **{"keyframes.min_distance": 2.5}) as (node, _, pub_img, pub_fix):
+                             max_pose_wait=30.0, **{"keyframes.min_distance": 2.5}) as (node, _, pub_img, pub_fix):
         first = traversals[0]
         lat0, lon0 = 48.137, 11.575
         for i, (img, t) in enumerate(zip(first.images[:8], first.stamps)):
@@ -214,10 +260,9 @@ def test_map_builder_node_with_navsatfix_poses(rclpy_context, tmp_path, traversa
             fix.status.status = NavSatStatus.STATUS_FIX
             fix.header.stamp = sec_to_stamp(t)
             pub_fix.publish(fix)
-            time.sleep(0.02)
             pub_img.publish(rgb_to_image(img, t))
-            time.sleep(0.05)
-        wait_for(lambda: node.keyframes >= 3)
+        assert until(lambda: node.images == 8 and not node._waiting)
+        assert until(lambda: node.keyframes >= 3)
         node.save()
         vmap = VprMap.load(map_dir)
         norths = [round(k.pose[1], 2) for k in vmap.keyframes]
@@ -228,7 +273,6 @@ def test_map_builder_node_with_navsatfix_poses(rclpy_context, tmp_path, traversa
 def test_tf_pose_source_needs_tf2_ros(rclpy_context, tmp_path):
     """tf2_ros has no pip wheel: selecting TF here must give a clear configuration error. (With a ROS 2
     installation the same node looks up map_frame -> base_frame; not testable in this environment.)"""
-    pytest.importorskip("rclpy")
     try:
         import tf2_ros  # noqa: F401
         pytest.skip("tf2_ros is installed: the TF path would be used")
@@ -266,16 +310,21 @@ def test_markers_and_debug_image_only_when_watched(localizer, traversals):
     p.destroy_node()
 
 
+def call_trigger(client, name, timeout=20):
+    cli = client.create_client(Trigger, name)
+    assert cli.wait_for_service(timeout_sec=10), name
+    fut = cli.call_async(Trigger.Request())
+    rclpy.spin_until_future_complete(client, fut, timeout_sec=timeout)
+    return fut.result()
+
+
 def test_localizer_save_and_reload_services(localizer, built_map):
     client = rclpy.create_node("test_service_client")
     try:
         before = VprMap.load(built_map).manifest.generation
         for name in ("vpr/save_map", "vpr/reload_map"):
-            cli = client.create_client(Trigger, name)
-            assert cli.wait_for_service(timeout_sec=10), name
-            fut = cli.call_async(Trigger.Request())
-            rclpy.spin_until_future_complete(client, fut, timeout_sec=20)
-            assert fut.result().success, (name, fut.result().message)
+            res = call_trigger(client, name)
+            assert res.success, (name, res.message)
         assert VprMap.load(built_map).manifest.generation == before + 1
     finally:
         client.destroy_node()
@@ -349,11 +398,31 @@ class _Tf2StandIn:
             return out
 
     class TransformListener:
+        """Like tf2_ros's: ``spin_thread=True`` spins ``node`` on a thread of its own."""
+
         def __init__(self, buffer, node, *, spin_thread=False, qos=None, static_qos=None):
             from geometry_msgs.msg import TransformStamped
+            from rclpy.executors import SingleThreadedExecutor
 
             self.sub = node.create_subscription(TransformStamped, "tf_standin",
                                                 lambda m: buffer.set_transform(m, "stand-in"), 100)
+            self.node = node
+            if spin_thread:
+                from rclpy.executors import ExternalShutdownException
+
+                self.executor = SingleThreadedExecutor(context=node.context)
+                self.executor.add_node(node)
+
+                def run():
+                    try:
+                        self.executor.spin()
+                    except ExternalShutdownException:
+                        pass
+
+                threading.Thread(target=run, daemon=True).start()
+
+        def unregister(self):
+            self.node.destroy_subscription(self.sub)
 
 
 def test_map_builder_tf_pose_source_with_a_tf2_stand_in(rclpy_context, tmp_path, traversals, monkeypatch):
@@ -370,7 +439,7 @@ def test_map_builder_tf_pose_source_with_a_tf2_stand_in(rclpy_context, tmp_path,
     monkeypatch.setitem(sys.modules, "tf2_ros", fake)
     map_dir = tmp_path / "tf_map"
     with feeding_map_builder(map_dir, "test_tf_feeder", TransformStamped, "tf_standin", pose_source="tf",
-                             map_frame="world", base_frame="robot",
+                             map_frame="world", base_frame="robot", max_pose_wait=0.5,
                              **{"keyframes.min_distance": 1.4}) as (node, _, pub_img, pub_tf):
         first = traversals[0]
         t0 = first.stamps[0]
@@ -381,15 +450,14 @@ def test_map_builder_tf_pose_source_with_a_tf2_stand_in(rclpy_context, tmp_path,
             tr.transform.translation.x = 0.25 * i + 0.1
             tr.transform.rotation.w = 1.0
             pub_tf.publish(tr)
-        time.sleep(0.3)
+        buffer = node._tf
+        assert until(lambda: sum(len(v) for v in buffer.frames.values()) == 12)
         images = [(t0, first.images[0])]  # before the first transform: no pose
         images += [(t0 + 0.5 * k + 0.35, first.images[k]) for k in range(1, 6)]  # x = 0.85, 1.35, ... 2.85
         for t, img in images:
             pub_img.publish(rgb_to_image(img, t))
-            time.sleep(0.1)
-        wait_for(lambda: node.images >= len(images))
-        wait_for(lambda: node.keyframes >= 2)
-        time.sleep(0.3)
+        assert until(lambda: node.images == len(images) and not node._waiting and node.skipped_no_pose == 1)
+        assert until(lambda: node.keyframes == 2 and node._queue.unfinished_tasks == 0)
         node.save()
         vmap = VprMap.load(map_dir)
         xs = [round(k.pose[0], 3) for k in vmap.keyframes]

@@ -26,6 +26,32 @@ def test_package_xml_is_format3_with_the_runtime_dependencies():
     assert pkg.get_build_type() == "ament_python"
 
 
+def test_every_dependency_is_a_rosdep_key_of_jazzy_noble():
+    """`rosdep install --from-paths src` must resolve every key (recorded from ros/rosdistro)."""
+    import json
+
+    from catkin_pkg.package import parse_package
+
+    pkg = parse_package(str(REPO / "package.xml"))
+    known = json.loads((REPO / "test" / "fixtures" / "rosdep_keys.json").read_text())["keys"]
+    deps = {d.name for group in (pkg.build_depends, pkg.buildtool_depends, pkg.exec_depends, pkg.test_depends)
+            for d in group}
+    assert sorted(d for d in deps if not known.get(d)) == []
+    assert "ament_python" not in deps  # a build type, not a rosdep key
+
+
+def test_one_version_everywhere():
+    import re
+
+    import vpr_ros
+    from catkin_pkg.package import parse_package
+
+    version = parse_package(str(REPO / "package.xml")).version
+    assert version == vpr_ros.__version__
+    assert re.search(r'version="([^"]+)"', (REPO / "setup.py").read_text()).group(1) == version
+    assert f"(v{version.rsplit('.', 1)[0]})" in (REPO / "README.md").read_text()
+
+
 def test_versions_are_pinned_in_requirements_txt():
     lines = [ln.split("#")[0].strip() for ln in (REPO / "requirements.txt").read_text().splitlines()]
     reqs = [ln for ln in lines if ln]
@@ -50,7 +76,8 @@ def test_colcon_build_produces_a_ros_install_tree(tmp_path):
     assert {p.name for p in (share / "launch").iterdir()} == {"localize.launch.py", "build_map.launch.py"}
     assert {"localizer.yaml", "map_builder.yaml"} <= {p.name for p in (share / "config").iterdir()}
     assert (share / "models" / "README.md").is_file()
-    for exe in ("localizer", "map_builder", "vpr_ros_demo", "vpr_ros_launch"):
+    for exe in ("localizer", "map_builder", "localizer_lifecycle", "map_builder_lifecycle", "vpr_ros_demo",
+                "vpr_ros_launch", "vpr_ros_build_map", "vpr_ros_map_info", "vpr_ros_convert_weights"):
         path = inst / "lib" / "vpr_ros" / exe
         assert path.is_file() and os.access(path, os.X_OK), exe
     # the installed package finds its own config through the ament index

@@ -29,10 +29,16 @@ ENCODERS = ("self_enhanced", "none", "cross_image")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+TRANSPORTS = ("raw", "compressed")
+QOS_NAMES = ("sensor_data", "reliable")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with a description (used for ROS parameter descriptors)."""
+    """A dataclass field with a description (used for ROS parameter descriptors).
+
+    Extra metadata: ``live=True`` (the node applies a new value at run time; every other
+    parameter is read-only), ``lo``/``hi`` (the range advertised in the parameter descriptor).
+    """
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
@@ -41,6 +47,11 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 def describe(cls: type) -> dict[str, str]:
     """Field name -> description for a config dataclass."""
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def live_fields(cls: type) -> set[str]:
+    """Names of the fields a running node may change (``ros2 param set``)."""
+    return {f.name for f in dataclasses.fields(cls) if f.metadata.get("live")}
 
 
 @dataclass(frozen=True)
@@ -116,39 +127,45 @@ class IndexConfig:
 class LocalizerConfig:
     """Behaviour of the localizer (core and node)."""
 
-    map_dir: str = _f("", "Directory of the map to localize against.")
+    map_dir: str = _f("", "Directory of the map to localize against; setting it at run time loads that "
+                      "map (the previous one stays in use if it cannot be loaded).", live=True)
     backend: str = _f("auto", "Inference backend: " + ", ".join(BACKENDS) + ".")
     device: str = _f("cpu", "Device: 'cpu' or 'cuda'.")
     engine_cache_dir: str = _f("", "Where exported ONNX graphs and engines are cached (empty = "
                                "$VPR_ROS_CACHE or ~/.cache/vpr_ros).")
-    camera_topics: list = _f(["image"], "Image topics (relative names). "
-                             "'<topic>/compressed' is subscribed as CompressedImage too.")
-    top_k: int = _f(5, "Number of map matches reported per query.")
-    score_threshold: float = _f(0.5, "Minimum cosine similarity for a match to be accepted.")
+    camera_topics: list = _f(["image"], "Image topics (relative names); each is subscribed with "
+                             "one transport (see 'transport').")
+    transport: str = _f("raw", "Image transport of every camera: 'raw' (sensor_msgs/Image on <topic>) or "
+                        "'compressed' (sensor_msgs/CompressedImage on <topic>/compressed).")
+    top_k: int = _f(5, "Number of map matches reported per query.", live=True, lo=1, hi=1000)
+    score_threshold: float = _f(0.5, "Minimum cosine similarity for a match to be accepted.", live=True,
+                                lo=-1.0, hi=1.0)
     temporal_consistency: int = _f(3, "Consecutive accepted queries that must agree before a "
-                                   "loop closure is published.")
+                                   "loop closure is published.", live=True, lo=1, hi=1000)
     consistency_window: int = _f(3, "Two consecutive matches agree when their map ids differ "
-                                 "by at most this many keyframes.")
-    min_time_separation: float = _f(30.0, "Minimum |t_query - t_match| in seconds for a loop closure.")
+                                 "by at most this many keyframes.", live=True, lo=0, hi=1_000_000)
+    min_time_separation: float = _f(30.0, "Minimum |t_query - t_match| in seconds for a loop closure.",
+                                    live=True, lo=0.0, hi=1e9)
     exclude_recent: float = _f(0.0, "Ignore map keyframes taken less than this many seconds before/after "
-                               "the query (for a robot querying its own growing map; 0 = off).")
-    max_loop_closure_rate: float = _f(1.0, "Maximum loop closures per second (query time).")
+                               "the query (for a robot querying its own growing map; 0 = off).",
+                               live=True, lo=0.0, hi=1e9)
+    max_loop_closure_rate: float = _f(1.0, "Maximum loop closures per second (query time).", live=True,
+                                      lo=1e-6, hi=1000.0)
     map_frame: str = _f("map", "Frame of map keyframe poses and of /vpr/pose.")
     base_frame: str = _f("base_link", "Robot body frame.")
     odom_frame: str = _f("odom", "Odometry frame.")
     qos: str = _f("sensor_data", "QoS of image subscriptions: 'sensor_data' or 'reliable'.")
     position_sigma: float = _f(2.0, "Position standard deviation (m) of /vpr/pose at score 1; "
-                               "it grows as the score falls.")
-    diagnostics_period: float = _f(1.0, "Seconds between /diagnostics messages.")
+                               "it grows as the score falls.", live=True, lo=1e-6, hi=1e6)
+    diagnostics_period: float = _f(1.0, "Seconds between diagnostics messages.", lo=0.01, hi=3600.0)
+    diagnostics_topic: str = _f("/diagnostics", "Topic of diagnostic_msgs/DiagnosticArray (absolute by "
+                                "default, where diagnostic aggregators listen).")
 
     def __post_init__(self) -> None:
         _choice("backend", self.backend, BACKENDS)
         _choice("qos", self.qos, ("sensor_data", "reliable"))
-        if not self.camera_topics or not all(isinstance(t, str) and t for t in self.camera_topics):
-            raise ConfigError("camera_topics: must be a non-empty list of topic names")
-        for t in self.camera_topics:
-            if t.startswith("/"):
-                raise ConfigError(f"camera_topics: '{t}' is absolute; use relative names and remap")
+        _choice("transport", self.transport, TRANSPORTS)
+        _camera_topics(self.camera_topics)
         _positive("top_k", self.top_k)
         _positive("temporal_consistency", self.temporal_consistency)
         _range("score_threshold", self.score_threshold, -1.0, 1.0)
@@ -158,18 +175,23 @@ class LocalizerConfig:
         _positive("max_loop_closure_rate", self.max_loop_closure_rate)
         _positive("position_sigma", self.position_sigma)
         _positive("diagnostics_period", self.diagnostics_period)
+        if not self.diagnostics_topic:
+            raise ConfigError("diagnostics_topic: must not be empty")
 
 
 @dataclass(frozen=True)
 class KeyframeConfig:
     """When a new image becomes a map keyframe."""
 
-    min_distance: float = _f(1.0, "Travelled distance (m) since the last keyframe that triggers a new one.")
-    min_rotation_deg: float = _f(15.0, "Heading change (deg) since the last keyframe that triggers a new one.")
-    max_interval: float = _f(0.0, "Seconds after which a keyframe is taken anyway (0 = never).")
+    min_distance: float = _f(1.0, "Travelled distance (m) since the last keyframe that triggers a new one.",
+                             live=True, lo=0.0, hi=1e6)
+    min_rotation_deg: float = _f(15.0, "Heading change (deg) since the last keyframe that triggers a new one.",
+                                 live=True, lo=0.0, hi=360.0)
+    max_interval: float = _f(0.0, "Seconds after which a keyframe is taken anyway (0 = never).", live=True,
+                             lo=0.0, hi=1e6)
     novelty_threshold: float = _f(0.0, "Appearance novelty: a frame whose cosine similarity to the last "
                                   "keyframe is below this becomes a keyframe even without motion "
-                                  "(0 = off; costs one inference per frame).")
+                                  "(0 = off; costs one inference per frame).", live=True, lo=0.0, hi=1.0)
 
     def __post_init__(self) -> None:
         _range("novelty_threshold", self.novelty_threshold, 0.0, 1.0)
@@ -187,25 +209,53 @@ class MapBuilderConfig:
     device: str = _f("cpu", "Device: 'cpu' or 'cuda'.")
     engine_cache_dir: str = _f("", "Where exported ONNX graphs and engines are cached (empty = "
                                "$VPR_ROS_CACHE or ~/.cache/vpr_ros).")
-    camera_topics: list = _f(["image"], "Image topics (relative names).")
+    camera_topics: list = _f(["image"], "Image topics (relative names); each is subscribed with one "
+                             "transport (see 'transport').")
+    transport: str = _f("raw", "Image transport of every camera: 'raw' (sensor_msgs/Image on <topic>) or "
+                        "'compressed' (sensor_msgs/CompressedImage on <topic>/compressed).")
     pose_source: str = _f("odometry", "Where image poses come from: 'odometry' (nav_msgs/Odometry on "
                           "pose_topic), 'navsatfix' (sensor_msgs/NavSatFix on pose_topic; positions east/north "
                           "of the first fix) or 'tf' (map_frame -> base_frame at the image stamp; needs tf2_ros).")
     pose_topic: str = _f("odom", "Topic of the pose source.")
-    max_pose_age: float = _f(0.5, "Maximum |t_image - t_pose| in seconds to pair an image with a pose.")
+    pose_qos: str = _f("sensor_data", "QoS of the pose subscription: 'sensor_data' (best effort: connects to "
+                       "reliable and best-effort publishers) or 'reliable'.")
+    max_pose_age: float = _f(0.5, "Maximum |t_image - t_pose| in seconds to use the nearest pose when an "
+                             "image cannot be interpolated between two.", live=True, lo=1e-6, hi=3600.0)
+    max_interpolation_gap: float = _f(2.0, "Largest gap (s) between two poses that an image stamp may be "
+                                      "interpolated across.", live=True, lo=0.0, hi=3600.0)
+    max_pose_wait: float = _f(1.0, "Seconds (wall clock) an image waits for the pose after its stamp "
+                              "before it is paired with what is there or skipped.", live=True, lo=0.0, hi=60.0)
     autosave_period: float = _f(60.0, "Seconds between automatic saves (0 = only on request and shutdown).")
-    map_frame: str = _f("map", "Frame the keyframe poses are expressed in.")
+    map_frame: str = _f("map", "Frame of the keyframe poses for pose sources without one (navsatfix, tf "
+                        "target); odometry poses keep their message's header.frame_id.")
     base_frame: str = _f("base_link", "Robot frame looked up in TF (pose_source 'tf').")
     qos: str = _f("sensor_data", "QoS of image subscriptions: 'sensor_data' or 'reliable'.")
+    diagnostics_topic: str = _f("/diagnostics", "Topic of diagnostic_msgs/DiagnosticArray (absolute by "
+                                "default, where diagnostic aggregators listen).")
 
     def __post_init__(self) -> None:
         _choice("backend", self.backend, BACKENDS)
         _choice("qos", self.qos, ("sensor_data", "reliable"))
         _choice("pose_source", self.pose_source, ("odometry", "navsatfix", "tf"))
-        if not self.camera_topics:
-            raise ConfigError("camera_topics: must be a non-empty list of topic names")
+        _choice("pose_qos", self.pose_qos, QOS_NAMES)
+        _choice("transport", self.transport, TRANSPORTS)
+        _camera_topics(self.camera_topics)
         _positive("max_pose_age", self.max_pose_age)
+        _range("max_interpolation_gap", self.max_interpolation_gap, 0.0, math.inf)
+        _range("max_pose_wait", self.max_pose_wait, 0.0, 60.0)
+        if not self.diagnostics_topic:
+            raise ConfigError("diagnostics_topic: must not be empty")
         _range("autosave_period", self.autosave_period, 0.0, math.inf)
+
+
+def _camera_topics(topics: Any) -> None:
+    if not topics or not all(isinstance(t, str) and t for t in topics):
+        raise ConfigError("camera_topics: must be a non-empty list of topic names")
+    for t in topics:
+        if t.startswith("/"):
+            raise ConfigError(f"camera_topics: '{t}' is absolute; use relative names and remap")
+    if len(set(topics)) != len(topics):
+        raise ConfigError(f"camera_topics: {topics} lists a topic twice")
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:

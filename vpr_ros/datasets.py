@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vpr_ros.errors import DatasetError
+from vpr_ros.errors import DatasetError, ImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -34,13 +34,14 @@ def fingerprint_files(paths: Sequence[Path], h: "hashlib._Hash | None" = None) -
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """Read an image file as RGB uint8 [H, W, 3]."""
-    import cv2
+    """Read an image file as RGB uint8 [H, W, 3] with the nodes' decoder (a truncated JPEG is
+    refused here as it is on a topic); raises DatasetError naming the file."""
+    from vpr_ros.images import read_image_file
 
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DatasetError(f"{path}: cannot read image")
-    return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    try:
+        return read_image_file(path)
+    except ImageError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,19 @@
-"""Turning raw camera data into RGB arrays, with clear errors for bad input.
+"""Turning raw camera data into RGB arrays, with clear errors for bad input: the one decoder used
+by the nodes, the bag builder and evaluation.
 
-ROS-free: works on the fields of ``sensor_msgs/Image`` / ``CompressedImage`` (or any
-object with them, including rosbags messages). Encoding conversions are done by
-``rosbags-image`` (OpenCV underneath); this module only validates and normalises.
+ROS-free: works on the fields of ``sensor_msgs/Image`` / ``CompressedImage`` (or any object with
+them, including rosbags messages) and on image files. Colour conversions are done by
+``rosbags-image`` (OpenCV underneath); this module decides what is a camera image at all.
+
+* :data:`CAMERA_ENCODINGS` are accepted as camera images.
+* :data:`DEPTH_ENCODINGS` (``16UC1`` millimetres, ``32FC1`` metres) are refused as camera images
+  and accepted by :func:`depth_to_metres` only, where depth is expected.
+* Everything else (signed and float encodings such as ``8SC1``, ``16SC1``, ``32SC1``, ``64FC1``,
+  multi-channel float, planar YUV) is refused with the reason.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,46 +23,40 @@ from vpr_ros.errors import ImageError
 #: Largest accepted image, in pixels (a 64-megapixel frame is surely a mistake).
 MAX_PIXELS = 64_000_000
 
-
-def _convert(img: np.ndarray, encoding: str) -> np.ndarray:
-    from rosbags.image import ImageError as RbImageError
-    from rosbags.image.image import convert_color
-
-    if img.dtype == np.uint16 and encoding.startswith(("16UC", "mono16")):
-        img = (img >> 8).astype(np.uint8)
-        encoding = "mono8" if img.ndim == 2 else "8UC3"
-    if encoding in ("8UC1", "mono8") or (img.ndim == 2 and not encoding.startswith("bayer")):
-        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2)).astype(np.uint8, copy=False)
-    if encoding == "8UC3":
-        encoding = "bgr8"
-    try:
-        out = convert_color(img, encoding, "rgb8")
-    except (RbImageError, Exception) as exc:  # rosbags raises several types for bad input
-        raise ImageError(f"cannot convert encoding '{encoding}' to rgb8: {exc}") from None
-    if out.dtype == np.uint16:
-        out = (out >> 8).astype(np.uint8)
-    return np.ascontiguousarray(out)
+#: encoding -> (numpy dtype, channels, encoding handed to the colour conversion)
+CAMERA_ENCODINGS: dict[str, tuple[str, int, str]] = {
+    "rgb8": ("uint8", 3, "rgb8"), "bgr8": ("uint8", 3, "bgr8"),
+    "rgba8": ("uint8", 4, "rgba8"), "bgra8": ("uint8", 4, "bgra8"),
+    "rgb16": ("uint16", 3, "rgb16"), "bgr16": ("uint16", 3, "bgr16"),
+    "rgba16": ("uint16", 4, "rgba16"), "bgra16": ("uint16", 4, "bgra16"),
+    "mono8": ("uint8", 1, "mono8"), "mono16": ("uint16", 1, "mono16"),
+    "8UC1": ("uint8", 1, "mono8"), "8UC3": ("uint8", 3, "bgr8"), "8UC4": ("uint8", 4, "bgra8"),
+    **{f"bayer_{p}{b}": ("uint8" if b == 8 else "uint16", 1, f"bayer_{p}{b}")
+       for p in ("rggb", "bggr", "gbrg", "grbg") for b in (8, 16)},
+    "uyvy": ("uint8", 2, "uyvy"), "yuv422": ("uint8", 2, "yuv422"),
+    "yuyv": ("uint8", 2, "yuyv"), "yuv422_yuy2": ("uint8", 2, "yuv422_yuy2"),
+}
+#: depth encodings -> (numpy dtype, metres per unit)
+DEPTH_ENCODINGS: dict[str, tuple[str, float]] = {"16UC1": ("uint16", 1e-3), "32FC1": ("float32", 1.0)}
 
 
-def raw_to_rgb(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
-               data: Any) -> np.ndarray:
-    """Decode the fields of a ``sensor_msgs/Image`` into RGB uint8 [H, W, 3].
+def _why_not_camera(encoding: str) -> str:
+    if encoding in DEPTH_ENCODINGS:
+        unit = "millimetres" if encoding == "16UC1" else "metres"
+        return (f"encoding '{encoding}' is a depth image ({unit}), not a camera image; "
+                "publish the camera's colour or mono stream here (depth goes to depth_topic)")
+    if encoding[:2] in ("8S", "16", "32", "64") or encoding[:3] in ("16S", "32S", "32F", "64F"):
+        return f"encoding '{encoding}' holds signed or floating-point values, not a camera image"
+    return (f"unsupported image encoding '{encoding}'; accepted: " + ", ".join(sorted(CAMERA_ENCODINGS)))
 
-    Supports the encodings rosbags-image knows (rgb/bgr/rgba/bgra 8/16, mono8/16,
-    bayer_*8/16, 8UC1/3, 16UC1); raises ImageError naming the problem otherwise.
-    """
-    from rosbags.image import ImageFormatError
-    from rosbags.image.image import to_cvtype
 
+def _rows(encoding: str, height: int, width: int, step: int, is_bigendian: bool, data: Any,
+          dtype: np.dtype, nchan: int) -> np.ndarray:
+    """The pixel array [H, W(, C)] of raw image fields, after checking sizes."""
     if height <= 0 or width <= 0:
         raise ImageError(f"empty image: {width}x{height} (encoding '{encoding}')")
     if height * width > MAX_PIXELS:
         raise ImageError(f"image too large: {width}x{height} exceeds {MAX_PIXELS} pixels")
-    try:
-        _, _, typestr, nchan = to_cvtype(encoding)
-    except (ImageFormatError, KeyError):
-        raise ImageError(f"unsupported image encoding '{encoding}'") from None
-    dtype = np.dtype(typestr)
     row = width * nchan * dtype.itemsize
     buf = np.frombuffer(bytes(data) if not isinstance(data, (bytes, np.ndarray)) else data, np.uint8)
     if step < row:
@@ -67,17 +69,61 @@ def raw_to_rgb(encoding: str, height: int, width: int, step: int, is_bigendian: 
     rows = buf[: step * height].reshape(height, step)[:, :row]
     img = np.ascontiguousarray(rows).view(dtype.newbyteorder(">" if is_bigendian else "<"))
     img = img.astype(dtype.newbyteorder("="), copy=False)
-    img = img.reshape((height, width) if nchan == 1 else (height, width, nchan))
-    return _convert(img, encoding)
+    return img.reshape((height, width) if nchan == 1 else (height, width, nchan))
+
+
+def _convert(img: np.ndarray, encoding: str) -> np.ndarray:
+    from rosbags.image.image import convert_color
+
+    if img.dtype == np.uint16 and encoding in ("mono16",):
+        img, encoding = (img >> 8).astype(np.uint8), "mono8"
+    if encoding == "mono8":
+        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
+    try:
+        out = convert_color(img, encoding, "rgb8")
+    except Exception as exc:  # noqa: BLE001 - rosbags/OpenCV raise several types for bad input
+        raise ImageError(f"cannot convert encoding '{encoding}' to rgb8: {exc}") from None
+    if out.dtype == np.uint16:
+        out = (out >> 8).astype(np.uint8)
+    return np.ascontiguousarray(out)
+
+
+def raw_to_rgb(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
+               data: Any) -> np.ndarray:
+    """Decode the fields of a ``sensor_msgs/Image`` into RGB uint8 [H, W, 3] (16-bit scaled to 8).
+
+    Accepts :data:`CAMERA_ENCODINGS`; raises ImageError naming the problem otherwise.
+    """
+    if encoding not in CAMERA_ENCODINGS:
+        raise ImageError(_why_not_camera(encoding))
+    typestr, nchan, convert_as = CAMERA_ENCODINGS[encoding]
+    img = _rows(encoding, height, width, step, is_bigendian, data, np.dtype(typestr), nchan)
+    return _convert(img, convert_as)
+
+
+def depth_to_metres(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
+                    data: Any) -> np.ndarray:
+    """Decode a depth image (``16UC1`` mm or ``32FC1`` m) into float32 metres [H, W]; invalid
+    pixels (0, NaN, inf, negative) become NaN."""
+    if encoding not in DEPTH_ENCODINGS:
+        raise ImageError(f"depth image: encoding '{encoding}' is not a depth encoding "
+                         f"({', '.join(DEPTH_ENCODINGS)})")
+    typestr, scale = DEPTH_ENCODINGS[encoding]
+    d = _rows(encoding, height, width, step, is_bigendian, data, np.dtype(typestr), 1).astype(np.float32) * scale
+    d[~np.isfinite(d) | (d <= 0)] = np.nan
+    return d
 
 
 def compressed_to_rgb(fmt: str, data: Any) -> np.ndarray:
-    """Decode a ``sensor_msgs/CompressedImage`` (JPEG/PNG) into RGB uint8 [H, W, 3]."""
+    """Decode a ``sensor_msgs/CompressedImage`` or an image file's bytes (JPEG/PNG...) into RGB
+    uint8 [H, W, 3]; truncated JPEG/PNG data is refused."""
     import cv2
 
     raw = bytes(data)
     if not raw:
         raise ImageError(f"empty compressed image (format '{fmt}')")
+    if "depth" in fmt.lower():
+        raise ImageError(f"compressed depth image (format '{fmt}'), not a camera image")
     if raw[:2] == b"\xff\xd8" and not raw.rstrip(b"\x00").endswith(b"\xff\xd9"):
         raise ImageError(f"truncated JPEG: {len(raw)} bytes with no end-of-image marker (format '{fmt}')")
     if raw[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in raw[-16:]:
@@ -85,7 +131,23 @@ def compressed_to_rgb(fmt: str, data: Any) -> np.ndarray:
     img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ImageError(f"cannot decode compressed image (format '{fmt}', {len(raw)} bytes)")
+    if img.shape[0] * img.shape[1] > MAX_PIXELS:
+        raise ImageError(f"image too large: {img.shape[1]}x{img.shape[0]} exceeds {MAX_PIXELS} pixels")
     return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """An image file as RGB uint8 [H, W, 3], through the same checks as a CompressedImage;
+    raises ImageError naming the file."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return compressed_to_rgb(p.suffix.lstrip(".") or "file", data)
+    except ImageError as exc:
+        raise ImageError(f"{p}: {exc}") from None
 
 
 def check_rgb(img: np.ndarray, name: str = "image") -> np.ndarray:

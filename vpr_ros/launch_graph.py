@@ -10,8 +10,17 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-#: executable name (console script in lib/vpr_ros) -> Python module with main()
-EXECUTABLES = {"localizer": "vpr_ros.ros.localizer_node", "map_builder": "vpr_ros.ros.map_builder_node"}
+#: executable name (console script in lib/vpr_ros) -> (Python module, function) it runs
+EXECUTABLES = {
+    "localizer": ("vpr_ros.ros.localizer_node", "main"),
+    "localizer_lifecycle": ("vpr_ros.ros.localizer_node", "main_lifecycle"),
+    "map_builder": ("vpr_ros.ros.map_builder_node", "main"),
+    "map_builder_lifecycle": ("vpr_ros.ros.map_builder_node", "main_lifecycle"),
+}
+#: Seconds ros2 launch waits after SIGINT before SIGTERM, and after SIGTERM before SIGKILL, for
+#: the map builder: enough to encode a full queue of keyframes and save (its own budget is 25 s).
+MAP_BUILDER_SHUTDOWN_TIMEOUTS = (30, 10)
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,21 @@ class NodeSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     remappings: tuple[tuple[str, str], ...] = ()
     package: str = "vpr_ros"
+    lifecycle: bool = False          # the managed variant (<executable>_lifecycle)
+    autostart: bool = False          # lifecycle: configure and activate it right after start
+    log_level: str = "info"
+    shutdown_timeouts: tuple[int, int] = (5, 5)  # ros2 launch: SIGINT -> SIGTERM -> SIGKILL (s)
+
+    @property
+    def program(self) -> str:
+        """Console script (lib/vpr_ros) that runs this node."""
+        return f"{self.executable}_lifecycle" if self.lifecycle else self.executable
+
+    @property
+    def fqn(self) -> str:
+        """Fully qualified node name, e.g. '/robot1/localizer'."""
+        ns = "/" + self.namespace.strip("/") if self.namespace.strip("/") else ""
+        return f"{ns}/{self.name}"
 
     def ros_args(self) -> list[str]:
         """The ``--ros-args`` part of a command line running this node."""
@@ -37,11 +61,15 @@ class NodeSpec:
             args += ["-p", f"{k}:={_param_literal(v)}"]
         for a, b in self.remappings:
             args += ["-r", f"{a}:={b}"]
+        if self.log_level != "info":
+            args += ["--log-level", self.log_level]
         return args
 
     def command(self) -> list[str]:
-        """Full command line (this Python interpreter, the node's module)."""
-        return [sys.executable, "-m", EXECUTABLES[self.executable], *self.ros_args()]
+        """Full command line (this Python interpreter, the node's entry point)."""
+        module, func = EXECUTABLES[self.program]
+        return [sys.executable, "-c", f"from {module} import {func}; raise SystemExit({func}())",
+                *self.ros_args()]
 
 
 def _param_literal(v: Any) -> str:
@@ -62,22 +90,47 @@ def _overrides(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v not in ("", None)}
 
 
+def as_bool(value: Any, name: str) -> bool:
+    """A launch argument's true/false (launch passes strings)."""
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError(f"launch argument {name}: expected true or false, got {value!r}")
+
+
+def _common(use_sim_time: Any, log_level: str, lifecycle: Any, autostart: Any) -> dict[str, Any]:
+    if log_level not in LOG_LEVELS:
+        raise ValueError(f"launch argument log_level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    return {"log_level": log_level, "lifecycle": as_bool(lifecycle, "lifecycle"),
+            "autostart": as_bool(autostart, "autostart"),
+            "sim": {"use_sim_time": True} if as_bool(use_sim_time, "use_sim_time") else {}}
+
+
 def localize_graph(map_dir: str = "", params_file: str = "", backend: str = "",
-                   camera_topic: str = "image", namespace: str = "") -> list[NodeSpec]:
+                   camera_topic: str = "image", namespace: str = "", use_sim_time: Any = "false",
+                   log_level: str = "info", lifecycle: Any = "false", autostart: Any = "true") -> list[NodeSpec]:
     """localize.launch.py: one localizer node (empty arguments keep the params file's values)."""
+    c = _common(use_sim_time, log_level, lifecycle, autostart)
     return [NodeSpec("localizer", "localizer", namespace, params_file,
-                     _overrides(map_dir=map_dir, backend=backend), _camera_remaps(camera_topic))]
+                     {**_overrides(map_dir=map_dir, backend=backend), **c["sim"]}, _camera_remaps(camera_topic),
+                     lifecycle=c["lifecycle"], autostart=c["autostart"], log_level=c["log_level"])]
 
 
 def build_map_graph(map_dir: str = "", params_file: str = "", backend: str = "",
                     camera_topic: str = "image", odom_topic: str = "odom",
-                    namespace: str = "") -> list[NodeSpec]:
-    """build_map.launch.py: one map_builder node."""
+                    namespace: str = "", use_sim_time: Any = "false", log_level: str = "info",
+                    lifecycle: Any = "false", autostart: Any = "true") -> list[NodeSpec]:
+    """build_map.launch.py: one map_builder node, given time to save its map on shutdown."""
+    c = _common(use_sim_time, log_level, lifecycle, autostart)
     remaps = _camera_remaps(camera_topic)
     if odom_topic and odom_topic != "odom":
         remaps += (("odom", odom_topic),)
     return [NodeSpec("map_builder", "map_builder", namespace, params_file,
-                     _overrides(map_dir=map_dir, backend=backend), remaps)]
+                     {**_overrides(map_dir=map_dir, backend=backend), **c["sim"]}, remaps,
+                     lifecycle=c["lifecycle"], autostart=c["autostart"], log_level=c["log_level"],
+                     shutdown_timeouts=MAP_BUILDER_SHUTDOWN_TIMEOUTS)]
 
 
 GRAPHS = {"localize": localize_graph, "build_map": build_map_graph}
@@ -120,8 +173,9 @@ def start_graph(specs: list[NodeSpec], env: dict[str, str] | None = None,
     return procs
 
 
-def stop_graph(procs: list[Any], timeout: float = 10.0) -> list[int]:
-    """SIGINT every process (as ros2 launch does), then SIGTERM/SIGKILL stragglers."""
+def stop_graph(procs: list[Any], timeouts: list[tuple[int, int]] | None = None) -> list[int]:
+    """Stop every process as ros2 launch does: SIGINT, then SIGTERM after ``timeouts[i][0]`` s,
+    then SIGKILL after another ``timeouts[i][1]`` s (default 5 and 5)."""
     import signal
     import subprocess
 
@@ -129,13 +183,14 @@ def stop_graph(procs: list[Any], timeout: float = 10.0) -> list[int]:
         if p.poll() is None:
             p.send_signal(signal.SIGINT)
     codes = []
-    for p in procs:
+    for i, p in enumerate(procs):
+        sigterm_after, sigkill_after = timeouts[i] if timeouts else (5, 5)
         try:
-            codes.append(p.wait(timeout=timeout))
+            codes.append(p.wait(timeout=sigterm_after))
         except subprocess.TimeoutExpired:
             p.terminate()
             try:
-                codes.append(p.wait(timeout=3))
+                codes.append(p.wait(timeout=sigkill_after))
             except subprocess.TimeoutExpired:
                 p.kill()
                 codes.append(p.wait())

@@ -4,6 +4,7 @@ ROS-free; the localizer node converts messages and calls :meth:`Localizer.locali
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -55,26 +56,51 @@ def pose_covariance(score: float, position_sigma: float) -> list[float]:
     return cov
 
 
+def _loop_detector(cfg: LocalizerConfig) -> LoopClosureDetector:
+    return LoopClosureDetector(cfg.score_threshold, cfg.min_time_separation, cfg.temporal_consistency,
+                               cfg.consistency_window, cfg.max_loop_closure_rate)
+
+
 class Localizer:
-    """Matches query images against a map with a backend of the same model."""
+    """Matches query images against a map with a backend of the same model.
+
+    Thread-safe for one caller of :meth:`localize` plus any number of :meth:`set_map` /
+    :meth:`update_config` callers: a query works on the (map, settings) it started with, and
+    a swap takes effect from the next query on.
+    """
 
     def __init__(self, backend: DescriptorBackend, vpr_map: VprMap, cfg: LocalizerConfig) -> None:
         self.backend = backend
         self.cfg = cfg
+        self._lock = threading.Lock()
+        self._check(vpr_map)
         self.map = vpr_map
-        self.set_map(vpr_map)
-        self.loops = LoopClosureDetector(cfg.score_threshold, cfg.min_time_separation,
-                                         cfg.temporal_consistency, cfg.consistency_window,
-                                         cfg.max_loop_closure_rate)
+        self.loops = _loop_detector(cfg)
 
-    def set_map(self, vpr_map: VprMap) -> None:
-        """Swap in another map (checked against the backend's model)."""
+    def _check(self, vpr_map: VprMap) -> None:
         vpr_map.check_model(ModelIdentity.of_backend(self.backend), where="map")
         if len(vpr_map) == 0:
-            raise MapError("map is empty: build it first (vpr_ros build-map or the map_builder node)")
-        self.map = vpr_map
-        if hasattr(self, "loops"):
+            raise MapError("map is empty: build it first (vpr_ros_build_map or the map_builder node)")
+
+    def set_map(self, vpr_map: VprMap) -> None:
+        """Swap in another map (checked against the backend's model); the loop-closure streak restarts."""
+        self._check(vpr_map)
+        with self._lock:
+            self.map = vpr_map
             self.loops.reset()
+
+    def update_config(self, cfg: LocalizerConfig) -> None:
+        """New settings (top_k, thresholds, loop-closure rules...) from the next query on."""
+        with self._lock:
+            rules_changed = (cfg.score_threshold, cfg.min_time_separation, cfg.temporal_consistency,
+                             cfg.consistency_window, cfg.max_loop_closure_rate) != (
+                self.cfg.score_threshold, self.cfg.min_time_separation, self.cfg.temporal_consistency,
+                self.cfg.consistency_window, self.cfg.max_loop_closure_rate)
+            self.cfg = cfg
+            if rules_changed:
+                published, last = self.loops.published, self.loops.last_published
+                self.loops = _loop_detector(cfg)
+                self.loops.published, self.loops.last_published = published, last
 
     def describe(self, rgb: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """One RGB image -> (descriptor [D], timings in ms)."""
@@ -87,23 +113,27 @@ class Localizer:
 
     def localize(self, rgb: np.ndarray, stamp: float, camera: str = "image") -> LocalizationResult:
         """Match one frame taken at ``stamp`` (seconds) by ``camera``."""
+        with self._lock:  # one consistent (map, settings, rules) for the whole query
+            vmap, cfg, loops = self.map, self.cfg, self.loops
         desc, timings = self.describe(rgb)
         t0 = time.perf_counter()
         # with recent keyframes excluded, look further down the ranking to still fill top_k
-        k = self.cfg.top_k if self.cfg.exclude_recent <= 0 else min(len(self.map), max(64, 8 * self.cfg.top_k))
-        scores, ids = self.map.search(desc[None], k)
+        k = cfg.top_k if cfg.exclude_recent <= 0 else min(len(vmap), max(64, 8 * cfg.top_k))
+        scores, ids = vmap.search(desc[None], k)
         timings["search"] = (time.perf_counter() - t0) * 1e3
         kept = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and
-                abs(self.map.keyframes[int(i)].stamp - stamp) >= self.cfg.exclude_recent]
+                abs(vmap.keyframes[int(i)].stamp - stamp) >= cfg.exclude_recent]
         if not kept:
-            raise MapError(f"no map keyframe older than exclude_recent={self.cfg.exclude_recent}s "
+            raise MapError(f"no map keyframe older than exclude_recent={cfg.exclude_recent}s "
                            f"before the query at {stamp:.3f}")
-        matches = [Match(r, i, s, self.map.keyframes[i]) for r, (s, i) in enumerate(kept[: self.cfg.top_k])]
+        matches = [Match(r, i, s, vmap.keyframes[i]) for r, (s, i) in enumerate(kept[: cfg.top_k])]
         top = matches[0]
-        accepted = top.score >= self.cfg.score_threshold
-        loop = self.loops.update(stamp, top.keyframe.stamp, top.db_id, top.score)
+        accepted = top.score >= cfg.score_threshold
+        with self._lock:
+            # a map swapped in during this query resets the streak: do not feed it a stale match
+            loop = loops.update(stamp, top.keyframe.stamp, top.db_id, top.score) if vmap is self.map else None
         return LocalizationResult(
             stamp=stamp, camera=camera, matches=matches, accepted=accepted,
             pose=top.keyframe.pose if accepted else None,
-            covariance=pose_covariance(top.score, self.cfg.position_sigma),
+            covariance=pose_covariance(top.score, cfg.position_sigma),
             loop=loop, timings_ms=timings)

@@ -47,7 +47,7 @@ class LoopClosureDetector:
         self.min_period = 1.0 / max_rate
         self._streak = 0
         self._last_id: int | None = None
-        self._last_published: float | None = None
+        self.last_published: float | None = None
         self.published = 0
 
     def reset(self) -> None:
@@ -72,8 +72,8 @@ class LoopClosureDetector:
         self._last_id = db_id
         if self._streak < self.consistency:
             return decide(CANDIDATE, "waiting for temporal consistency")
-        if self._last_published is not None and t_query - self._last_published < self.min_period:
+        if self.last_published is not None and t_query - self.last_published < self.min_period:
             return decide(CANDIDATE, "rate limited")
-        self._last_published = t_query
+        self.last_published = t_query
         self.published += 1
         return decide(VERIFIED)

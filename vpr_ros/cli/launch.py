@@ -8,7 +8,7 @@ import argparse
 import signal
 import time
 
-from vpr_ros.launch_graph import GRAPHS, default_params_file, start_graph, stop_graph
+from vpr_ros.launch_graph import GRAPHS, LOG_LEVELS, default_params_file, start_graph, stop_graph
 
 DEFAULT_PARAMS = {"localize": "localizer.yaml", "build_map": "map_builder.yaml"}
 
@@ -22,9 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--camera-topic", default="image", help="camera image topic to remap 'image' to")
     ap.add_argument("--odom-topic", default="odom", help="odometry topic (build_map only)")
     ap.add_argument("--namespace", default="", help="namespace of the nodes")
+    ap.add_argument("--use-sim-time", action="store_true", help="use /clock as the nodes' time")
+    ap.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log level of the nodes")
+    ap.add_argument("--lifecycle", action="store_true", help="start the managed (lifecycle) variants")
+    ap.add_argument("--no-autostart", action="store_true",
+                    help="with --lifecycle: leave the nodes unconfigured (for your lifecycle manager)")
     a = ap.parse_args(argv)
     kwargs = dict(map_dir=a.map_dir, params_file=a.params_file or default_params_file(DEFAULT_PARAMS[a.graph]),
-                  backend=a.backend, camera_topic=a.camera_topic, namespace=a.namespace)
+                  backend=a.backend, camera_topic=a.camera_topic, namespace=a.namespace,
+                  use_sim_time=str(a.use_sim_time), log_level=a.log_level, lifecycle=str(a.lifecycle),
+                  autostart=str(not a.no_autostart))
     if a.graph == "build_map":
         kwargs["odom_topic"] = a.odom_topic
     specs = GRAPHS[a.graph](**kwargs)
@@ -33,14 +40,37 @@ def main(argv: list[str] | None = None) -> int:
     procs = start_graph(specs)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    managed = [s for s in specs if s.lifecycle and s.autostart]
+    if managed and not _autostart(managed):
+        stopping.append(True)
     try:
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
-    codes = stop_graph(procs)
+    codes = stop_graph(procs, [s.shutdown_timeouts for s in specs])
     bad = [c for c in codes if c not in (0, -2, 130)]
     return 1 if bad else 0
+
+
+def _autostart(specs: list) -> bool:
+    """Configure and activate managed nodes over their lifecycle services (as the launch files do)."""
+    import rclpy
+
+    from vpr_ros.ros.lifecycle_client import change_states
+
+    rclpy.init()
+    try:
+        client = rclpy.create_node("vpr_ros_launch_lifecycle")
+        ok = True
+        for s in specs:
+            done, state = change_states(client, s.fqn, ["configure", "activate"], timeout=120.0)
+            print(f"[vpr_ros_launch] {s.fqn}: {state}", flush=True)
+            ok = ok and done
+        client.destroy_node()
+        return ok
+    finally:
+        rclpy.try_shutdown()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ class KeyframeSelector:
     def __init__(self, cfg: KeyframeConfig) -> None:
         self.cfg = cfg
         self._last: tuple[float, Sequence[float]] | None = None
+        self._prev: tuple[float, Sequence[float]] | None = None
 
     def offer(self, stamp: float, pose: Sequence[float]) -> bool:
         """True if (stamp, pose) should become a keyframe; remembers it if so."""
@@ -27,7 +28,12 @@ class KeyframeSelector:
 
     def accept(self, stamp: float, pose: Sequence[float]) -> None:
         """Record a keyframe taken for another reason (appearance novelty)."""
-        self._last = (stamp, tuple(pose))
+        self._prev, self._last = self._last, (stamp, tuple(pose))
+
+    def undo(self) -> None:
+        """Forget the keyframe just accepted (it could not be stored), so the next frame is
+        measured from the one before."""
+        self._last, self._prev = self._prev, None
 
     def is_novel(self, similarity_to_last: float) -> bool:
         """Appearance trigger: the frame looks unlike the last keyframe (if enabled)."""

@@ -237,15 +237,21 @@ class VprMap:
                 f.unlink(missing_ok=True)
         return root
 
+    @staticmethod
+    def read_manifest(map_dir: str | Path) -> Manifest:
+        """Only the manifest of a map directory (quick validation before a full load)."""
+        root = Path(map_dir)
+        if not (root / MANIFEST).is_file():
+            raise MapError(f"{root}: not a map directory (no {MANIFEST})")
+        return Manifest.from_yaml((root / MANIFEST).read_text(encoding="utf-8"), str(root / MANIFEST))
+
     @classmethod
     def load(cls, map_dir: str | Path, expect: ModelIdentity | None = None) -> "VprMap":
         """Load and validate a map; with ``expect``, refuse a map from another model."""
         import faiss
 
         root = Path(map_dir)
-        if not (root / MANIFEST).is_file():
-            raise MapError(f"{root}: not a map directory (no {MANIFEST})")
-        manifest = Manifest.from_yaml((root / MANIFEST).read_text(encoding="utf-8"), str(root / MANIFEST))
+        manifest = cls.read_manifest(root)
         idx_name, kf_name = manifest.files()
         idx_path, kf_path = root / idx_name, root / kf_name
         for p in (idx_path, kf_path):

@@ -66,7 +66,7 @@ def interpolate_pos_embed(pos: Tensor, grid: int, antialias: bool = False, offse
     count (pass it when tracing, where shapes are tensors).
     """
     m = src_grid if src_grid is not None else math.isqrt(int(pos.shape[1]) - 1)
-    if m * m != pos.shape[1] - 1:
+    if src_grid is None and m * m != pos.shape[1] - 1:
         raise ValueError(f"position embedding of {pos.shape[1] - 1} patches is not a square grid")
     if grid == m:
         return pos

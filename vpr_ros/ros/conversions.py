@@ -9,7 +9,7 @@ from geometry_msgs.msg import Pose
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
-from vpr_ros.images import compressed_to_rgb, raw_to_rgb
+from vpr_ros.images import CAMERA_ENCODINGS, compressed_to_rgb, raw_to_rgb
 
 try:  # a ROS 2 installation provides cv_bridge; pip environments use rosbags-image
     from cv_bridge import CvBridge as _CvBridge  # type: ignore[import-not-found]
@@ -36,7 +36,7 @@ def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     """Any supported Image/CompressedImage -> RGB uint8 [H, W, 3]; raises ImageError."""
     if isinstance(msg, CompressedImage):
         return compressed_to_rgb(msg.format, msg.data)
-    if _BRIDGE is not None and msg.width > 0 and msg.height > 0:
+    if _BRIDGE is not None and msg.width > 0 and msg.height > 0 and msg.encoding in CAMERA_ENCODINGS:
         try:
             return np.ascontiguousarray(_BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
         except Exception:  # noqa: BLE001 - fall back to the validated path for a clear error

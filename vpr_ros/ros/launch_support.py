@@ -26,18 +26,30 @@ def generate(graph: Callable[..., list[NodeSpec]], arguments: Sequence[Argument]
 
     def nodes(context: Any) -> list[Any]:
         values = {name: LaunchConfiguration(name).perform(context) for name, _, _ in arguments}
-        return [to_node(spec) for spec in graph(**values)]
+        return [action for spec in graph(**values) for action in to_actions(spec)]
 
     decls = [DeclareLaunchArgument(name, default_value=default(value), description=text)
              for name, value, text in arguments]
     return LaunchDescription([*decls, OpaqueFunction(function=nodes)])
 
 
-def to_node(spec: NodeSpec) -> Any:
-    """launch_ros Node action of one spec (same name, namespace, parameters, remappings)."""
-    from launch_ros.actions import Node
+def to_actions(spec: NodeSpec) -> list[Any]:
+    """launch_ros actions of one spec: a Node (or LifecycleNode, configured and activated when
+    ``autostart``) with the same name, namespace, parameters, remappings, log level and
+    shutdown escalation times as :meth:`NodeSpec.command`."""
+    from launch_ros.actions import LifecycleNode, LifecycleTransition, Node
 
     params: list[Any] = [p for p in (spec.params_file, spec.overrides) if p]
-    return Node(package=spec.package, executable=spec.executable, name=spec.name,
-                namespace=spec.namespace, parameters=params, remappings=list(spec.remappings),
-                output="screen", emulate_tty=True)
+    kwargs = dict(package=spec.package, executable=spec.program, name=spec.name, namespace=spec.namespace,
+                  parameters=params, remappings=list(spec.remappings), output="screen", emulate_tty=True,
+                  ros_arguments=["--log-level", spec.log_level],
+                  sigterm_timeout=str(spec.shutdown_timeouts[0]), sigkill_timeout=str(spec.shutdown_timeouts[1]))
+    if not spec.lifecycle:
+        return [Node(**kwargs)]
+    actions: list[Any] = [LifecycleNode(**kwargs)]
+    if spec.autostart:
+        from lifecycle_msgs.msg import Transition
+
+        actions.append(LifecycleTransition(lifecycle_node_names=[spec.fqn], transition_ids=[
+            Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE]))
+    return actions

@@ -1,13 +1,16 @@
 """Localizer node: camera images in; place matches, pose and loop closures out.
 
-Subscriptions (relative, remappable): ``<camera>`` (sensor_msgs/Image) and
-``<camera>/compressed`` (sensor_msgs/CompressedImage) for each of ``camera_topics``.
-Publications: ``vpr/pose``, ``vpr/matches``, ``vpr/match_table``, ``vpr/loop_closures``,
-``vpr/loop_closure_table``, ``vpr/map_keyframes`` (transient local), ``diagnostics``.
-Services: ``vpr/reload_map`` and ``vpr/save_map`` (std_srvs/Trigger).
+Subscriptions (relative, remappable), one per camera of ``camera_topics``: ``<camera>``
+(sensor_msgs/Image, ``transport: raw``) or ``<camera>/compressed`` (CompressedImage,
+``transport: compressed``). Publications: ``vpr/pose``, ``vpr/matches``, ``vpr/match_table``,
+``vpr/loop_closures``, ``vpr/loop_closure_table``, ``vpr/map_keyframes`` (transient local),
+``vpr/markers``, ``vpr/debug_image`` and ``/diagnostics``. Services: ``vpr/reload_map`` and
+``vpr/save_map`` (std_srvs/Trigger).
 
-Inference runs on one worker thread; only the newest frame per camera is kept.
-A bad message is logged and counted; the node keeps running.
+Inference runs on one worker thread; only the newest frame per camera is kept. A bad message
+is logged and counted; the node keeps running. ``score_threshold``, ``top_k``, the loop-closure
+rules, ``position_sigma`` and ``map_dir`` can be changed at run time (``ros2 param set``);
+the other parameters are read-only. ``localizer_lifecycle`` is the managed variant.
 """
 from __future__ import annotations
 
@@ -16,27 +19,28 @@ import time
 from collections import deque
 from typing import Any
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseArray, PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import Path
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from vpr_ros.config import LOCALIZER_SECTIONS, LocalizerConfig, ModelConfig
-from vpr_ros.errors import VprError
+from vpr_ros.debug_view import keyframe_image, side_by_side
+from vpr_ros.errors import ConfigError, VprError
 from vpr_ros.frame_slots import LatestFrameSlots
 from vpr_ros.localization import LocalizationResult, Localizer
 from vpr_ros.loop_closure import STATUS_CODES
 from vpr_ros.mapping.map_store import ModelIdentity, VprMap
-from vpr_ros.ros.node_main import run_node
-from vpr_ros.debug_view import keyframe_image, side_by_side
 from vpr_ros.ros.conversions import image_to_rgb, pose_msg, rgb_to_image, sec_to_stamp, stamp_to_sec, table
 from vpr_ros.ros.markers import keyframe_markers, match_markers
-from vpr_ros.ros.params import declare_config
+from vpr_ros.ros.node_base import VprNodeMixin, image_qos, lifecycle_class, plain_init
+from vpr_ros.ros.node_main import run_node
+from vpr_ros.ros.params import LiveParameters, declare_config
 from vpr_ros.runtime.base import DescriptorBackend
 from vpr_ros.runtime.factory import open_backend
 
@@ -49,15 +53,8 @@ LOOP_COLUMNS = ("t_query", "t_match", "match_id", "status", "score", "streak",
                 "cov_x", "cov_y", "cov_z", "cov_roll", "cov_pitch", "cov_yaw")
 
 
-def image_qos(name: str) -> QoSProfile:
-    """'sensor_data' (best effort, depth 5) or 'reliable' (depth 10)."""
-    if name == "sensor_data":
-        return qos_profile_sensor_data
-    return QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-
-
 class Counters:
-    """Frame statistics for /diagnostics (thread-safe enough: single writers per field)."""
+    """Frame statistics for /diagnostics (single writer per field)."""
 
     def __init__(self) -> None:
         self.processed = 0
@@ -67,104 +64,172 @@ class Counters:
         self.inference_ms: deque[float] = deque(maxlen=100)
         self.loop_closures = 0
         self.debug_images = 0
+        self.map_loads = 0
 
 
-class LocalizerNode(Node):
-    """ROS wrapper around :class:`vpr_ros.localization.Localizer`."""
+class LocalizerCore(VprNodeMixin):
+    """The localizer's behaviour; mixed into a plain ``Node`` (:class:`LocalizerNode`) or a
+    ``LifecycleNode`` (:data:`LocalizerLifecycleNode`)."""
 
-    def __init__(self, backend: DescriptorBackend | None = None, **kwargs: Any) -> None:
-        super().__init__("localizer", **kwargs)
-        cfgs = declare_config(self, LOCALIZER_SECTIONS)
-        self.cfg: LocalizerConfig = cfgs[""]
-        self.model_cfg: ModelConfig = cfgs["model"]
+    _injected_backend: DescriptorBackend | None
+
+    # ------------------------------------------------------------------ lifecycle steps
+    def _setup(self) -> None:
+        """Parameters, publishers, services and the diagnostics timer (no model, no map)."""
+        node: Any = self
+        self.cfgs = declare_config(node, LOCALIZER_SECTIONS)
+        self.cfg: LocalizerConfig = self.cfgs[""]
+        self.model_cfg: ModelConfig = self.cfgs["model"]
         self.counters = Counters()
         self.slots = LatestFrameSlots()
         self.localizer: Localizer | None = None
-        self._status = (DiagnosticStatus.WARN, "starting")
+        self.backend: DescriptorBackend | None = None
+        self.loaded_map_dir = ""
+        self._status = (DiagnosticStatus.WARN, "not configured")
+        self._subs: list[Any] = []
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._load_lock = threading.Lock()
 
-        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "vpr/pose", 10)
-        self.pub_matches = self.create_publisher(PoseArray, "vpr/matches", 10)
-        self.pub_table = self.create_publisher(Float64MultiArray, "vpr/match_table", 10)
-        self.pub_loops = self.create_publisher(Float64MultiArray, "vpr/loop_closures", 10)
-        self.pub_loop_table = self.create_publisher(Float64MultiArray, "vpr/loop_closure_table", 10)
+        self.pub_pose = node.create_publisher(PoseWithCovarianceStamped, "vpr/pose", 10)
+        self.pub_matches = node.create_publisher(PoseArray, "vpr/matches", 10)
+        self.pub_table = node.create_publisher(Float64MultiArray, "vpr/match_table", 10)
+        self.pub_loops = node.create_publisher(Float64MultiArray, "vpr/loop_closures", 10)
+        self.pub_loop_table = node.create_publisher(Float64MultiArray, "vpr/loop_closure_table", 10)
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)
-        self.pub_keyframes = self.create_publisher(Path, "vpr/map_keyframes", latched)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "diagnostics", 10)
-        self.pub_markers = self.create_publisher(MarkerArray, "vpr/markers", 10)
-        self.pub_debug = self.create_publisher(Image, "vpr/debug_image", 2)
-
-        self.backend = backend or open_backend(self.cfg.backend, self.model_cfg, self.cfg.device,
-                                               self.cfg.engine_cache_dir or None)
-        self.get_logger().info(f"model {self.backend.model_id} on backend '{self.backend.name}' "
-                               f"(weights: {self.backend.weights_source})")
-        if self.backend.weights_source.startswith("random"):
-            self.get_logger().warning("running with RANDOM weights: matches are meaningless for real use; "
-                                   "set model.weights (see README, 'Pretrained weights')")
-        self.load_map()
-
-        qos = image_qos(self.cfg.qos)
-        for topic in self.cfg.camera_topics:
-            self.create_subscription(Image, topic, lambda m, c=topic: self._on_image(c, m), qos)
-            self.create_subscription(CompressedImage, f"{topic}/compressed",
-                                     lambda m, c=topic: self._on_image(c, m), qos)
-        self.create_service(Trigger, "vpr/reload_map", self._on_reload)
-        self.create_service(Trigger, "vpr/save_map", self._on_save)
+        self.pub_keyframes = node.create_publisher(Path, "vpr/map_keyframes", latched)
+        self.pub_diag = node.create_publisher(DiagnosticArray, self.cfg.diagnostics_topic, 10)
+        self.pub_markers = node.create_publisher(MarkerArray, "vpr/markers", 10)
+        self.pub_debug = node.create_publisher(Image, "vpr/debug_image", 2)
+        node.create_service(Trigger, "vpr/reload_map", self._on_reload)
+        node.create_service(Trigger, "vpr/save_map", self._on_save)
         self._rate_window: deque[tuple[float, int, int, int]] = deque(maxlen=30)
-        self.create_timer(self.cfg.diagnostics_period, self._publish_diagnostics)
-        self._stop = threading.Event()
+        node.create_timer(self.cfg.diagnostics_period, self._publish_diagnostics)
+        self.live = LiveParameters(node, LOCALIZER_SECTIONS, self.cfgs, self._apply_parameters)
+
+    def _configure(self) -> None:
+        """Open the backend, load the map (a bad map is an ERROR diagnostic, not a failure) and
+        start the inference worker."""
+        self.slots = LatestFrameSlots()
+        self.backend = self._injected_backend or open_backend(
+            self.cfg.backend, self.model_cfg, self.cfg.device, self.cfg.engine_cache_dir or None)
+        self.say("info", f"model {self.backend.model_id} on backend '{self.backend.name}' "
+                         f"(weights: {self.backend.weights_source})")
+        if self.backend.weights_source.startswith("random"):
+            self.say("warning", "running with RANDOM weights: matches are meaningless for real use; "
+                                "set model.weights (see README, 'Pretrained weights')")
+        self.load_map()
+        self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="vpr-inference", daemon=True)
         self._worker.start()
-        self.get_logger().info(f"listening on {', '.join(self.resolve_topic_name(t) for t in self.cfg.camera_topics)}")
+        if self._status[0] != DiagnosticStatus.ERROR:
+            self._status = (DiagnosticStatus.OK, self._status[1])
+
+    def _activate(self) -> None:
+        node: Any = self
+        self._subs = self.subscribe_cameras(self.cfg.camera_topics, self.cfg.transport, image_qos(self.cfg.qos),
+                                            self._on_image)
+        suffix = "/compressed" if self.cfg.transport == "compressed" else ""
+        self.say("info", "listening on " + ", ".join(node.resolve_topic_name(t) + suffix
+                                                     for t in self.cfg.camera_topics))
+
+    def _deactivate(self) -> None:
+        self.drop_subscriptions(self._subs)
+
+    def _cleanup(self) -> None:
+        """Stop the worker and release the backend and the map."""
+        self.drop_subscriptions(self._subs)
+        self._stop.set()
+        self.slots.close()
+        if self._worker is not None:
+            self._worker.join(timeout=30.0)
+            self._worker = None
+        if self.backend is not None and self.backend is not self._injected_backend:
+            self.backend.close()
+        self.backend, self.localizer, self.loaded_map_dir = None, None, ""
+        self._status = (DiagnosticStatus.WARN, "not configured")
+
+    def _shutdown(self) -> None:
+        self._cleanup()
+
+    # ------------------------------------------------------------------ parameters
+    def _apply_parameters(self, new: dict[str, Any], changed: set[str]) -> None:
+        cfg: LocalizerConfig = new[""]
+        if "map_dir" in changed and cfg.map_dir != self.cfg.map_dir:
+            if not cfg.map_dir:
+                raise ConfigError("map_dir: must not be empty")
+            manifest = VprMap.read_manifest(cfg.map_dir)  # refuse a non-map now, with the reason
+            if self.backend is not None:
+                diffs = manifest.model.differences(ModelIdentity.of_backend(self.backend))
+                if diffs:
+                    raise ConfigError(f"{cfg.map_dir} was built by another model: " + "; ".join(diffs))
+            threading.Thread(target=self.load_map, args=(cfg.map_dir,), name="vpr-map-load", daemon=True).start()
+        self.cfg = cfg
+        if self.localizer is not None:
+            self.localizer.update_config(cfg)
+        self.say("info", "parameters set: " + ", ".join(f"{n}={getattr(cfg, n, None)!r}" for n in sorted(changed)))
 
     # ------------------------------------------------------------------ map
-    def load_map(self) -> bool:
-        """(Re)load ``map_dir``; on failure log, set an ERROR diagnostic and keep running."""
-        if not self.cfg.map_dir:
+    def load_map(self, map_dir: str | None = None) -> bool:
+        """(Re)load ``map_dir`` (default: the parameter); swapped in atomically. On failure log, set
+        an ERROR diagnostic and keep the previous map."""
+        map_dir = map_dir if map_dir is not None else self.cfg.map_dir
+        if self.backend is None:
+            self._set_status(DiagnosticStatus.ERROR, "not configured: no model to check a map against")
+            return False
+        if not map_dir:
             self._set_status(DiagnosticStatus.ERROR, "no map: set parameter map_dir")
             return False
-        try:
-            vmap = VprMap.load(self.cfg.map_dir, expect=ModelIdentity.of_backend(self.backend))
-            if self.localizer is None:
-                self.localizer = Localizer(self.backend, vmap, self.cfg)
-            else:
-                self.localizer.set_map(vmap)
-        except VprError as exc:
-            self._set_status(DiagnosticStatus.ERROR, f"map not loaded: {exc}")
-            return False
+        with self._load_lock:
+            try:
+                vmap = VprMap.load(map_dir, expect=ModelIdentity.of_backend(self.backend))
+                if self.localizer is None:
+                    self.localizer = Localizer(self.backend, vmap, self.cfg)
+                else:
+                    self.localizer.set_map(vmap)
+            except VprError as exc:
+                kept = f"; still using {self.loaded_map_dir}" if self.localizer is not None else ""
+                self._set_status(DiagnosticStatus.ERROR, f"map not loaded: {exc}{kept}")
+                return False
+            self.loaded_map_dir = str(map_dir)
+            self.counters.map_loads += 1
         self._publish_keyframes(vmap)
-        self._set_status(DiagnosticStatus.OK, f"map with {len(vmap)} keyframes loaded")
+        self._set_status(DiagnosticStatus.OK, f"map with {len(vmap)} keyframes loaded from {map_dir}")
         return True
 
     def _on_reload(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
+        """Re-read the map in the ``map_dir`` parameter (e.g. after the map builder saved)."""
         resp.success = self.load_map()
         resp.message = self._status[1]
         return resp
 
     def _on_save(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
-        """Write the loaded map back to map_dir (atomically; a new generation)."""
+        """Write the loaded map back to where it came from (atomically; a new generation)."""
         if self.localizer is None:
             resp.success, resp.message = False, "no map loaded"
             return resp
         try:
-            path = self.localizer.map.save(self.cfg.map_dir)
-            resp.success, resp.message = True, f"saved {len(self.localizer.map)} keyframes to {path}"
+            vmap = self.localizer.map
+            path = vmap.save(self.loaded_map_dir)
+            resp.success, resp.message = True, f"saved {len(vmap)} keyframes to {path}"
         except VprError as exc:
             resp.success, resp.message = False, str(exc)
         return resp
 
     def _publish_keyframes(self, vmap: VprMap) -> None:
+        node: Any = self
         path = Path()
         path.header.frame_id = self.cfg.map_frame
-        path.header.stamp = self.get_clock().now().to_msg()
+        path.header.stamp = node.get_clock().now().to_msg()
         for kf in vmap.keyframes:
             ps = PoseStamped()
             ps.header.frame_id = self.cfg.map_frame
             ps.header.stamp = sec_to_stamp(kf.stamp)
             ps.pose = pose_msg(kf.pose)
             path.poses.append(ps)
-        self.pub_keyframes.publish(path)
-        self.pub_markers.publish(keyframe_markers(vmap, self.cfg.map_frame, path.header.stamp))
+        self.safe_publish(self.pub_keyframes, path)
+        self.safe_publish(self.pub_markers, keyframe_markers(vmap, self.cfg.map_frame, path.header.stamp))
 
     # ------------------------------------------------------------------ input
     def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
@@ -172,8 +237,8 @@ class LocalizerNode(Node):
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            item = self.slots.take(timeout=0.2)
-            if item is None:
+            item = self.slots.take(timeout=0.5)
+            if item is None or self._stop.is_set():
                 continue
             camera, (msg, received) = item
             try:
@@ -184,18 +249,21 @@ class LocalizerNode(Node):
                 self._error(f"frame from '{camera}' failed unexpectedly: {type(exc).__name__}: {exc}")
 
     def _process(self, camera: str, msg: Image | CompressedImage, received: float) -> None:
-        if self.localizer is None:
+        localizer = self.localizer
+        if localizer is None:
             raise VprError("no map loaded yet (see the ERROR on diagnostics)")
         rgb = image_to_rgb(msg)
         stamp = stamp_to_sec(msg.header.stamp)
-        result = self.localizer.localize(rgb, stamp, camera)
+        result = localizer.localize(rgb, stamp, camera)
+        if not self.context_ok():
+            return
         self._publish(result, msg.header.stamp)
         if self.pub_markers.get_subscription_count() > 0:
-            self.pub_markers.publish(match_markers(result, self.cfg.map_frame, msg.header.stamp))
+            self.safe_publish(self.pub_markers, match_markers(result, self.cfg.map_frame, msg.header.stamp))
         if self.pub_debug.get_subscription_count() > 0:  # only built when someone looks
             top = result.matches[0]
             view = side_by_side(rgb, keyframe_image(top.keyframe.image_ref), top.db_id, top.score, result.accepted)
-            self.pub_debug.publish(rgb_to_image(view, stamp, self.cfg.map_frame))
+            self.safe_publish(self.pub_debug, rgb_to_image(view, stamp, self.cfg.map_frame))
             self.counters.debug_images += 1
         self.counters.processed += 1
         self.counters.inference_ms.append(result.timings_ms["inference"])
@@ -204,7 +272,7 @@ class LocalizerNode(Node):
     def _error(self, text: str) -> None:
         self.counters.errors += 1
         self.counters.last_error = text
-        self.get_logger().error(text, throttle_duration_sec=1.0)
+        self.say("error", text, throttle=1.0)
 
     # ------------------------------------------------------------------ output
     def _publish(self, r: LocalizationResult, stamp: Any) -> None:
@@ -212,36 +280,35 @@ class LocalizerNode(Node):
         rows = [(r.stamp, m.keyframe.stamp, m.db_id, m.rank, m.score,
                  float(m.rank == 0 and r.loop is not None and r.loop.publish), *m.keyframe.pose)
                 for m in r.matches]
-        self.pub_table.publish(table(MATCH_COLUMNS, rows))
+        self.safe_publish(self.pub_table, table(MATCH_COLUMNS, rows))
 
         arr = PoseArray()
         arr.header.stamp, arr.header.frame_id = stamp, frame
         arr.poses = [pose_msg(m.keyframe.pose) for m in r.matches]
-        self.pub_matches.publish(arr)
+        self.safe_publish(self.pub_matches, arr)
 
         if r.pose is not None:
             msg = PoseWithCovarianceStamped()
             msg.header.stamp, msg.header.frame_id = stamp, frame
             msg.pose.pose = pose_msg(r.pose)
             msg.pose.covariance = r.covariance
-            self.pub_pose.publish(msg)
+            self.safe_publish(self.pub_pose, msg)
 
         if r.loop is not None:
             lp = r.loop
             cov = r.covariance
-            self.pub_loop_table.publish(table(LOOP_COLUMNS, [(
+            self.safe_publish(self.pub_loop_table, table(LOOP_COLUMNS, [(
                 lp.t_query, lp.t_match, lp.db_id, STATUS_CODES[lp.status], lp.score, lp.streak,
                 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, *(cov[i * 7] for i in range(6)))]))
             if lp.publish:
-                self.pub_loops.publish(Float64MultiArray(data=[lp.t_query, lp.t_match]))
+                self.safe_publish(self.pub_loops, Float64MultiArray(data=[lp.t_query, lp.t_match]))
                 self.counters.loop_closures += 1
-                self.get_logger().info(f"loop closure: t_query={lp.t_query:.3f} t_match={lp.t_match:.3f} "
-                                       f"(keyframe {lp.db_id}, score {lp.score:.3f})")
+                self.say("info", f"loop closure: t_query={lp.t_query:.3f} t_match={lp.t_match:.3f} "
+                                 f"(keyframe {lp.db_id}, score {lp.score:.3f})")
 
     def _set_status(self, level: bytes, text: str) -> None:
         self._status = (level, text)
-        log = self.get_logger().error if level == DiagnosticStatus.ERROR else self.get_logger().info
-        log(text)
+        self.say("error" if level == DiagnosticStatus.ERROR else "info", text)
 
     def _publish_diagnostics(self) -> None:
         c, s = self.counters, self.slots
@@ -252,14 +319,14 @@ class LocalizerNode(Node):
         level, text = self._status
         if level == DiagnosticStatus.OK and c.errors and c.last_error:
             level, text = DiagnosticStatus.WARN, f"{c.errors} frame(s) failed; last: {c.last_error}"
-        st = DiagnosticStatus(level=level, name=f"{self.get_name()}: localizer", message=text,
-                              hardware_id=self.backend.model_id)
         mean = (lambda q: sum(q) / len(q) if q else 0.0)
+        b = self.backend
+        loc = self.localizer
         values = {
-            "backend": self.backend.name, "model_id": self.backend.model_id,
-            "weights": self.backend.weights_source,
-            "map_dir": self.cfg.map_dir,
-            "map_keyframes": len(self.localizer.map) if self.localizer else 0,
+            "backend": b.name if b else "", "model_id": b.model_id if b else "",
+            "weights": b.weights_source if b else "",
+            "map_dir": self.cfg.map_dir, "map_loaded_from": self.loaded_map_dir,
+            "map_keyframes": len(loc.map) if loc else 0,
             "frames_received": s.received, "frames_processed": c.processed,
             "frames_dropped": s.dropped, "frames_failed": c.errors,
             "input_rate_hz": f"{(s.received - r0) / dt:.2f}",
@@ -269,22 +336,33 @@ class LocalizerNode(Node):
             "latency_ms_mean": f"{mean(c.latency_ms):.2f}",
             "loop_closures": c.loop_closures, "last_error": c.last_error,
         }
-        st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        arr = DiagnosticArray(status=[st])
-        arr.header.stamp = self.get_clock().now().to_msg()
-        self.pub_diag.publish(arr)
+        self.publish_status(self.pub_diag, "localizer", level, text, b.model_id if b else "", values)
 
     def destroy_node(self) -> None:
-        if hasattr(self, "_worker"):  # absent if the constructor failed
-            self._stop.set()
-            self.slots.close()
-            self._worker.join(timeout=10.0)
-        super().destroy_node()
+        if hasattr(self, "_stop"):  # absent if setup failed
+            self._cleanup()
+        super().destroy_node()  # type: ignore[misc]
+
+
+class LocalizerNode(LocalizerCore, Node):
+    """The localizer, configured and active from construction (``ros2 run vpr_ros localizer``)."""
+
+    def __init__(self, backend: DescriptorBackend | None = None, **kwargs: Any) -> None:
+        plain_init(self, "localizer", backend, kwargs)
+
+
+#: The managed variant (``ros2 run vpr_ros localizer_lifecycle``; ``lifecycle:=true`` in the launch file).
+LocalizerLifecycleNode = lifecycle_class(LocalizerCore, "localizer")
 
 
 def main(args: list[str] | None = None) -> int:
     """Console script ``localizer`` (``ros2 run vpr_ros localizer``)."""
     return run_node(LocalizerNode, "localizer", args)
+
+
+def main_lifecycle(args: list[str] | None = None) -> int:
+    """Console script ``localizer_lifecycle``: starts unconfigured; drive it with ``ros2 lifecycle``."""
+    return run_node(LocalizerLifecycleNode, "localizer", args)
 
 
 if __name__ == "__main__":

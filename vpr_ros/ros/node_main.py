@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from typing import Callable
 
 import rclpy
@@ -16,7 +17,9 @@ def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
     """Spin the node built by ``make`` until Ctrl-C / SIGTERM / shutdown; returns an exit code.
 
     A VprError during start-up (bad parameters, unreadable map) is printed and gives 2.
-    ``before_destroy`` runs on the way out (e.g. a final map save).
+    ``before_destroy`` runs on the way out (e.g. the map builder's final save); from then on
+    SIGINT and SIGTERM (a second Ctrl-C, ros2 launch's escalation) no longer interrupt it.
+    Nothing is published or logged to /rosout after rclpy has shut down.
     """
     rclpy.init(args=args)
     node = None
@@ -27,17 +30,23 @@ def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except VprError as exc:
-        print(f"{name}: {exc}")
+        print(f"{name}: {exc}", file=sys.stderr)
         code = 2
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the cleanup
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+                signal.signal(sig, signal.SIG_IGN)  # the cleanup below must not be cut short
         if node is not None:
             try:
                 if before_destroy is not None:
                     before_destroy(node)
             except VprError as exc:
-                print(f"{name}: {exc}")
+                print(f"{name}: {exc}", file=sys.stderr)
                 code = code or 1
-            node.destroy_node()
+            try:
+                node.destroy_node()
+            except VprError as exc:
+                print(f"{name}: {exc}", file=sys.stderr)
+                code = code or 1
         rclpy.try_shutdown()
     return code

@@ -57,7 +57,7 @@ class QueryPlayer(Node):
                                  lambda m: self.log.poses.__setitem__(stamp_to_sec(m.header.stamp), m), 50)
         self.create_subscription(PoseArray, f"{vpr_ns}/matches",
                                  lambda m: self.log.matches.__setitem__(stamp_to_sec(m.header.stamp), m), 50)
-        self.create_subscription(DiagnosticArray, "diagnostics", self.log.diagnostics.append, 50)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self.log.diagnostics.append, 50)
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(Path, f"{vpr_ns}/map_keyframes",

@@ -1,0 +1,165 @@
+"""What the localizer and the map builder share: camera subscriptions (one transport per
+camera), QoS profiles, diagnostics on an absolute topic, logging that stays quiet after rclpy
+has shut down, and the lifecycle transitions (plain and managed variants of each node)."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable, Iterable
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+
+from vpr_ros.errors import VprError
+
+LEVEL_NAMES = {DiagnosticStatus.OK: "OK", DiagnosticStatus.WARN: "WARN", DiagnosticStatus.ERROR: "ERROR"}
+
+
+def image_qos(name: str, depth: int = 10) -> QoSProfile:
+    """'sensor_data' (best effort, depth 5) or 'reliable' (``depth``: the map builder keeps more,
+    so that a burst of frames is not overwritten in the DDS history before it is taken)."""
+    if name == "sensor_data":
+        return qos_profile_sensor_data
+    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def pose_qos(name: str) -> QoSProfile:
+    """Pose streams keep more history than images (they are small and paired later)."""
+    reliability = ReliabilityPolicy.BEST_EFFORT if name == "sensor_data" else ReliabilityPolicy.RELIABLE
+    return QoSProfile(depth=100, reliability=reliability)
+
+
+class VprNodeMixin:
+    """Helpers mixed into both nodes (which are rclpy ``Node`` or ``LifecycleNode`` subclasses)."""
+
+    def context_ok(self) -> bool:
+        node: Any = self
+        return rclpy.ok(context=node.context)
+
+    def say(self, level: str, text: str, throttle: float | None = None) -> None:
+        """Log through ROS while the context is up; afterwards to stderr (no rosout errors)."""
+        node: Any = self
+        if self.context_ok():
+            # rclpy remembers severity and throttling per call site: one line for each kind
+            lg = node.get_logger()
+            if level == "info":
+                lg.info(text)
+            elif level == "debug":
+                lg.debug(text)
+            elif level == "warning" and throttle:
+                lg.warning(text, throttle_duration_sec=throttle)
+            elif level == "warning":
+                lg.warning(text)
+            elif throttle:
+                lg.error(text, throttle_duration_sec=throttle)
+            else:
+                lg.error(text)
+        elif level != "debug":
+            print(f"[{level.upper()}] [{time.time():.6f}] [{node.get_name()}]: {text}", file=sys.stderr, flush=True)
+
+    def subscribe_cameras(self, topics: Iterable[str], transport: str, qos: QoSProfile,
+                          callback: Callable[[str, Any], None]) -> list[Any]:
+        """One subscription per camera: ``<topic>`` (Image) or ``<topic>/compressed`` (CompressedImage)."""
+        node: Any = self
+        subs = []
+        for topic in topics:
+            if transport == "compressed":
+                subs.append(node.create_subscription(CompressedImage, f"{topic}/compressed",
+                                                     lambda m, c=topic: callback(c, m), qos))
+            else:
+                subs.append(node.create_subscription(Image, topic, lambda m, c=topic: callback(c, m), qos))
+        return subs
+
+    def drop_subscriptions(self, subs: list[Any]) -> None:
+        node: Any = self
+        for s in subs:
+            node.destroy_subscription(s)
+        subs.clear()
+
+    def publish_status(self, pub: Any, kind: str, level: bytes, message: str, hardware_id: str,
+                       values: dict[str, Any]) -> None:
+        """One DiagnosticArray with one status named '<node>: <kind>'; nothing after shutdown."""
+        node: Any = self
+        if not self.context_ok():
+            return
+        st = DiagnosticStatus(level=level, name=f"{node.get_name()}: {kind}", message=message,
+                              hardware_id=hardware_id)
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        arr = DiagnosticArray(status=[st])
+        arr.header.stamp = node.get_clock().now().to_msg()
+        try:
+            pub.publish(arr)
+        except Exception:  # noqa: BLE001 - the context went down between the check and the call
+            pass
+
+    def safe_publish(self, pub: Any, msg: Any) -> None:
+        """Publish unless the context has shut down (worker threads race the shutdown)."""
+        if not self.context_ok():
+            return
+        try:
+            pub.publish(msg)
+        except Exception:  # noqa: BLE001 - context invalidated concurrently
+            if self.context_ok():
+                raise
+
+
+def lifecycle_class(core: type, lifecycle_name: str) -> type:
+    """A managed (``rclpy.lifecycle``) variant of a node core.
+
+    ``core`` provides ``_setup()`` (parameters, publishers, services: no heavy work),
+    ``_configure()`` (model, map, worker), ``_activate()`` (subscriptions), ``_deactivate()``,
+    ``_cleanup()`` (release everything ``_configure`` made) and ``_shutdown()``. The plain node
+    runs setup, configure and activate in its constructor; this one on transitions.
+    """
+    from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+
+    def __init__(self: Any, backend: Any = None, **kwargs: Any) -> None:
+        LifecycleNode.__init__(self, lifecycle_name, **kwargs)
+        self._injected_backend = backend
+        self._setup()
+
+    def _transition(step: str) -> Callable[[Any, Any], Any]:
+        def handler(self: Any, state: Any) -> Any:
+            try:
+                getattr(self, f"_{step}")()
+            except VprError as exc:
+                self.say("error", f"{step} failed: {exc}")
+                return TransitionCallbackReturn.FAILURE
+            return TransitionCallbackReturn.SUCCESS
+        handler.__name__ = f"on_{step}"
+        return handler
+
+    def on_error(self: Any, state: Any) -> Any:
+        self.say("error", f"error in state '{state.label}': releasing resources")
+        try:
+            self._cleanup()
+        except VprError:
+            pass
+        return TransitionCallbackReturn.SUCCESS
+
+    body = {"__init__": __init__, "on_error": on_error, "__module__": core.__module__, "__doc__": f"Managed variant of {core.__name__} "
+            "(configure: model + map; activate: subscriptions; deactivate / cleanup release them)."}
+    for step in ("configure", "activate", "deactivate", "cleanup", "shutdown"):
+        body[f"on_{step}"] = _transition(step)
+    return type(f"{core.__name__.removesuffix('Core')}LifecycleNode", (core, LifecycleNode), body)
+
+
+def plain_init(node: Any, name: str, backend: Any, kwargs: dict[str, Any]) -> None:
+    """Constructor body of the plain (unmanaged) variant: setup, configure, activate."""
+    Node.__init__(node, name, **kwargs)
+    node._injected_backend = backend
+    node._setup()
+    try:
+        node._configure()
+        node._activate()
+    except BaseException:
+        node._cleanup()
+        raise
+
+
+LEVEL_OK, LEVEL_WARN, LEVEL_ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+__all__ = ["DiagnosticArray", "LEVEL_ERROR", "LEVEL_OK", "LEVEL_WARN", "VprNodeMixin", "image_qos",
+           "lifecycle_class", "plain_init", "pose_qos"]
