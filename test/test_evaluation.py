@@ -139,9 +139,9 @@ def test_eval_command_end_to_end_with_cache_and_pca(tmp_path, capsys):
     assert len(rows) == 9 and rows[0].startswith("query,query_image,top1_db_id")
     assert main(args + model + ["--params-file", str(params)]) == 0
     assert "descriptors loaded from cache" in capsys.readouterr().out
-    cached = next((tmp_path / "cache").glob("*.npz"))
-    with np.load(cached, allow_pickle=False) as f:
-        pca = Pca.fit(np.concatenate([f["database"], f["queries"]]), 4)
+    chunks = sorted((tmp_path / "cache").glob("*/*.npy"))
+    assert [c.name.split("-")[0] for c in chunks] == ["database", "queries"]
+    pca = Pca.fit(np.concatenate([np.load(c, allow_pickle=False) for c in chunks]), 4)
     pca.save(tmp_path / "pca.npz")
     assert main(args + model + ["--params-file", str(params), "--pca", str(tmp_path / "pca.npz")]) == 0
     assert "pca4-" in json.loads((tmp_path / "out" / "results.json").read_text())["model"]

@@ -52,6 +52,7 @@ class FolderPair:
     ref: list[Path]
     query: list[Path]
     positives: list[set[int]]
+    notes: tuple[str, ...] = ()
 
 
 def read_vpr_bench(root: str | Path) -> FolderPair:
@@ -66,22 +67,42 @@ def read_vpr_bench(root: str | Path) -> FolderPair:
         pos = [set(range(max(0, i - 2), min(len(ref), i + 3))) for i in range(len(query))]
         return FolderPair(root, ref, query, pos)
     positives: list[set[int]] = [set() for _ in query]
-    with gt_path.open(newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or len(header) < 2:
-            raise DatasetError(f"{gt_path}: expected a header 'query_index,matching_ref_indices'")
-        for row_no, row in enumerate(reader, start=2):
-            try:
-                q = int(row[0])
-                refs = {int(v) for v in row[1].split()}
-            except (ValueError, IndexError):
-                raise DatasetError(f"{gt_path}: row {row_no} is malformed: {row}") from None
-            if not 0 <= q < len(query) or any(not 0 <= r < len(ref) for r in refs):
-                raise DatasetError(f"{gt_path}: row {row_no} names an index outside the "
-                                   f"{len(query)} queries / {len(ref)} references: {row}")
-            positives[q] = refs
-    return FolderPair(root, ref, query, positives)
+    seen: dict[int, int] = {}
+    notes: list[str] = []
+    try:
+        rows = list(csv.reader(gt_path.read_text(encoding="utf-8").splitlines()))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{gt_path}: not a CSV text file ({exc})") from None
+    first = 1
+    if rows and rows[0] and not rows[0][0].strip().lstrip("-").isdigit():
+        first = 2  # a header row (e.g. 'query_index,matching_ref_indices')
+        if len(rows[0]) < 2:
+            raise DatasetError(f"{gt_path}: header {rows[0]} has fewer than 2 columns "
+                               "(expected 'query_index,matching_ref_indices')")
+        rows = rows[1:]
+    elif rows:
+        notes.append(f"{gt_path}: no header row; row 1 is read as data")
+    for row_no, row in enumerate(rows, start=first):
+        if not row or not "".join(row).strip():
+            continue
+        try:
+            q = int(row[0])
+            refs = {int(v) for v in row[1].split()}
+        except (ValueError, IndexError):
+            raise DatasetError(f"{gt_path}: row {row_no} is malformed (expected 'query_index,ref ref ...'): "
+                               f"{row}") from None
+        if not 0 <= q < len(query) or any(not 0 <= r < len(ref) for r in refs):
+            raise DatasetError(f"{gt_path}: row {row_no} names an index outside the "
+                               f"{len(query)} queries / {len(ref)} references: {row}")
+        if q in seen:
+            raise DatasetError(f"{gt_path}: rows {seen[q]} and {row_no} both give query {q}")
+        seen[q] = row_no
+        positives[q] = refs
+    missing = [i for i in range(len(query)) if i not in seen]
+    if missing:
+        notes.append(f"{gt_path}: {len(missing)} of {len(query)} queries have no row (first: "
+                     f"{', '.join(map(str, missing[:5]))}); they count as queries without a correct reference")
+    return FolderPair(root, ref, query, positives, tuple(notes))
 
 
 def utm_from_name(path: Path) -> tuple[float, float]:
@@ -128,6 +149,7 @@ class EvalDataset:
     database: list[Path]
     queries: list[Path]
     positives: list[set[int]]
+    notes: tuple[str, ...] = ()   # things the user should know (printed by vpr_ros_eval)
 
 
 def read_gmberton(root: str | Path, radius: float = 25.0) -> EvalDataset:
@@ -150,6 +172,9 @@ def read_sequence(root: str | Path, tolerance: int = 2) -> EvalDataset:
 
     root = Path(root)
     ref, query = list_images(root / "ref"), list_images(root / "query")
+    if len(ref) != len(query):
+        raise DatasetError(f"{root}: a sequence layout pairs query i with ref i, but ref/ has {len(ref)} images "
+                           f"and query/ has {len(query)}; add a ground_truth.csv (VPR-Bench layout) instead")
     return EvalDataset(root.name, "sequence", ref, query, positives_by_index(len(query), len(ref), tolerance))
 
 
@@ -174,4 +199,4 @@ def read_eval_dataset(root: str | Path, layout: str = "auto", radius: float = 25
     if layout == "sequence":
         return read_sequence(root, tolerance)
     pair = read_vpr_bench(root)
-    return EvalDataset(root.name, "vpr_bench", pair.ref, pair.query, pair.positives)
+    return EvalDataset(root.name, "vpr_bench", pair.ref, pair.query, pair.positives, pair.notes)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from vpr_ros.datasets import EvalDataset, fingerprint_files, read_rgb
+from vpr_ros.errors import DatasetError, VprError
 from vpr_ros.evaluation import PrCurve, precision_recall, recall_at_n
 from vpr_ros.pca import Pca
 from vpr_ros.runtime.base import DescriptorBackend
@@ -37,16 +40,37 @@ class EvalResult:
     cached: bool = False
 
 
+#: images per descriptor-cache chunk: a failure late in a long run loses at most one chunk
+CHUNK = 512
+
+
 def describe_images(backend: DescriptorBackend, paths: Sequence[Path], batch_size: int = 16,
-                    progress: bool = False, desc: str = "images") -> np.ndarray:
-    """Descriptors [N, D] of image files, in order."""
-    it = range(0, len(paths), batch_size)
-    if progress:
+                    progress: bool = False, desc: str = "images", bar: object | None = None) -> np.ndarray:
+    """Descriptors [N, D] of image files, in order. A descriptor with NaN/inf (broken weights) is
+    a DatasetError naming the image, raised at the first batch that has one."""
+    if batch_size < 1:
+        raise DatasetError(f"batch size must be at least 1, got {batch_size}")
+    own_bar = None
+    if progress and bar is None:
         from tqdm import tqdm
 
-        it = tqdm(it, desc=desc, unit="batch")
-    out = [backend.infer(preprocess_batch([read_rgb(p) for p in paths[i:i + batch_size]], backend.input_size))
-           for i in it]
+        bar = own_bar = tqdm(total=len(paths), desc=desc, unit="img")
+    try:
+        out = []
+        for i in range(0, len(paths), batch_size):
+            chunk = paths[i:i + batch_size]
+            d = backend.infer(preprocess_batch([read_rgb(p) for p in chunk], backend.input_size))
+            bad = np.flatnonzero(~np.isfinite(d).all(axis=1))
+            if bad.size:
+                raise DatasetError(f"the model produced NaN/inf descriptors for {bad.size} of {len(chunk)} images "
+                                   f"(first: {chunk[int(bad[0])]}); its weights ({backend.weights_source}) are "
+                                   "probably broken")
+            out.append(d)
+            if bar is not None:
+                bar.update(len(chunk))  # type: ignore[attr-defined]
+    finally:
+        if own_bar is not None:
+            own_bar.close()
     return np.concatenate(out) if out else np.zeros((0, backend.descriptor_dim), np.float32)
 
 
@@ -60,23 +84,89 @@ def cache_key(backend: DescriptorBackend, dataset: EvalDataset, batch_size: int 
     return fingerprint_files(dataset.queries, h).hexdigest()[:20]
 
 
+def _read_chunk(path: Path, rows: int, dim: int) -> np.ndarray | None:
+    """A cached chunk if it is exactly what it should be (shape, dtype, finite), else None."""
+    if not path.is_file():
+        return None
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        print(f"[eval] cache chunk {path.name} unreadable ({exc}); recomputing", file=sys.stderr)
+        return None
+    if arr.shape != (rows, dim) or arr.dtype != np.float32 or not np.isfinite(arr).all():
+        print(f"[eval] cache chunk {path.name} invalid (shape {arr.shape}, {arr.dtype}); recomputing", file=sys.stderr)
+        return None
+    return arr
+
+
+def _write_atomic_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
+    try:
+        np.save(tmp, arr, allow_pickle=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def load_or_describe(backend: DescriptorBackend, dataset: EvalDataset, batch_size: int,
                      cache_dir: Path | None, progress: bool) -> tuple[np.ndarray, np.ndarray, bool, float]:
-    """(database [N, D], queries [M, D], from cache?, seconds spent describing)."""
-    path = cache_dir / f"{dataset.name}-{cache_key(backend, dataset, batch_size)}.npz" if cache_dir else None
-    if path is not None and path.is_file():
-        with np.load(path, allow_pickle=False) as f:
-            return f["database"], f["queries"], True, 0.0
+    """(database [N, D], queries [M, D], all from cache?, seconds spent describing).
+
+    With ``cache_dir``, descriptors are cached in chunks of :data:`CHUNK` images under
+    ``<cache_dir>/<dataset>-<key>/`` (each chunk written atomically, validated when read), so an
+    interrupted or failed run keeps what it computed. Every image still to be described is
+    checked (readable, not truncated) before the network runs."""
+    dim = backend.descriptor_dim
+    folder = cache_dir / f"{dataset.name}-{cache_key(backend, dataset, batch_size)}" if cache_dir else None
+    parts = {"database": dataset.database, "queries": dataset.queries}
+    plan: dict[str, list[tuple[int, int, np.ndarray | None]]] = {}
+    for part, paths in parts.items():
+        plan[part] = []
+        for start in range(0, len(paths), CHUNK):
+            end = min(start + CHUNK, len(paths))
+            cached = _read_chunk(folder / f"{part}-{start:07d}-{end:07d}.npy", end - start, dim) if folder else None
+            plan[part].append((start, end, cached))
+    todo = [p for part, paths in parts.items() for (s0, e0, c) in plan[part] if c is None for p in paths[s0:e0]]
+    check_images(todo)
+    if folder is not None and todo:
+        folder.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="describing", unit="img")
     t0 = time.perf_counter()
-    db = describe_images(backend, dataset.database, batch_size, progress, "database")
-    q = describe_images(backend, dataset.queries, batch_size, progress, "queries")
-    seconds = time.perf_counter() - t0
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-        np.savez(tmp, database=db, queries=q)
-        os.replace(tmp, path)
-    return db, q, False, seconds
+    out: dict[str, np.ndarray] = {}
+    try:
+        for part, paths in parts.items():
+            arrays = []
+            for start, end, cached in plan[part]:
+                if cached is None:
+                    cached = describe_images(backend, paths[start:end], batch_size, bar=bar)
+                    if folder is not None:
+                        _write_atomic_npy(folder / f"{part}-{start:07d}-{end:07d}.npy", cached)
+                arrays.append(cached)
+            out[part] = np.concatenate(arrays) if arrays else np.zeros((0, dim), np.float32)
+    finally:
+        if bar is not None:
+            bar.close()  # errors then print on a line of their own
+    return out["database"], out["queries"], not todo, time.perf_counter() - t0
+
+
+def check_images(paths: Sequence[Path]) -> None:
+    """Every file exists, is not empty, and is not a truncated JPEG/PNG: checked before any
+    inference, so a bad image at the end of a long dataset is found in seconds, not hours."""
+    from vpr_ros.images import check_image_bytes
+
+    bad: list[str] = []
+    for p in paths:
+        try:
+            check_image_bytes(p.suffix.lstrip(".") or "file", p.read_bytes())
+        except (OSError, VprError) as exc:
+            bad.append(f"{p}: {getattr(exc, 'strerror', None) or exc}")
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise DatasetError(f"{len(bad)} image(s) cannot be used: " + "; ".join(bad[:3]) + more)
 
 
 def evaluate_descriptors(db: np.ndarray, q: np.ndarray, positives: Sequence[set[int]],
@@ -110,8 +200,29 @@ def evaluate(dataset: EvalDataset, backend: DescriptorBackend, batch_size: int =
     return result
 
 
+def _json_safe(x: object) -> object:
+    """NaN/inf -> None (JSON has no NaN), recursively."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def check_output_dir(out: Path) -> None:
+    """The output folder can be created/written (checked before any work)."""
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"--output {out}: exists and is not a directory")
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise DatasetError(f"--output {out}: {probe} is not writable")
+
+
 def write_outputs(result: EvalResult, dataset: EvalDataset, out: Path, title: str) -> list[Path]:
     """results.json, predictions.csv, pr_curve.csv and eval.png in ``out``."""
+    check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "dataset": dataset.name, "layout": dataset.layout, "database": len(dataset.database),
@@ -120,13 +231,17 @@ def write_outputs(result: EvalResult, dataset: EvalDataset, out: Path, title: st
         "pr_auc": result.pr.auc, "recall_at_100_precision": result.pr.recall_at_100_precision,
         "timings": result.timings, "descriptors_from_cache": result.cached,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    (out / "results.json").write_text(json.dumps(_json_safe(summary), indent=1, allow_nan=False))
     with (out / "predictions.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["query", "query_image", "top1_db_id", "top1_image", "top1_score", "correct", "top5_db_ids"])
         for i, (row, sc) in enumerate(zip(result.ranked, result.scores)):
-            w.writerow([i, dataset.queries[i].name, int(row[0]), dataset.database[int(row[0])].name,
-                        f"{sc[0]:.6f}", int(int(row[0]) in dataset.positives[i]), " ".join(map(str, row[:5]))])
+            top = int(row[0])
+            if top < 0:  # no result for this query
+                w.writerow([i, dataset.queries[i].name, "", "", "", 0, ""])
+                continue
+            w.writerow([i, dataset.queries[i].name, top, dataset.database[top].name,
+                        f"{sc[0]:.6f}", int(top in dataset.positives[i]), " ".join(str(int(r)) for r in row[:5] if r >= 0)])
     with (out / "pr_curve.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["threshold", "precision", "recall"])

@@ -114,12 +114,8 @@ def depth_to_metres(encoding: str, height: int, width: int, step: int, is_bigend
     return d
 
 
-def compressed_to_rgb(fmt: str, data: Any) -> np.ndarray:
-    """Decode a ``sensor_msgs/CompressedImage`` or an image file's bytes (JPEG/PNG...) into RGB
-    uint8 [H, W, 3]; truncated JPEG/PNG data is refused."""
-    import cv2
-
-    raw = bytes(data)
+def check_image_bytes(fmt: str, raw: bytes) -> None:
+    """Cheap checks before decoding: not empty, not a depth stream, JPEG/PNG not truncated."""
     if not raw:
         raise ImageError(f"empty compressed image (format '{fmt}')")
     if "depth" in fmt.lower():
@@ -128,6 +124,15 @@ def compressed_to_rgb(fmt: str, data: Any) -> np.ndarray:
         raise ImageError(f"truncated JPEG: {len(raw)} bytes with no end-of-image marker (format '{fmt}')")
     if raw[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in raw[-16:]:
         raise ImageError(f"truncated PNG: {len(raw)} bytes with no IEND chunk (format '{fmt}')")
+
+
+def compressed_to_rgb(fmt: str, data: Any) -> np.ndarray:
+    """Decode a ``sensor_msgs/CompressedImage`` or an image file's bytes (JPEG/PNG...) into RGB
+    uint8 [H, W, 3]; truncated JPEG/PNG data is refused."""
+    import cv2
+
+    raw = bytes(data)
+    check_image_bytes(fmt, raw)
     img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ImageError(f"cannot decode compressed image (format '{fmt}', {len(raw)} bytes)")

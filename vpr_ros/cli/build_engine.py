@@ -19,18 +19,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rebuild", action="store_true", help="ignore a cached engine")
     a = ap.parse_args(argv)
     try:
+        # the inputs first: a wrong file or value is reported as such, even where TensorRT is missing
+        if a.max_batch < 1:
+            raise VprError(f"--max-batch must be at least 1, got {a.max_batch}")
+        import onnx
+
+        from vpr_ros.export.graph_io import read_identity
+
+        if not Path(a.onnx).is_file():
+            raise VprError(f"{a.onnx}: ONNX file not found")
+        try:
+            meta = {p.key: p.value for p in onnx.load(a.onnx, load_external_data=False).metadata_props}
+        except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others
+            raise VprError(f"{a.onnx}: not a readable ONNX file ({type(exc).__name__})") from None
+        size = int(read_identity(meta, a.onnx)["input_size"])
+        if a.precision == "int8" and a.calib_images and not Path(a.calib_images).is_dir():
+            raise VprError(f"--calib-images {a.calib_images}: not a folder")
         from vpr_ros.runtime.tensorrt_backend import require_tensorrt
 
         require_tensorrt()
-        import onnx
-
         from vpr_ros.datasets import list_images
-        from vpr_ros.export.graph_io import read_identity
         from vpr_ros.export.tensorrt import build_engine, calibration_batches
         from vpr_ros.runtime.factory import default_cache_dir
 
-        meta = {p.key: p.value for p in onnx.load(a.onnx, load_external_data=False).metadata_props}
-        size = int(read_identity(meta, a.onnx)["input_size"])
         calib = []
         if a.precision == "int8":
             if not a.calib_images:

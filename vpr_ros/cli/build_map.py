@@ -66,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_node_config(a.params_file or None, "map_builder", MAP_BUILDER_SECTIONS)
         source = Path(a.source)
         is_bag = (source / "metadata.yaml").is_file() or source.suffix in (".db3", ".mcap")
+        if not source.exists():
+            raise DatasetError(f"{source}: no such folder or bag")
+        if Path(a.map_dir).exists() and not Path(a.map_dir).is_dir():
+            raise DatasetError(f"--map-dir {a.map_dir}: exists and is not a directory")
+        if not a.append and (Path(a.map_dir) / "manifest.yaml").is_file():
+            print(f"vpr_ros_build_map: {a.map_dir} holds a map; it is replaced only if this build succeeds "
+                  "(use --append to extend it)")
         from vpr_ros.runtime.factory import open_backend
 
         with open_backend(cfg[""].backend, cfg["model"], cfg[""].device,
@@ -80,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
                 frames = _from_folder(source, a.poses)
                 n = len(frames)
                 ids = builder.add_many(frames, progress=True)
+            if not ids:
+                kept = (f"; the existing map in {a.map_dir} is unchanged"
+                        if (Path(a.map_dir) / "manifest.yaml").is_file() else "")
+                raise DatasetError(f"{a.source}: no keyframe was built from {n} images (no image had a pose, "
+                                   f"or none passed the keyframe rules); nothing saved{kept}")
             builder.save(a.map_dir)
         print(f"vpr_ros_build_map: {len(ids)} keyframes from {n} images -> {a.map_dir}")
         return 0

@@ -13,18 +13,38 @@ from pathlib import Path
 
 from vpr_ros.config import model_config_from
 from vpr_ros.datasets import LAYOUTS, read_eval_dataset
-from vpr_ros.errors import VprError
+from vpr_ros.errors import DatasetError, VprError
 
 
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "vpr_ros" / "descriptors"
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vpr_ros_eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset", help="dataset folder")
     ap.add_argument("--layout", choices=LAYOUTS, default="auto")
-    ap.add_argument("--radius", type=float, default=25.0, help="gmberton: positives within this many metres")
+    ap.add_argument("--radius", type=_positive_float, default=25.0, help="gmberton: positives within this many metres")
     ap.add_argument("--tolerance", type=int, default=2, help="sequence: positives within +- this many frames")
     ap.add_argument("--model-config", default="", help="a models/*.yaml file (its model: section)")
     ap.add_argument("--params-file", default="", help="params YAML whose model.* section to use")
@@ -35,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder", default="", help="override model.encoder (self_enhanced | none | cross_image)")
     ap.add_argument("--backend", default="auto", help="inference backend")
     ap.add_argument("--device", default="cpu", help="torch device")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=_positive_int, default=16)
     ap.add_argument("--pca", default="", help="PCA file (.npz from training) applied to the descriptors")
     ap.add_argument("--cache-dir", default=str(default_cache_dir()), help="descriptor cache ('' disables)")
     ap.add_argument("--output", default="eval_output", help="where results.json, CSVs and eval.png go")
@@ -43,10 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = model_config_from(a.model_config, a.params_file, arch=a.arch, backbone=a.backbone,
                                 weights=a.weights, encoder=a.encoder, compat=a.compat)
+        from vpr_ros.eval_run import check_output_dir, evaluate, write_outputs
+
+        check_output_dir(Path(a.output))
+        if a.tolerance < 0:
+            raise DatasetError(f"--tolerance must not be negative, got {a.tolerance}")
         dataset = read_eval_dataset(a.dataset, a.layout, a.radius, a.tolerance)
         print(f"[eval] {dataset.name} ({dataset.layout}): {len(dataset.database)} database, "
               f"{len(dataset.queries)} queries")
-        from vpr_ros.eval_run import evaluate, write_outputs
+        for note in dataset.notes:
+            print(f"[eval] NOTE: {note}")
+        if not dataset.database or not dataset.queries:
+            raise DatasetError(f"{a.dataset}: {len(dataset.database)} database and {len(dataset.queries)} "
+                               "query images: nothing to evaluate")
         from vpr_ros.pca import Pca
         from vpr_ros.runtime.factory import open_backend
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import numbers
 import os
 import sqlite3
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -72,10 +73,10 @@ class Keyframe:
     id: int = -1
 
     def __post_init__(self) -> None:
-        if len(self.pose) != 7 or not all(math.isfinite(v) for v in self.pose):
+        if not isinstance(self.pose, (tuple, list)) or len(self.pose) != 7 or not all(_finite(v) for v in self.pose):
             raise MapError(f"keyframe at stamp {self.stamp}: pose must be 7 finite numbers, got {self.pose}")
-        if not math.isfinite(self.stamp):
-            raise MapError(f"keyframe: stamp must be finite, got {self.stamp}")
+        if not _finite(self.stamp):
+            raise MapError(f"keyframe: stamp must be a finite number, got {self.stamp!r}")
 
 
 @dataclass
@@ -106,23 +107,57 @@ class Manifest:
 
     @classmethod
     def from_yaml(cls, text: str, source: str) -> "Manifest":
+        """Parse and validate a manifest; every problem is a MapError naming ``source`` and the field."""
         try:
             d = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise MapError(f"{source}: invalid YAML: {exc}") from None
+            first = str(exc).strip().splitlines()[0][:200]
+            raise MapError(f"{source}: not valid YAML (truncated or corrupt?): {first}") from None
         if not isinstance(d, dict):
-            raise MapError(f"{source}: manifest is not a mapping")
+            raise MapError(f"{source}: manifest is not a mapping (truncated or not a vpr_ros manifest)")
+        if "format_version" not in d:
+            raise MapError(f"{source}: no format_version (truncated, or not a vpr_ros map manifest)")
         version = d.get("format_version")
         if version != FORMAT_VERSION:
             raise MapError(f"{source}: map format version {version!r} is not supported "
                            f"(this vpr_ros reads version {FORMAT_VERSION})")
         d.pop("files", None)
-        try:
-            m = d.pop("model")
-            model = ModelIdentity(**{**m, "mean": tuple(m["mean"]), "std": tuple(m["std"])})
-            return cls(model=model, **d)
-        except (KeyError, TypeError) as exc:
-            raise MapError(f"{source}: manifest is missing or has unknown fields ({exc})") from None
+        m = d.pop("model", None)
+        if not isinstance(m, dict):
+            raise MapError(f"{source}: field 'model' is missing or not a mapping")
+        known = {f.name for f in fields(ModelIdentity)}
+        if set(m) - known or {"model_id", "weights_sha256", "input_size", "descriptor_dim"} - set(m):
+            raise MapError(f"{source}: field 'model' has unknown {sorted(set(m) - known)} or lacks "
+                           f"{sorted({'model_id', 'weights_sha256', 'input_size', 'descriptor_dim'} - set(m))} keys")
+        _check_types(source, "model", m, {"model_id": str, "weights_sha256": str, "input_size": int,
+                                           "descriptor_dim": int, "pca_id": str})
+        for key in ("mean", "std"):
+            v = m.get(key, (0.0, 0.0, 0.0))
+            if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(_finite(x) for x in v)):
+                raise MapError(f"{source}: model.{key} must be 3 finite numbers, got {v!r}")
+        if m["descriptor_dim"] <= 0 or m["input_size"] <= 0:
+            raise MapError(f"{source}: model.descriptor_dim and model.input_size must be positive")
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise MapError(f"{source}: unknown field(s) {sorted(unknown)}")
+        _check_types(source, "", d, {"count": int, "map_frame": str, "source": str, "metric": str,
+                                      "index_type": str, "generation": int, "created": str, "format_version": int})
+        if d.get("count", 0) < 0 or d.get("generation", 0) < 0:
+            raise MapError(f"{source}: count and generation must not be negative")
+        model = ModelIdentity(**{**m, "mean": tuple(m.get("mean", IMAGENET_MEAN)), "std": tuple(m.get("std", IMAGENET_STD))})
+        return cls(model=model, **d)
+
+
+def _finite(x: Any) -> bool:
+    """A finite real number (Python or numpy), not a bool, None or text."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) and math.isfinite(x)
+
+
+def _check_types(source: str, prefix: str, d: dict, types: dict[str, type]) -> None:
+    for key, kind in types.items():
+        if key in d and not (isinstance(d[key], kind) and not (kind is int and isinstance(d[key], bool))):
+            name = f"{prefix}.{key}" if prefix else key
+            raise MapError(f"{source}: field '{name}' must be {kind.__name__}, got {type(d[key]).__name__} {d[key]!r}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -241,9 +276,16 @@ class VprMap:
     def read_manifest(map_dir: str | Path) -> Manifest:
         """Only the manifest of a map directory (quick validation before a full load)."""
         root = Path(map_dir)
-        if not (root / MANIFEST).is_file():
+        path = root / MANIFEST
+        if not path.is_file():
             raise MapError(f"{root}: not a map directory (no {MANIFEST})")
-        return Manifest.from_yaml((root / MANIFEST).read_text(encoding="utf-8"), str(root / MANIFEST))
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise MapError(f"{path}: not UTF-8 text (binary data or a corrupt file)") from None
+        except OSError as exc:
+            raise MapError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        return Manifest.from_yaml(text, str(path))
 
     @classmethod
     def load(cls, map_dir: str | Path, expect: ModelIdentity | None = None) -> "VprMap":
@@ -260,7 +302,8 @@ class VprMap:
         try:
             index = faiss.read_index(str(idx_path))
         except Exception as exc:  # faiss raises RuntimeError with its own text
-            raise MapError(f"{idx_path}: cannot read faiss index ({str(exc).splitlines()[0][:200]})") from None
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise MapError(f"{idx_path}: cannot read faiss index ({first})") from None
         keyframes = _read_keyframes(kf_path)
         if index.d != manifest.model.descriptor_dim:
             raise MapError(f"{idx_path}: index dimension {index.d} != manifest descriptor_dim "
@@ -271,8 +314,12 @@ class VprMap:
         from vpr_ros.config import IndexConfig
         from vpr_ros.mapping.index import kind_of, set_search_params
 
-        if kind_of(index) != manifest.index_type:
-            raise MapError(f"{idx_path}: index is '{kind_of(index)}' but the manifest says '{manifest.index_type}'")
+        try:
+            kind = kind_of(index)
+        except Exception:  # noqa: BLE001 - an index type this vpr_ros never writes
+            kind = type(index).__name__
+        if kind != manifest.index_type:
+            raise MapError(f"{idx_path}: index is '{kind}' but the manifest says '{manifest.index_type}'")
         set_search_params(index, IndexConfig())
         vmap = cls(manifest, index, keyframes)
         if expect is not None:
@@ -310,8 +357,11 @@ def _write_keyframes(path: Path, keyframes: Iterable[Keyframe]) -> None:
 
 
 def _read_keyframes(path: Path) -> list[Keyframe]:
+    """The keyframe table, read-only; every malformed row is a MapError naming file, id and column."""
+    # as_uri() percent-encodes '#', '?' and '%', which would otherwise cut the file name short
+    uri = f"{path.resolve().as_uri()}?mode=ro"
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = sqlite3.connect(uri, uri=True)
         try:
             rows = con.execute(f"SELECT {','.join(_COLUMNS)} FROM keyframes ORDER BY id").fetchall()
         finally:
@@ -322,7 +372,21 @@ def _read_keyframes(path: Path) -> list[Keyframe]:
     for i, r in enumerate(rows):
         if r[0] != i:
             raise MapError(f"{path}: keyframe ids are not contiguous at row {i} (id {r[0]})")
-        gps = None if r[11] is None else (r[11], r[12], r[13])
-        out.append(Keyframe(stamp=r[1], pose=tuple(r[4:11]), camera=r[2] or "", frame_id=r[3] or "",
-                            gps=gps, image_ref=r[14] or "", id=r[0]))
+        for col, v in zip(_COLUMNS[4:11], r[4:11]):
+            if not _finite(v):
+                raise MapError(f"{path}: keyframe {i}: pose column '{col}' is {v!r}, not a finite number")
+        if not _finite(r[1]):
+            raise MapError(f"{path}: keyframe {i}: stamp is {r[1]!r}, not a finite number")
+        gps = None
+        if any(v is not None for v in r[11:14]):
+            if not all(_finite(v) for v in r[11:14]):
+                raise MapError(f"{path}: keyframe {i}: GPS (lat, lon, alt) is {r[11:14]!r}")
+            gps = (float(r[11]), float(r[12]), float(r[13]))
+        for col, v in zip(("camera", "frame_id"), r[2:4]):
+            if v is not None and not isinstance(v, str):
+                raise MapError(f"{path}: keyframe {i}: column '{col}' is {v!r}, not text")
+        if r[14] is not None and not isinstance(r[14], str):
+            raise MapError(f"{path}: keyframe {i}: column 'image_ref' is {r[14]!r}, not text")
+        out.append(Keyframe(stamp=float(r[1]), pose=tuple(float(v) for v in r[4:11]), camera=r[2] or "",  # type: ignore[arg-type]
+                            frame_id=r[3] or "", gps=gps, image_ref=r[14] or "", id=r[0]))
     return out

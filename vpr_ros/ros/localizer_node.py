@@ -188,9 +188,10 @@ class LocalizerCore(VprNodeMixin):
                     self.localizer = Localizer(self.backend, vmap, self.cfg)
                 else:
                     self.localizer.set_map(vmap)
-            except VprError as exc:
+            except Exception as exc:  # noqa: BLE001 - a bad map (or a reader bug) must not kill the node
                 kept = f"; still using {self.loaded_map_dir}" if self.localizer is not None else ""
-                self._set_status(DiagnosticStatus.ERROR, f"map not loaded: {exc}{kept}")
+                what = str(exc) if isinstance(exc, VprError) else f"unexpected {type(exc).__name__}: {exc}"
+                self._set_status(DiagnosticStatus.ERROR, f"map not loaded: {what}{kept}")
                 return False
             self.loaded_map_dir = str(map_dir)
             self.counters.map_loads += 1

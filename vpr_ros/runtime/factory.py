@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from vpr_ros.config import BACKENDS, ModelConfig, batch_dependent_refusal
-from vpr_ros.errors import BackendUnavailable, ConfigError
+from vpr_ros.errors import BackendUnavailable, CheckpointError, ConfigError
 from vpr_ros.export.graph_io import file_sha256
 from vpr_ros.runtime.base import DescriptorBackend
 
@@ -27,8 +27,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VPR_ROS_CACHE") or Path.home() / ".cache" / "vpr_ros")
 
 
+def check_model_files(cfg: ModelConfig) -> None:
+    """The files a model configuration names exist (checked before any hashing or loading)."""
+    for key in ("weights", "pca", "onnx"):
+        value = getattr(cfg, key)
+        if value and not Path(value).is_file():
+            raise CheckpointError(f"model.{key}: {value}: file not found")
+
+
 def export_key(cfg: ModelConfig) -> str:
     """Identifies the graph ``cfg`` exports to (configuration + weight/PCA file contents)."""
+    check_model_files(cfg)
     fields = {k: v for k, v in asdict(cfg).items() if k != "onnx"}
     fields["weights"] = file_sha256(cfg.weights) if cfg.weights else f"random-{cfg.seed}"
     fields["pca"] = file_sha256(cfg.pca) if cfg.pca else ""
@@ -81,6 +90,7 @@ def open_backend(name: str, cfg: ModelConfig, device: str = "cpu",
     """
     if name not in BACKENDS:
         raise ConfigError(f"backend: '{name}' is not one of {', '.join(BACKENDS)}")
+    check_model_files(cfg)
     if cfg.batch_dependent:
         if not batch_dependent_ok:
             raise ConfigError(batch_dependent_refusal(cfg))
