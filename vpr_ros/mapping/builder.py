@@ -92,25 +92,27 @@ class MapBuilder:
 
             bar = tqdm(total=total if total is not None else (len(frames) if hasattr(frames, "__len__") else None),
                        desc="building map", unit="img")
-        for rgb, kf in frames:
-            self.offered += 1
-            if not all(math.isfinite(v) for v in kf.pose):
-                raise MapError(f"frame at stamp {kf.stamp}: pose has NaN/inf values")
-            if self.selector.offer(kf.stamp, kf.pose):
-                pending.append((rgb() if callable(rgb) else rgb, kf))
-            elif self.selector.cfg.novelty_threshold > 0:
-                ids += self._flush(pending)  # compare with the latest keyframe, in order
-                novel = self._novel(rgb() if callable(rgb) else rgb)
-                if novel is not None:
-                    self.selector.accept(kf.stamp, kf.pose)
-                    ids += self._add(novel, [kf])
-            if len(pending) >= batch_size:
-                ids += self._flush(pending)
+        try:
+            for rgb, kf in frames:
+                self.offered += 1
+                if not all(math.isfinite(v) for v in kf.pose):
+                    raise MapError(f"frame at stamp {kf.stamp}: pose has NaN/inf values")
+                if self.selector.offer(kf.stamp, kf.pose):
+                    pending.append((rgb() if callable(rgb) else rgb, kf))
+                elif self.selector.cfg.novelty_threshold > 0:
+                    ids += self._flush(pending)  # compare with the latest keyframe, in order
+                    novel = self._novel(rgb() if callable(rgb) else rgb)
+                    if novel is not None:
+                        self.selector.accept(kf.stamp, kf.pose)
+                        ids += self._add(novel, [kf])
+                if len(pending) >= batch_size:
+                    ids += self._flush(pending)
+                if bar is not None:
+                    bar.update(1)
+            ids += self._flush(pending)
+        finally:
             if bar is not None:
-                bar.update(1)
-        ids += self._flush(pending)
-        if bar is not None:
-            bar.close()
+                bar.close()  # an error then prints on a line of its own
         return ids
 
     def _flush(self, pending: list[tuple[np.ndarray, Keyframe]]) -> list[int]:
