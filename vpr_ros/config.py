@@ -137,6 +137,8 @@ class LocalizerConfig:
                              "one transport (see 'transport').")
     transport: str = _f("raw", "Image transport of every camera: 'raw' (sensor_msgs/Image on <topic>) or "
                         "'compressed' (sensor_msgs/CompressedImage on <topic>/compressed).")
+    camera_info_topics: list = _f([""], "sensor_msgs/CameraInfo topic of each camera (same order as "
+                                  "camera_topics); '' = the image topic's sibling 'camera_info'.")
     top_k: int = _f(5, "Number of map matches reported per query.", live=True, lo=1, hi=1000)
     score_threshold: float = _f(0.5, "Minimum cosine similarity for a match to be accepted.", live=True,
                                 lo=-1.0, hi=1.0)
@@ -160,12 +162,16 @@ class LocalizerConfig:
     diagnostics_period: float = _f(1.0, "Seconds between diagnostics messages.", lo=0.01, hi=3600.0)
     diagnostics_topic: str = _f("/diagnostics", "Topic of diagnostic_msgs/DiagnosticArray (absolute by "
                                 "default, where diagnostic aggregators listen).")
+    camera_pose_in_base: list = _f([0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5], "Pose of the camera's optical "
+                                   "frame in base_frame (x y z qx qy qz qw): turns a verified camera-to-camera "
+                                   "relative pose into the robot's. Default: at the origin, looking along x.")
 
     def __post_init__(self) -> None:
         _choice("backend", self.backend, BACKENDS)
         _choice("qos", self.qos, ("sensor_data", "reliable"))
         _choice("transport", self.transport, TRANSPORTS)
         _camera_topics(self.camera_topics)
+        _pose7("camera_pose_in_base", self.camera_pose_in_base)
         _positive("top_k", self.top_k)
         _positive("temporal_consistency", self.temporal_consistency)
         _range("score_threshold", self.score_threshold, -1.0, 1.0)
@@ -177,6 +183,46 @@ class LocalizerConfig:
         _positive("diagnostics_period", self.diagnostics_period)
         if not self.diagnostics_topic:
             raise ConfigError("diagnostics_topic: must not be empty")
+
+
+VERIFICATION_FEATURES = ("orb", "sift", "none")
+RERANK_MODES = ("none", "classical")
+LOOP_VERIFICATION = ("geometric", "none")
+#: The optical frame (x right, y down, z forward) of a camera at the robot's origin looking along
+#: base_link's x axis (x forward, y left, z up): its pose in base_link.
+OPTICAL_IN_BASE = [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5]
+
+
+@dataclass(frozen=True)
+class VerificationConfig:
+    """Local features, re-ranking and geometric verification (``verification.*`` parameters)."""
+
+    features: str = _f("orb", "Local features stored with every map keyframe and extracted from queries: "
+                       "'orb', 'sift' or 'none' (no re-ranking, no geometric verification).")
+    max_features: int = _f(1000, "Most local features per image.", lo=50, hi=20000)
+    rerank: str = _f("classical", "Re-rank the global top rerank_top_k by local matching: 'classical' (inliers of "
+                     "a robust fundamental matrix between stored and query features) or 'none'.", live=True)
+    rerank_top_k: int = _f(20, "Global candidates re-ranked per query.", live=True, lo=1, hi=500)
+    ratio: float = _f(0.8, "Lowe's ratio test for matching local features.", live=True, lo=0.1, hi=1.0)
+    min_inliers: int = _f(30, "Geometric inliers needed to verify a match.", live=True, lo=6, hi=100000)
+    min_inlier_ratio: float = _f(0.3, "Inliers / matches needed to verify a match.", live=True, lo=0.0, hi=1.0)
+    ransac_px: float = _f(2.0, "Epipolar threshold (px) of the robust two-view models.", live=True, lo=0.1, hi=50.0)
+    pnp_px: float = _f(3.0, "Reprojection threshold (px) of PnP with keyframe depth.", live=True, lo=0.1, hi=50.0)
+    loop_closures: str = _f("geometric", "'geometric': a loop closure is published only when its geometry is "
+                            "verified (needs camera intrinsics; with keyframe depth the relative pose is metric); "
+                            "'none': the temporal-consistency rules alone.", live=True)
+
+    def __post_init__(self) -> None:
+        _choice("features", self.features, VERIFICATION_FEATURES)
+        _choice("rerank", self.rerank, RERANK_MODES)
+        _choice("loop_closures", self.loop_closures, LOOP_VERIFICATION)
+        _positive("max_features", self.max_features)
+        _positive("rerank_top_k", self.rerank_top_k)
+        _range("ratio", self.ratio, 0.1, 1.0)
+        _range("min_inliers", self.min_inliers, 6, 10**6)
+        _range("min_inlier_ratio", self.min_inlier_ratio, 0.0, 1.0)
+        _positive("ransac_px", self.ransac_px)
+        _positive("pnp_px", self.pnp_px)
 
 
 @dataclass(frozen=True)
@@ -213,6 +259,13 @@ class MapBuilderConfig:
                              "transport (see 'transport').")
     transport: str = _f("raw", "Image transport of every camera: 'raw' (sensor_msgs/Image on <topic>) or "
                         "'compressed' (sensor_msgs/CompressedImage on <topic>/compressed).")
+    camera_info_topics: list = _f([""], "sensor_msgs/CameraInfo topic of each camera (same order as "
+                                  "camera_topics); '' = the image topic's sibling 'camera_info'.")
+    depth_topics: list = _f([""], "Depth image aligned to each camera (16UC1 mm or 32FC1 m; same order as "
+                            "camera_topics); '' = none. With depth, keyframes store 3-D points and verified "
+                            "loop closures get a metric relative pose.")
+    max_depth_age: float = _f(0.05, "Largest |t_image - t_depth| (s) to pair a keyframe with a depth image.",
+                              lo=0.0, hi=10.0)
     pose_source: str = _f("odometry", "Where image poses come from: 'odometry' (nav_msgs/Odometry on "
                           "pose_topic), 'navsatfix' (sensor_msgs/NavSatFix on pose_topic; positions east/north "
                           "of the first fix) or 'tf' (map_frame -> base_frame at the image stamp; needs tf2_ros).")
@@ -246,6 +299,15 @@ class MapBuilderConfig:
         if not self.diagnostics_topic:
             raise ConfigError("diagnostics_topic: must not be empty")
         _range("autosave_period", self.autosave_period, 0.0, math.inf)
+
+
+def _pose7(key: str, p: Any) -> None:
+    if not (isinstance(p, (list, tuple)) and len(p) == 7 and all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                                for v in p)):
+        raise ConfigError(f"{key}: must be 7 finite numbers (x y z qx qy qz qw), got {p!r}")
+    n = math.sqrt(sum(float(v) ** 2 for v in p[3:]))
+    if abs(n - 1.0) > 1e-3:
+        raise ConfigError(f"{key}: the quaternion {list(p[3:])} is not unit length ({n:.4f})")
 
 
 def _camera_topics(topics: Any) -> None:
@@ -406,6 +468,8 @@ def model_config_from(model_config: str = "", params_file: str = "", **overrides
     return from_dict(ModelConfig, model, source="model settings")
 
 
-LOCALIZER_SECTIONS: dict[str, type] = {"": LocalizerConfig, "model": ModelConfig}
+LOCALIZER_SECTIONS: dict[str, type] = {"": LocalizerConfig, "model": ModelConfig,
+                                       "verification": VerificationConfig}
 MAP_BUILDER_SECTIONS: dict[str, type] = {"": MapBuilderConfig, "model": ModelConfig,
+                                         "verification": VerificationConfig,
                                          "keyframes": KeyframeConfig, "index": IndexConfig}

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
+
 Pose = tuple[float, float, float, float, float, float, float]
 
 
@@ -38,3 +40,68 @@ def enu_from_geodetic(lat: float, lon: float, alt: float, origin: tuple[float, f
     east = math.radians(lon - lon0) * EARTH_RADIUS * math.cos(math.radians(lat0))
     north = math.radians(lat - lat0) * EARTH_RADIUS
     return east, north, alt - alt0
+
+
+def quat_to_matrix(q: np.ndarray | tuple) -> np.ndarray:
+    """Unit quaternion (x, y, z, w) -> 3x3 rotation matrix."""
+    x, y, z, w = (float(v) for v in q)
+    n = math.sqrt(x * x + y * y + z * z + w * w)
+    x, y, z, w = x / n, y / n, z / n, w / n
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def matrix_to_quat(R: np.ndarray) -> tuple[float, float, float, float]:
+    """3x3 rotation matrix -> unit quaternion (x, y, z, w), w >= 0."""
+    m = np.asarray(R, np.float64)
+    t = np.trace(m)
+    if t > 0:
+        s = math.sqrt(t + 1.0) * 2
+        w, x, y, z = 0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        s = math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
+        w, x, y, z = (m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s
+    elif m[1, 1] > m[2, 2]:
+        s = math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
+        w, x, y, z = (m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s
+    else:
+        s = math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
+        w, x, y, z = (m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s
+    q = np.array([x, y, z, w])
+    q /= np.linalg.norm(q)
+    return tuple(float(v) for v in (q if q[3] >= 0 else -q))  # type: ignore[return-value]
+
+
+def pose_matrix(p: Sequence[float]) -> np.ndarray:
+    """(x, y, z, qx, qy, qz, qw) -> 4x4 homogeneous transform."""
+    T = np.eye(4)
+    T[:3, :3] = quat_to_matrix(p[3:7])
+    T[:3, 3] = p[:3]
+    return T
+
+
+def matrix_pose(T: np.ndarray) -> Pose:
+    """4x4 homogeneous transform -> (x, y, z, qx, qy, qz, qw)."""
+    return (float(T[0, 3]), float(T[1, 3]), float(T[2, 3]), *matrix_to_quat(T[:3, :3]))  # type: ignore[return-value]
+
+
+def compose(a: Sequence[float], b: Sequence[float]) -> Pose:
+    """a * b: pose ``b`` (expressed in frame ``a``) expressed in a's parent frame."""
+    return matrix_pose(pose_matrix(a) @ pose_matrix(b))
+
+
+def inverse(p: Sequence[float]) -> Pose:
+    """The inverse transform of pose ``p``."""
+    return matrix_pose(np.linalg.inv(pose_matrix(p)))
+
+
+def adjoint(p: Sequence[float]) -> np.ndarray:
+    """6x6 adjoint of pose ``p`` for (x, y, z, rx, ry, rz) perturbations: maps a covariance
+    expressed in frame b to frame a when ``p`` is b's pose in a (cov_a = Ad cov_b Ad^T)."""
+    R = quat_to_matrix(p[3:7])
+    t = np.asarray(p[:3], float)
+    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+    Ad = np.zeros((6, 6))
+    Ad[:3, :3], Ad[:3, 3:], Ad[3:, 3:] = R, tx @ R, R
+    return Ad

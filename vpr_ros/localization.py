@@ -7,15 +7,20 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vpr_ros.config import LocalizerConfig
+from vpr_ros.config import LocalizerConfig, VerificationConfig
 from vpr_ros.errors import MapError
+from vpr_ros.geometry import adjoint, compose, inverse
 from vpr_ros.loop_closure import LoopClosureDetector, LoopDecision
 from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
 from vpr_ros.runtime.base import DescriptorBackend
 from vpr_ros.runtime.preprocess import preprocess
+
+if TYPE_CHECKING:
+    from vpr_ros.verification.features import CameraIntrinsics
 
 #: Orientation standard deviation (rad) reported in /vpr/pose: a place match says
 #: little about heading beyond "roughly as the keyframe".
@@ -24,12 +29,14 @@ ORIENTATION_SIGMA = 0.35
 
 @dataclass(frozen=True)
 class Match:
-    """One map candidate of a query, ranked by cosine ``score``."""
+    """One map candidate of a query: cosine ``score`` of the global descriptors, and the local
+    re-ranking score (geometric inliers; -1 when not re-ranked) that ordered it."""
 
     rank: int
     db_id: int
     score: float
     keyframe: Keyframe
+    local_score: int = -1
 
 
 @dataclass
@@ -40,10 +47,13 @@ class LocalizationResult:
     camera: str
     matches: list[Match]
     accepted: bool                      # top-1 score >= threshold
-    pose: tuple[float, ...] | None      # matched keyframe pose (x, y, z, qx, qy, qz, qw)
+    pose: tuple[float, ...] | None      # robot pose (x, y, z, qx, qy, qz, qw): the keyframe's, or the
+                                        # keyframe's composed with a verified metric relative pose
     covariance: list[float]             # 6x6 row-major (x, y, z, roll, pitch, yaw), always filled
     loop: LoopDecision | None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    relative: tuple[float, ...] | None = None      # verified query pose in the keyframe's base frame
+    relative_covariance: np.ndarray | None = None  # 6x6 of ``relative``
 
 
 def pose_covariance(score: float, position_sigma: float) -> list[float]:
@@ -69,9 +79,13 @@ class Localizer:
     a swap takes effect from the next query on.
     """
 
-    def __init__(self, backend: DescriptorBackend, vpr_map: VprMap, cfg: LocalizerConfig) -> None:
+    def __init__(self, backend: DescriptorBackend, vpr_map: VprMap, cfg: LocalizerConfig,
+                 verification: VerificationConfig | None = None) -> None:
+        from vpr_ros.verification.verifier import Verifier
+
         self.backend = backend
         self.cfg = cfg
+        self.verifier = Verifier(verification or VerificationConfig(features="none"))
         self._lock = threading.Lock()
         self._check(vpr_map)
         self.map = vpr_map
@@ -89,9 +103,13 @@ class Localizer:
             self.map = vpr_map
             self.loops.reset()
 
-    def update_config(self, cfg: LocalizerConfig) -> None:
+    def update_config(self, cfg: LocalizerConfig, verification: VerificationConfig | None = None) -> None:
         """New settings (top_k, thresholds, loop-closure rules...) from the next query on."""
+        from vpr_ros.verification.verifier import Verifier
+
         with self._lock:
+            if verification is not None:
+                self.verifier = Verifier(verification)
             rules_changed = (cfg.score_threshold, cfg.min_time_separation, cfg.temporal_consistency,
                              cfg.consistency_window, cfg.max_loop_closure_rate) != (
                 self.cfg.score_threshold, self.cfg.min_time_separation, self.cfg.temporal_consistency,
@@ -111,29 +129,89 @@ class Localizer:
         t2 = time.perf_counter()
         return d, {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3}
 
-    def localize(self, rgb: np.ndarray, stamp: float, camera: str = "image") -> LocalizationResult:
-        """Match one frame taken at ``stamp`` (seconds) by ``camera``."""
+    def localize(self, rgb: np.ndarray, stamp: float, camera: str = "image",
+                 intrinsics: "CameraIntrinsics | None" = None) -> LocalizationResult:
+        """Match one frame taken at ``stamp`` (seconds) by ``camera`` (intrinsics from its CameraInfo)."""
         with self._lock:  # one consistent (map, settings, rules) for the whole query
-            vmap, cfg, loops = self.map, self.cfg, self.loops
+            vmap, cfg, loops, verifier = self.map, self.cfg, self.loops, self.verifier
         desc, timings = self.describe(rgb)
         t0 = time.perf_counter()
-        # with recent keyframes excluded, look further down the ranking to still fill top_k
-        k = cfg.top_k if cfg.exclude_recent <= 0 else min(len(vmap), max(64, 8 * cfg.top_k))
+        vcfg = verifier.cfg
+        local = verifier.enabled and vmap.manifest.local_features == vcfg.features
+        rerank = local and vcfg.rerank != "none"
+        want = max(cfg.top_k, vcfg.rerank_top_k if rerank else 0)
+        # with recent keyframes excluded, look further down the ranking to still fill the list
+        k = want if cfg.exclude_recent <= 0 else min(len(vmap), max(64, 8 * want))
         scores, ids = vmap.search(desc[None], k)
         timings["search"] = (time.perf_counter() - t0) * 1e3
         kept = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and
-                abs(vmap.keyframes[int(i)].stamp - stamp) >= cfg.exclude_recent]
+                abs(vmap.keyframes[int(i)].stamp - stamp) >= cfg.exclude_recent][:want]
         if not kept:
             raise MapError(f"no map keyframe older than exclude_recent={cfg.exclude_recent}s "
                            f"before the query at {stamp:.3f}")
-        matches = [Match(r, i, s, vmap.keyframes[i]) for r, (s, i) in enumerate(kept[: cfg.top_k])]
+        query_features = None
+        local_scores = [-1] * len(kept)
+        if local and (rerank or vcfg.loop_closures == "geometric"):
+            t1 = time.perf_counter()
+            query_features = verifier.features(rgb)
+            if query_features is not None:
+                query_features.intrinsics = intrinsics
+            timings["features"] = (time.perf_counter() - t1) * 1e3
+        if rerank and query_features is not None:
+            t1 = time.perf_counter()
+            n = min(vcfg.rerank_top_k, len(kept))
+            for j in range(n):
+                stored = vmap.local_features(kept[j][1])
+                local_scores[j] = verifier.rerank_score(query_features, stored) if stored is not None else 0
+            order = sorted(range(n), key=lambda j: (-local_scores[j], -kept[j][0])) + list(range(n, len(kept)))
+            kept, local_scores = [kept[j] for j in order], [local_scores[j] for j in order]
+            timings["rerank"] = (time.perf_counter() - t1) * 1e3
+        matches = [Match(r, i, s, vmap.keyframes[i], ls)
+                   for r, ((s, i), ls) in enumerate(zip(kept[: cfg.top_k], local_scores))]
         top = matches[0]
         accepted = top.score >= cfg.score_threshold
+
+        memo: list = []
+
+        def verify_top():  # type: ignore[no-untyped-def]
+            """Geometric verification of the top match (once per query)."""
+            from vpr_ros.verification.verifier import Verification
+
+            if not memo:
+                stored = vmap.local_features(top.db_id)
+                if query_features is None or stored is None:
+                    memo.append(Verification(False, "", 0, 0, "no local features for the query or the keyframe "
+                                                              "(map built with verification.features: none?)"))
+                else:
+                    t2 = time.perf_counter()
+                    memo.append(verifier.verify(query_features, stored))
+                    timings["verify"] = (time.perf_counter() - t2) * 1e3
+            return memo[0]
+
+        # with a camera model, verify the accepted match for the pose too (metric with keyframe depth)
+        v_pose = verify_top() if accepted and local and intrinsics is not None and query_features is not None else None
+
+        geometric = local and vcfg.loop_closures == "geometric"
+        if verifier.enabled and vcfg.loop_closures == "geometric" and not local:
+            geometric = True  # required, but this map cannot provide it: every closure is refused
         with self._lock:
             # a map swapped in during this query resets the streak: do not feed it a stale match
-            loop = loops.update(stamp, top.keyframe.stamp, top.db_id, top.score) if vmap is self.map else None
+            loop = loops.update(stamp, top.keyframe.stamp, top.db_id, top.score,
+                                verify_top if geometric else None) if vmap is self.map else None
+        pose = top.keyframe.pose if accepted else None
+        covariance = pose_covariance(top.score, cfg.position_sigma)
+        relative = rel_cov = None
+        v = loop.verification if loop is not None and loop.verification is not None else v_pose
+        if v is not None and v.verified and v.pose is not None:
+            cam = tuple(cfg.camera_pose_in_base)
+            relative = compose(compose(cam, v.pose), inverse(cam))  # query base in keyframe base frame
+            Ad = adjoint(cam)
+            rel_cov = Ad @ v.covariance @ Ad.T
+            if v.metric:  # the robot's own pose, not just the keyframe's
+                pose = compose(top.keyframe.pose, relative)
+                Ad_k = adjoint(top.keyframe.pose)
+                covariance = [float(c) for c in (Ad_k @ rel_cov @ Ad_k.T).ravel()]
         return LocalizationResult(
-            stamp=stamp, camera=camera, matches=matches, accepted=accepted,
-            pose=top.keyframe.pose if accepted else None,
-            covariance=pose_covariance(top.score, cfg.position_sigma),
-            loop=loop, timings_ms=timings)
+            stamp=stamp, camera=camera, matches=matches, accepted=accepted, pose=pose,
+            covariance=covariance, loop=loop, timings_ms=timings, relative=relative,
+            relative_covariance=rel_cov)

@@ -6,7 +6,8 @@ loop-closure format) only for matches that pass every rule.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 CANDIDATE, VERIFIED, REJECTED = "candidate", "verified", "rejected"
 STATUS_CODES = {CANDIDATE: 0.0, VERIFIED: 1.0, REJECTED: -1.0}
@@ -27,6 +28,7 @@ class LoopDecision:
     status: str
     streak: int
     reason: str = ""
+    verification: Any = None  # vpr_ros.verification.verifier.Verification when geometry was checked
 
     @property
     def publish(self) -> bool:
@@ -49,13 +51,17 @@ class LoopClosureDetector:
         self._last_id: int | None = None
         self.last_published: float | None = None
         self.published = 0
+        self.refused = 0  # passed the temporal rules but not the geometric verification
 
     def reset(self) -> None:
         """Forget the streak (e.g. after a map reload)."""
         self._streak, self._last_id = 0, None
 
-    def update(self, t_query: float, t_match: float, db_id: int, score: float) -> LoopDecision:
-        """Decide on one query's top-1 match."""
+    def update(self, t_query: float, t_match: float, db_id: int, score: float,
+               verify: Callable[[], Any] | None = None) -> LoopDecision:
+        """Decide on one query's top-1 match. ``verify`` (optional) is called only for a match that
+        passed every other rule; its result (``.verified``, ``.reason``) decides, and a refused match
+        does not count against the rate limit."""
         def decide(status: str, reason: str = "") -> LoopDecision:
             return LoopDecision(t_query, t_match, db_id, score, status, self._streak, reason)
 
@@ -74,6 +80,14 @@ class LoopClosureDetector:
             return decide(CANDIDATE, "waiting for temporal consistency")
         if self.last_published is not None and t_query - self.last_published < self.min_period:
             return decide(CANDIDATE, "rate limited")
+        if verify is not None:
+            v = verify()
+            if not v.verified:
+                self.refused += 1
+                return replace(decide(REJECTED, f"geometric verification failed: {v.reason}"), verification=v)
+            self.last_published = t_query
+            self.published += 1
+            return replace(decide(VERIFIED), verification=v)
         self.last_published = t_query
         self.published += 1
         return decide(VERIFIED)

@@ -7,17 +7,20 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 
-from vpr_ros.config import IndexConfig, KeyframeConfig
+from vpr_ros.config import IndexConfig, KeyframeConfig, VerificationConfig
 from vpr_ros.mapping.index import choose_type
 from vpr_ros.errors import MapError
 from vpr_ros.mapping.keyframes import KeyframeSelector
 from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
 from vpr_ros.runtime.base import DescriptorBackend
 from vpr_ros.runtime.preprocess import preprocess_batch
+
+if TYPE_CHECKING:
+    from vpr_ros.verification.features import CameraIntrinsics, LocalFeatures
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +30,24 @@ class MapBuilder:
 
     def __init__(self, backend: DescriptorBackend, keyframes: KeyframeConfig,
                  map_frame: str = "map", source: str = "", base: VprMap | None = None,
-                 index: IndexConfig | None = None) -> None:
+                 index: IndexConfig | None = None, verification: VerificationConfig | None = None,
+                 intrinsics: "CameraIntrinsics | None" = None) -> None:
+        """``verification.features`` (default 'orb') are stored with every keyframe, with
+        ``intrinsics`` (a static camera model, e.g. from a bag's CameraInfo) when given."""
+        from vpr_ros.verification.verifier import Verifier
+
         self.backend = backend
         self.index_cfg = index or IndexConfig()
+        self.verifier = Verifier(verification or VerificationConfig())
+        self.intrinsics = intrinsics
         self.selector = KeyframeSelector(keyframes)
         identity = ModelIdentity.of_backend(backend)
         if base is not None:
             base.check_model(identity, where="map to extend")
+            if base.manifest.local_features and self.verifier.enabled and \
+                    base.manifest.local_features != self.verifier.cfg.features:
+                raise MapError(f"map to extend stores '{base.manifest.local_features}' local features, not "
+                               f"'{self.verifier.cfg.features}' (set verification.features accordingly)")
             self.map = base
         else:
             self.map = VprMap.create(identity, map_frame=map_frame, source=source)
@@ -46,20 +60,35 @@ class MapBuilder:
         last = self._last_descriptor
         return desc if last is None or self.selector.is_novel(float(desc[0] @ last)) else None
 
-    def add_encoded(self, desc: np.ndarray, kfs: list[Keyframe]) -> list[int]:
-        """Add keyframes whose descriptors [N, D] are already computed (the node's worker)."""
-        return self._add(desc, kfs)
+    def features(self, rgb: np.ndarray, depth: np.ndarray | None = None,
+                 intrinsics: "CameraIntrinsics | None" = None) -> "LocalFeatures | None":
+        """Local features of a keyframe image (with 3-D points when an aligned depth image [H, W] in
+        metres and the intrinsics are given)."""
+        f = self.verifier.features(rgb)
+        intr = intrinsics or self.intrinsics
+        if f is None:
+            return None
+        if depth is not None and intr is not None:
+            return f.with_depth(depth, intr)
+        f.intrinsics = intr
+        return f
 
-    def consider_novel(self, desc: np.ndarray, kf: Keyframe) -> int | None:
+    def add_encoded(self, desc: np.ndarray, kfs: list[Keyframe],
+                    feats: "list[LocalFeatures | None] | None" = None) -> list[int]:
+        """Add keyframes whose descriptors [N, D] (and local features) are already computed."""
+        return self._add(desc, kfs, feats)
+
+    def consider_novel(self, desc: np.ndarray, kf: Keyframe, feats: "LocalFeatures | None" = None) -> int | None:
         """Appearance trigger for a frame the motion rules rejected: add it if it is novel."""
         last = self._last_descriptor
         if last is not None and not self.selector.is_novel(float(desc[0] @ last)):
             return None
         self.selector.accept(kf.stamp, kf.pose)
-        return self._add(desc, [kf])[0]
+        return self._add(desc, [kf], [feats])[0]
 
-    def _add(self, desc: np.ndarray, kfs: list[Keyframe]) -> list[int]:
-        ids = self.map.add(desc, kfs)
+    def _add(self, desc: np.ndarray, kfs: list[Keyframe],
+             feats: "Sequence[LocalFeatures | None] | None" = None) -> list[int]:
+        ids = self.map.add(desc, kfs, feats if feats is not None and any(f is not None for f in feats) else None)
         self._last_descriptor = desc[-1]
         return ids
 
@@ -70,12 +99,12 @@ class MapBuilder:
             raise MapError(f"frame at stamp {keyframe.stamp}: pose has NaN/inf values")
         if self.selector.offer(keyframe.stamp, keyframe.pose):
             desc = self.backend.infer(preprocess_batch([rgb], self.backend.input_size))
-            return self._add(desc, [keyframe])[0]
+            return self._add(desc, [keyframe], [self.features(rgb)])[0]
         if self.selector.cfg.novelty_threshold > 0:
             novel = self._novel(rgb)
             if novel is not None:
                 self.selector.accept(keyframe.stamp, keyframe.pose)
-                return self._add(novel, [keyframe])[0]
+                return self._add(novel, [keyframe], [self.features(rgb)])[0]
         return None
 
     def add_many(self, frames: Iterable[tuple[np.ndarray | Callable[[], np.ndarray], Keyframe]],
@@ -101,10 +130,11 @@ class MapBuilder:
                     pending.append((rgb() if callable(rgb) else rgb, kf))
                 elif self.selector.cfg.novelty_threshold > 0:
                     ids += self._flush(pending)  # compare with the latest keyframe, in order
-                    novel = self._novel(rgb() if callable(rgb) else rgb)
+                    image = rgb() if callable(rgb) else rgb
+                    novel = self._novel(image)
                     if novel is not None:
                         self.selector.accept(kf.stamp, kf.pose)
-                        ids += self._add(novel, [kf])
+                        ids += self._add(novel, [kf], [self.features(image)])
                 if len(pending) >= batch_size:
                     ids += self._flush(pending)
                 if bar is not None:
@@ -119,7 +149,7 @@ class MapBuilder:
         if not pending:
             return []
         desc = self.backend.infer(preprocess_batch([p[0] for p in pending], self.backend.input_size))
-        ids = self._add(desc, [p[1] for p in pending])
+        ids = self._add(desc, [p[1] for p in pending], [self.features(p[0]) for p in pending])
         pending.clear()
         return ids
 

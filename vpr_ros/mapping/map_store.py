@@ -4,7 +4,9 @@ Directory layout (format version 1)::
 
     manifest.yaml             written last, atomically (temp + fsync + rename)
     index.<gen>.faiss         faiss index; search ids are keyframe ids
-    keyframes.<gen>.sqlite    one row per keyframe (id, stamp, camera, frame_id, pose, gps, image)
+    keyframes.<gen>.sqlite    one row per keyframe (id, stamp, camera, frame_id, pose, gps, image),
+                              and a local_features table (keypoints, descriptors, optional 3-D
+                              points and intrinsics per keyframe) for geometric verification
 
 Each save writes a new generation of data files, then swaps the manifest, then removes
 the old generation. A process killed at any point leaves a manifest that points at
@@ -13,10 +15,12 @@ complete files, so the previous map stays loadable. No pickle anywhere.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
 import numbers
 import os
 import sqlite3
+import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -29,6 +33,9 @@ from vpr_ros.errors import MapError
 
 if TYPE_CHECKING:
     from vpr_ros.config import IndexConfig
+    from vpr_ros.verification.features import LocalFeatures
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.yaml"
@@ -89,6 +96,7 @@ class Manifest:
     source: str = ""
     metric: str = "inner_product"
     index_type: str = "flat"
+    local_features: str = ""       # kind of the stored local features ('orb', 'sift'), '' = none
     generation: int = 0
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
     format_version: int = FORMAT_VERSION
@@ -141,7 +149,8 @@ class Manifest:
         if unknown:
             raise MapError(f"{source}: unknown field(s) {sorted(unknown)}")
         _check_types(source, "", d, {"count": int, "map_frame": str, "source": str, "metric": str,
-                                      "index_type": str, "generation": int, "created": str, "format_version": int})
+                                      "index_type": str, "generation": int, "created": str, "format_version": int,
+                                      "local_features": str})
         if d.get("count", 0) < 0 or d.get("generation", 0) < 0:
             raise MapError(f"{source}: count and generation must not be negative")
         model = ModelIdentity(**{**m, "mean": tuple(m.get("mean", IMAGENET_MEAN)), "std": tuple(m.get("std", IMAGENET_STD))})
@@ -189,12 +198,17 @@ class VprMap:
     """
 
     def __init__(self, manifest: Manifest, index: Any | None = None,
-                 keyframes: list[Keyframe] | None = None) -> None:
+                 keyframes: list[Keyframe] | None = None, features_db: Path | None = None) -> None:
         import faiss
 
         self.manifest = manifest
         self.index = index if index is not None else faiss.IndexFlatIP(manifest.model.descriptor_dim)
         self.keyframes: list[Keyframe] = keyframes or []
+        self._features: dict[int, "LocalFeatures"] = {}  # added since the last save
+        self._db: sqlite3.Connection | None = None       # read-only; kept open (survives a newer save)
+        self._db_lock = threading.Lock()
+        if features_db is not None:
+            self._db = _connect_ro(features_db, check_same_thread=False)
 
     @classmethod
     def create(cls, model: ModelIdentity, map_frame: str = "map", source: str = "") -> "VprMap":
@@ -208,22 +222,60 @@ class VprMap:
     def model(self) -> ModelIdentity:
         return self.manifest.model
 
-    def add(self, descriptors: np.ndarray, keyframes: Sequence[Keyframe]) -> list[int]:
-        """Append descriptors [N, D] (L2-normalised) with their keyframes; returns their ids."""
+    def add(self, descriptors: np.ndarray, keyframes: Sequence[Keyframe],
+            features: "Sequence[LocalFeatures | None] | None" = None) -> list[int]:
+        """Append descriptors [N, D] (L2-normalised) with their keyframes (and their local
+        features, for verification); returns their ids."""
         d = np.ascontiguousarray(descriptors, dtype=np.float32)
         if d.ndim != 2 or d.shape[1] != self.model.descriptor_dim or d.shape[0] != len(keyframes):
             raise MapError(f"add: descriptors {list(d.shape)} do not match {len(keyframes)} keyframes "
                            f"of dimension {self.model.descriptor_dim}")
         if not np.isfinite(d).all():
             raise MapError("add: descriptors contain NaN or infinite values")
+        if features is not None and len(features) != len(keyframes):
+            raise MapError(f"add: {len(features)} feature sets for {len(keyframes)} keyframes")
         first = len(self)
         self.index.add(d)
         ids = list(range(first, int(self.index.ntotal)))
-        for i, kf in zip(ids, keyframes):
+        for k, (i, kf) in enumerate(zip(ids, keyframes)):
             kf.id = i
             self.keyframes.append(kf)
+            f = features[k] if features is not None else None
+            if f is not None:
+                if self.manifest.local_features and f.kind != self.manifest.local_features:
+                    raise MapError(f"add: '{f.kind}' features for a map of '{self.manifest.local_features}' features")
+                self.manifest.local_features = f.kind
+                self._features[i] = f
         self.manifest.count = len(self)
         return ids
+
+    def local_features(self, i: int) -> "LocalFeatures | None":
+        """The stored local features of keyframe ``i`` (None if it has none); read on demand."""
+        if i in self._features:
+            return self._features[i]
+        if self._db is None:
+            return None
+        with self._db_lock:
+            row = self._db.execute(f"SELECT {','.join(_FEATURE_COLUMNS)} FROM local_features WHERE id = ?",
+                                   (int(i),)).fetchone()
+        return _features_from_row(row, f"keyframe {i}") if row is not None else None
+
+    def feature_stats(self) -> tuple[int, float]:
+        """(keyframes with local features, mean bytes per keyframe)."""
+        n, total = len(self._features), sum(f.nbytes for f in self._features.values())
+        if self._db is not None:
+            with self._db_lock:
+                row = self._db.execute("SELECT COUNT(*), SUM(length(keypoints) + length(descriptors) + "
+                                       "COALESCE(length(points3d), 0)) FROM local_features").fetchone()
+            n, total = n + int(row[0] or 0), total + int(row[1] or 0)
+        return n, (total / n if n else 0.0)
+
+    def close(self) -> None:
+        """Release the read-only database handle (the map stays usable for search)."""
+        with self._db_lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def reindex(self, kind: str, cfg: "IndexConfig | None" = None) -> None:
         """Rebuild the search index as ``kind`` ('flat', 'hnsw', 'ivf', 'ivfpq') from the stored vectors."""
@@ -262,10 +314,16 @@ class VprMap:
         new_manifest = Manifest(**{**self.manifest.__dict__, "generation": gen, "count": len(self)})
         idx_name, kf_name = new_manifest.files()
         _write_atomic(root / idx_name, lambda p: faiss.write_index(self.index, str(p)))
-        _write_atomic(root / kf_name, lambda p: _write_keyframes(p, self.keyframes))
+        with self._db_lock:
+            _write_atomic(root / kf_name, lambda p: _write_keyframes(p, self.keyframes, self._features, self._db))
         _write_atomic(root / MANIFEST, lambda p: p.write_text(new_manifest.to_yaml(), encoding="utf-8"))
         _fsync_dir(root)
         self.manifest = new_manifest
+        with self._db_lock:  # the features now live in the new file
+            if self._db is not None:
+                self._db.close()
+            self._db = _connect_ro(root / kf_name, check_same_thread=False)
+            self._features = {}
         keep = set(new_manifest.files()) | {MANIFEST}
         for f in root.iterdir():
             if f.name not in keep and (f.name.startswith(("index.", "keyframes.", ".index.", ".keyframes.", ".manifest.yaml.tmp"))):
@@ -321,7 +379,7 @@ class VprMap:
         if kind != manifest.index_type:
             raise MapError(f"{idx_path}: index is '{kind}' but the manifest says '{manifest.index_type}'")
         set_search_params(index, IndexConfig())
-        vmap = cls(manifest, index, keyframes)
+        vmap = cls(manifest, index, keyframes, features_db=kf_path)
         if expect is not None:
             vmap.check_model(expect, where=str(root))
         return vmap
@@ -342,26 +400,83 @@ _COLUMNS = ("id", "stamp", "camera", "frame_id", "x", "y", "z", "qx", "qy", "qz"
             "lat", "lon", "alt", "image_ref")
 
 
-def _write_keyframes(path: Path, keyframes: Iterable[Keyframe]) -> None:
+_FEATURE_COLUMNS = ("id", "kind", "width", "height", "n", "dim", "dtype", "keypoints", "descriptors", "points3d",
+                    "intrinsics")
+_FEATURE_DTYPES = {"uint8": np.uint8, "float32": np.float32, "float16": np.float16}
+
+
+def _connect_ro(path: Path, check_same_thread: bool = True) -> sqlite3.Connection:
+    """Read-only SQLite connection; as_uri() percent-encodes '#', '?' and '%', which would
+    otherwise cut the file name short."""
+    try:
+        return sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True,
+                               check_same_thread=check_same_thread)
+    except sqlite3.Error as exc:
+        raise MapError(f"{path}: cannot open ({exc})") from None
+
+
+def _features_row(i: int, f: "LocalFeatures") -> tuple:
+    return (i, f.kind, f.image_size[0], f.image_size[1], len(f), int(f.descriptors.shape[1]),
+            str(f.descriptors.dtype), np.ascontiguousarray(f.keypoints, np.float32).tobytes(),
+            np.ascontiguousarray(f.descriptors).tobytes(),
+            None if f.points3d is None else np.ascontiguousarray(f.points3d, np.float32).tobytes(),
+            None if f.intrinsics is None else f.intrinsics.as_array().tobytes())
+
+
+def _features_from_row(row: tuple, where: str) -> "LocalFeatures":
+    from vpr_ros.verification.features import CameraIntrinsics, LocalFeatures
+
+    _, kind, w, h, n, dim, dtype, kp, desc, pts, intr = row
+    try:
+        dt = _FEATURE_DTYPES[dtype]
+        keypoints = np.frombuffer(kp, np.float32).reshape(n, 2)
+        descriptors = np.frombuffer(desc, dt).reshape(n, dim)
+        points3d = None if pts is None else np.frombuffer(pts, np.float32).reshape(n, 3)
+        intrinsics = None if intr is None else CameraIntrinsics.from_array(np.frombuffer(intr, np.float64))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise MapError(f"{where}: stored local features are corrupt ({type(exc).__name__}: {exc})") from None
+    return LocalFeatures(str(kind), keypoints, descriptors, (int(w), int(h)), points3d, intrinsics)
+
+
+def _write_keyframes(path: Path, keyframes: Iterable[Keyframe], features: "dict[int, LocalFeatures]",
+                     old: sqlite3.Connection | None) -> None:
     con = sqlite3.connect(str(path))
     try:
         con.execute("CREATE TABLE keyframes (id INTEGER PRIMARY KEY, stamp REAL NOT NULL, camera TEXT, "
                     "frame_id TEXT, x REAL, y REAL, z REAL, qx REAL, qy REAL, qz REAL, qw REAL, "
                     "lat REAL, lon REAL, alt REAL, image_ref TEXT)")
+        con.execute("CREATE TABLE local_features (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, width INTEGER, "
+                    "height INTEGER, n INTEGER, dim INTEGER, dtype TEXT, keypoints BLOB, descriptors BLOB, "
+                    "points3d BLOB, intrinsics BLOB)")
         rows = [(kf.id, kf.stamp, kf.camera, kf.frame_id, *kf.pose,
                  *(kf.gps if kf.gps else (None, None, None)), kf.image_ref) for kf in keyframes]
         con.executemany(f"INSERT INTO keyframes VALUES ({','.join('?' * len(_COLUMNS))})", rows)
+        placeholders = ",".join("?" * len(_FEATURE_COLUMNS))
+        if old is not None:  # the previous generation's features, streamed
+            try:
+                if _has_table(old, "local_features"):
+                    cur = old.execute(f"SELECT {','.join(_FEATURE_COLUMNS)} FROM local_features ORDER BY id")
+                    while batch := cur.fetchmany(512):
+                        con.executemany(f"INSERT OR REPLACE INTO local_features VALUES ({placeholders})",
+                                        [r for r in batch if r[0] not in features])
+            except sqlite3.DatabaseError as exc:  # the file under us was damaged: save what is in memory
+                log.warning("%s: local features of the previous generation unreadable (%s); saved without them",
+                            path.parent, exc)
+        con.executemany(f"INSERT OR REPLACE INTO local_features VALUES ({placeholders})",
+                        [_features_row(i, f) for i, f in sorted(features.items())])
         con.commit()
     finally:
         con.close()
 
 
+def _has_table(con: sqlite3.Connection, name: str) -> bool:
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+
 def _read_keyframes(path: Path) -> list[Keyframe]:
     """The keyframe table, read-only; every malformed row is a MapError naming file, id and column."""
-    # as_uri() percent-encodes '#', '?' and '%', which would otherwise cut the file name short
-    uri = f"{path.resolve().as_uri()}?mode=ro"
     try:
-        con = sqlite3.connect(uri, uri=True)
+        con = _connect_ro(path)
         try:
             rows = con.execute(f"SELECT {','.join(_COLUMNS)} FROM keyframes ORDER BY id").fetchall()
         finally:

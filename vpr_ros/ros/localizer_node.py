@@ -24,7 +24,7 @@ from geometry_msgs.msg import PoseArray, PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import Path
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
@@ -38,19 +38,23 @@ from vpr_ros.loop_closure import STATUS_CODES
 from vpr_ros.mapping.map_store import ModelIdentity, VprMap
 from vpr_ros.ros.conversions import image_to_rgb, pose_msg, rgb_to_image, sec_to_stamp, stamp_to_sec, table
 from vpr_ros.ros.markers import keyframe_markers, match_markers
-from vpr_ros.ros.node_base import VprNodeMixin, image_qos, lifecycle_class, plain_init
+from vpr_ros.ros.node_base import (VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
+                                   sibling_topic)
 from vpr_ros.ros.node_main import run_node
 from vpr_ros.ros.params import LiveParameters, declare_config
 from vpr_ros.runtime.base import DescriptorBackend
 from vpr_ros.runtime.factory import open_backend
 
 MATCH_COLUMNS = ("t_query", "t_db", "db_id", "rank", "score", "verified",
-                 "x", "y", "z", "qx", "qy", "qz", "qw")
-# Relative pose query->match: place recognition gives no metric offset, so identity with the
-# match covariance (diagonal: x, y, z, roll, pitch, yaw) for a geometric verifier to refine.
+                 "x", "y", "z", "qx", "qy", "qz", "qw", "local_score")
+# Relative pose: the query robot's pose in the matched keyframe's robot frame, from geometric
+# verification (metric with keyframe depth: method 3 'pnp'; rotation + unit direction from the
+# essential matrix: method 2, translation variance 1e4); identity when unverified (method 0).
+# Covariance diagonal over (x, y, z, roll, pitch, yaw) from the inliers, or the score-based one.
 LOOP_COLUMNS = ("t_query", "t_match", "match_id", "status", "score", "streak",
                 "rel_x", "rel_y", "rel_z", "rel_qx", "rel_qy", "rel_qz", "rel_qw",
-                "cov_x", "cov_y", "cov_z", "cov_roll", "cov_pitch", "cov_yaw")
+                "cov_x", "cov_y", "cov_z", "cov_roll", "cov_pitch", "cov_yaw", "inliers", "method")
+METHOD_CODES = {"": 0.0, "fundamental": 1.0, "essential": 2.0, "pnp": 3.0}
 
 
 class Counters:
@@ -63,6 +67,7 @@ class Counters:
         self.latency_ms: deque[float] = deque(maxlen=100)   # receive -> published
         self.inference_ms: deque[float] = deque(maxlen=100)
         self.loop_closures = 0
+        self.loops_refused = 0   # passed the temporal rules, failed geometric verification
         self.debug_images = 0
         self.map_loads = 0
 
@@ -80,6 +85,7 @@ class LocalizerCore(VprNodeMixin):
         self.cfgs = declare_config(node, LOCALIZER_SECTIONS)
         self.cfg: LocalizerConfig = self.cfgs[""]
         self.model_cfg: ModelConfig = self.cfgs["model"]
+        self.intrinsics: dict[str, Any] = {}  # camera -> CameraIntrinsics from its CameraInfo
         self.counters = Counters()
         self.slots = LatestFrameSlots()
         self.localizer: Localizer | None = None
@@ -130,6 +136,10 @@ class LocalizerCore(VprNodeMixin):
         node: Any = self
         self._subs = self.subscribe_cameras(self.cfg.camera_topics, self.cfg.transport, image_qos(self.cfg.qos),
                                             self._on_image)
+        infos = per_camera(self.cfg.camera_info_topics, self.cfg.camera_topics,
+                           lambda c: sibling_topic(c, "camera_info"))
+        for camera, topic in infos.items():
+            self._subs.append(node.create_subscription(CameraInfo, topic, lambda m, c=camera: self._on_info(c, m), 5))
         suffix = "/compressed" if self.cfg.transport == "compressed" else ""
         self.say("info", "listening on " + ", ".join(node.resolve_topic_name(t) + suffix
                                                      for t in self.cfg.camera_topics))
@@ -167,7 +177,7 @@ class LocalizerCore(VprNodeMixin):
             threading.Thread(target=self.load_map, args=(cfg.map_dir,), name="vpr-map-load", daemon=True).start()
         self.cfg = cfg
         if self.localizer is not None:
-            self.localizer.update_config(cfg)
+            self.localizer.update_config(cfg, new["verification"])
         self.say("info", "parameters set: " + ", ".join(f"{n}={getattr(cfg, n, None)!r}" for n in sorted(changed)))
 
     # ------------------------------------------------------------------ map
@@ -185,7 +195,7 @@ class LocalizerCore(VprNodeMixin):
             try:
                 vmap = VprMap.load(map_dir, expect=ModelIdentity.of_backend(self.backend))
                 if self.localizer is None:
-                    self.localizer = Localizer(self.backend, vmap, self.cfg)
+                    self.localizer = Localizer(self.backend, vmap, self.cfg, self.cfgs["verification"])
                 else:
                     self.localizer.set_map(vmap)
             except Exception as exc:  # noqa: BLE001 - a bad map (or a reader bug) must not kill the node
@@ -233,6 +243,17 @@ class LocalizerCore(VprNodeMixin):
         self.safe_publish(self.pub_markers, keyframe_markers(vmap, self.cfg.map_frame, path.header.stamp))
 
     # ------------------------------------------------------------------ input
+    def _on_info(self, camera: str, msg: CameraInfo) -> None:
+        try:
+            intr = intrinsics_of(msg)
+        except VprError as exc:
+            self.say("warning", f"CameraInfo of '{camera}' ignored: {exc}", throttle=10.0)
+            return
+        if self.intrinsics.get(camera) != intr:
+            self.say("info", f"camera '{camera}': fx {intr.fx:.1f} fy {intr.fy:.1f} cx {intr.cx:.1f} cy {intr.cy:.1f} "
+                             f"({intr.width}x{intr.height})")
+        self.intrinsics[camera] = intr
+
     def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
         self.slots.put(camera, (msg, time.monotonic()))
 
@@ -255,7 +276,12 @@ class LocalizerCore(VprNodeMixin):
             raise VprError("no map loaded yet (see the ERROR on diagnostics)")
         rgb = image_to_rgb(msg)
         stamp = stamp_to_sec(msg.header.stamp)
-        result = localizer.localize(rgb, stamp, camera)
+        intr = self.intrinsics.get(camera)
+        if intr is not None and (intr.width, intr.height) != (rgb.shape[1], rgb.shape[0]):
+            self.say("warning", f"CameraInfo of '{camera}' is {intr.width}x{intr.height} but its images are "
+                                f"{rgb.shape[1]}x{rgb.shape[0]}: intrinsics not used", throttle=10.0)
+            intr = None
+        result = localizer.localize(rgb, stamp, camera, intr)
         if not self.context_ok():
             return
         self._publish(result, msg.header.stamp)
@@ -279,7 +305,7 @@ class LocalizerCore(VprNodeMixin):
     def _publish(self, r: LocalizationResult, stamp: Any) -> None:
         frame = self.cfg.map_frame
         rows = [(r.stamp, m.keyframe.stamp, m.db_id, m.rank, m.score,
-                 float(m.rank == 0 and r.loop is not None and r.loop.publish), *m.keyframe.pose)
+                 float(m.rank == 0 and r.loop is not None and r.loop.publish), *m.keyframe.pose, m.local_score)
                 for m in r.matches]
         self.safe_publish(self.pub_table, table(MATCH_COLUMNS, rows))
 
@@ -297,15 +323,27 @@ class LocalizerCore(VprNodeMixin):
 
         if r.loop is not None:
             lp = r.loop
-            cov = r.covariance
+            v = lp.verification
+            rel = r.relative if lp.publish and r.relative is not None else (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+            if lp.publish and r.relative_covariance is not None:
+                diag = [float(r.relative_covariance[i, i]) for i in range(6)]
+            else:
+                diag = [r.covariance[i * 7] for i in range(6)]
+            inliers = float(v.inliers) if v is not None else 0.0
+            method = METHOD_CODES.get(v.method, 0.0) if v is not None and lp.publish else 0.0
             self.safe_publish(self.pub_loop_table, table(LOOP_COLUMNS, [(
                 lp.t_query, lp.t_match, lp.db_id, STATUS_CODES[lp.status], lp.score, lp.streak,
-                0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, *(cov[i * 7] for i in range(6)))]))
+                *rel, *diag, inliers, method)]))
+            if v is not None and not v.verified:
+                self.counters.loops_refused += 1
+                self.say("info", f"loop closure candidate t_query={lp.t_query:.3f} -> keyframe {lp.db_id} refused: "
+                                 f"{v.reason}")
             if lp.publish:
                 self.safe_publish(self.pub_loops, Float64MultiArray(data=[lp.t_query, lp.t_match]))
                 self.counters.loop_closures += 1
+                how = (f", {v.method} {v.inliers} inliers" + (", metric" if v.metric else "")) if v is not None else ""
                 self.say("info", f"loop closure: t_query={lp.t_query:.3f} t_match={lp.t_match:.3f} "
-                                 f"(keyframe {lp.db_id}, score {lp.score:.3f})")
+                                 f"(keyframe {lp.db_id}, score {lp.score:.3f}{how})")
 
     def _set_status(self, level: bytes, text: str) -> None:
         self._status = (level, text)
@@ -335,7 +373,8 @@ class LocalizerCore(VprNodeMixin):
             "dropped_rate_hz": f"{(s.dropped - d0) / dt:.2f}",
             "inference_ms_mean": f"{mean(c.inference_ms):.2f}",
             "latency_ms_mean": f"{mean(c.latency_ms):.2f}",
-            "loop_closures": c.loop_closures, "last_error": c.last_error,
+            "loop_closures": c.loop_closures, "loop_closures_refused_by_geometry": c.loops_refused,
+            "cameras_with_intrinsics": ",".join(sorted(self.intrinsics)), "last_error": c.last_error,
         }
         self.publish_status(self.pub_diag, "localizer", level, text, b.model_id if b else "", values)
 

@@ -20,13 +20,14 @@ import queue
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
-from sensor_msgs.msg import CompressedImage, Image, NavSatFix, NavSatStatus
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, NavSatFix, NavSatStatus
 from std_srvs.srv import Trigger
 
 from vpr_ros.config import MAP_BUILDER_SECTIONS, KeyframeConfig, MapBuilderConfig, ModelConfig
@@ -36,7 +37,8 @@ from vpr_ros.mapping.builder import MapBuilder
 from vpr_ros.mapping.map_store import Keyframe, VprMap
 from vpr_ros.mapping.pose_pairing import NONE, READY, LivePoseTrack, StampedPose
 from vpr_ros.ros.conversions import image_to_rgb, pose_tuple, stamp_to_sec
-from vpr_ros.ros.node_base import VprNodeMixin, image_qos, lifecycle_class, plain_init, pose_qos
+from vpr_ros.ros.node_base import (VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
+                                   pose_qos, sibling_topic)
 from vpr_ros.ros.node_main import run_node
 from vpr_ros.ros.params import LiveParameters, declare_config
 from vpr_ros.runtime.base import DescriptorBackend
@@ -91,6 +93,9 @@ class MapBuilderCore(VprNodeMixin):
         self.images = self.keyframes = self.skipped_no_pose = self.dropped = self.errors = 0
         self.accepted = 0  # keyframes queued for encoding (each one ends up in the saved map)
         self.interpolated = 0
+        self.intrinsics: dict[str, Any] = {}  # camera -> CameraIntrinsics from its CameraInfo
+        self._depths: dict[str, deque] = {}  # camera -> recent (stamp, depth message)
+        self.with_depth = self.depth_rejected = 0
         self.last_error = ""
         self._dirty = False
         self._stop = threading.Event()
@@ -116,7 +121,7 @@ class MapBuilderCore(VprNodeMixin):
             pass
         self.builder = MapBuilder(self.backend, self.kf_cfg, map_frame=self.cfg.map_frame,
                                   source=f"map_builder node ({', '.join(self.cfg.camera_topics)})", base=base,
-                                  index=self.cfgs["index"])
+                                  index=self.cfgs["index"], verification=self.cfgs["verification"])
         if self.cfg.pose_source == "tf":
             self._tf = self._tf_buffer()
         self.say("info", f"model {self.backend.model_id} (weights: {self.backend.weights_source})")
@@ -129,6 +134,16 @@ class MapBuilderCore(VprNodeMixin):
         node: Any = self
         self._subs = self.subscribe_cameras(self.cfg.camera_topics, self.cfg.transport,
                                             image_qos(self.cfg.qos, IMAGE_QUEUE_DEPTH), self._on_image)
+        infos = per_camera(self.cfg.camera_info_topics, self.cfg.camera_topics,
+                           lambda c: sibling_topic(c, "camera_info"))
+        for camera, topic in infos.items():
+            self._subs.append(node.create_subscription(CameraInfo, topic, lambda m, c=camera: self._on_info(c, m), 5))
+        depths = per_camera(self.cfg.depth_topics, self.cfg.camera_topics, lambda c: "")
+        for camera, topic in depths.items():
+            if topic:
+                self._depths[camera] = deque(maxlen=30)
+                self._subs.append(node.create_subscription(Image, topic, lambda m, c=camera: self._depths[c].append(
+                    (stamp_to_sec(m.header.stamp), m)), image_qos(self.cfg.qos, IMAGE_QUEUE_DEPTH)))
         qos = pose_qos(self.cfg.pose_qos)
         if self.cfg.pose_source == "navsatfix":
             self._subs.append(node.create_subscription(NavSatFix, self.cfg.pose_topic, self._on_fix, qos))
@@ -225,6 +240,37 @@ class MapBuilderCore(VprNodeMixin):
             return (READY, s, "tf") if s is not None else ((NONE if final else "wait"), None, "")
         p = self._track.lookup(w.t, self.cfg.max_pose_age, self.cfg.max_interpolation_gap, final)
         return p.status, p.sample, p.how
+
+    # ------------------------------------------------------------------ camera model and depth
+    def _on_info(self, camera: str, msg: CameraInfo) -> None:
+        try:
+            self.intrinsics[camera] = intrinsics_of(msg)
+        except VprError as exc:
+            self.say("warning", f"CameraInfo of '{camera}' ignored: {exc}", throttle=10.0)
+
+    def _depth_for(self, camera: str, t: float, shape: tuple[int, int]) -> Any:
+        """The aligned depth (metres [H, W]) nearest to ``t`` within max_depth_age, or None (counted
+        when a depth stream exists but its image cannot be used)."""
+        from vpr_ros.images import depth_to_metres
+
+        recent = self._depths.get(camera)
+        if not recent:
+            return None
+        t_d, msg = min(list(recent), key=lambda e: abs(e[0] - t))
+        if abs(t_d - t) > self.cfg.max_depth_age:
+            return None
+        try:
+            d = depth_to_metres(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data)
+        except VprError as exc:
+            self.depth_rejected += 1
+            self._error(f"depth for '{camera}' at {t:.3f} not used: {exc}")
+            return None
+        if d.shape != shape:
+            self.depth_rejected += 1
+            self._error(f"depth for '{camera}' is {d.shape[1]}x{d.shape[0]} but the image is {shape[1]}x{shape[0]}: "
+                        "not used (it must be aligned to the camera image)")
+            return None
+        return d
 
     # ------------------------------------------------------------------ images
     def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
@@ -328,8 +374,16 @@ class MapBuilderCore(VprNodeMixin):
         try:
             rgb = image_to_rgb(msg)
             desc = backend.infer(preprocess_batch([rgb], backend.input_size))
+            feats = None
+            if builder.verifier.enabled:
+                intr = self.intrinsics.get(camera)
+                if intr is not None and (intr.width, intr.height) != (rgb.shape[1], rgb.shape[0]):
+                    intr = None
+                depth = self._depth_for(camera, kf.stamp, rgb.shape[:2]) if intr is not None else None
+                feats = builder.features(rgb, depth, intr)
+                self.with_depth += depth is not None
             with self._lock:
-                added = builder.add_encoded(desc, [kf]) if keyframe else builder.consider_novel(desc, kf)
+                added = builder.add_encoded(desc, [kf], [feats]) if keyframe else builder.consider_novel(desc, kf, feats)
                 self._dirty = self._dirty or added is not None
             self.keyframes += added is not None
             if added is not None and self.keyframes % 10 == 0:
@@ -409,6 +463,8 @@ class MapBuilderCore(VprNodeMixin):
                   "images_received": self.images, "images_without_pose": self.skipped_no_pose,
                   "images_waiting_for_pose": len(self._waiting), "poses_interpolated": self.interpolated,
                   "keyframes_dropped": self.dropped, "errors": self.errors,
+                  "keyframes_with_depth": self.with_depth, "depth_images_rejected": self.depth_rejected,
+                  "cameras_with_intrinsics": ",".join(sorted(self.intrinsics)),
                   "pending": self._queue.qsize(), "model_id": b.model_id if b else ""}
         self.publish_status(self.pub_diag, "map_builder", level, msg, b.model_id if b else "", values)
 

@@ -32,6 +32,24 @@ def pose_qos(name: str) -> QoSProfile:
     return QoSProfile(depth=100, reliability=reliability)
 
 
+def sibling_topic(camera_topic: str, name: str) -> str:
+    """'cam0/image' -> 'cam0/<name>'; 'image' -> '<name>' (the image_transport convention for camera_info)."""
+    head = camera_topic.rsplit("/", 1)[0] if "/" in camera_topic else ""
+    return f"{head}/{name}" if head else name
+
+
+def per_camera(values: list[str], cameras: list[str], default: Callable[[str], str]) -> dict[str, str]:
+    """camera -> topic from a parameter list in camera order ('' or missing = ``default(camera)``)."""
+    return {c: (values[i] if i < len(values) and values[i] else default(c)) for i, c in enumerate(cameras)}
+
+
+def intrinsics_of(msg: Any) -> Any:
+    """sensor_msgs/CameraInfo -> CameraIntrinsics (raises VprError for an uncalibrated camera)."""
+    from vpr_ros.verification.features import CameraIntrinsics
+
+    return CameraIntrinsics.from_k(list(msg.k), int(msg.width), int(msg.height))
+
+
 class VprNodeMixin:
     """Helpers mixed into both nodes (which are rclpy ``Node`` or ``LifecycleNode`` subclasses)."""
 

@@ -3,6 +3,7 @@ range, read-only unless the field is ``live``), and live updates validated by th
 dataclasses (``ros2 param set`` gets the reason when a value is refused)."""
 from __future__ import annotations
 
+import array
 import dataclasses
 from typing import Any, Callable, Mapping
 
@@ -23,7 +24,8 @@ def _descriptor(f: dataclasses.Field, default: Any) -> ParameterDescriptor:
     md = f.metadata
     desc = ParameterDescriptor(description=md.get("help", ""), read_only=not md.get("live", False))
     if isinstance(default, list):
-        desc.type = ParameterType.PARAMETER_STRING_ARRAY
+        floats = bool(default) and all(isinstance(v, float) for v in default)
+        desc.type = ParameterType.PARAMETER_DOUBLE_ARRAY if floats else ParameterType.PARAMETER_STRING_ARRAY
     lo, hi = md.get("lo"), md.get("hi")
     if lo is not None and hi is not None:
         if isinstance(default, bool):
@@ -33,6 +35,13 @@ def _descriptor(f: dataclasses.Field, default: Any) -> ParameterDescriptor:
         elif isinstance(default, float):
             desc.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
     return desc
+
+
+def _plain(value: Any) -> Any:
+    """Parameter value -> plain Python (arrays, including array.array of doubles, -> list)."""
+    if isinstance(value, (list, tuple, array.array)):
+        return [float(v) if isinstance(v, float) else v for v in value]
+    return value
 
 
 def _name(prefix: str, field: str) -> str:
@@ -58,8 +67,7 @@ def declare_config(node: Node, sections: Mapping[str, type]) -> dict[str, Any]:
                                   f": {exc}") from None
             except InvalidParameterValueException as exc:
                 raise ConfigError(f"parameter '{name}': {exc}") from None
-            value = node.get_parameter(name).value
-            values[f.name] = list(value) if isinstance(value, (list, tuple)) else value
+            values[f.name] = _plain(node.get_parameter(name).value)
         out[prefix] = from_dict(cls, values, source=f"parameters of {node.get_name()}" +
                                 (f" ({prefix}.*)" if prefix else ""))
     return out
@@ -84,8 +92,7 @@ class LiveParameters:
             prefix, f = self._fields[p.name]
             if not f.metadata.get("live"):
                 return SetParametersResult(successful=False, reason=f"'{p.name}' is read-only (set it at start-up)")
-            value = p.value
-            changes.setdefault(prefix, {})[f.name] = list(value) if isinstance(value, (list, tuple)) else value
+            changes.setdefault(prefix, {})[f.name] = _plain(p.value)
         if not changes:
             return SetParametersResult(successful=True)
         try:
