@@ -34,7 +34,14 @@ def good_map():
     m = VprMap.create(MODEL)
     x = np.random.default_rng(0).normal(size=(12, 8)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    m.add(x, [Keyframe(float(i), planar_pose(i, 0), gps=(48.0, 11.0, 500.0) if i % 2 else None) for i in range(12)])
+    from vpr_ros.verification.features import CameraIntrinsics, extract_classical
+
+    rgb = np.random.default_rng(2).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    feats = [extract_classical(rgb, "orb", 100) for _ in range(12)]
+    for f in feats[::2]:
+        f.intrinsics = CameraIntrinsics(100.0, 100.0, 64.0, 48.0, 128, 96)
+    m.add(x, [Keyframe(float(i), planar_pose(i, 0), gps=(48.0, 11.0, 500.0) if i % 2 else None) for i in range(12)],
+          feats)
     m.save(root / "map")
     yield root / "map"
     shutil.rmtree(root, ignore_errors=True)
@@ -110,6 +117,28 @@ def test_bad_values_in_the_keyframe_table(good_map, row, column, value):
     finally:
         con.close()
     _load_or_domain_error(d)
+
+
+@FUZZ
+@given(row=st.integers(0, 11), column=st.sampled_from(["kind", "n", "dim", "dtype", "keypoints", "descriptors",
+                                                      "intrinsics", "points3d", "width"]),
+       value=st.one_of(st.none(), st.text(max_size=4), st.binary(max_size=40), st.integers(-5, 5000)))
+def test_bad_values_in_the_local_features_table(good_map, row, column, value):
+    d = _copy(good_map)
+    con = sqlite3.connect(str(next(d.glob("keyframes.*"))))
+    try:
+        con.execute(f"UPDATE local_features SET {column} = ? WHERE id = ?", (value, row))
+        con.commit()
+    except sqlite3.IntegrityError:
+        return
+    finally:
+        con.close()
+    try:
+        vmap = VprMap.load(d, expect=MODEL)
+        f = vmap.local_features(row)
+    except MapError:
+        return
+    assert f is None or (f.keypoints.shape[0] == f.descriptors.shape[0] and f.keypoints.shape[1] == 2)
 
 
 def test_a_map_in_a_directory_with_url_characters_loads_and_leaves_no_stray_file(good_map):

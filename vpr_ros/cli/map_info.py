@@ -41,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  stamps        {stamps.min():.3f} .. {stamps.max():.3f} s ({stamps.max() - stamps.min():.1f} s)")
         print(f"  cameras       {', '.join(f'{c} ({n})' for c, n in sorted(cams.items()))}")
         print(f"  with GPS      {sum(k.gps is not None for k in vmap.keyframes)}")
+        n_feat, mean_bytes = vmap.feature_stats()
+        kind = m.local_features or "none"
+        print(f"  local features {kind}: {n_feat} keyframes, {mean_bytes / 1024:.1f} KiB per keyframe"
+              + (" (for re-ranking and geometric verification)" if n_feat else ""))
+        n_kf = len(vmap)
+        total = sum(f.stat().st_size for f in (root / x for x in m.files()))
+        print(f"  size          {total / max(1, n_kf) / 1024:.1f} KiB per keyframe on disk (index + table)")
     files = [root / MANIFEST, *(root / f for f in m.files())]
     print("  files         " + ", ".join(f"{f.name} {f.stat().st_size / 1e6:.2f} MB" for f in files))
     return 0

@@ -208,7 +208,16 @@ class VprMap:
         self._db: sqlite3.Connection | None = None       # read-only; kept open (survives a newer save)
         self._db_lock = threading.Lock()
         if features_db is not None:
-            self._db = _connect_ro(features_db, check_same_thread=False)
+            db = _connect_ro(features_db, check_same_thread=False)
+            try:
+                has = _has_table(db, "local_features")  # maps written before local features had none
+            except (sqlite3.Error, UnicodeDecodeError) as exc:
+                db.close()
+                raise MapError(f"{features_db}: cannot read ({exc})") from None
+            if has:
+                self._db = db
+            else:
+                db.close()
 
     @classmethod
     def create(cls, model: ModelIdentity, map_frame: str = "map", source: str = "") -> "VprMap":
@@ -255,18 +264,24 @@ class VprMap:
             return self._features[i]
         if self._db is None:
             return None
-        with self._db_lock:
-            row = self._db.execute(f"SELECT {','.join(_FEATURE_COLUMNS)} FROM local_features WHERE id = ?",
-                                   (int(i),)).fetchone()
+        try:
+            with self._db_lock:
+                row = self._db.execute(f"SELECT {','.join(_FEATURE_COLUMNS)} FROM local_features WHERE id = ?",
+                                       (int(i),)).fetchone()
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            raise MapError(f"keyframe {i}: stored local features unreadable ({exc})") from None
         return _features_from_row(row, f"keyframe {i}") if row is not None else None
 
     def feature_stats(self) -> tuple[int, float]:
         """(keyframes with local features, mean bytes per keyframe)."""
         n, total = len(self._features), sum(f.nbytes for f in self._features.values())
         if self._db is not None:
-            with self._db_lock:
-                row = self._db.execute("SELECT COUNT(*), SUM(length(keypoints) + length(descriptors) + "
-                                       "COALESCE(length(points3d), 0)) FROM local_features").fetchone()
+            try:
+                with self._db_lock:
+                    row = self._db.execute("SELECT COUNT(*), SUM(length(keypoints) + length(descriptors) + "
+                                           "COALESCE(length(points3d), 0)) FROM local_features").fetchone()
+            except (sqlite3.Error, UnicodeDecodeError) as exc:
+                raise MapError(f"stored local features unreadable ({exc})") from None
             n, total = n + int(row[0] or 0), total + int(row[1] or 0)
         return n, (total / n if n else 0.0)
 
@@ -428,14 +443,17 @@ def _features_from_row(row: tuple, where: str) -> "LocalFeatures":
 
     _, kind, w, h, n, dim, dtype, kp, desc, pts, intr = row
     try:
+        if not isinstance(kind, str) or not all(isinstance(v, int) and v >= 0 for v in (w, h, n, dim)):
+            raise ValueError(f"kind {kind!r}, size {w!r}x{h!r}, n {n!r}, dim {dim!r}")
         dt = _FEATURE_DTYPES[dtype]
         keypoints = np.frombuffer(kp, np.float32).reshape(n, 2)
         descriptors = np.frombuffer(desc, dt).reshape(n, dim)
         points3d = None if pts is None else np.frombuffer(pts, np.float32).reshape(n, 3)
         intrinsics = None if intr is None else CameraIntrinsics.from_array(np.frombuffer(intr, np.float64))
-    except (KeyError, ValueError, TypeError) as exc:
+        result = LocalFeatures(str(kind), keypoints, descriptors, (int(w), int(h)), points3d, intrinsics)
+    except (KeyError, ValueError, TypeError, OverflowError) as exc:
         raise MapError(f"{where}: stored local features are corrupt ({type(exc).__name__}: {exc})") from None
-    return LocalFeatures(str(kind), keypoints, descriptors, (int(w), int(h)), points3d, intrinsics)
+    return result
 
 
 def _write_keyframes(path: Path, keyframes: Iterable[Keyframe], features: "dict[int, LocalFeatures]",
@@ -459,7 +477,7 @@ def _write_keyframes(path: Path, keyframes: Iterable[Keyframe], features: "dict[
                     while batch := cur.fetchmany(512):
                         con.executemany(f"INSERT OR REPLACE INTO local_features VALUES ({placeholders})",
                                         [r for r in batch if r[0] not in features])
-            except sqlite3.DatabaseError as exc:  # the file under us was damaged: save what is in memory
+            except (sqlite3.Error, UnicodeDecodeError) as exc:  # the file under us was damaged: save what is in memory
                 log.warning("%s: local features of the previous generation unreadable (%s); saved without them",
                             path.parent, exc)
         con.executemany(f"INSERT OR REPLACE INTO local_features VALUES ({placeholders})",
@@ -483,6 +501,8 @@ def _read_keyframes(path: Path) -> list[Keyframe]:
             con.close()
     except sqlite3.Error as exc:
         raise MapError(f"{path}: cannot read keyframe table ({exc})") from None
+    except UnicodeDecodeError:
+        raise MapError(f"{path}: keyframe table holds text that is not UTF-8 (a corrupt file)") from None
     out = []
     for i, r in enumerate(rows):
         if r[0] != i:
