@@ -19,17 +19,27 @@ def run_demo(tmp_path, *extra):
     return r, out
 
 
-def test_demo_on_synthetic_traversals(tmp_path):
+def test_demo_on_the_rendered_corridor(tmp_path):
+    """The default data: map with depth, CameraInfo published, verified metric loop closures."""
     r, out = run_demo(tmp_path, "--places", "20")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     text = r.stdout
     assert "random initialisation" in text and "mean NOTHING" in text
     assert "frames answered: 20/20" in text
     assert "Recall@1 = " in text and "loop closures published" in text and "per-frame latency" in text
+    line = next(x for x in text.splitlines() if "loop closures published" in x)
+    assert "precision 1.00" in line, line  # every published closure geometrically verified and right
+    assert "with a metric relative pose" in text and "/vpr/pose at verified closures" in text
     assert (out / "demo.png").stat().st_size > 10_000
     assert (out / "map" / "manifest.yaml").is_file()
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 20 and all(r["top1_db_id"] != "-1" for r in rows)
+
+
+def test_demo_on_the_panoramic_street(tmp_path):
+    r, out = run_demo(tmp_path, "--scene", "street", "--places", "12", "--no-verification")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "frames answered: 12/12" in r.stdout
 
 
 @pytest.mark.skipif(not CORRIDOR.is_dir(), reason="../shared/data/corridor not present")

@@ -30,7 +30,7 @@ def scene():
 
 
 def _views(scene, kind, query):
-    v = Verifier(VerificationConfig(features=kind))
+    v = Verifier(VerificationConfig(features=kind, max_features=1000))
     rk, dk = scene.render(KEYFRAME, DEMO_CAMERA)
     rq, _ = scene.render(query, DEMO_CAMERA)
     fq = v.features(rq)
@@ -100,6 +100,7 @@ def test_bad_inputs_are_refused_with_a_reason(scene):
     r = v.verify(blank, fk.with_depth(dk, INTR))
     assert not r.verified and "too few feature matches (0" in r.reason
     sift = Verifier(VerificationConfig(features="sift")).features(scene.render(QUERIES[0], DEMO_CAMERA)[0])
+    assert sift.descriptors.dtype == np.uint8 and sift.descriptors.shape[1] == 128  # stored compactly
     assert not v.verify(sift, fk).verified and "'sift' features, the map 'orb'" in v.verify(sift, fk).reason
 
 
@@ -121,7 +122,7 @@ def test_localizer_reranks_verifies_and_composes_a_metric_pose(tiny_backend, cor
     from vpr_ros.mapping.map_store import Keyframe
 
     first, second = corridor_drives
-    vcfg = VerificationConfig(features="orb")
+    vcfg = VerificationConfig()  # the defaults (SIFT)
     b = MapBuilder(tiny_backend, KeyframeConfig(min_distance=0.5), verification=vcfg)
     from vpr_ros.runtime.preprocess import preprocess_batch
 

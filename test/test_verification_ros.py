@@ -81,7 +81,7 @@ def test_metric_loop_closures_through_the_nodes(rclpy_context, tmp_path, drives)
         s.stop()  # saves
     vmap = VprMap.load(map_dir)
     f = vmap.local_features(3)
-    assert vmap.manifest.local_features == "orb" and f.points3d is not None and f.intrinsics is not None
+    assert vmap.manifest.local_features == "sift" and f.points3d is not None and f.intrinsics is not None
     assert np.isfinite(f.points3d).all(axis=1).mean() > 0.9
 
     loc = LocalizerNode(parameter_overrides=overrides(map_dir=str(map_dir), qos="reliable", score_threshold=-1.0,

@@ -197,9 +197,10 @@ OPTICAL_IN_BASE = [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5]
 class VerificationConfig:
     """Local features, re-ranking and geometric verification (``verification.*`` parameters)."""
 
-    features: str = _f("orb", "Local features stored with every map keyframe and extracted from queries: "
-                       "'orb', 'sift' or 'none' (no re-ranking, no geometric verification).")
-    max_features: int = _f(1000, "Most local features per image.", lo=50, hi=20000)
+    features: str = _f("sift", "Local features stored with every map keyframe and extracted from queries: "
+                       "'sift' (more inliers and better re-ranking in our measurements), 'orb' (faster, "
+                       "smaller) or 'none' (no re-ranking, no geometric verification).")
+    max_features: int = _f(500, "Most local features per image (SIFT: 136 bytes each stored).", lo=50, hi=20000)
     rerank: str = _f("classical", "Re-rank the global top rerank_top_k by local matching: 'classical' (inliers of "
                      "a robust fundamental matrix between stored and query features) or 'none'.", live=True)
     rerank_top_k: int = _f(20, "Global candidates re-ranked per query.", live=True, lo=1, hi=500)

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from vpr_ros.evaluation import PrCurve, precision_recall, recall_at_n
 from vpr_ros.pca import Pca
 from vpr_ros.runtime.base import DescriptorBackend
 from vpr_ros.runtime.preprocess import preprocess_batch
+
+if TYPE_CHECKING:
+    from vpr_ros.config import VerificationConfig
 
 RECALL_NS = (1, 5, 10, 20)
 
@@ -220,7 +223,82 @@ def check_output_dir(out: Path) -> None:
         raise DatasetError(f"--output {out}: {probe} is not writable")
 
 
-def write_outputs(result: EvalResult, dataset: EvalDataset, out: Path, title: str) -> list[Path]:
+@dataclass
+class RerankSummary:
+    """What re-ranking the global top-K by local matching changed."""
+
+    features: str
+    top_k: int
+    recalls_before: dict[int, float]
+    recalls_after: dict[int, float]
+    verified: int              # top-1 matches with >= min_inliers geometric inliers
+    verified_correct: int
+    queries_with_positives: int
+    ms_per_query: float
+
+    @property
+    def precision(self) -> float:
+        return self.verified_correct / self.verified if self.verified else float("nan")
+
+    @property
+    def recall(self) -> float:
+        return self.verified_correct / self.queries_with_positives if self.queries_with_positives else float("nan")
+
+
+def rerank(result: EvalResult, dataset: EvalDataset, cfg: "VerificationConfig", progress: bool = False,
+           cache_size: int = 4096) -> RerankSummary:
+    """Re-rank each query's global top ``cfg.rerank_top_k`` by local matching (inliers of a robust
+    fundamental matrix; the datasets have no camera models) and update ``result`` in place (ranked,
+    recalls). A top-1 with at least ``cfg.min_inliers`` inliers counts as a verified loop closure."""
+    from collections import OrderedDict
+
+    from vpr_ros.verification.verifier import Verifier
+
+    verifier = Verifier(cfg)
+    cache: OrderedDict[int, object] = OrderedDict()
+
+    def db_features(i: int):  # type: ignore[no-untyped-def]
+        if i in cache:
+            cache.move_to_end(i)
+            return cache[i]
+        f = verifier.features(read_rgb(dataset.database[i]))
+        cache[i] = f
+        if len(cache) > cache_size:
+            cache.popitem(last=False)
+        return f
+
+    before = dict(result.recalls)
+    k = min(cfg.rerank_top_k, result.ranked.shape[1])
+    it = range(len(dataset.queries))
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"re-ranking top-{k} ({cfg.features})", unit="query")
+    t0 = time.perf_counter()
+    verified = correct = 0
+    ranked = result.ranked.copy()
+    try:
+        for qi in it:
+            fq = verifier.features(read_rgb(dataset.queries[qi]))
+            cands = [int(c) for c in result.ranked[qi, :k] if c >= 0]
+            local = [verifier.rerank_score(fq, db_features(c)) for c in cands]  # type: ignore[arg-type]
+            order = sorted(range(len(cands)), key=lambda j: (-local[j], j))
+            ranked[qi, :len(cands)] = [cands[j] for j in order]
+            if cands and local[order[0]] >= cfg.min_inliers:
+                verified += 1
+                correct += cands[order[0]] in dataset.positives[qi]
+    finally:
+        if progress:
+            it.close()  # type: ignore[attr-defined]
+    seconds = time.perf_counter() - t0
+    result.ranked = ranked
+    result.recalls = recall_at_n(ranked, dataset.positives, RECALL_NS)
+    return RerankSummary(cfg.features, k, before, dict(result.recalls), verified, correct,
+                         sum(1 for p in dataset.positives if p), seconds * 1e3 / max(1, len(dataset.queries)))
+
+
+def write_outputs(result: EvalResult, dataset: EvalDataset, out: Path, title: str,
+                  reranked: RerankSummary | None = None) -> list[Path]:
     """results.json, predictions.csv, pr_curve.csv and eval.png in ``out``."""
     check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -231,6 +309,14 @@ def write_outputs(result: EvalResult, dataset: EvalDataset, out: Path, title: st
         "pr_auc": result.pr.auc, "recall_at_100_precision": result.pr.recall_at_100_precision,
         "timings": result.timings, "descriptors_from_cache": result.cached,
     }
+    if reranked is not None:
+        summary["rerank"] = {
+            "features": reranked.features, "top_k": reranked.top_k,
+            "recall_before": {f"R@{n}": v for n, v in reranked.recalls_before.items()},
+            "recall_after": {f"R@{n}": v for n, v in reranked.recalls_after.items()},
+            "verified_top1": reranked.verified, "verified_top1_correct": reranked.verified_correct,
+            "loop_closure_precision": reranked.precision, "loop_closure_recall": reranked.recall,
+            "ms_per_query": reranked.ms_per_query}
     (out / "results.json").write_text(json.dumps(_json_safe(summary), indent=1, allow_nan=False))
     with (out / "predictions.csv").open("w", newline="") as fh:
         w = csv.writer(fh)

@@ -1,11 +1,13 @@
 """``vpr_ros_demo``: build a map and localize against it through the real ROS 2 nodes.
 
-With no arguments: generate two traversals of a procedural street (the second with
-viewpoint jitter, lighting change and noise), build a map from the first with the
-MapBuilder (the map_builder node's code path), start the localizer node as its own
-process (the launch graph of ``localize.launch.py``), play the second traversal to it
-as ``sensor_msgs/Image`` messages over ROS 2 topics, and report Recall@1, the loop
-closures it published and per-frame latency, with a PNG plot.
+With no arguments: render two drives through a textured 3-D corridor (the second offset
+sideways, with heading and pitch jitter) with a pinhole camera, build a map from the first
+with the MapBuilder (the map_builder node's code path: global descriptors, SIFT features and
+3-D points from the rendered depth), start the localizer node as its own process (the launch
+graph of ``localize.launch.py``), publish the camera's ``CameraInfo`` and play the second drive
+to it as ``sensor_msgs/Image`` messages over ROS 2 topics, and report Recall@1, the loop
+closures it published (geometrically verified, with a metric relative pose), the error of
+``/vpr/pose`` against the true poses and per-frame latency, with a PNG plot.
 
 ``--dataset PATH`` uses a real folder pair instead (``ref/`` = map, ``query/`` = live,
 ``ground_truth.csv`` as in VPR-Bench), e.g. ``../shared/data/corridor``.
@@ -45,6 +47,23 @@ class DemoData:
     query_stamps: list[float]
     positives: list[set[int]]
     tolerance: str
+    map_depths: list[np.ndarray] | None = None    # metres, aligned to the map images
+    intrinsics: object | None = None             # CameraIntrinsics of both drives
+    query_poses: list[tuple] | None = None        # ground truth of the live drive
+
+
+def scene_data(n_places: int, seed: int) -> DemoData:
+    """Two drives through a rendered 3-D corridor (positives: map places within 2 m)."""
+    from vpr_ros.demo.scene3d import corridor_traversals
+    from vpr_ros.verification.features import CameraIntrinsics
+
+    first, second = corridor_traversals(n_places, seed=seed)
+    positions = lambda poses: np.array([p[:2] for p in poses])  # noqa: E731
+    positives = positives_within(positions(second.poses), positions(first.poses), radius=2.0)
+    c = first.intrinsics
+    return DemoData(f"rendered 3-D corridor ({n_places} places, seed {seed})", first.images, first.stamps,
+                    first.poses, second.images, second.stamps, positives, "within 2 m", first.depths,
+                    CameraIntrinsics(c.fx, c.fy, c.cx, c.cy, c.width, c.height), second.poses)
 
 
 def synthetic_data(n_places: int, seed: int) -> DemoData:
@@ -83,7 +102,12 @@ def _isolated_ros_env() -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data = folder_data(args.dataset) if args.dataset else synthetic_data(args.places, args.seed)
+    if args.dataset:
+        data = folder_data(args.dataset)
+    elif args.scene == "street":
+        data = synthetic_data(args.places, args.seed)
+    else:
+        data = scene_data(args.places, args.seed)
     model_cfg = model_config_from("", args.params_file, weights=args.weights, backbone=args.backbone)
     print(f"[demo] data: {data.name}")
 
@@ -98,15 +122,32 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"[demo] WEIGHTS: {backend.weights_source}")
         # Map frames are 1 m apart, so every frame becomes a keyframe (map id = frame index).
-        builder = MapBuilder(backend, KeyframeConfig(min_distance=0.5), source=f"vpr_ros_demo: {data.name}")
-        builder.add_many(frames_from_lists(data.map_images, data.map_stamps, data.map_poses, CAMERA_TOPIC),
-                         progress=True)
+        builder = MapBuilder(backend, KeyframeConfig(min_distance=0.5), source=f"vpr_ros_demo: {data.name}",
+                             intrinsics=data.intrinsics)  # type: ignore[arg-type]
+        if data.map_depths is None:
+            builder.add_many(frames_from_lists(data.map_images, data.map_stamps, data.map_poses, CAMERA_TOPIC),
+                             progress=True)
+        else:  # with depth: each keyframe also stores the 3-D points of its local features
+            from tqdm import tqdm
+
+            from vpr_ros.runtime.preprocess import preprocess_batch
+
+            frames = frames_from_lists(data.map_images, data.map_stamps, data.map_poses, CAMERA_TOPIC)
+            for i in tqdm(range(0, len(frames), 8), desc="building map", unit="batch"):
+                chunk = frames[i:i + 8]
+                desc = backend.infer(preprocess_batch([f[0] for f in chunk], backend.input_size))
+                feats = [builder.features(img, d) for (img, _), d in zip(chunk, data.map_depths[i:i + 8])]
+                builder.add_encoded(desc, [f[1] for f in chunk], feats)
         map_dir = builder.save(out / "map")
         print(f"[demo] map: {len(builder.map)} keyframes -> {map_dir}")
 
     params = {"/**": {"ros__parameters": {
         "map_dir": str(map_dir), "backend": args.backend,
+        **({"verification.loop_closures": "none"} if args.no_verification else {}),
         **{f"model.{k}": v for k, v in vars(model_cfg).items()}}}}
+    if data.intrinsics is None and not args.no_verification:
+        print("[demo] NOTE: this dataset has no camera model, so no loop closure can be verified "
+              "geometrically (and none is published); --no-verification shows the temporal rules alone")
     params_file = out / "localizer_params.yaml"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -118,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         from vpr_ros.ros.player import play_session
 
-        log, answered = play_session(CAMERA_TOPIC, data.query_images, data.query_stamps, args.frame_timeout)
+        log, answered = play_session(CAMERA_TOPIC, data.query_images, data.query_stamps, args.frame_timeout,
+                                     camera_info=data.intrinsics)
     finally:
         stop_graph(procs)
     if log is None:
@@ -149,8 +191,28 @@ def _report(data: DemoData, log, answered: int, out: Path) -> int:  # type: igno
     print()
     print(f"[demo] frames answered: {answered}/{n}")
     print(f"[demo] Recall@1 = {rec[1]:.3f}   Recall@5 = {rec[5]:.3f}   (positives: {data.tolerance})")
+    revisits = sum(1 for p in data.positives if p)
     print(f"[demo] loop closures published on vpr/loop_closures: {len(log.loop_closures)}"
-          + (f", {sum(lc_ok)} correct (precision {np.mean(lc_ok):.2f})" if lc_ok else ""))
+          + (f", {sum(lc_ok)} correct (precision {np.mean(lc_ok):.2f}, recall {sum(lc_ok) / max(1, revisits):.2f} "
+             f"of {revisits} revisited places)" if lc_ok else ""))
+    refused = [r for r in log.loop_table if r["status"] == -1.0 and r.get("inliers", 0) > 0]
+    verified = [r for r in log.loop_table if r["status"] == 1.0 and r.get("method", 0.0) > 0]
+    metric = [r for r in verified if r.get("method") == 3.0]
+    print(f"[demo] geometric verification: {len(verified)} verified ({len(metric)} with a metric relative pose "
+          f"from the keyframe's depth), {len(refused)} refused")
+    if data.query_poses is not None and metric:
+        truth = {round(t, 6): p for t, p in zip(data.query_stamps, data.query_poses)}
+        kf = {round(t, 6): p for t, p in zip(data.map_stamps, data.map_poses)}
+        err_pose, err_kf = [], []
+        for r in metric:
+            tq = round(r["t_query"], 6)
+            pos = log.poses[tq].pose.pose.position if tq in log.poses else None
+            if pos is not None:
+                err_pose.append(float(np.linalg.norm(np.array([pos.x, pos.y, pos.z]) - np.array(truth[tq][:3]))))
+                err_kf.append(float(np.linalg.norm(np.array(kf[round(r["t_match"], 6)][:3]) - np.array(truth[tq][:3]))))
+        if err_pose:
+            print(f"[demo] /vpr/pose at verified closures: median error {np.median(err_pose) * 100:.1f} cm "
+                  f"(the matched keyframe's own pose would be {np.median(err_kf) * 100:.1f} cm off)")
     for (tq, tm), ok in list(zip(log.loop_closures, lc_ok))[:10]:
         print(f"         [t_query={tq:.2f}, t_match={tm:.2f}]  {'correct' if ok else 'wrong'}")
     if len(lat):
@@ -208,10 +270,15 @@ def _plot(data: DemoData, ranked: np.ndarray, scores: np.ndarray, latency: np.nd
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vpr_ros_demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="", help="folder with ref/, query/ (and ground_truth.csv); "
-                    "default: a procedurally generated street")
+                    "default: a rendered 3-D corridor")
+    ap.add_argument("--scene", choices=("corridor", "street"), default="corridor",
+                    help="generated data: a rendered 3-D corridor with depth and a camera model (default), or "
+                    "the panoramic street of earlier versions (no camera model)")
+    ap.add_argument("--no-verification", action="store_true",
+                    help="publish loop closures on the temporal rules alone (verification.loop_closures: none)")
     ap.add_argument("--output", default="demo_output", help="output directory (map, plot, CSV, logs)")
-    ap.add_argument("--places", type=int, default=60, help="places in the synthetic street")
-    ap.add_argument("--seed", type=int, default=7, help="seed of the synthetic street")
+    ap.add_argument("--places", type=int, default=40, help="places (1 m apart) in the generated data")
+    ap.add_argument("--seed", type=int, default=7, help="seed of the generated data")
     ap.add_argument("--weights", default="", help="weights file for the model (default: random init)")
     ap.add_argument("--backbone", default="", help="backbone preset (default: vits14)")
     ap.add_argument("--params-file", default="", help="localizer params YAML whose model.* settings to use")

@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="torch device")
     ap.add_argument("--batch-size", type=_positive_int, default=16)
     ap.add_argument("--pca", default="", help="PCA file (.npz from training) applied to the descriptors")
+    ap.add_argument("--rerank", choices=("none", "classical"), default="none",
+                    help="re-rank the global top-K by local feature matching (robust fundamental-matrix inliers)")
+    ap.add_argument("--rerank-top-k", type=_positive_int, default=20, help="candidates re-ranked per query")
+    ap.add_argument("--features", choices=("sift", "orb"), default="sift", help="local features for --rerank")
+    ap.add_argument("--min-inliers", type=_positive_int, default=30,
+                    help="inliers that make a re-ranked top-1 a verified loop closure (its precision/recall)")
     ap.add_argument("--cache-dir", default=str(default_cache_dir()), help="descriptor cache ('' disables)")
     ap.add_argument("--output", default="eval_output", help="where results.json, CSVs and eval.png go")
     a = ap.parse_args(argv)
@@ -93,10 +99,22 @@ def main(argv: list[str] | None = None) -> int:
                               pca, progress=True)
         if result.cached:
             print("[eval] descriptors loaded from cache (the network did not run)")
+        summary = None
+        if a.rerank != "none":
+            from vpr_ros.config import VerificationConfig
+            from vpr_ros.eval_run import rerank
+
+            print("[eval] global: " + "   ".join(f"R@{n} {v:.3f}" for n, v in result.recalls.items()))
+            vcfg = VerificationConfig(features=a.features, rerank_top_k=a.rerank_top_k,
+                                      min_inliers=max(6, a.min_inliers))
+            summary = rerank(result, dataset, vcfg, progress=True)
+            print(f"[eval] re-ranked top-{summary.top_k} by {a.features} inliers ({summary.ms_per_query:.1f} ms/query):")
+            print(f"[eval] verified top-1 (>= {vcfg.min_inliers} inliers): {summary.verified} of "
+                  f"{len(dataset.queries)} queries, precision {summary.precision:.3f}, recall {summary.recall:.3f}")
         print("[eval] " + "   ".join(f"R@{n} {v:.3f}" for n, v in result.recalls.items()))
         print(f"[eval] PR AUC {result.pr.auc:.3f}   recall at 100% precision {result.pr.recall_at_100_precision:.3f}")
         print("[eval] timings: " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
-        files = write_outputs(result, dataset, Path(a.output), title)
+        files = write_outputs(result, dataset, Path(a.output), title, summary)
         print(f"[eval] wrote {', '.join(str(f) for f in files)}")
         return 0
     except VprError as exc:

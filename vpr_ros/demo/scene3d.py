@@ -159,9 +159,11 @@ DEMO_CAMERA = Intrinsics(260.0, 260.0, 160.0, 120.0, 320, 240)
 
 
 def corridor_traversals(n: int = 24, spacing: float = 1.0, seed: int = 3, revisit_start: float = 1000.0,
-                        scene: Scene | None = None, cam: Intrinsics = DEMO_CAMERA) -> tuple[SceneTraversal, SceneTraversal]:
+                        scene: Scene | None = None, cam: Intrinsics = DEMO_CAMERA,
+                        relight: bool = False) -> tuple[SceneTraversal, SceneTraversal]:
     """Two drives along the corridor: the first at the centre line looking ahead; the second
-    later, offset sideways (up to 0.4 m), with heading and pitch jitter (a few degrees)."""
+    later, offset sideways (up to 0.4 m), with heading and pitch jitter (a few degrees), and with
+    ``relight`` under other lighting (gain, gamma, colour cast) with sensor noise."""
     from vpr_ros.geometry import compose, inverse
 
     scene = scene or Scene.corridor(length=n * spacing + 8.0, seed=seed)
@@ -178,6 +180,10 @@ def corridor_traversals(n: int = 24, spacing: float = 1.0, seed: int = 3, revisi
                 p = look_pose((x + float(rng.uniform(-0.3, 0.3)), float(rng.uniform(-0.4, 0.4)), 1.4 + float(rng.uniform(-0.05, 0.05))),
                               float(np.radians(rng.uniform(-6, 6))), float(np.radians(rng.uniform(-3, 3))))
             rgb, d = scene.render(p, cam)
+            if run == 1 and relight:
+                gain, gamma = float(rng.uniform(0.55, 0.8)), float(rng.uniform(1.2, 1.6))
+                x = (rgb.astype(np.float32) / 255.0) ** gamma * gain * rng.uniform(0.85, 1.15, 3)
+                rgb = np.clip(x * 255.0 + rng.normal(0, 6.0, rgb.shape), 0, 255).astype(np.uint8)
             imgs.append(rgb)
             depths.append(d)
             cams.append(p)

@@ -134,8 +134,9 @@ class MapBuilderCore(VprNodeMixin):
         node: Any = self
         self._subs = self.subscribe_cameras(self.cfg.camera_topics, self.cfg.transport,
                                             image_qos(self.cfg.qos, IMAGE_QUEUE_DEPTH), self._on_image)
+        # the sibling of the image topic as remapped (image_transport's convention)
         infos = per_camera(self.cfg.camera_info_topics, self.cfg.camera_topics,
-                           lambda c: sibling_topic(c, "camera_info"))
+                           lambda c: sibling_topic(node.resolve_topic_name(c), "camera_info"))
         for camera, topic in infos.items():
             self._subs.append(node.create_subscription(CameraInfo, topic, lambda m, c=camera: self._on_info(c, m), 5))
         depths = per_camera(self.cfg.depth_topics, self.cfg.camera_topics, lambda c: "")

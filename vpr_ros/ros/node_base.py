@@ -33,9 +33,10 @@ def pose_qos(name: str) -> QoSProfile:
 
 
 def sibling_topic(camera_topic: str, name: str) -> str:
-    """'cam0/image' -> 'cam0/<name>'; 'image' -> '<name>' (the image_transport convention for camera_info)."""
-    head = camera_topic.rsplit("/", 1)[0] if "/" in camera_topic else ""
-    return f"{head}/{name}" if head else name
+    """'cam0/image' -> 'cam0/<name>'; '/robot/cam/image' -> '/robot/cam/<name>'; 'image' -> '<name>'
+    (the image_transport convention for camera_info)."""
+    head, sep, _ = camera_topic.rpartition("/")
+    return f"{head}/{name}" if sep and head else (f"/{name}" if sep else name)
 
 
 def per_camera(values: list[str], cameras: list[str], default: Callable[[str], str]) -> dict[str, str]:

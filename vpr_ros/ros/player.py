@@ -17,7 +17,7 @@ from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from nav_msgs.msg import Path
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float64MultiArray
 
 from vpr_ros.ros.conversions import read_table, rgb_to_image, stamp_to_sec
@@ -120,9 +120,19 @@ class QueryPlayer(Node):
         return answered
 
 
+def camera_info_msg(intr) -> CameraInfo:  # type: ignore[no-untyped-def]
+    """sensor_msgs/CameraInfo of a pinhole camera (CameraIntrinsics)."""
+    msg = CameraInfo(width=int(intr.width), height=int(intr.height), distortion_model="plumb_bob")
+    msg.k = [float(intr.fx), 0.0, float(intr.cx), 0.0, float(intr.fy), float(intr.cy), 0.0, 0.0, 1.0]
+    msg.d = [0.0] * 5
+    return msg
+
+
 def play_session(image_topic: str, images: Sequence[np.ndarray], stamps: Sequence[float],
-                 frame_timeout: float, startup_timeout: float = 120.0) -> tuple[PlayerLog | None, int]:
-    """Init rclpy, wait for a localizer on ``image_topic``, play the frames, shut down.
+                 frame_timeout: float, startup_timeout: float = 120.0,
+                 camera_info: object | None = None) -> tuple[PlayerLog | None, int]:
+    """Init rclpy, wait for a localizer on ``image_topic``, publish ``camera_info`` (the camera's
+    CameraIntrinsics, on the sibling 'camera_info' topic) if given, play the frames, shut down.
 
     Returns (everything received, frames answered), or (None, 0) if no localizer came up.
     """
@@ -131,6 +141,13 @@ def play_session(image_topic: str, images: Sequence[np.ndarray], stamps: Sequenc
         player = QueryPlayer(image_topic)
         if not player.wait_for_localizer(timeout=startup_timeout):
             return None, 0
+        if camera_info is not None:
+            head = image_topic.rsplit("/", 1)[0] if "/" in image_topic else ""
+            qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+            pub = player.create_publisher(CameraInfo, f"{head}/camera_info" if head else "camera_info", qos)
+            player.spin_until(lambda: pub.get_subscription_count() > 0, 10.0)
+            pub.publish(camera_info_msg(camera_info))
+            player.spin_until(lambda: False, 0.3)
         player.spin_until(lambda: player.log.keyframes is not None, 5.0)
         answered = player.play(images, stamps, timeout=frame_timeout, progress=True)
         player.spin_until(lambda: bool(player.log.diagnostics), 2.0)

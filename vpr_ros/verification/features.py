@@ -2,8 +2,9 @@
 
 Two kinds behind one type:
 
-* **classical** (:func:`extract_classical`): OpenCV ORB (binary, 32 bytes) or SIFT (float, 128),
-  detected on the grey image; works without trained weights.
+* **classical** (:func:`extract_classical`): OpenCV SIFT (128 values, stored as uint8: OpenCV's
+  SIFT values are integers 0-255, so nothing is lost) or ORB (binary, 32 bytes), detected on the
+  grey image; works without trained weights.
 * **dense** (:func:`dense_features`): the network's own patch tokens (a second output of the same
   forward pass), one per patch at the patch centre, L2-normalised (SelaVPR-style matching).
 
@@ -100,9 +101,11 @@ def extract_classical(rgb: np.ndarray, kind: str = "orb", max_features: int = 10
     kps, desc = det.detectAndCompute(grey, None)
     h, w = grey.shape
     if desc is None or not kps:
-        dim, dtype = (32, np.uint8) if kind == "orb" else (128, np.float32)
-        return LocalFeatures(kind, np.zeros((0, 2), np.float32), np.zeros((0, dim), dtype), (w, h))
+        dim = 32 if kind == "orb" else 128
+        return LocalFeatures(kind, np.zeros((0, 2), np.float32), np.zeros((0, dim), np.uint8), (w, h))
     pts = np.array([k.pt for k in kps], np.float32)
+    if kind == "sift":  # integer-valued in [0, 255]: a quarter of the storage, bit-exact
+        desc = np.clip(np.rint(desc), 0, 255).astype(np.uint8)
     return LocalFeatures(kind, pts, np.ascontiguousarray(desc), (w, h))
 
 

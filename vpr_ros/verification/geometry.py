@@ -47,12 +47,29 @@ def fundamental(kp_a: np.ndarray, kp_b: np.ndarray, threshold_px: float = 2.0) -
         return TwoView("fundamental", np.zeros(len(kp_a), bool))
     try:
         F, mask = cv2.findFundamentalMat(kp_a.astype(np.float64), kp_b.astype(np.float64), cv2.USAC_MAGSAC,
-                                         threshold_px, 0.999, 10000)
+                                         threshold_px, 0.999, 2000)
     except cv2.error:  # degenerate input (e.g. repeated points): no model
         F, mask = None, None
     if F is None or mask is None:
         return TwoView("fundamental", np.zeros(len(kp_a), bool))
     return TwoView("fundamental", mask.ravel().astype(bool))
+
+
+def homography(kp_a: np.ndarray, kp_b: np.ndarray, threshold_px: float = 2.0) -> TwoView:
+    """Homography by USAC MAGSAC: the model of views without parallax (no baseline, pure rotation,
+    a planar scene), where the fundamental matrix is degenerate. Only the inliers."""
+    import cv2
+
+    if len(kp_a) < 4:
+        return TwoView("homography", np.zeros(len(kp_a), bool))
+    try:
+        H, mask = cv2.findHomography(kp_a.astype(np.float64), kp_b.astype(np.float64), cv2.USAC_MAGSAC,
+                                     threshold_px, maxIters=2000, confidence=0.999)
+    except cv2.error:
+        H, mask = None, None
+    if H is None or mask is None:
+        return TwoView("homography", np.zeros(len(kp_a), bool))
+    return TwoView("homography", mask.ravel().astype(bool))
 
 
 def essential(kp_k: np.ndarray, kp_q: np.ndarray, intr_k: CameraIntrinsics, intr_q: CameraIntrinsics,

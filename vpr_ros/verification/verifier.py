@@ -17,7 +17,7 @@ import numpy as np
 from vpr_ros.config import VerificationConfig
 from vpr_ros.geometry import matrix_to_quat
 from vpr_ros.verification.features import LocalFeatures, extract_classical
-from vpr_ros.verification.geometry import essential, fundamental, pnp, query_in_keyframe
+from vpr_ros.verification.geometry import essential, fundamental, homography, pnp, query_in_keyframe
 from vpr_ros.verification.matching import match
 
 Pose7 = tuple[float, float, float, float, float, float, float]
@@ -67,11 +67,14 @@ class Verifier:
         """Inliers of a robust fundamental matrix between the two images' matched features."""
         if q.kind != k.kind or len(q) == 0 or len(k) == 0:
             return 0
-        pairs = match(q, k, self.cfg.ratio)
+        pairs = match(q, k, self.cfg.ratio, mutual=False)  # the robust model removes what the ratio test lets by
         if len(pairs) < 8:
             return int(len(pairs) // 4)  # too few to fit a model: rank by what little matched
-        model = fundamental(q.keypoints[pairs[:, 0]], k.keypoints[pairs[:, 1]], self.cfg.ransac_px)
-        return model.n_inliers
+        a, b = q.keypoints[pairs[:, 0]], k.keypoints[pairs[:, 1]]
+        inliers = fundamental(a, b, self.cfg.ransac_px).n_inliers
+        if inliers < len(pairs) // 2:  # no parallax (same viewpoint, pure rotation): F is degenerate, H is not
+            inliers = max(inliers, homography(a, b, self.cfg.ransac_px).n_inliers)
+        return inliers
 
     def verify(self, q: LocalFeatures, k: LocalFeatures) -> Verification:
         """Verify query features ``q`` against keyframe features ``k`` (see module docstring)."""
