@@ -103,3 +103,42 @@ def test_bad_bags_give_clear_errors_and_keep_the_old_map(tmp_path, traversals, p
     assert build_map([str(tmp_path / "nope.mcap"), "--image-topic", "/x", *common]) == 2
     after = VprMap.load(out)  # failed builds lost nothing
     assert after.manifest.generation == before.manifest.generation and len(after) == len(before)
+
+
+def test_bag_with_camera_info_and_depth_stores_3d_points(tmp_path, params, capsys):
+    """A rendered drive recorded with CameraInfo and aligned 32FC1 depth: every keyframe keeps its
+    local features' 3-D points and the camera model, so loop closures against it can be metric."""
+    from vpr_ros.demo.scene3d import corridor_traversals
+
+    first, _ = corridor_traversals(6)
+    c = first.intrinsics
+    path = tmp_path / "rgbd"
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        cam = w.add_connection("/cam/image", "sensor_msgs/msg/Image", typestore=TS)
+        dep = w.add_connection("/cam/depth", "sensor_msgs/msg/Image", typestore=TS)
+        inf = w.add_connection("/cam/camera_info", "sensor_msgs/msg/CameraInfo", typestore=TS)
+        od = w.add_connection("/odom", "nav_msgs/msg/Odometry", typestore=TS)
+        info = T["sensor_msgs/msg/CameraInfo"](
+            header=header(0.0), height=c.height, width=c.width, distortion_model="plumb_bob", d=np.zeros(5),
+            k=np.array([c.fx, 0, c.cx, 0, c.fy, c.cy, 0, 0, 1.0]), r=np.eye(3).ravel(), p=np.zeros(12),
+            binning_x=0, binning_y=0, roi=T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0,
+                                                                               width=0, do_rectify=False))
+        w.write(inf, 1, TS.serialize_cdr(info, "sensor_msgs/msg/CameraInfo"))
+        for img, d, t, pose in zip(first.images, first.depths, first.stamps, first.poses):
+            ns = int(t * 1e9) + 10
+            w.write(od, ns, TS.serialize_cdr(odom_msg(t, pose[0], pose[1]), "nav_msgs/msg/Odometry"))
+            h, wd = d.shape
+            depth = T["sensor_msgs/msg/Image"](header=header(t), height=h, width=wd, encoding="32FC1", is_bigendian=0,
+                                              step=wd * 4, data=np.frombuffer(d.astype(np.float32).tobytes(), np.uint8))
+            w.write(dep, ns + 1, TS.serialize_cdr(depth, "sensor_msgs/msg/Image"))
+            w.write(cam, ns + 2, TS.serialize_cdr(image_msg(img, t), "sensor_msgs/msg/Image"))
+    assert build_map([str(path), "--map-dir", str(tmp_path / "map"), "--image-topic", "/cam/image",
+                      "--pose-topic", "/odom", "--camera-info-topic", "/cam/camera_info", "--depth-topic", "/cam/depth",
+                      "--params-file", params]) == 0
+    assert "6 of 6 images had an aligned depth image" in capsys.readouterr().out
+    vmap = VprMap.load(tmp_path / "map")
+    f = vmap.local_features(0)
+    assert f.intrinsics is not None and f.intrinsics.fx == c.fx and f.points3d is not None
+    assert build_map([str(path), "--map-dir", str(tmp_path / "m2"), "--image-topic", "/cam/image",
+                      "--pose-topic", "/odom", "--depth-topic", "/cam/depth", "--params-file", params]) == 2
+    assert "--depth-topic needs --camera-info-topic" in capsys.readouterr().err

@@ -43,11 +43,13 @@ def _from_bag(builder: MapBuilder, bag: Path, a: argparse.Namespace, max_pose_ag
     if not a.image_topic:
         raise DatasetError(f"{bag}: a bag needs --image-topic")
     stats = BagStats()
-    frames = bag_frames(bag, a.image_topic, a.pose_topic, a.trajectory, max_pose_age, stats)
+    frames = bag_frames(bag, a.image_topic, a.pose_topic, a.trajectory, max_pose_age, stats, a.depth_topic)
     ids = builder.add_many(frames, progress=True, total=count_messages(bag, a.image_topic))
     if stats.without_pose:
         print(f"vpr_ros_build_map: {stats.without_pose} of {stats.images} images had no pose within "
               f"{max_pose_age} s and were skipped")
+    if a.depth_topic:
+        print(f"vpr_ros_build_map: {stats.with_depth} of {stats.images} images had an aligned depth image")
     return ids, stats.images
 
 
@@ -61,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-topic", default="", help="bag: image topic (Image or CompressedImage)")
     ap.add_argument("--pose-topic", default="", help="bag: Odometry / PoseStamped topic giving poses")
     ap.add_argument("--trajectory", default="", help="bag: TUM or CSV trajectory file instead of a pose topic")
+    ap.add_argument("--camera-info-topic", default="", help="bag: sensor_msgs/CameraInfo of the camera (stored "
+                    "with the keyframes' local features, for geometric verification)")
+    ap.add_argument("--depth-topic", default="", help="bag: depth image aligned to the camera (16UC1 mm or 32FC1 m): "
+                    "keyframes store 3-D points, verified loop closures get a metric relative pose")
     a = ap.parse_args(argv)
     try:
         cfg = load_node_config(a.params_file or None, "map_builder", MAP_BUILDER_SECTIONS)
@@ -78,9 +84,20 @@ def main(argv: list[str] | None = None) -> int:
         with open_backend(cfg[""].backend, cfg["model"], cfg[""].device,
                           cfg[""].engine_cache_dir or None) as backend:
             base = VprMap.load(a.map_dir) if a.append else None
+            intrinsics = None
+            if a.camera_info_topic or a.depth_topic:
+                if not is_bag:
+                    raise DatasetError("--camera-info-topic and --depth-topic apply to bags")
+                if not a.camera_info_topic:
+                    raise DatasetError("--depth-topic needs --camera-info-topic (3-D points need the camera model)")
+                from vpr_ros.mapping.bag_source import bag_camera_info
+
+                intrinsics = bag_camera_info(source, a.camera_info_topic)
+                print(f"vpr_ros_build_map: camera fx {intrinsics.fx:.1f} fy {intrinsics.fy:.1f} "
+                      f"cx {intrinsics.cx:.1f} cy {intrinsics.cy:.1f} ({intrinsics.width}x{intrinsics.height})")
             builder = MapBuilder(backend, cfg["keyframes"], map_frame=cfg[""].map_frame,
                                  source=f"vpr_ros_build_map {a.source}", base=base,
-                                 index=cfg["index"])
+                                 index=cfg["index"], verification=cfg["verification"], intrinsics=intrinsics)
             if is_bag:
                 ids, n = _from_bag(builder, source, a, cfg[""].max_pose_age)
             else:

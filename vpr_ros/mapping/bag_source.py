@@ -13,13 +13,16 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
-from vpr_ros.errors import DatasetError, ImageError, MapError
-from vpr_ros.images import compressed_to_rgb, raw_to_rgb
+from vpr_ros.errors import DatasetError, ImageError, MapError, VprError
+from vpr_ros.images import compressed_to_rgb, depth_to_metres, raw_to_rgb
 from vpr_ros.mapping.map_store import Keyframe
+
+if TYPE_CHECKING:
+    from vpr_ros.verification.features import CameraIntrinsics
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 POSE_TYPES = ("nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped")
@@ -33,6 +36,7 @@ class BagStats:
 
     images: int = 0
     without_pose: int = 0
+    with_depth: int = 0
     poses: int = 0
     cameras: set[str] = field(default_factory=set)
 
@@ -117,10 +121,42 @@ def _decoder(msg: Any, bag: Path, topic: str, t: float) -> Callable[[], np.ndarr
     return decode
 
 
+def bag_camera_info(bag: str | Path, topic: str) -> "CameraIntrinsics":
+    """The intrinsics of the first sensor_msgs/CameraInfo message on ``topic`` (a static camera)."""
+    from rosbags.highlevel import AnyReader, AnyReaderError
+
+    from vpr_ros.verification.features import CameraIntrinsics
+
+    bag = Path(bag)
+    try:
+        with AnyReader([bag]) as reader:
+            conns = _connections(reader, topic, ("sensor_msgs/msg/CameraInfo",), bag, "camera info")
+            for conn, _, raw in reader.messages(connections=conns):
+                msg = reader.deserialize(raw, conn.msgtype)
+                try:
+                    return CameraIntrinsics.from_k(list(msg.k), int(msg.width), int(msg.height))
+                except VprError as exc:
+                    raise DatasetError(f"{bag}: {topic}: {exc}") from None
+    except AnyReaderError as exc:
+        raise DatasetError(f"{bag}: cannot read the bag ({exc})") from None
+    raise DatasetError(f"{bag}: no message on camera info topic '{topic}'")
+
+
+def _depth_decoder(msg: Any, bag: Path, topic: str) -> Callable[[], np.ndarray]:
+    def decode() -> np.ndarray:
+        try:
+            return depth_to_metres(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data)
+        except ImageError as exc:
+            raise ImageError(f"{bag}: topic '{topic}' at stamp {_stamp(msg):.6f}: {exc}") from None
+    return decode
+
+
 def bag_frames(bag: str | Path, image_topic: str, pose_topic: str = "", trajectory: str = "",
-               max_pose_age: float = 0.5, stats: BagStats | None = None
-               ) -> Iterator[tuple[Callable[[], np.ndarray], Keyframe]]:
-    """Yield (lazy image decoder, Keyframe) for every image that has a pose, in bag order."""
+               max_pose_age: float = 0.5, stats: BagStats | None = None, depth_topic: str = "",
+               max_depth_age: float = 0.05) -> Iterator[tuple]:
+    """Yield (lazy image decoder, Keyframe[, lazy depth decoder or None]) for every image that has a
+    pose, in bag order; with ``depth_topic``, the third element is the aligned depth image nearest in
+    time (within ``max_depth_age`` s), decoded to metres only if the frame becomes a keyframe."""
     from rosbags.highlevel import AnyReader, AnyReaderError
 
     bag = Path(bag)
@@ -143,6 +179,17 @@ def bag_frames(bag: str | Path, image_topic: str, pose_topic: str = "", trajecto
                     poses.append(_pose_of(msg))
                 track = PoseTrack(stamps, poses, f"{bag}:{pose_topic}")
             stats.poses = len(track)
+            depth_stamps: list[float] = []
+            depth_msgs: list[Any] = []
+            if depth_topic:
+                depth_conns = _connections(reader, depth_topic, ("sensor_msgs/msg/Image",), bag, "depth")
+                for conn, _, raw in reader.messages(connections=depth_conns):
+                    dmsg = reader.deserialize(raw, conn.msgtype)
+                    depth_stamps.append(_stamp(dmsg))
+                    depth_msgs.append(dmsg)
+                order = np.argsort(depth_stamps, kind="stable")
+                depth_stamps = [depth_stamps[i] for i in order]
+                depth_msgs = [depth_msgs[i] for i in order]
             for conn, _, raw in reader.messages(connections=img_conns):
                 msg = reader.deserialize(raw, conn.msgtype)
                 t = _stamp(msg)
@@ -152,9 +199,18 @@ def bag_frames(bag: str | Path, image_topic: str, pose_topic: str = "", trajecto
                     stats.without_pose += 1
                     continue
                 stats.cameras.add(msg.header.frame_id or image_topic)
-                yield _decoder(msg, bag, image_topic, t), Keyframe(
-                    stamp=t, pose=pose, camera=image_topic, frame_id=msg.header.frame_id,
-                    image_ref=f"{bag.name}:{image_topic}@{t:.6f}")
+                kf = Keyframe(stamp=t, pose=pose, camera=image_topic, frame_id=msg.header.frame_id,
+                              image_ref=f"{bag.name}:{image_topic}@{t:.6f}")
+                if not depth_topic:
+                    yield _decoder(msg, bag, image_topic, t), kf
+                    continue
+                j = bisect.bisect_left(depth_stamps, t)
+                near = min((k for k in (j - 1, j) if 0 <= k < len(depth_stamps)),
+                           key=lambda k: abs(depth_stamps[k] - t), default=None)
+                depth = (_depth_decoder(depth_msgs[near], bag, depth_topic)
+                         if near is not None and abs(depth_stamps[near] - t) <= max_depth_age else None)
+                stats.with_depth += depth is not None
+                yield _decoder(msg, bag, image_topic, t), kf, depth
     except AnyReaderError as exc:
         raise DatasetError(f"{bag}: cannot read the bag ({exc})") from None
 

@@ -107,14 +107,15 @@ class MapBuilder:
                 return self._add(novel, [keyframe], [self.features(rgb)])[0]
         return None
 
-    def add_many(self, frames: Iterable[tuple[np.ndarray | Callable[[], np.ndarray], Keyframe]],
+    def add_many(self, frames: Iterable[tuple],
                  batch_size: int = 8, progress: bool = False, total: int | None = None) -> list[int]:
         """Offer many frames (streamed); keyframes are encoded in batches. Returns the new ids.
 
-        An image may be given as a callable returning it: it is only decoded if the frame
+        Each frame is (image, Keyframe) or (image, Keyframe, aligned depth in metres or None). An
+        image or depth may be given as a callable returning it: it is only decoded if the frame
         becomes a keyframe (cheap for long recordings)."""
         ids: list[int] = []
-        pending: list[tuple[np.ndarray, Keyframe]] = []
+        pending: list[tuple] = []
         bar = None
         if progress:
             from tqdm import tqdm
@@ -122,19 +123,21 @@ class MapBuilder:
             bar = tqdm(total=total if total is not None else (len(frames) if hasattr(frames, "__len__") else None),
                        desc="building map", unit="img")
         try:
-            for rgb, kf in frames:
+            for item in frames:
+                rgb, kf = item[0], item[1]
+                depth = item[2] if len(item) > 2 else None  # optional aligned depth (array or callable)
                 self.offered += 1
                 if not all(math.isfinite(v) for v in kf.pose):
                     raise MapError(f"frame at stamp {kf.stamp}: pose has NaN/inf values")
                 if self.selector.offer(kf.stamp, kf.pose):
-                    pending.append((rgb() if callable(rgb) else rgb, kf))
+                    pending.append((rgb() if callable(rgb) else rgb, kf, depth() if callable(depth) else depth))
                 elif self.selector.cfg.novelty_threshold > 0:
                     ids += self._flush(pending)  # compare with the latest keyframe, in order
                     image = rgb() if callable(rgb) else rgb
                     novel = self._novel(image)
                     if novel is not None:
                         self.selector.accept(kf.stamp, kf.pose)
-                        ids += self._add(novel, [kf], [self.features(image)])
+                        ids += self._add(novel, [kf], [self.features(image, depth() if callable(depth) else depth)])
                 if len(pending) >= batch_size:
                     ids += self._flush(pending)
                 if bar is not None:
@@ -145,11 +148,11 @@ class MapBuilder:
                 bar.close()  # an error then prints on a line of its own
         return ids
 
-    def _flush(self, pending: list[tuple[np.ndarray, Keyframe]]) -> list[int]:
+    def _flush(self, pending: list[tuple]) -> list[int]:
         if not pending:
             return []
         desc = self.backend.infer(preprocess_batch([p[0] for p in pending], self.backend.input_size))
-        ids = self._add(desc, [p[1] for p in pending], [self.features(p[0]) for p in pending])
+        ids = self._add(desc, [p[1] for p in pending], [self.features(p[0], p[2]) for p in pending])
         pending.clear()
         return ids
 
