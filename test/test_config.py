@@ -19,6 +19,24 @@ def test_shipped_yaml_files_load_and_match_defaults():
     assert mb["keyframes"].min_distance == 1.0
 
 
+def test_shipped_yaml_files_list_every_declared_parameter():
+    """Users copy these files: every parameter the nodes declare is there, with its default."""
+    from dataclasses import MISSING, fields
+
+    for name, sections in (("localizer", LOCALIZER_SECTIONS), ("map_builder", MAP_BUILDER_SECTIONS)):
+        params = yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())["/**"]["ros__parameters"]
+        for section, cls in sections.items():
+            listed = params.get(section, {}) if section else params
+            default = cls()
+            for f in fields(cls):
+                assert f.name in listed, f"config/{name}.yaml lacks {section + '.' if section else ''}{f.name}"
+                want = getattr(default, f.name)
+                if f.default is not MISSING or f.default_factory is not MISSING:  # type: ignore[misc]
+                    got = listed[f.name]
+                    assert (list(got) if isinstance(want, (list, tuple)) else got) == \
+                        (list(want) if isinstance(want, (list, tuple)) else want), (name, section, f.name)
+
+
 def test_every_field_has_a_description():
     for cls in {*LOCALIZER_SECTIONS.values(), *MAP_BUILDER_SECTIONS.values()}:
         assert all(len(text) > 10 for text in describe(cls).values()), cls

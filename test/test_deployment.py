@@ -62,14 +62,20 @@ def test_onnx_export_parity_metadata_and_folding(name, tmp_path):
     assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["vpr_ros.model_id"].startswith(cfg.arch) and meta["vpr_ros.input_size"] == "56"
-    assert [i.name for i in proto.graph.input] == ["images"] and [o.name for o in proto.graph.output] == ["descriptors"]
+    assert [i.name for i in proto.graph.input] == ["images"]
+    assert [o.name for o in proto.graph.output] == ["descriptors", "local_features"]  # one pass, both outputs
+    assert meta["vpr_ros.local_output"] == "local_features" and meta["vpr_ros.local_dim"] == "128"
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-    # the same descriptors through both backends, for several batch sizes
+    # the same descriptors and dense local features through both backends, for several batch sizes
     with TorchBackend(cfg) as tb, OnnxRuntimeBackend(tmp_path / "m.onnx") as ob:
         assert ModelIdentity.of_backend(tb) == ModelIdentity.of_backend(ob)  # maps are interchangeable
+        assert tb.has_local and ob.has_local
         for n in (1, 3):
             x = np.random.default_rng(n).normal(size=(n, 3, 56, 56)).astype(np.float32)
             assert np.abs(tb.infer(x) - ob.infer(x)).max() <= 1e-4
+            (dt, lt), (do, lo) = tb.infer_local(x), ob.infer_local(x)
+            assert lt.shape == (n, 16, 128) and np.abs(lt - lo).max() <= 1e-4 and np.abs(dt - do).max() <= 1e-4
+            assert np.allclose(np.linalg.norm(lo, axis=2), 1.0, atol=1e-4)
 
 
 def test_pca_is_baked_into_the_graph(tmp_path):

@@ -146,3 +146,22 @@ def test_eval_command_end_to_end_with_cache_and_pca(tmp_path, capsys):
     assert main(args + model + ["--params-file", str(params), "--pca", str(tmp_path / "pca.npz")]) == 0
     assert "pca4-" in json.loads((tmp_path / "out" / "results.json").read_text())["model"]
     assert main([str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.parametrize("mode", ["classical", "dense"])
+def test_eval_reranks_with_local_features(tmp_path, capsys, mode):
+    """--rerank reports R@N before and after and the precision/recall of verified top-1 matches."""
+    from vpr_ros.cli.eval import main
+
+    data = make_gmberton(tmp_path / "city", n=6)
+    params = tmp_path / "p.yaml"
+    params.write_text(f"/**:\n  ros__parameters:\n    model:\n      input_size: {TINY_MODEL['input_size']}\n"
+                      f"      seed: {TINY_MODEL['seed']}\n")
+    assert main([str(data), "--output", str(tmp_path / "out"), "--cache-dir", "", "--backbone",
+                 TINY_MODEL["backbone"], "--params-file", str(params), "--rerank", mode, "--min-inliers", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "[eval] global: R@1" in out and f"re-ranked top-6 by {'dense' if mode == 'dense' else 'sift'}" in out
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    rr = res["rerank"]
+    assert set(rr["recall_before"]) == {"R@1", "R@5", "R@10", "R@20"} and rr["recall_after"] == res["recall"]
+    assert 0 <= rr["verified_top1_correct"] <= rr["verified_top1"] <= 6

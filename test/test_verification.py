@@ -143,3 +143,105 @@ def test_localizer_reranks_verifies_and_composes_a_metric_pose(tiny_backend, cor
             errors.append(float(np.linalg.norm(np.array(r.pose[:3]) - np.array(true[:3]))))
     assert verified >= len(second.images) // 2, verified
     assert np.median(errors) < 0.05, errors  # metres: the robot's own pose, not the keyframe's
+
+
+@pytest.fixture(scope="module")
+def tiny_224():
+    from vpr_ros.config import ModelConfig
+    from vpr_ros.runtime.torch_backend import TorchBackend
+
+    with TorchBackend(ModelConfig(backbone="vit_test", input_size=224, seed=3)) as b:
+        yield b
+
+
+def test_dense_rerank_uses_the_networks_own_patch_tokens(scene, tiny_224):
+    """SelaVPR-style: mutual nearest neighbours of the dense features from the same forward pass."""
+    from vpr_ros.runtime.preprocess import preprocess_batch
+
+    v = Verifier(VerificationConfig(features="dense", rerank="dense"))
+    poses = [KEYFRAME, QUERIES[0], look_pose((9.0, 0.0, 1.4), 0.0), look_pose((15.0, 0.0, 1.4), 0.0),
+             look_pose((21.0, 0.0, 1.4), 0.0)]
+    imgs = [scene.render(p, DEMO_CAMERA)[0] for p in poses]
+    desc, local = tiny_224.infer_local(preprocess_batch(imgs, 224))
+    assert np.abs(desc - tiny_224.infer(preprocess_batch(imgs, 224))).max() < 1e-5  # same pass, same descriptor
+    feats = [v.features(im, loc) for im, loc in zip(imgs, local)]
+    assert feats[0].descriptors.shape == (256, 128) and feats[0].descriptors.dtype == np.float16
+    assert feats[0].keypoints[0].tolist() == pytest.approx([10.0, 7.5])  # patch centres in image pixels
+    scores = [v.rerank_score(feats[1], f) for f in (feats[0], *feats[2:])]
+    assert scores[0] > max(scores[1:]), scores
+    with pytest.raises(Exception, match="rerank: 'dense' needs features 'dense'"):
+        VerificationConfig(rerank="dense")
+
+
+def test_dense_maps_store_the_tokens_and_rerank_in_the_localizer(corridor_drives, tiny_224):
+    from vpr_ros.config import KeyframeConfig
+    from vpr_ros.localization import Localizer
+    from vpr_ros.mapping.builder import MapBuilder, frames_from_lists
+
+    first, second = corridor_drives
+    vcfg = VerificationConfig(features="dense", rerank="dense", loop_closures="none")
+    b = MapBuilder(tiny_224, KeyframeConfig(min_distance=0.5), verification=vcfg, intrinsics=INTR)
+    b.add_many([(im, kf, d) for (im, kf), d in zip(frames_from_lists(first.images, first.stamps, first.poses),
+                                                     first.depths)])
+    assert b.map.manifest.local_features == "dense"
+    f = b.map.local_features(2)
+    assert f.kind == "dense" and f.points3d is not None and f.nbytes < 80_000  # 64 KiB of float16 tokens
+    loc = Localizer(tiny_224, b.map, LocalizerConfig(top_k=3), vcfg)
+    r = loc.localize(second.images[5], second.stamps[5], intrinsics=INTR)
+    assert all(m.local_score >= 0 for m in r.matches) and "rerank" in r.timings_ms
+    assert [m.local_score for m in r.matches] == sorted((m.local_score for m in r.matches), reverse=True)
+
+
+def test_rerank_auto_follows_the_features_and_mismatches_are_reported(corridor_drives, tiny_224):
+    """'auto' (the default) picks the re-ranking that goes with the features, so a map builder or
+    localizer needs only verification.features: dense; a wrong pairing names both keys."""
+    from vpr_ros.config import KeyframeConfig
+    from vpr_ros.errors import ConfigError
+    from vpr_ros.localization import Localizer
+    from vpr_ros.mapping.builder import MapBuilder, frames_from_lists
+
+    assert VerificationConfig().rerank == "auto"
+    VerificationConfig(features="dense")  # no error: auto
+    with pytest.raises(ConfigError, match="rerank: 'classical' needs features 'sift' or 'orb'"):
+        VerificationConfig(features="dense", rerank="classical")
+    first, second = corridor_drives
+    b = MapBuilder(tiny_224, KeyframeConfig(min_distance=0.5), verification=VerificationConfig(features="dense"),
+                   intrinsics=INTR)
+    b.add_many(list(frames_from_lists(first.images[:6], first.stamps[:6], first.poses[:6])))
+    loc = Localizer(tiny_224, b.map, LocalizerConfig(top_k=3), VerificationConfig(features="dense"))
+    assert loc.map_note == ""
+    r = loc.localize(second.images[2], second.stamps[2], intrinsics=INTR)
+    assert "rerank" in r.timings_ms and all(m.local_score >= 0 for m in r.matches)
+    # a localizer set for SIFT on this dense map: it works, says why nothing is verified
+    sift = Localizer(tiny_224, b.map, LocalizerConfig(top_k=3), VerificationConfig())
+    assert "'dense' local features but verification.features is 'sift'" in sift.map_note
+    r = sift.localize(second.images[2], second.stamps[2], intrinsics=INTR)
+    assert "rerank" not in r.timings_ms
+
+
+def test_dense_features_need_a_backend_with_the_local_output(corridor_drives, tiny_224):
+    """A backend without the second output (a TensorRT engine, a graph exported before v0.3) is
+    refused at start-up with the reason, not on every frame. The backend here is a stand-in with
+    only the attributes consulted before the refusal (no TensorRT on these machines)."""
+    from vpr_ros.config import KeyframeConfig
+    from vpr_ros.errors import ConfigError
+    from vpr_ros.localization import Localizer
+    from vpr_ros.mapping.builder import MapBuilder, frames_from_lists
+
+    class NoLocal:
+        has_local, name, model_id = False, "tensorrt", "m"
+
+    dense = VerificationConfig(features="dense")
+    with pytest.raises(ConfigError, match="local_features output, which backend 'tensorrt'"):
+        MapBuilder(NoLocal(), KeyframeConfig(), verification=dense)  # type: ignore[arg-type]
+    Verifier(VerificationConfig(features="sift")).check_backend(NoLocal())  # type: ignore[arg-type]
+    first = corridor_drives[0]
+    b = MapBuilder(tiny_224, KeyframeConfig(min_distance=0.5), verification=dense)
+    b.add_many(list(frames_from_lists(first.images[:3], first.stamps[:3], first.poses[:3])))
+    with pytest.raises(ConfigError, match="local_features output"):
+        Localizer(NoLocal(), b.map, LocalizerConfig(), dense)  # type: ignore[arg-type]
+    loc = Localizer(tiny_224, b.map, LocalizerConfig(), VerificationConfig(features="none"))
+    loc.backend = NoLocal()  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="local_features output"):
+        loc.update_config(LocalizerConfig(), dense)
+    assert loc.verifier.cfg.features == "none"  # the refused settings did not replace the working ones

@@ -185,8 +185,8 @@ class LocalizerConfig:
             raise ConfigError("diagnostics_topic: must not be empty")
 
 
-VERIFICATION_FEATURES = ("orb", "sift", "none")
-RERANK_MODES = ("none", "classical")
+VERIFICATION_FEATURES = ("sift", "orb", "dense", "none")
+RERANK_MODES = ("auto", "classical", "dense", "none")
 LOOP_VERIFICATION = ("geometric", "none")
 #: The optical frame (x right, y down, z forward) of a camera at the robot's origin looking along
 #: base_link's x axis (x forward, y left, z up): its pose in base_link.
@@ -199,10 +199,14 @@ class VerificationConfig:
 
     features: str = _f("sift", "Local features stored with every map keyframe and extracted from queries: "
                        "'sift' (more inliers and better re-ranking in our measurements), 'orb' (faster, "
-                       "smaller) or 'none' (no re-ranking, no geometric verification).")
+                       "smaller), 'dense' (the network's own patch tokens from the same forward pass, "
+                       "SelaVPR-style; coarse keypoints at patch centres) or 'none' (no re-ranking, no "
+                       "geometric verification).")
     max_features: int = _f(500, "Most local features per image (SIFT: 136 bytes each stored).", lo=50, hi=20000)
-    rerank: str = _f("classical", "Re-rank the global top rerank_top_k by local matching: 'classical' (inliers of "
-                     "a robust fundamental matrix between stored and query features) or 'none'.", live=True)
+    rerank: str = _f("auto", "Re-rank the global top rerank_top_k by local matching: 'classical' (inliers of "
+                     "a robust fundamental matrix between stored and query SIFT/ORB features), 'dense' (mutual "
+                     "nearest neighbours of dense features; needs features 'dense'), 'auto' (the one that goes "
+                     "with features) or 'none'.", live=True)
     rerank_top_k: int = _f(20, "Global candidates re-ranked per query.", live=True, lo=1, hi=500)
     ratio: float = _f(0.8, "Lowe's ratio test for matching local features.", live=True, lo=0.1, hi=1.0)
     min_inliers: int = _f(30, "Geometric inliers needed to verify a match.", live=True, lo=6, hi=100000)
@@ -217,6 +221,10 @@ class VerificationConfig:
         _choice("features", self.features, VERIFICATION_FEATURES)
         _choice("rerank", self.rerank, RERANK_MODES)
         _choice("loop_closures", self.loop_closures, LOOP_VERIFICATION)
+        if self.rerank == "dense" and self.features not in ("dense", "none"):
+            raise ConfigError(f"rerank: 'dense' needs features 'dense' (features is '{self.features}')")
+        if self.rerank == "classical" and self.features == "dense":
+            raise ConfigError("rerank: 'classical' needs features 'sift' or 'orb' (features is 'dense': use rerank 'dense')")
         _positive("max_features", self.max_features)
         _positive("rerank_top_k", self.rerank_top_k)
         _range("ratio", self.ratio, 0.1, 1.0)

@@ -246,22 +246,34 @@ class RerankSummary:
 
 
 def rerank(result: EvalResult, dataset: EvalDataset, cfg: "VerificationConfig", progress: bool = False,
-           cache_size: int = 4096) -> RerankSummary:
-    """Re-rank each query's global top ``cfg.rerank_top_k`` by local matching (inliers of a robust
-    fundamental matrix; the datasets have no camera models) and update ``result`` in place (ranked,
-    recalls). A top-1 with at least ``cfg.min_inliers`` inliers counts as a verified loop closure."""
+           cache_size: int = 4096, backend: DescriptorBackend | None = None) -> RerankSummary:
+    """Re-rank each query's global top ``cfg.rerank_top_k`` by local matching and update ``result``
+    in place (ranked, recalls): classical (inliers of a robust fundamental matrix; the datasets have
+    no camera models) or dense (mutual nearest neighbours of the network's dense features, which
+    ``backend`` computes). A top-1 scoring at least ``cfg.min_inliers`` counts as a verified loop
+    closure."""
     from collections import OrderedDict
 
     from vpr_ros.verification.verifier import Verifier
 
     verifier = Verifier(cfg)
     cache: OrderedDict[int, object] = OrderedDict()
+    if verifier.dense and (backend is None or not backend.has_local):
+        raise DatasetError("dense re-ranking needs a backend with dense local features (torch, or an ONNX "
+                           "export of this version)")
+
+    def features_of(path: Path):  # type: ignore[no-untyped-def]
+        rgb = read_rgb(path)
+        local = None
+        if verifier.dense:
+            local = backend.infer_local(preprocess_batch([rgb], backend.input_size))[1][0]  # type: ignore[union-attr]
+        return verifier.features(rgb, local)
 
     def db_features(i: int):  # type: ignore[no-untyped-def]
         if i in cache:
             cache.move_to_end(i)
             return cache[i]
-        f = verifier.features(read_rgb(dataset.database[i]))
+        f = features_of(dataset.database[i])
         cache[i] = f
         if len(cache) > cache_size:
             cache.popitem(last=False)
@@ -279,7 +291,7 @@ def rerank(result: EvalResult, dataset: EvalDataset, cfg: "VerificationConfig", 
     ranked = result.ranked.copy()
     try:
         for qi in it:
-            fq = verifier.features(read_rgb(dataset.queries[qi]))
+            fq = features_of(dataset.queries[qi])
             cands = [int(c) for c in result.ranked[qi, :k] if c >= 0]
             local = [verifier.rerank_score(fq, db_features(c)) for c in cands]  # type: ignore[arg-type]
             order = sorted(range(len(cands)), key=lambda j: (-local[j], j))

@@ -86,6 +86,7 @@ class Localizer:
         self.backend = backend
         self.cfg = cfg
         self.verifier = Verifier(verification or VerificationConfig(features="none"))
+        self.verifier.check_backend(backend)
         self._lock = threading.Lock()
         self._check(vpr_map)
         self.map = vpr_map
@@ -95,6 +96,11 @@ class Localizer:
         vpr_map.check_model(ModelIdentity.of_backend(self.backend), where="map")
         if len(vpr_map) == 0:
             raise MapError("map is empty: build it first (vpr_ros_build_map or the map_builder node)")
+
+    @property
+    def map_note(self) -> str:
+        """Why the loaded map cannot be re-ranked or verified with these settings ('' if it can)."""
+        return self.verifier.map_note(self.map.manifest.local_features)
 
     def set_map(self, vpr_map: VprMap) -> None:
         """Swap in another map (checked against the backend's model); the loop-closure streak restarts."""
@@ -109,7 +115,9 @@ class Localizer:
 
         with self._lock:
             if verification is not None:
-                self.verifier = Verifier(verification)
+                verifier = Verifier(verification)
+                verifier.check_backend(self.backend)
+                self.verifier = verifier
             rules_changed = (cfg.score_threshold, cfg.min_time_separation, cfg.temporal_consistency,
                              cfg.consistency_window, cfg.max_loop_closure_rate) != (
                 self.cfg.score_threshold, self.cfg.min_time_separation, self.cfg.temporal_consistency,
@@ -120,24 +128,29 @@ class Localizer:
                 self.loops = _loop_detector(cfg)
                 self.loops.published, self.loops.last_published = published, last
 
-    def describe(self, rgb: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        """One RGB image -> (descriptor [D], timings in ms)."""
+    def describe(self, rgb: np.ndarray, local: bool = False) -> tuple[np.ndarray, dict[str, float], np.ndarray | None]:
+        """One RGB image -> (descriptor [D], timings in ms, dense local features [P, C] if ``local``)."""
         t0 = time.perf_counter()
         x = preprocess(rgb, self.backend.input_size)[None]
         t1 = time.perf_counter()
-        d = self.backend.infer(x)[0]
+        tokens = None
+        if local:
+            d, tokens = self.backend.infer_local(x)
+            d, tokens = d[0], tokens[0]
+        else:
+            d = self.backend.infer(x)[0]
         t2 = time.perf_counter()
-        return d, {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3}
+        return d, {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3}, tokens
 
     def localize(self, rgb: np.ndarray, stamp: float, camera: str = "image",
                  intrinsics: "CameraIntrinsics | None" = None) -> LocalizationResult:
         """Match one frame taken at ``stamp`` (seconds) by ``camera`` (intrinsics from its CameraInfo)."""
         with self._lock:  # one consistent (map, settings, rules) for the whole query
             vmap, cfg, loops, verifier = self.map, self.cfg, self.loops, self.verifier
-        desc, timings = self.describe(rgb)
-        t0 = time.perf_counter()
         vcfg = verifier.cfg
         local = verifier.enabled and vmap.manifest.local_features == vcfg.features
+        desc, timings, tokens = self.describe(rgb, local=local and verifier.dense)
+        t0 = time.perf_counter()
         rerank = local and vcfg.rerank != "none"
         want = max(cfg.top_k, vcfg.rerank_top_k if rerank else 0)
         # with recent keyframes excluded, look further down the ranking to still fill the list
@@ -153,7 +166,7 @@ class Localizer:
         local_scores = [-1] * len(kept)
         if local and (rerank or vcfg.loop_closures == "geometric"):
             t1 = time.perf_counter()
-            query_features = verifier.features(rgb)
+            query_features = verifier.features(rgb, tokens)
             if query_features is not None:
                 query_features.intrinsics = intrinsics
             timings["features"] = (time.perf_counter() - t1) * 1e3

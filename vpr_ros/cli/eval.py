@@ -57,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="torch device")
     ap.add_argument("--batch-size", type=_positive_int, default=16)
     ap.add_argument("--pca", default="", help="PCA file (.npz from training) applied to the descriptors")
-    ap.add_argument("--rerank", choices=("none", "classical"), default="none",
-                    help="re-rank the global top-K by local feature matching (robust fundamental-matrix inliers)")
+    ap.add_argument("--rerank", choices=("none", "classical", "dense"), default="none",
+                    help="re-rank the global top-K by local matching: 'classical' (robust fundamental-matrix "
+                    "inliers of SIFT/ORB features) or 'dense' (mutual nearest neighbours of the network's "
+                    "dense features)")
     ap.add_argument("--rerank-top-k", type=_positive_int, default=20, help="candidates re-ranked per query")
     ap.add_argument("--features", choices=("sift", "orb"), default="sift", help="local features for --rerank")
     ap.add_argument("--min-inliers", type=_positive_int, default=30,
@@ -97,22 +99,25 @@ def main(argv: list[str] | None = None) -> int:
                 print("[eval] WARNING: random weights - these numbers say nothing about the method")
             result = evaluate(dataset, backend, a.batch_size, Path(a.cache_dir) if a.cache_dir else None,
                               pca, progress=True)
-        if result.cached:
-            print("[eval] descriptors loaded from cache (the network did not run)")
-        summary = None
-        if a.rerank != "none":
-            from vpr_ros.config import VerificationConfig
-            from vpr_ros.eval_run import rerank
+            if result.cached:
+                print("[eval] descriptors loaded from cache (the network did not run)")
+            summary = None
+            if a.rerank != "none":
+                from vpr_ros.config import VerificationConfig
+                from vpr_ros.eval_run import rerank
 
-            print("[eval] global: " + "   ".join(f"R@{n} {v:.3f}" for n, v in result.recalls.items()))
-            vcfg = VerificationConfig(features=a.features, rerank_top_k=a.rerank_top_k,
-                                      min_inliers=max(6, a.min_inliers))
-            summary = rerank(result, dataset, vcfg, progress=True)
-            print(f"[eval] re-ranked top-{summary.top_k} by {a.features} inliers ({summary.ms_per_query:.1f} ms/query):")
-            print(f"[eval] verified top-1 (>= {vcfg.min_inliers} inliers): {summary.verified} of "
-                  f"{len(dataset.queries)} queries, precision {summary.precision:.3f}, recall {summary.recall:.3f}")
+                print("[eval] global: " + "   ".join(f"R@{n} {v:.3f}" for n, v in result.recalls.items()))
+                kind = "dense" if a.rerank == "dense" else a.features
+                vcfg = VerificationConfig(features=kind, rerank=a.rerank, rerank_top_k=a.rerank_top_k,
+                                          min_inliers=max(6, a.min_inliers))
+                summary = rerank(result, dataset, vcfg, progress=True, backend=backend)
+                what = "mutual nearest neighbours" if kind == "dense" else "inliers"
+                print(f"[eval] re-ranked top-{summary.top_k} by {kind} {what} ({summary.ms_per_query:.1f} ms/query):")
+                print(f"[eval] verified top-1 (score >= {vcfg.min_inliers}): {summary.verified} of "
+                      f"{len(dataset.queries)} queries, precision {summary.precision:.3f}, recall {summary.recall:.3f}")
         print("[eval] " + "   ".join(f"R@{n} {v:.3f}" for n, v in result.recalls.items()))
-        print(f"[eval] PR AUC {result.pr.auc:.3f}   recall at 100% precision {result.pr.recall_at_100_precision:.3f}")
+        print(f"[eval] PR AUC {result.pr.auc:.3f}   recall at 100% precision {result.pr.recall_at_100_precision:.3f}"
+              " (of the global top-1 scores)")
         print("[eval] timings: " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
         files = write_outputs(result, dataset, Path(a.output), title, summary)
         print(f"[eval] wrote {', '.join(str(f) for f in files)}")

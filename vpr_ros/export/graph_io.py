@@ -8,15 +8,16 @@ from pathlib import Path
 from vpr_ros import __version__
 from vpr_ros.config import IMAGENET_MEAN, IMAGENET_STD
 
-INPUT, OUTPUT = "images", "descriptors"
+INPUT, OUTPUT, LOCAL_OUTPUT = "images", "descriptors", "local_features"
 OPSET = 17
 _PREFIX = "vpr_ros."
 
 
 def metadata_of(model_id: str, weights_sha256: str, input_size: int, descriptor_dim: int,
-                pca_id: str, arch: str, weights_source: str) -> dict[str, str]:
-    """Metadata stored in the ONNX file (all strings)."""
-    return {"vpr_ros.model_id": model_id, "vpr_ros.weights_sha256": weights_sha256,
+                pca_id: str, arch: str, weights_source: str, local_dim: int = 0) -> dict[str, str]:
+    """Metadata stored in the ONNX file (all strings); ``local_dim`` > 0 when the graph also outputs
+    dense local features."""
+    return {"vpr_ros.local_output": LOCAL_OUTPUT if local_dim else "", "vpr_ros.local_dim": str(local_dim),"vpr_ros.model_id": model_id, "vpr_ros.weights_sha256": weights_sha256,
             "vpr_ros.weights_source": weights_source,
             "vpr_ros.input_size": str(input_size), "vpr_ros.descriptor_dim": str(descriptor_dim),
             "vpr_ros.pca_id": pca_id, "vpr_ros.arch": arch, "vpr_ros.version": __version__,

@@ -1,7 +1,9 @@
 """Export a model to ONNX: fixed input size, dynamic batch, BatchNorm folded, PCA baked in.
 
-The graph's input is ``images`` float32 [N, 3, S, S] (preprocessed as everywhere), its output
-``descriptors`` float32 [N, D] (L2-normalised; after PCA, re-normalised). The metadata
+The graph's input is ``images`` float32 [N, 3, S, S] (preprocessed as everywhere), its outputs
+``descriptors`` float32 [N, D] (L2-normalised; after PCA, re-normalised) and, for the students,
+``local_features`` float32 [N, P, 128] (the dense local features of the same forward pass, for
+dense re-ranking; P = patches). The metadata
 records the model identity (id, weights sha256, input size, descriptor dim, PCA id,
 normalisation) so that a backend reading the file alone can check maps against it.
 """
@@ -17,8 +19,9 @@ from torch import Tensor, nn
 
 from vpr_ros.config import ModelConfig, batch_dependent_refusal
 from vpr_ros.errors import ConfigError, EngineBuildError
-from vpr_ros.export.graph_io import INPUT, OPSET, OUTPUT, metadata_of
+from vpr_ros.export.graph_io import INPUT, LOCAL_OUTPUT, OPSET, OUTPUT, metadata_of
 from vpr_ros.model.pooling import l2n
+from vpr_ros.model.student import LOCAL_DIM, PlaceModel
 from vpr_ros.pca import Pca
 
 
@@ -43,9 +46,15 @@ class ExportGraph(nn.Module):
             self.register_buffer("pca_mean", torch.from_numpy(pca.mean))
             self.register_buffer("pca_w", torch.from_numpy(pca.components))
 
-    def forward(self, x: Tensor) -> Tensor:
-        d = self.model(x)
-        return l2n((d - self.pca_mean) @ self.pca_w) if self.has_pca else d
+        self.has_local = type(model).forward_local is not PlaceModel.forward_local
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        if self.has_local:
+            d, local = self.model.forward_local(x)
+        else:
+            d, local = self.model(x), None
+        d = l2n((d - self.pca_mean) @ self.pca_w) if self.has_pca else d
+        return d if local is None else (d, local)
 
 
 def export_onnx(cfg: ModelConfig, path: str | Path, check_batch: int = 2) -> ExportInfo:
@@ -66,13 +75,15 @@ def export_onnx(cfg: ModelConfig, path: str | Path, check_batch: int = 2) -> Exp
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        outputs = [OUTPUT, LOCAL_OUTPUT] if graph.has_local else [OUTPUT]
         with torch.no_grad():
             torch.onnx.export(graph, (torch.zeros(1, 3, s, s),), str(tmp), input_names=[INPUT],
-                              output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                              output_names=outputs, dynamic_axes={n: {0: "batch"} for n in [INPUT, *outputs]},
                               opset_version=OPSET, do_constant_folding=True, dynamo=False)
         proto = onnx.load(str(tmp))
         meta = metadata_of(info.model_id, info.weights_sha256, s, graph.descriptor_dim,
-                           pca.pca_id if pca else "", cfg.arch, info.weights_source)
+                           pca.pca_id if pca else "", cfg.arch, info.weights_source,
+                           local_dim=LOCAL_DIM if graph.has_local else 0)
         for k, v in meta.items():
             proto.metadata_props.add(key=k, value=v)
         proto.producer_name = "vpr_ros"
@@ -94,7 +105,8 @@ def _parity(graph: nn.Module, path: Path, size: int, batch: int) -> float:
 
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ref = graph(x).numpy()
+        ref = graph(x)
+    refs = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = sess.run([OUTPUT], {INPUT: x.numpy()})[0]
-    return float(np.abs(out - ref).max())
+    outs = sess.run([o.name for o in sess.get_outputs()], {INPUT: x.numpy()})
+    return float(max(np.abs(o - r).max() for o, r in zip(outs, refs)))

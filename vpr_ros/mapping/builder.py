@@ -32,13 +32,14 @@ class MapBuilder:
                  map_frame: str = "map", source: str = "", base: VprMap | None = None,
                  index: IndexConfig | None = None, verification: VerificationConfig | None = None,
                  intrinsics: "CameraIntrinsics | None" = None) -> None:
-        """``verification.features`` (default 'orb') are stored with every keyframe, with
+        """``verification.features`` (default 'sift') are stored with every keyframe, with
         ``intrinsics`` (a static camera model, e.g. from a bag's CameraInfo) when given."""
         from vpr_ros.verification.verifier import Verifier
 
         self.backend = backend
         self.index_cfg = index or IndexConfig()
         self.verifier = Verifier(verification or VerificationConfig())
+        self.verifier.check_backend(backend)
         self.intrinsics = intrinsics
         self.selector = KeyframeSelector(keyframes)
         identity = ModelIdentity.of_backend(backend)
@@ -60,11 +61,26 @@ class MapBuilder:
         last = self._last_descriptor
         return desc if last is None or self.selector.is_novel(float(desc[0] @ last)) else None
 
+    def encode(self, images: Sequence[np.ndarray], depths: "Sequence[np.ndarray | None] | None" = None,
+               intrinsics: "CameraIntrinsics | None" = None) -> "tuple[np.ndarray, list[LocalFeatures | None]]":
+        """Global descriptors [N, D] and local features of keyframe images, with one forward pass
+        (dense features are the network's second output)."""
+        batch = preprocess_batch(list(images), self.backend.input_size)
+        depths = list(depths) if depths is not None else [None] * len(images)
+        if self.verifier.dense:
+            desc, local = self.backend.infer_local(batch)
+            return desc, [self.features(im, d, intrinsics, loc) for im, d, loc in zip(images, depths, local)]
+        desc = self.backend.infer(batch)
+        return desc, [self.features(im, d, intrinsics) for im, d in zip(images, depths)]
+
     def features(self, rgb: np.ndarray, depth: np.ndarray | None = None,
-                 intrinsics: "CameraIntrinsics | None" = None) -> "LocalFeatures | None":
+                 intrinsics: "CameraIntrinsics | None" = None,
+                 local: np.ndarray | None = None) -> "LocalFeatures | None":
         """Local features of a keyframe image (with 3-D points when an aligned depth image [H, W] in
-        metres and the intrinsics are given)."""
-        f = self.verifier.features(rgb)
+        metres and the intrinsics are given; dense features from the network's ``local`` output)."""
+        if self.verifier.dense and local is None:
+            local = self.backend.infer_local(preprocess_batch([rgb], self.backend.input_size))[1][0]
+        f = self.verifier.features(rgb, local)
         intr = intrinsics or self.intrinsics
         if f is None:
             return None
@@ -98,8 +114,8 @@ class MapBuilder:
         if not all(math.isfinite(v) for v in keyframe.pose):
             raise MapError(f"frame at stamp {keyframe.stamp}: pose has NaN/inf values")
         if self.selector.offer(keyframe.stamp, keyframe.pose):
-            desc = self.backend.infer(preprocess_batch([rgb], self.backend.input_size))
-            return self._add(desc, [keyframe], [self.features(rgb)])[0]
+            desc, feats = self.encode([rgb])
+            return self._add(desc, [keyframe], feats)[0]
         if self.selector.cfg.novelty_threshold > 0:
             novel = self._novel(rgb)
             if novel is not None:
@@ -151,8 +167,8 @@ class MapBuilder:
     def _flush(self, pending: list[tuple]) -> list[int]:
         if not pending:
             return []
-        desc = self.backend.infer(preprocess_batch([p[0] for p in pending], self.backend.input_size))
-        ids = self._add(desc, [p[1] for p in pending], [self.features(p[0], p[2]) for p in pending])
+        desc, feats = self.encode([p[0] for p in pending], [p[2] for p in pending])
+        ids = self._add(desc, [p[1] for p in pending], feats)
         pending.clear()
         return ids
 

@@ -29,13 +29,36 @@ def region_slices(side: int) -> list[tuple[slice, slice]]:
     return [(r, c) for r in halves for c in halves] + [(r, c) for r in thirds for c in thirds]
 
 
+#: Width of the dense local features: the patch tokens projected by a fixed random orthonormal
+#: matrix (seeded; cosine similarities are approximately preserved), so a keyframe stores
+#: 256 x 128 float16 values instead of 256 x 768.
+LOCAL_DIM = 128
+
+
+def dense_projection(width: int, dim: int = LOCAL_DIM, seed: int = 0) -> Tensor:
+    """A fixed [width, dim] matrix with orthonormal columns (dim <= width)."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(width, dim, generator=g, dtype=torch.float64))
+    return q.float()
+
+
 class PlaceModel(nn.Module):
-    """Common interface: ``arch``, ``descriptor_dim``, ``freeze_for(stage)``, ``fold_batchnorm()``."""
+    """Common interface: ``arch``, ``descriptor_dim``, ``freeze_for(stage)``, ``fold_batchnorm()``,
+    and for the students ``forward_local(x) -> (descriptors [B, D], dense local features
+    [B, P, LOCAL_DIM])`` from the same forward pass."""
 
     arch: str
     descriptor_dim: int
     batch_independent = True
     backbone: DinoV2
+
+    def forward_local(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} has no dense local features")
+
+    def _local(self, tokens: Tensor) -> Tensor:
+        """Patch tokens [B, P, C] -> projected, L2-normalised [B, P, LOCAL_DIM]."""
+        proj: Tensor = self.local_projection  # type: ignore[assignment]
+        return l2n(tokens.float() @ proj.float(), dim=-1)
 
     def freeze_for(self, stage: str) -> None:
         """Set ``requires_grad`` for a training stage ('distill', 'finetune', 'inference')."""
@@ -93,6 +116,8 @@ class D2VprStudent(PlaceModel):
         else:
             raise ValueError(f"encoder '{encoder}' is not 'self_enhanced', 'cross_image' or 'none'")
         self.descriptor_dim = 14 * d
+        # fixed (seeded), so not part of any checkpoint
+        self.register_buffer("local_projection", dense_projection(d), persistent=False)
 
     def region_tokens(self, x: Tensor) -> Tensor:
         """Images -> the 14 region tokens before the encoder [B, 14, D]."""
@@ -101,10 +126,19 @@ class D2VprStudent(PlaceModel):
         return self.aggregator(patch_grid(tokens, prefix, self.backbone.grid), tokens[:, 0])
 
     def forward(self, x: Tensor) -> Tensor:
-        t = self.region_tokens(x)
+        return self._describe(self.region_tokens(x))
+
+    def _describe(self, t: Tensor) -> Tensor:
         if self.encoder is not None:
             t = self.encoder(t)
         return l2n(t.flatten(1))
+
+    def forward_local(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(descriptors, dense local features): the recovery module's patch tokens, projected."""
+        tokens = self.drm(self.backbone(x))
+        prefix = self.backbone.num_prefix_tokens
+        regions = self.aggregator(patch_grid(tokens, prefix, self.backbone.grid), tokens[:, 0])
+        return self._describe(regions), self._local(tokens[:, prefix:])
 
     def freeze_for(self, stage: str) -> None:
         """'distill': everything trains. 'finetune': blocks 1-8 (with their adapters), the
@@ -158,8 +192,17 @@ class SciceVprStudent(PlaceModel):
         self.encoder = SelfEnhancedEncoder(d, layers=1, heads=16, ffn=int(2048 * d / 768))
         self.slices = region_slices(side)
         self.descriptor_dim = 14 * d
+        self.register_buffer("local_projection", dense_projection(d), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._forward(x)[0]
+
+    def forward_local(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(descriptors, dense local features): the token-mixed feature map, projected."""
+        desc, f = self._forward(x)
+        return desc, self._local(f.flatten(2).transpose(1, 2))
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         streams = self.backbone(x)
         prefix = self.backbone.num_prefix_tokens
         maps = [patch_grid(self.backbone.apply_norm(s), prefix, self.backbone.grid) for s in streams[-4:]]
@@ -168,7 +211,7 @@ class SciceVprStudent(PlaceModel):
         f = self.tokenmix(f.flatten(2)).unflatten(2, (side, side))
         regions = [f] + [f[:, :, r, c] for r, c in self.slices]
         tokens = torch.stack([l2n(self.gem(r)) for r in regions], dim=1)
-        return l2n(self.encoder(tokens).flatten(1))
+        return l2n(self.encoder(tokens).flatten(1)), f
 
     def freeze_for(self, stage: str) -> None:
         """The backbone is always frozen; everything after it trains (except at 'inference')."""

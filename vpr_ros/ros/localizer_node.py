@@ -207,7 +207,9 @@ class LocalizerCore(VprNodeMixin):
             self.loaded_map_dir = str(map_dir)
             self.counters.map_loads += 1
         self._publish_keyframes(vmap)
-        self._set_status(DiagnosticStatus.OK, f"map with {len(vmap)} keyframes loaded from {map_dir}")
+        note = self.localizer.map_note
+        self._set_status(DiagnosticStatus.WARN if note else DiagnosticStatus.OK,
+                         f"map with {len(vmap)} keyframes loaded from {map_dir}" + (f"; {note}" if note else ""))
         return True
 
     def _on_reload(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
@@ -348,7 +350,7 @@ class LocalizerCore(VprNodeMixin):
 
     def _set_status(self, level: bytes, text: str) -> None:
         self._status = (level, text)
-        self.say("error" if level == DiagnosticStatus.ERROR else "info", text)
+        self.say({DiagnosticStatus.ERROR: "error", DiagnosticStatus.WARN: "warning"}.get(level, "info"), text)
 
     def _publish_diagnostics(self) -> None:
         c, s = self.counters, self.slots

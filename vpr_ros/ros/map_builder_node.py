@@ -374,15 +374,14 @@ class MapBuilderCore(VprNodeMixin):
             return
         try:
             rgb = image_to_rgb(msg)
-            desc = backend.infer(preprocess_batch([rgb], backend.input_size))
-            feats = None
-            if builder.verifier.enabled:
-                intr = self.intrinsics.get(camera)
-                if intr is not None and (intr.width, intr.height) != (rgb.shape[1], rgb.shape[0]):
-                    intr = None
-                depth = self._depth_for(camera, kf.stamp, rgb.shape[:2]) if intr is not None else None
-                feats = builder.features(rgb, depth, intr)
-                self.with_depth += depth is not None
+            intr = self.intrinsics.get(camera)
+            if intr is not None and (intr.width, intr.height) != (rgb.shape[1], rgb.shape[0]):
+                intr = None
+            depth = None
+            if builder.verifier.enabled and intr is not None:
+                depth = self._depth_for(camera, kf.stamp, rgb.shape[:2])
+            desc, [feats] = builder.encode([rgb], [depth], intr)
+            self.with_depth += depth is not None
             with self._lock:
                 added = builder.add_encoded(desc, [kf], [feats]) if keyframe else builder.consider_novel(desc, kf, feats)
                 self._dirty = self._dirty or added is not None

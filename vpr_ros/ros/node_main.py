@@ -32,6 +32,12 @@ def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
     except VprError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         code = 2
+    except Exception:
+        # A signal can shut the context down between the executor's ok() check and its
+        # wait-set creation; rclpy then raises RCLError instead of ExternalShutdownException.
+        # That is an ordinary shutdown; anything raised while the context is alive is a bug.
+        if rclpy.ok():
+            raise
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):

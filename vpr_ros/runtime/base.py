@@ -50,6 +50,22 @@ class DescriptorBackend(abc.ABC):
     @abc.abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray: ...
 
+    @property
+    def has_local(self) -> bool:
+        """Whether :meth:`infer_local` is available (dense local features from the same pass)."""
+        return False
+
+    def infer_local(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 [N, 3, S, S] -> (descriptors [N, D], dense local features [N, P, C], L2-normalised)."""
+        desc, local = self._infer_local(self.check_input(batch))
+        return np.ascontiguousarray(desc, dtype=np.float32), np.ascontiguousarray(local, dtype=np.float32)
+
+    def _infer_local(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from vpr_ros.errors import BackendUnavailable
+
+        raise BackendUnavailable(f"backend '{self.name}' gives no dense local features (re-export the model with "
+                                 "vpr_ros_export, or use verification.features 'sift' / 'orb')")
+
     def close(self) -> None:
         """Release resources (idempotent)."""
 

@@ -39,6 +39,7 @@ def export_key(cfg: ModelConfig) -> str:
     """Identifies the graph ``cfg`` exports to (configuration + weight/PCA file contents)."""
     check_model_files(cfg)
     fields = {k: v for k, v in asdict(cfg).items() if k != "onnx"}
+    fields["graph"] = "v2: descriptors + local_features"  # exports of older versions had one output
     fields["weights"] = file_sha256(cfg.weights) if cfg.weights else f"random-{cfg.seed}"
     fields["pca"] = file_sha256(cfg.pca) if cfg.pca else ""
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from vpr_ros.errors import BackendUnavailable, EngineBuildError
-from vpr_ros.export.graph_io import INPUT, OUTPUT, read_identity
+from vpr_ros.export.graph_io import INPUT, LOCAL_OUTPUT, OUTPUT, read_identity
 from vpr_ros.runtime.base import DescriptorBackend
 
 
@@ -18,7 +18,9 @@ class OnnxRuntimeBackend(DescriptorBackend):
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None,
+                 spin: bool = False) -> None:
+        """``spin``: let idle worker threads busy-wait between runs (ONNX Runtime's own default)."""
         try:
             import onnxruntime as ort
         except ImportError:
@@ -41,6 +43,10 @@ class OnnxRuntimeBackend(DescriptorBackend):
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # by default idle worker threads sleep instead of spinning: the same latency with less CPU per
+        # frame, and the node's work after inference (re-ranking, verification) does not compete with
+        # spinning threads (measured side by side: benchmarks/backend_speed.py)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
@@ -53,11 +59,22 @@ class OnnxRuntimeBackend(DescriptorBackend):
             raise EngineBuildError(str(exc).strip("'\"")) from None
         self.path = path
         self.providers = self.session.get_providers()
+        self._local = LOCAL_OUTPUT in {o.name for o in self.session.get_outputs()}
         super().__init__(ident["model_id"], ident["weights_sha256"], ident["weights_source"],
                          int(ident["input_size"]), int(ident["descriptor_dim"]), ident["pca_id"])
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT], {INPUT: batch})[0]
+
+    @property
+    def has_local(self) -> bool:
+        return self._local
+
+    def _infer_local(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self._local:
+            return super()._infer_local(batch)
+        d, local = self.session.run([OUTPUT, LOCAL_OUTPUT], {INPUT: batch})
+        return d, local
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]

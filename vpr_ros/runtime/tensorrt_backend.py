@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vpr_ros.errors import BackendUnavailable, EngineBuildError
-from vpr_ros.export.graph_io import INPUT, OUTPUT, read_identity
+from vpr_ros.export.graph_io import INPUT, LOCAL_OUTPUT, OUTPUT, read_identity
 from vpr_ros.runtime.base import DescriptorBackend
 
 
@@ -119,47 +119,66 @@ class TensorRTBackend(DescriptorBackend):
                     f"{self.engine_path}: TensorRT {trt.__version__} cannot load this engine (built by another "
                     "TensorRT version or for another GPU, or corrupt); rebuild it: vpr_ros_build_engine --rebuild")
             names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-            if sorted(names) != sorted([INPUT, OUTPUT]):
-                raise EngineBuildError(f"{self.engine_path}: expected tensors {INPUT!r} and {OUTPUT!r}, found {names}")
+            if not {INPUT, OUTPUT} <= set(names) <= {INPUT, OUTPUT, LOCAL_OUTPUT}:
+                raise EngineBuildError(f"{self.engine_path}: expected tensors {INPUT!r}, {OUTPUT!r} (and optionally "
+                                       f"{LOCAL_OUTPUT!r}), found {names}")
             s, b = self.input_size, self.max_batch
-            host_in = cuda.pagelocked_empty((b, 3, s, s), np.float32)
-            host_out = cuda.pagelocked_empty((b, self.descriptor_dim), np.float32)
-            dev_in, dev_out = cuda.mem_alloc(host_in.nbytes), cuda.mem_alloc(host_out.nbytes)
+            host = {INPUT: cuda.pagelocked_empty((b, 3, s, s), np.float32),
+                    OUTPUT: cuda.pagelocked_empty((b, self.descriptor_dim), np.float32)}
+            if LOCAL_OUTPUT in names:  # [-1, P, C]: every output needs an address, even when not read
+                shape = engine.get_tensor_shape(LOCAL_OUTPUT)
+                host[LOCAL_OUTPUT] = cuda.pagelocked_empty((b, int(shape[1]), int(shape[2])), np.float32)
+            dev = {name: cuda.mem_alloc(h.nbytes) for name, h in host.items()}
             context = engine.create_execution_context()
-            context.set_tensor_address(INPUT, int(dev_in))
-            context.set_tensor_address(OUTPUT, int(dev_out))
+            for name, d in dev.items():
+                context.set_tensor_address(name, int(d))
         except BaseException:
             ctx.pop()
             raise
         self._state = {"ctx": ctx, "engine": engine, "context": context, "stream": cuda.Stream(),
-                       "host_in": host_in, "host_out": host_out, "dev_in": dev_in, "dev_out": dev_out}
+                       "host": host, "dev": dev}
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray, local: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """One engine run on the worker thread: (descriptors [n, D], local features [n, P, C] if ``local``)."""
         import pycuda.driver as cuda
 
         st = self._state
+        host, dev, stream = st["host"], st["dev"], st["stream"]
         n = batch.shape[0]
-        st["host_in"][:n] = batch
+        host[INPUT][:n] = batch
         st["context"].set_input_shape(INPUT, (n, 3, self.input_size, self.input_size))
-        cuda.memcpy_htod_async(st["dev_in"], st["host_in"][:n], st["stream"])
-        if not st["context"].execute_async_v3(st["stream"].handle):
+        cuda.memcpy_htod_async(dev[INPUT], host[INPUT][:n], stream)
+        if not st["context"].execute_async_v3(stream.handle):
             raise EngineBuildError(f"{self.engine_path}: TensorRT execution failed")
-        cuda.memcpy_dtoh_async(st["host_out"][:n], st["dev_out"], st["stream"])
-        st["stream"].synchronize()
-        return np.array(st["host_out"][:n])
+        wanted = [OUTPUT, LOCAL_OUTPUT] if local else [OUTPUT]
+        for name in wanted:
+            cuda.memcpy_dtoh_async(host[name][:n], dev[name], stream)
+        stream.synchronize()
+        return np.array(host[OUTPUT][:n]), (np.array(host[LOCAL_OUTPUT][:n]) if local else None)
 
     def _teardown(self) -> None:
         st, self._state = self._state, {}
         if st:
-            for key in ("context", "engine", "dev_in", "dev_out"):
+            for key in ("context", "engine", "dev"):
                 st.pop(key, None)
             st["ctx"].pop()
 
     # ---------------------------------------------------------------- any thread
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        parts = [self._pool.submit(self._run, batch[i:i + self.max_batch]).result()
+        parts = [self._pool.submit(self._run, batch[i:i + self.max_batch]).result()[0]
                  for i in range(0, batch.shape[0], self.max_batch)]
         return np.concatenate(parts)
+
+    @property
+    def has_local(self) -> bool:
+        return LOCAL_OUTPUT in self._state.get("host", {})
+
+    def _infer_local(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.has_local:
+            return super()._infer_local(batch)
+        parts = [self._pool.submit(self._run, batch[i:i + self.max_batch], True).result()
+                 for i in range(0, batch.shape[0], self.max_batch)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])  # type: ignore[misc]
 
     def close(self) -> None:
         if self._state:

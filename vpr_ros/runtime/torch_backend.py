@@ -46,5 +46,18 @@ class TorchBackend(DescriptorBackend):
             d = self.model(x).float().cpu().numpy()
         return self.pca.apply(d) if self.pca is not None else d
 
+    @property
+    def has_local(self) -> bool:
+        from vpr_ros.model.student import PlaceModel
+
+        return type(self.model).forward_local is not PlaceModel.forward_local
+
+    def _infer_local(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            d, local = self.model.forward_local(torch.from_numpy(batch).to(self.device))
+            d, local = d.float().cpu().numpy(), local.float().cpu().numpy()
+        return (self.pca.apply(d) if self.pca is not None else d), local
+
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

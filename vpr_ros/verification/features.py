@@ -118,7 +118,7 @@ def dense_features(tokens: np.ndarray, image_size: tuple[int, int]) -> LocalFeat
         raise VprError(f"dense features: {p} tokens are not a square grid")
     w, h = image_size
     ys, xs = np.meshgrid((np.arange(g) + 0.5) * h / g, (np.arange(g) + 0.5) * w / g, indexing="ij")
-    t = tokens.astype(np.float32)
-    t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+    t = np.asarray(tokens, np.float32)
+    t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
     return LocalFeatures("dense", np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32),
                          t.astype(np.float16), (w, h))

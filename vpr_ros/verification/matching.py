@@ -9,6 +9,7 @@ Both return index pairs [M, 2] (into a, into b).
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from vpr_ros.verification.features import LocalFeatures
@@ -16,8 +17,6 @@ from vpr_ros.verification.features import LocalFeatures
 
 def ratio_matches(a: LocalFeatures, b: LocalFeatures, ratio: float = 0.8, mutual: bool = True) -> np.ndarray:
     """Ratio-test matches of two classical feature sets (Hamming for ORB, L2 for SIFT): int [M, 2]."""
-    import cv2
-
     if len(a) < 2 or len(b) < 2:
         return np.zeros((0, 2), np.int64)
     binary = a.kind == "orb"
@@ -41,7 +40,10 @@ def mutual_matches(a: LocalFeatures, b: LocalFeatures, min_similarity: float = 0
     """Mutual nearest neighbours of two dense (L2-normalised) feature sets: int [M, 2]."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((0, 2), np.int64)
-    sim = a.descriptors.astype(np.float32) @ b.descriptors.astype(np.float32).T
+    # OpenCV's gemm, not numpy's: OpenBLAS threads keep spinning after a product and, on a few
+    # cores, slow the next inference down (measured in benchmarks/verification.py)
+    sim = cv2.gemm(a.descriptors.astype(np.float32), b.descriptors.astype(np.float32), 1.0, None, 0.0,
+                   flags=cv2.GEMM_2_T)
     ab = sim.argmax(axis=1)
     ba = sim.argmax(axis=0)
     i = np.arange(len(a))

@@ -1,8 +1,9 @@
 """Re-ranking and geometric verification of place matches (ROS-free; used by the localizer, the
 map builder and evaluation).
 
-* :meth:`Verifier.rerank_score`: a cheap local score for re-ordering the global top-K (inliers of a
-  robust fundamental matrix on ratio-test matches; no intrinsics needed).
+* :meth:`Verifier.rerank_score`: a cheap local score for re-ordering the global top-K (classical:
+  inliers of a robust fundamental matrix on ratio-test matches, no intrinsics needed; dense: mutual
+  nearest neighbours of the network's patch features).
 * :meth:`Verifier.verify`: a decision with a relative pose. With the keyframe's 3-D points
   (depth at map time) and the query's intrinsics: PnP, metric 6-DoF. With both cameras'
   intrinsics: the essential matrix, rotation and translation direction. A match is verified only
@@ -11,14 +12,19 @@ map builder and evaluation).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vpr_ros.config import VerificationConfig
+from vpr_ros.errors import ConfigError
 from vpr_ros.geometry import matrix_to_quat
-from vpr_ros.verification.features import LocalFeatures, extract_classical
+from vpr_ros.verification.features import LocalFeatures, dense_features, extract_classical
 from vpr_ros.verification.geometry import essential, fundamental, homography, pnp, query_in_keyframe
-from vpr_ros.verification.matching import match
+from vpr_ros.verification.matching import match, mutual_matches
+
+if TYPE_CHECKING:
+    from vpr_ros.runtime.base import DescriptorBackend
 
 Pose7 = tuple[float, float, float, float, float, float, float]
 
@@ -57,16 +63,45 @@ class Verifier:
     def enabled(self) -> bool:
         return self.cfg.features != "none"
 
-    def features(self, rgb: np.ndarray) -> LocalFeatures | None:
-        """The local features of an RGB image (None when features are off)."""
+    @property
+    def dense(self) -> bool:
+        """Dense features come from the network's forward pass, not from the image alone."""
+        return self.cfg.features == "dense"
+
+    def check_backend(self, backend: "DescriptorBackend") -> None:
+        """Dense features need a backend with the network's local output (ConfigError otherwise)."""
+        if self.dense and not backend.has_local:
+            raise ConfigError(f"verification.features 'dense' needs the network's local_features output, which "
+                              f"backend '{backend.name}' ({backend.model_id}) does not give: use the onnxruntime "
+                              "or torch backend (a graph exported by vpr_ros >= 0.3), or features 'sift' / 'orb'")
+
+    def map_note(self, stored: str) -> str:
+        """Why a map whose keyframes store ``stored`` local features cannot be verified ('' if it can)."""
+        if not self.enabled or stored == self.cfg.features:
+            return ""
+        what = f"'{stored}' local features" if stored else "no local features"
+        return (f"the map stores {what} but verification.features is '{self.cfg.features}': no re-ranking, "
+                "and every loop closure is refused while verification.loop_closures is 'geometric' "
+                "(rebuild the map or set verification.features to match)")
+
+    def features(self, rgb: np.ndarray, local: np.ndarray | None = None) -> LocalFeatures | None:
+        """The local features of an RGB image (None when features are off); dense features need
+        the network's local output ``local`` [P, C] for this image."""
         if not self.enabled:
             return None
+        if self.dense:
+            if local is None:
+                raise ValueError("dense features need the network's local output for the image")
+            return dense_features(local, (rgb.shape[1], rgb.shape[0]))
         return extract_classical(rgb, self.cfg.features, self.cfg.max_features)
 
     def rerank_score(self, q: LocalFeatures, k: LocalFeatures) -> int:
-        """Inliers of a robust fundamental matrix between the two images' matched features."""
+        """Classical: inliers of a robust fundamental matrix (or homography) between the matched
+        features. Dense: the number of mutual nearest neighbours (SelaVPR; no RANSAC)."""
         if q.kind != k.kind or len(q) == 0 or len(k) == 0:
             return 0
+        if q.kind == "dense":
+            return len(mutual_matches(q, k))
         pairs = match(q, k, self.cfg.ratio, mutual=False)  # the robust model removes what the ratio test lets by
         if len(pairs) < 8:
             return int(len(pairs) // 4)  # too few to fit a model: rank by what little matched
@@ -86,12 +121,16 @@ class Verifier:
         if n < cfg.min_inliers:
             return Verification(False, "", n, 0, f"too few feature matches ({n} < {cfg.min_inliers})")
         kq, kk = q.keypoints[pairs[:, 0]], k.keypoints[pairs[:, 1]]
+        pnp_px, ransac_px = cfg.pnp_px, cfg.ransac_px
+        if q.kind == "dense":  # keypoints are patch centres: tolerate half a cell
+            cell = 0.5 * max(q.image_size) / max(1.0, len(q) ** 0.5)
+            pnp_px, ransac_px = max(pnp_px, cell), max(ransac_px, cell)
         if q.intrinsics is None:
             return Verification(False, "", n, 0, "no camera intrinsics for the query (CameraInfo)")
         if k.points3d is not None:
-            model = pnp(k.points3d[pairs[:, 1]], kq, q.intrinsics, cfg.pnp_px)
+            model = pnp(k.points3d[pairs[:, 1]], kq, q.intrinsics, pnp_px)
         elif k.intrinsics is not None:
-            model = essential(kk, kq, k.intrinsics, q.intrinsics, cfg.ransac_px)
+            model = essential(kk, kq, k.intrinsics, q.intrinsics, ransac_px)
         else:
             return Verification(False, "", n, 0, "no camera intrinsics stored with the keyframe (map built "
                                                  "without CameraInfo)")
