@@ -40,12 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     from vpr_ros.mapping.map_store import Keyframe
     from vpr_ros.runtime.factory import open_backend
     from vpr_ros.runtime.preprocess import preprocess, preprocess_batch
-    from vpr_ros.verification.features import CameraIntrinsics
     from vpr_ros.verification.verifier import Verifier
 
     first, second = corridor_traversals(a.places, seed=7, relight=True)
-    c = first.intrinsics
-    intr = CameraIntrinsics(c.fx, c.fy, c.cx, c.cy, c.width, c.height)
+    intr = first.intrinsics
     xy = lambda poses: np.array([p[:2] for p in poses])  # noqa: E731
     positives = positives_within(xy(second.poses), xy(first.poses), 2.0)
     backend = open_backend("onnxruntime", ModelConfig())

@@ -40,14 +40,12 @@ def run(a: argparse.Namespace) -> dict[str, float]:
     from vpr_ros.mapping.map_store import Keyframe
     from vpr_ros.runtime.factory import open_backend
     from vpr_ros.runtime.preprocess import preprocess_batch
-    from vpr_ros.verification.features import CameraIntrinsics
 
     rng = np.random.default_rng(a.seed)
     n = a.places
     scene = Scene.corridor(length=n + 8.0, seed=a.seed)
     lap1, lap3 = corridor_traversals(n, scene=scene, seed=a.seed)
-    c = lap1.intrinsics
-    intr = CameraIntrinsics(c.fx, c.fy, c.cx, c.cy, c.width, c.height)
+    intr = lap1.intrinsics
     # ground truth of the whole drive: lap 1 forward, lap 2 back (turned around), lap 3 forward
     back = [compose(p, planar_pose(0.0, 0.0, math.pi)) for p in lap1.poses[::-1]]
     truth = list(lap1.poses) + back + list(lap3.poses)

@@ -13,12 +13,10 @@ from vpr_ros.config import LocalizerConfig, VerificationConfig
 from vpr_ros.demo.scene3d import DEMO_CAMERA, Scene, look_pose, relative_pose
 from vpr_ros.errors import ImageError
 from vpr_ros.geometry import quat_to_matrix
-from vpr_ros.verification.features import CameraIntrinsics
 from vpr_ros.verification.geometry import rotation_angle_deg
 from vpr_ros.verification.verifier import Verifier
 
-INTR = CameraIntrinsics(DEMO_CAMERA.fx, DEMO_CAMERA.fy, DEMO_CAMERA.cx, DEMO_CAMERA.cy, DEMO_CAMERA.width,
-                        DEMO_CAMERA.height)
+INTR = DEMO_CAMERA
 KEYFRAME = look_pose((3.0, 0.3, 1.4), 0.05)
 QUERIES = [look_pose((3.6, -0.2, 1.5), -0.12, 0.03), look_pose((2.4, 0.5, 1.35), 0.15, -0.04),
            look_pose((4.0, 0.0, 1.45), 0.0, 0.05)]

@@ -55,15 +55,13 @@ class DemoData:
 def scene_data(n_places: int, seed: int) -> DemoData:
     """Two drives through a rendered 3-D corridor (positives: map places within 2 m)."""
     from vpr_ros.demo.scene3d import corridor_traversals
-    from vpr_ros.verification.features import CameraIntrinsics
 
     first, second = corridor_traversals(n_places, seed=seed)
     positions = lambda poses: np.array([p[:2] for p in poses])  # noqa: E731
     positives = positives_within(positions(second.poses), positions(first.poses), radius=2.0)
-    c = first.intrinsics
     return DemoData(f"rendered 3-D corridor ({n_places} places, seed {seed})", first.images, first.stamps,
                     first.poses, second.images, second.stamps, positives, "within 2 m", first.depths,
-                    CameraIntrinsics(c.fx, c.fy, c.cx, c.cy, c.width, c.height), second.poses)
+                    first.intrinsics, second.poses)
 
 
 def synthetic_data(n_places: int, seed: int) -> DemoData:

@@ -16,24 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from vpr_ros.geometry import matrix_to_quat, quat_to_matrix
+from vpr_ros.verification.features import CameraIntrinsics
 
 Pose7 = tuple[float, float, float, float, float, float, float]
-
-
-@dataclass(frozen=True)
-class Intrinsics:
-    """Pinhole intrinsics in pixels, and the image size."""
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
-
-    @property
-    def K(self) -> np.ndarray:
-        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
 
 @dataclass(frozen=True)
@@ -107,7 +92,7 @@ class Scene:
             planes.append(plane((x, y0, 0.3), e[1], e[2], (hw - 0.4 if y0 > 0 else hw - 0.6, 1.8)))
         return cls(planes)
 
-    def render(self, pose: Pose7, cam: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+    def render(self, pose: Pose7, cam: CameraIntrinsics) -> tuple[np.ndarray, np.ndarray]:
         """(RGB uint8 [H, W, 3], depth float32 [H, W] in metres along the optical axis; NaN = nothing)."""
         R = quat_to_matrix(pose[3:])
         t = np.array(pose[:3], float)
@@ -151,15 +136,15 @@ class SceneTraversal:
     camera_poses: list[Pose7]
     poses: list[Pose7]          # robot (base_link) poses: the camera's, with base axes (x forward, z up)
     stamps: list[float]
-    intrinsics: Intrinsics
+    intrinsics: CameraIntrinsics
 
 
 #: the camera model of the demo traversals (a 320x240 pinhole, ~63 deg horizontal field of view)
-DEMO_CAMERA = Intrinsics(260.0, 260.0, 160.0, 120.0, 320, 240)
+DEMO_CAMERA = CameraIntrinsics(260.0, 260.0, 160.0, 120.0, 320, 240)
 
 
 def corridor_traversals(n: int = 24, spacing: float = 1.0, seed: int = 3, revisit_start: float = 1000.0,
-                        scene: Scene | None = None, cam: Intrinsics = DEMO_CAMERA,
+                        scene: Scene | None = None, cam: CameraIntrinsics = DEMO_CAMERA,
                         relight: bool = False) -> tuple[SceneTraversal, SceneTraversal]:
     """Two drives along the corridor: the first at the centre line looking ahead; the second
     later, offset sideways (up to 0.4 m), with heading and pitch jitter (a few degrees), and with

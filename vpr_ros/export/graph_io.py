@@ -17,12 +17,13 @@ def metadata_of(model_id: str, weights_sha256: str, input_size: int, descriptor_
                 pca_id: str, arch: str, weights_source: str, local_dim: int = 0) -> dict[str, str]:
     """Metadata stored in the ONNX file (all strings); ``local_dim`` > 0 when the graph also outputs
     dense local features."""
-    return {"vpr_ros.local_output": LOCAL_OUTPUT if local_dim else "", "vpr_ros.local_dim": str(local_dim),"vpr_ros.model_id": model_id, "vpr_ros.weights_sha256": weights_sha256,
+    return {"vpr_ros.model_id": model_id, "vpr_ros.weights_sha256": weights_sha256,
             "vpr_ros.weights_source": weights_source,
             "vpr_ros.input_size": str(input_size), "vpr_ros.descriptor_dim": str(descriptor_dim),
             "vpr_ros.pca_id": pca_id, "vpr_ros.arch": arch, "vpr_ros.version": __version__,
             "vpr_ros.mean": json.dumps(list(IMAGENET_MEAN)), "vpr_ros.std": json.dumps(list(IMAGENET_STD)),
-            "vpr_ros.input": INPUT, "vpr_ros.output": OUTPUT}
+            "vpr_ros.input": INPUT, "vpr_ros.output": OUTPUT,
+            "vpr_ros.local_output": LOCAL_OUTPUT if local_dim else "", "vpr_ros.local_dim": str(local_dim)}
 
 
 REQUIRED = ("model_id", "weights_sha256", "weights_source", "input_size", "descriptor_dim", "pca_id")
