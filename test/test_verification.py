@@ -243,3 +243,20 @@ def test_dense_features_need_a_backend_with_the_local_output(corridor_drives, ti
     with pytest.raises(ConfigError, match="local_features output"):
         loc.update_config(LocalizerConfig(), dense)
     assert loc.verifier.cfg.features == "none"  # the refused settings did not replace the working ones
+
+
+def test_keyframes_taken_for_novelty_carry_their_dense_features(corridor_drives, tiny_224):
+    """The appearance trigger runs the network once per frame; a novel frame keeps the dense
+    features of that same pass (and its depth's 3-D points)."""
+    from vpr_ros.config import KeyframeConfig
+    from vpr_ros.mapping.builder import MapBuilder, frames_from_lists
+
+    first = corridor_drives[0]
+    b = MapBuilder(tiny_224, KeyframeConfig(min_distance=1000.0, min_rotation_deg=180.0, novelty_threshold=0.9999),
+                   verification=VerificationConfig(features="dense"), intrinsics=INTR)
+    frames = frames_from_lists(first.images[:8], first.stamps[:8], first.poses[:8])
+    b.add_many([(im, kf, d) for (im, kf), d in zip(frames, first.depths[:8])])
+    assert len(b.map) > 1  # the first frame by motion, later ones by appearance
+    for i in range(len(b.map)):
+        f = b.map.local_features(i)
+        assert f.kind == "dense" and f.points3d is not None

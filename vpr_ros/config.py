@@ -124,11 +124,9 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
-class LocalizerConfig:
-    """Behaviour of the localizer (core and node)."""
+class CameraNodeConfig:
+    """What the localizer and the map builder share: model runtime, cameras, QoS, diagnostics."""
 
-    map_dir: str = _f("", "Directory of the map to localize against; setting it at run time loads that "
-                      "map (the previous one stays in use if it cannot be loaded).", live=True)
     backend: str = _f("auto", "Inference backend: " + ", ".join(BACKENDS) + ".")
     device: str = _f("cpu", "Device: 'cpu' or 'cuda'.")
     engine_cache_dir: str = _f("", "Where exported ONNX graphs and engines are cached (empty = "
@@ -139,6 +137,30 @@ class LocalizerConfig:
                         "'compressed' (sensor_msgs/CompressedImage on <topic>/compressed).")
     camera_info_topics: list = _f([""], "sensor_msgs/CameraInfo topic of each camera (same order as "
                                   "camera_topics); '' = the image topic's sibling 'camera_info'.")
+    qos: str = _f("sensor_data", "QoS of image subscriptions: 'sensor_data' or 'reliable'.")
+    diagnostics_topic: str = _f("/diagnostics", "Topic of diagnostic_msgs/DiagnosticArray (absolute by "
+                                "default, where diagnostic aggregators listen).")
+
+    def _check_common(self) -> None:
+        _choice("backend", self.backend, BACKENDS)
+        _choice("qos", self.qos, ("sensor_data", "reliable"))
+        _choice("transport", self.transport, TRANSPORTS)
+        _camera_topics(self.camera_topics)
+        if not self.diagnostics_topic:
+            raise ConfigError("diagnostics_topic: must not be empty")
+
+
+#: The optical frame (x right, y down, z forward) of a camera at the robot's origin looking along
+#: base_link's x axis (x forward, y left, z up): its pose in base_link.
+OPTICAL_IN_BASE = [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5]
+
+
+@dataclass(frozen=True)
+class LocalizerConfig(CameraNodeConfig):
+    """Behaviour of the localizer (core and node)."""
+
+    map_dir: str = _f("", "Directory of the map to localize against; setting it at run time loads that "
+                      "map (the previous one stays in use if it cannot be loaded).", live=True)
     top_k: int = _f(5, "Number of map matches reported per query.", live=True, lo=1, hi=1000)
     score_threshold: float = _f(0.5, "Minimum cosine similarity for a match to be accepted.", live=True,
                                 lo=-1.0, hi=1.0)
@@ -156,21 +178,15 @@ class LocalizerConfig:
     map_frame: str = _f("map", "Frame of map keyframe poses and of /vpr/pose.")
     base_frame: str = _f("base_link", "Robot body frame.")
     odom_frame: str = _f("odom", "Odometry frame.")
-    qos: str = _f("sensor_data", "QoS of image subscriptions: 'sensor_data' or 'reliable'.")
     position_sigma: float = _f(2.0, "Position standard deviation (m) of /vpr/pose at score 1; "
                                "it grows as the score falls.", live=True, lo=1e-6, hi=1e6)
     diagnostics_period: float = _f(1.0, "Seconds between diagnostics messages.", lo=0.01, hi=3600.0)
-    diagnostics_topic: str = _f("/diagnostics", "Topic of diagnostic_msgs/DiagnosticArray (absolute by "
-                                "default, where diagnostic aggregators listen).")
-    camera_pose_in_base: list = _f([0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5], "Pose of the camera's optical "
+    camera_pose_in_base: list = _f(OPTICAL_IN_BASE, "Pose of the camera's optical "
                                    "frame in base_frame (x y z qx qy qz qw): turns a verified camera-to-camera "
                                    "relative pose into the robot's. Default: at the origin, looking along x.")
 
     def __post_init__(self) -> None:
-        _choice("backend", self.backend, BACKENDS)
-        _choice("qos", self.qos, ("sensor_data", "reliable"))
-        _choice("transport", self.transport, TRANSPORTS)
-        _camera_topics(self.camera_topics)
+        self._check_common()
         _pose7("camera_pose_in_base", self.camera_pose_in_base)
         _positive("top_k", self.top_k)
         _positive("temporal_consistency", self.temporal_consistency)
@@ -181,16 +197,11 @@ class LocalizerConfig:
         _positive("max_loop_closure_rate", self.max_loop_closure_rate)
         _positive("position_sigma", self.position_sigma)
         _positive("diagnostics_period", self.diagnostics_period)
-        if not self.diagnostics_topic:
-            raise ConfigError("diagnostics_topic: must not be empty")
 
 
 VERIFICATION_FEATURES = ("sift", "orb", "dense", "none")
 RERANK_MODES = ("auto", "classical", "dense", "none")
 LOOP_VERIFICATION = ("geometric", "none")
-#: The optical frame (x right, y down, z forward) of a camera at the robot's origin looking along
-#: base_link's x axis (x forward, y left, z up): its pose in base_link.
-OPTICAL_IN_BASE = [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5]
 
 
 @dataclass(frozen=True)
@@ -256,20 +267,10 @@ class KeyframeConfig:
 
 
 @dataclass(frozen=True)
-class MapBuilderConfig:
+class MapBuilderConfig(CameraNodeConfig):
     """Behaviour of the map builder (core and node)."""
 
     map_dir: str = _f("", "Directory the map is written to.")
-    backend: str = _f("auto", "Inference backend: " + ", ".join(BACKENDS) + ".")
-    device: str = _f("cpu", "Device: 'cpu' or 'cuda'.")
-    engine_cache_dir: str = _f("", "Where exported ONNX graphs and engines are cached (empty = "
-                               "$VPR_ROS_CACHE or ~/.cache/vpr_ros).")
-    camera_topics: list = _f(["image"], "Image topics (relative names); each is subscribed with one "
-                             "transport (see 'transport').")
-    transport: str = _f("raw", "Image transport of every camera: 'raw' (sensor_msgs/Image on <topic>) or "
-                        "'compressed' (sensor_msgs/CompressedImage on <topic>/compressed).")
-    camera_info_topics: list = _f([""], "sensor_msgs/CameraInfo topic of each camera (same order as "
-                                  "camera_topics); '' = the image topic's sibling 'camera_info'.")
     depth_topics: list = _f([""], "Depth image aligned to each camera (16UC1 mm or 32FC1 m; same order as "
                             "camera_topics); '' = none. With depth, keyframes store 3-D points and verified "
                             "loop closures get a metric relative pose.")
@@ -291,22 +292,14 @@ class MapBuilderConfig:
     map_frame: str = _f("map", "Frame of the keyframe poses for pose sources without one (navsatfix, tf "
                         "target); odometry poses keep their message's header.frame_id.")
     base_frame: str = _f("base_link", "Robot frame looked up in TF (pose_source 'tf').")
-    qos: str = _f("sensor_data", "QoS of image subscriptions: 'sensor_data' or 'reliable'.")
-    diagnostics_topic: str = _f("/diagnostics", "Topic of diagnostic_msgs/DiagnosticArray (absolute by "
-                                "default, where diagnostic aggregators listen).")
 
     def __post_init__(self) -> None:
-        _choice("backend", self.backend, BACKENDS)
-        _choice("qos", self.qos, ("sensor_data", "reliable"))
+        self._check_common()
         _choice("pose_source", self.pose_source, ("odometry", "navsatfix", "tf"))
         _choice("pose_qos", self.pose_qos, QOS_NAMES)
-        _choice("transport", self.transport, TRANSPORTS)
-        _camera_topics(self.camera_topics)
         _positive("max_pose_age", self.max_pose_age)
         _range("max_interpolation_gap", self.max_interpolation_gap, 0.0, math.inf)
         _range("max_pose_wait", self.max_pose_wait, 0.0, 60.0)
-        if not self.diagnostics_topic:
-            raise ConfigError("diagnostics_topic: must not be empty")
         _range("autosave_period", self.autosave_period, 0.0, math.inf)
 
 

@@ -258,9 +258,10 @@ def rerank(result: EvalResult, dataset: EvalDataset, cfg: "VerificationConfig", 
 
     verifier = Verifier(cfg)
     cache: OrderedDict[int, object] = OrderedDict()
-    if verifier.dense and (backend is None or not backend.has_local):
-        raise DatasetError("dense re-ranking needs a backend with dense local features (torch, or an ONNX "
-                           "export of this version)")
+    if verifier.dense:
+        if backend is None:
+            raise ValueError("dense re-ranking needs the backend that computes the local features")
+        verifier.check_backend(backend)
 
     def features_of(path: Path):  # type: ignore[no-untyped-def]
         rgb = read_rgb(path)

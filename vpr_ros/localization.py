@@ -204,9 +204,9 @@ class Localizer:
         # with a camera model, verify the accepted match for the pose too (metric with keyframe depth)
         v_pose = verify_top() if accepted and local and intrinsics is not None and query_features is not None else None
 
-        geometric = local and vcfg.loop_closures == "geometric"
-        if verifier.enabled and vcfg.loop_closures == "geometric" and not local:
-            geometric = True  # required, but this map cannot provide it: every closure is refused
+        # required whenever features are on; a map without matching features cannot provide it,
+        # and then every closure is refused (with the reason)
+        geometric = verifier.enabled and vcfg.loop_closures == "geometric"
         with self._lock:
             # a map swapped in during this query resets the streak: do not feed it a stale match
             loop = loops.update(stamp, top.keyframe.stamp, top.db_id, top.score,

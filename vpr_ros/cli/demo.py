@@ -122,20 +122,10 @@ def run(args: argparse.Namespace) -> int:
         # Map frames are 1 m apart, so every frame becomes a keyframe (map id = frame index).
         builder = MapBuilder(backend, KeyframeConfig(min_distance=0.5), source=f"vpr_ros_demo: {data.name}",
                              intrinsics=data.intrinsics)  # type: ignore[arg-type]
-        if data.map_depths is None:
-            builder.add_many(frames_from_lists(data.map_images, data.map_stamps, data.map_poses, CAMERA_TOPIC),
-                             progress=True)
-        else:  # with depth: each keyframe also stores the 3-D points of its local features
-            from tqdm import tqdm
-
-            from vpr_ros.runtime.preprocess import preprocess_batch
-
-            frames = frames_from_lists(data.map_images, data.map_stamps, data.map_poses, CAMERA_TOPIC)
-            for i in tqdm(range(0, len(frames), 8), desc="building map", unit="batch"):
-                chunk = frames[i:i + 8]
-                desc = backend.infer(preprocess_batch([f[0] for f in chunk], backend.input_size))
-                feats = [builder.features(img, d) for (img, _), d in zip(chunk, data.map_depths[i:i + 8])]
-                builder.add_encoded(desc, [f[1] for f in chunk], feats)
+        # with depth, each keyframe also stores the 3-D points of its local features
+        frames = frames_from_lists(data.map_images, data.map_stamps, data.map_poses, CAMERA_TOPIC)
+        depths = data.map_depths if data.map_depths is not None else [None] * len(frames)
+        builder.add_many([(img, kf, d) for (img, kf), d in zip(frames, depths)], progress=True)
         map_dir = builder.save(out / "map")
         print(f"[demo] map: {len(builder.map)} keyframes -> {map_dir}")
 

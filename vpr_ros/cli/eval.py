@@ -97,22 +97,27 @@ def main(argv: list[str] | None = None) -> int:
                       "evaluation; it cannot be used for maps")
             if backend.weights_source.startswith("random"):
                 print("[eval] WARNING: random weights - these numbers say nothing about the method")
+            vcfg = None
+            if a.rerank != "none":  # a setting the backend cannot serve stops here, before the long work
+                from vpr_ros.config import VerificationConfig
+                from vpr_ros.verification.verifier import Verifier
+
+                kind = "dense" if a.rerank == "dense" else a.features
+                vcfg = VerificationConfig(features=kind, rerank=a.rerank, rerank_top_k=a.rerank_top_k,
+                                          min_inliers=max(6, a.min_inliers))
+                Verifier(vcfg).check_backend(backend)
             result = evaluate(dataset, backend, a.batch_size, Path(a.cache_dir) if a.cache_dir else None,
                               pca, progress=True)
             if result.cached:
                 print("[eval] descriptors loaded from cache (the network did not run)")
             summary = None
-            if a.rerank != "none":
-                from vpr_ros.config import VerificationConfig
+            if vcfg is not None:
                 from vpr_ros.eval_run import rerank
 
                 print("[eval] global: " + "   ".join(f"R@{n} {v:.3f}" for n, v in result.recalls.items()))
-                kind = "dense" if a.rerank == "dense" else a.features
-                vcfg = VerificationConfig(features=kind, rerank=a.rerank, rerank_top_k=a.rerank_top_k,
-                                          min_inliers=max(6, a.min_inliers))
                 summary = rerank(result, dataset, vcfg, progress=True, backend=backend)
-                what = "mutual nearest neighbours" if kind == "dense" else "inliers"
-                print(f"[eval] re-ranked top-{summary.top_k} by {kind} {what} ({summary.ms_per_query:.1f} ms/query):")
+                what = "mutual nearest neighbours" if vcfg.features == "dense" else "inliers"
+                print(f"[eval] re-ranked top-{summary.top_k} by {vcfg.features} {what} ({summary.ms_per_query:.1f} ms/query):")
                 print(f"[eval] verified top-1 (score >= {vcfg.min_inliers}): {summary.verified} of "
                       f"{len(dataset.queries)} queries, precision {summary.precision:.3f}, recall {summary.recall:.3f}")
         print("[eval] " + "   ".join(f"R@{n} {v:.3f}" for n, v in result.recalls.items()))

@@ -55,22 +55,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _autostart(specs: list) -> bool:
     """Configure and activate managed nodes over their lifecycle services (as the launch files do)."""
-    import rclpy
+    from vpr_ros.ros.lifecycle_client import bring_up
 
-    from vpr_ros.ros.lifecycle_client import change_states
-
-    rclpy.init()
-    try:
-        client = rclpy.create_node("vpr_ros_launch_lifecycle")
-        ok = True
-        for s in specs:
-            done, state = change_states(client, s.fqn, ["configure", "activate"], timeout=120.0)
-            print(f"[vpr_ros_launch] {s.fqn}: {state}", flush=True)
-            ok = ok and done
-        client.destroy_node()
-        return ok
-    finally:
-        rclpy.try_shutdown()
+    return bring_up([s.fqn for s in specs],
+                    report=lambda fqn, state: print(f"[vpr_ros_launch] {fqn}: {state}", flush=True))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -55,31 +55,38 @@ class MapBuilder:
         self.offered = 0
         self._last_descriptor: np.ndarray | None = None
 
-    def _novel(self, rgb: np.ndarray) -> np.ndarray | None:
-        """The frame's descriptor [1, D] if it is novel enough to become a keyframe, else None."""
-        desc = self.backend.infer(preprocess_batch([rgb], self.backend.input_size))
+    def _infer(self, images: Sequence[np.ndarray]) -> "tuple[np.ndarray, Sequence[np.ndarray | None]]":
+        """Descriptors [N, D] and, for dense features, the network's local output [N, P, C] of the
+        same forward pass (else N Nones)."""
+        batch = preprocess_batch(list(images), self.backend.input_size)
+        if self.verifier.dense:
+            return self.backend.infer_local(batch)
+        return self.backend.infer(batch), [None] * len(images)
+
+    def _novel(self, rgb: np.ndarray, depth: Any = None) -> "tuple[np.ndarray, LocalFeatures | None] | None":
+        """(descriptor [1, D], local features) of the frame if it is novel enough to become a
+        keyframe, else None. Local features, and the depth (an array or a callable returning one),
+        are only taken for a novel frame."""
+        desc, local = self._infer([rgb])
         last = self._last_descriptor
-        return desc if last is None or self.selector.is_novel(float(desc[0] @ last)) else None
+        if last is not None and not self.selector.is_novel(float(desc[0] @ last)):
+            return None
+        return desc, self.features(rgb, depth() if callable(depth) else depth, local=local[0])
 
     def encode(self, images: Sequence[np.ndarray], depths: "Sequence[np.ndarray | None] | None" = None,
                intrinsics: "CameraIntrinsics | None" = None) -> "tuple[np.ndarray, list[LocalFeatures | None]]":
         """Global descriptors [N, D] and local features of keyframe images, with one forward pass
         (dense features are the network's second output)."""
-        batch = preprocess_batch(list(images), self.backend.input_size)
+        desc, local = self._infer(images)
         depths = list(depths) if depths is not None else [None] * len(images)
-        if self.verifier.dense:
-            desc, local = self.backend.infer_local(batch)
-            return desc, [self.features(im, d, intrinsics, loc) for im, d, loc in zip(images, depths, local)]
-        desc = self.backend.infer(batch)
-        return desc, [self.features(im, d, intrinsics) for im, d in zip(images, depths)]
+        return desc, [self.features(im, d, intrinsics, loc) for im, d, loc in zip(images, depths, local)]
 
     def features(self, rgb: np.ndarray, depth: np.ndarray | None = None,
                  intrinsics: "CameraIntrinsics | None" = None,
                  local: np.ndarray | None = None) -> "LocalFeatures | None":
         """Local features of a keyframe image (with 3-D points when an aligned depth image [H, W] in
-        metres and the intrinsics are given; dense features from the network's ``local`` output)."""
-        if self.verifier.dense and local is None:
-            local = self.backend.infer_local(preprocess_batch([rgb], self.backend.input_size))[1][0]
+        metres and the intrinsics are given); dense features need the network's ``local`` output
+        [P, C] for this image (:meth:`encode` passes it)."""
         f = self.verifier.features(rgb, local)
         intr = intrinsics or self.intrinsics
         if f is None:
@@ -120,7 +127,7 @@ class MapBuilder:
             novel = self._novel(rgb)
             if novel is not None:
                 self.selector.accept(keyframe.stamp, keyframe.pose)
-                return self._add(novel, [keyframe], [self.features(rgb)])[0]
+                return self._add(novel[0], [keyframe], [novel[1]])[0]
         return None
 
     def add_many(self, frames: Iterable[tuple],
@@ -150,10 +157,10 @@ class MapBuilder:
                 elif self.selector.cfg.novelty_threshold > 0:
                     ids += self._flush(pending)  # compare with the latest keyframe, in order
                     image = rgb() if callable(rgb) else rgb
-                    novel = self._novel(image)
+                    novel = self._novel(image, depth)
                     if novel is not None:
                         self.selector.accept(kf.stamp, kf.pose)
-                        ids += self._add(novel, [kf], [self.features(image, depth() if callable(depth) else depth)])
+                        ids += self._add(novel[0], [kf], [novel[1]])
                 if len(pending) >= batch_size:
                     ids += self._flush(pending)
                 if bar is not None:

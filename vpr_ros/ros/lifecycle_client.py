@@ -2,7 +2,7 @@
 (``<node>/change_state``, ``<node>/get_state``), as ``ros2 lifecycle set`` does."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import rclpy
 from lifecycle_msgs.msg import Transition
@@ -48,3 +48,22 @@ def state_of(client_node: Node, node_fqn: str, timeout: float = 10.0) -> str:
         return res.current_state.label if res is not None else ""
     finally:
         client_node.destroy_client(get)
+
+
+def bring_up(node_fqns: Sequence[str], timeout: float = 120.0,
+             report: Callable[[str, str], None] | None = None) -> bool:
+    """Configure and activate each managed node (as the launch files' autostart does), from a
+    short-lived client node in its own rclpy context; ``report(node, state)`` after each."""
+    rclpy.init()
+    try:
+        client = rclpy.create_node("vpr_ros_launch_lifecycle")
+        ok = True
+        for fqn in node_fqns:
+            done, state = change_states(client, fqn, ["configure", "activate"], timeout=timeout)
+            if report is not None:
+                report(fqn, state)
+            ok = ok and done
+        client.destroy_node()
+        return ok
+    finally:
+        rclpy.try_shutdown()
