@@ -1,6 +1,8 @@
 """GPU measurements of the D2-VPR student, side by side in one run (needs CUDA).
 
 1. environment: GPU, torch, TensorRT / pycuda / ONNX Runtime providers present or not;
+   the package's backends end to end: eager FP32 PyTorch vs the CUDA-graph backend (FP16, BF16)
+   at batch 1 and 32, with descriptor and local-feature parity;
 2. a large fp16 GEMM as the FLOP/s ceiling of this run;
 3. the student (ViT-S/14, 224 px) at batch 1 and 32: PyTorch eager FP32, eager FP16,
    torch.compile FP16 -> latency (median of CUDA-event timings), images/s, model FLOP/s as a
@@ -116,6 +118,45 @@ def inference(results: dict, gemm: float) -> None:
     results["model_gmac_per_image"] = gmac
 
 
+def backends(results: dict) -> None:
+    """The package's backends end to end (numpy in, numpy out, host copies included): eager FP32
+    PyTorch vs the CUDA-graph backend (fp16, bf16), batch 1 and 32, side by side; parity of
+    descriptors and dense local features against FP32."""
+    from vpr_ros.runtime.cudagraph_backend import CudaGraphBackend
+    from vpr_ros.runtime.torch_backend import TorchBackend
+
+    cfg = ModelConfig()
+    rng = np.random.default_rng(0)
+    rows, parity = [], {}
+    opened = {"eager fp32 (torch)": TorchBackend(cfg, device="cuda")}
+    for prec in ("fp16", "bf16"):
+        opened[f"cudagraph {prec}"] = CudaGraphBackend(cfg, "cuda", prec, max_batch=32)
+    for batch in (1, 32):
+        x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
+        ref_d, ref_l = opened["eager fp32 (torch)"].infer_local(x)
+        for name, b in opened.items():
+            d, loc = b.infer_local(x)
+            cos_d = float(((d * ref_d).sum(1) / np.linalg.norm(d, axis=1) / np.linalg.norm(ref_d, axis=1)).min())
+            cos_l = float(((loc * ref_l).sum(-1)).mean())
+            for _ in range(5):
+                b.infer(x)
+            times = []
+            for _ in range(30):
+                t = time.perf_counter()
+                b.infer(x)
+                times.append((time.perf_counter() - t) * 1e3)
+            ms = statistics.median(times)
+            rows.append({"backend": name, "batch": batch, "latency_ms": ms, "images_per_s": batch / (ms / 1e3)})
+            parity[f"{name} batch{batch}"] = {"descriptor_cos_min": cos_d, "local_cos_mean": cos_l}
+    base = {r["batch"]: r["latency_ms"] for r in rows if r["backend"].startswith("eager")}
+    for r in rows:
+        r["speedup_vs_eager_fp32"] = base[r["batch"]] / r["latency_ms"]
+    for b in opened.values():
+        b.close()
+    results["backends"] = rows
+    results["backend_parity"] = parity
+
+
 def aggregator(results: dict) -> None:
     from vpr_ros.model.aggregator import FusedDeformableAggregator
 
@@ -215,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--places-per-batch", type=int, default=16)
     ap.add_argument("--skip-finetune", action="store_true")
     ap.add_argument("--skip-inference", action="store_true")
+    ap.add_argument("--backends-only", action="store_true",
+                    help="environment + the package's backends only (no torch.compile rows, aggregator, fine-tuning)")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device")
@@ -226,10 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"environment": environment()}
     gemm = gemm_ceiling()
     results["gemm_fp16_tflops"] = gemm / 1e12
-    if not a.skip_inference:
+    if a.backends_only:
+        backends(results)
+    elif not a.skip_inference:
+        backends(results)
         inference(results, gemm)
         aggregator(results)
-    if not a.skip_finetune:
+    if not a.skip_finetune and not a.backends_only:
         finetune(results, a.steps, a.places_per_batch)
     (out / "gpu_results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results["environment"]))
@@ -240,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['backend']:>19} {r['batch']:>5} {r['latency_ms']:>8.2f} {r['images_per_s']:>9.0f} "
               f"{r['model_tflops']:>8.1f} {r['fraction_of_gemm']:>8.1%}")
     print("fp16 vs fp32 cosine (min):", json.dumps(results.get("fp16_cosine_min")))
+    print("package backends, end to end (numpy in/out):")
+    for r in results.get("backends", []):
+        print(f"  {r['backend']:>20} batch {r['batch']:>2}: {r['latency_ms']:7.2f} ms {r['images_per_s']:8.0f} img/s "
+              f"{r['speedup_vs_eager_fp32']:5.2f}x vs eager fp32")
+    for k, v in results.get("backend_parity", {}).items():
+        print(f"  parity {k}: descriptor cos min {v['descriptor_cos_min']:.6f}, local cos mean {v['local_cos_mean']:.5f}")
     for r in results.get("aggregator_gpu", []):
         print(f"aggregator batch {r['batch']}: fused {r['fused_ms']:.2f} ms, per-region {r['per_region_ms']:.2f} ms, "
               f"{r['ratio']:.1f}x, max diff {r['max_diff']:.1e}")

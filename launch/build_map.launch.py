@@ -11,7 +11,7 @@ from vpr_ros.ros.launch_support import generate
 ARGUMENTS = [
     ("map_dir", "", "Directory the map is written to (empty: keep map_dir from params_file)."),
     ("params_file", None, "ROS parameters YAML of the map builder (default: config/map_builder.yaml)."),
-    ("backend", "", "Inference backend: auto, tensorrt, onnxruntime or torch (empty: keep the params_file value)."),
+    ("backend", "", "Inference backend: auto, tensorrt, torch_cudagraph, onnxruntime or torch (empty: keep the params_file value)."),
     ("camera_topic", "image", "Camera image topic; '<camera_topic>/compressed' with transport:=compressed in the params."),
     ("odom_topic", "odom", "nav_msgs/Odometry topic giving the pose of each image."),
     ("namespace", "", "Namespace of the map_builder node and its topics."),

@@ -10,7 +10,7 @@ from vpr_ros.ros.launch_support import generate
 ARGUMENTS = [
     ("map_dir", "", "Map directory to localize against (empty: keep map_dir from params_file)."),
     ("params_file", None, "ROS parameters YAML of the localizer (default: config/localizer.yaml)."),
-    ("backend", "", "Inference backend: auto, tensorrt, onnxruntime or torch (empty: keep the params_file value)."),
+    ("backend", "", "Inference backend: auto, tensorrt, torch_cudagraph, onnxruntime or torch (empty: keep the params_file value)."),
     ("camera_topic", "image", "Camera image topic; '<camera_topic>/compressed' with transport:=compressed in the params."),
     ("namespace", "", "Namespace of the localizer node and its topics."),
     ("use_sim_time", "false", "Use /clock (simulation or bag playback with --clock) as the node's time."),

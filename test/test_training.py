@@ -41,7 +41,7 @@ def gsv(tmp_path_factory) -> Path:
 
 def run_common(gsv: Path) -> list[str]:
     return ["--no-progress", *sets(f"data.gsv_root={gsv}", "data.cities=[]", *STUDENT, "data.places_per_batch=8",
-                                   "data.loader_threads=2", "optim.milestones=[]")]
+                                   "data.loader_threads=2", "data.loader_workers=0", "optim.milestones=[]")]
 
 
 def metrics(run: Path, split: str, name: str) -> list[tuple[int, float]]:
@@ -158,7 +158,7 @@ def test_settings_overrides_and_errors(tmp_path):
     from vpr_ros.training.settings import load_settings
 
     s = load_settings("finetune", default_train_config("finetune"), ["optim.lr=1e-3", "data.cities=[A, B]"])
-    assert s.optim.lr == 1e-3 and s.data.cities == ["A", "B"] and s.optim.warmup_steps == 3900
+    assert s.optim.lr == 1e-3 and s.data.cities == ["A", "B"] and s.optim.warmup_epochs == 3900
     assert s.train.ms_beta == 50.0 and s.train.miner_epsilon == 0.1 and s.optim.weight_decay == 1e-3
     again = tmp_path / "config.yaml"
     again.write_text(s.to_yaml())
@@ -171,8 +171,58 @@ def test_settings_overrides_and_errors(tmp_path):
         load_settings("finetune", None, ["lr=1"])
     with pytest.raises(ConfigError, match="written for stage 'finetune', not 'distill'"):
         load_settings("distill", again)
-    assert s.optim.lr_factor(0) == pytest.approx(1 / 3900)
     assert load_settings("finetune", None, ["optim.milestones=[10]"]).optim.lr_factor(10) == pytest.approx(0.1)
+
+
+def test_shipped_schedules_as_the_official_code_runs_them():
+    """Official D2-VPR fine-tuning: warm-up of 3900 epochs x batches per epoch that replaces the
+    decay at every step (peak ~6e-6 after 120 epochs); distillation: x0.5 every 3 epochs."""
+    from vpr_ros.cli.train_common import default_train_config
+    from vpr_ros.training.settings import load_settings
+
+    per_epoch = 67_000 // 128  # GSV-Cities: about 67k places at 128 places per batch
+    ft = load_settings("finetune", default_train_config("finetune"))
+    last = 120 * per_epoch - 1
+    peak = ft.optim.lr * ft.optim.lr_factor(last, per_epoch)
+    assert peak == pytest.approx(2e-4 * 120 / 3900, rel=1e-3) and 5e-6 < peak < 7e-6
+    assert ft.optim.lr_factor(11 * per_epoch, per_epoch) > ft.optim.lr_factor(9 * per_epoch, per_epoch)  # no decay
+    assert ft.data.augment_magnitude == 15 and ft.data.batch_order == "citywise" and ft.train.epochs == 120
+    rec = load_settings("finetune", default_train_config("finetune_recommended"))
+    assert rec.optim.lr_factor(3899, per_epoch) == pytest.approx(1.0)
+    assert rec.optim.lr_factor(10 * per_epoch, per_epoch) == pytest.approx(0.1)
+    assert rec.optim.lr_factor(30 * per_epoch, per_epoch) == pytest.approx(1e-3)
+    d = load_settings("distill", default_train_config("distill"))
+    assert d.train.distill_reduction == "mean" and d.train.epochs == 20
+    assert [d.optim.lr_factor(e * 100, 100) for e in (0, 2, 3, 6, 19)] == pytest.approx([1, 1, 0.5, 0.25, 2 ** -6])
+    assert load_settings("distill", default_train_config("distill_recommended")).train.distill_reduction == "sum"
+    with pytest.raises(ConfigError, match="set one of them"):
+        load_settings("finetune", None, ["train.steps=0"])
+
+
+def test_citywise_batches_stay_within_a_city_and_cover_every_place_once():
+    from vpr_ros.training.sampler import PlaceBatches
+
+    city = np.repeat([0, 1, 2], [16, 8, 24])  # 48 places in 3 cities
+    members = [np.arange(4 * p, 4 * p + 4) for p in range(48)]
+    plan = PlaceBatches(members, 8, 4, seed=1, place_city=city, order="citywise")
+    for epoch in (0, 1):
+        places = [np.unique(plan.batch(epoch * 6 + i)[1]) for i in range(6)]
+        assert sorted(np.concatenate(places).tolist()) == list(range(48))
+        assert all(len(set(city[p].tolist())) == 1 for p in places)  # city sizes are multiples of 8
+        assert [int(city[p[0]]) for p in places] == [0, 0, 1, 2, 2, 2]  # cities in reading order
+    assert not np.array_equal(plan.batch(0)[1], plan.batch(6)[1])  # reshuffled within the city
+    shuffled = PlaceBatches(members, 8, 4, seed=1, place_city=city, order="shuffled")
+    assert any(len(set(city[np.unique(shuffled.batch(i)[1])].tolist())) > 1 for i in range(6))
+    with pytest.raises(DatasetError, match="city of every place"):
+        PlaceBatches(members, 8, 4, seed=1, order="citywise")
+
+
+def test_distillation_reductions():
+    from vpr_ros.training.objectives import distillation_mse
+
+    s, t = torch.ones(4, 10), torch.zeros(4, 10)
+    assert distillation_mse(s, t, "sum").item() == pytest.approx(10.0)  # SciceVPR: summed / batch
+    assert distillation_mse(s, t, "mean").item() == pytest.approx(1.0)  # D2-VPR: F.mse_loss
 
 
 def test_finetuning_needs_a_validation_split(gsv, tmp_path, capsys):
@@ -300,6 +350,7 @@ def test_distillation_lowers_teacher_error_with_a_disk_cache(gsv, tmp_path):
 
 def test_distillation_online_teacher_matches_the_loss(gsv, tmp_path):
     """Without a cache the teacher runs on each (augmented) batch; the logged loss is the MSE."""
+    from vpr_ros.training.batches import StepBatches, to_model_input
     from vpr_ros.training.objectives import distillation_mse
     from vpr_ros.training.run_dir import RunDir
     from vpr_ros.training.settings import load_settings
@@ -310,14 +361,15 @@ def test_distillation_online_teacher_matches_the_loss(gsv, tmp_path):
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
     t = Trainer(s, run, progress=False)
-    assert t.teacher is not None and t.cache is None and t.loader.augment
-    _, x, labels, idx = next(t.loader.iterate(t.data.plan, 0, 1))
+    assert t.teacher is not None and t.cache is None and t.source.augment
+    _, images, labels, idx = StepBatches(t.source, t.data.plan, t.share)[0]
+    x = to_model_input(images, t.device)
     torch.manual_seed(5)  # the student's dropout draws the same masks in both forward passes
     with torch.no_grad():
         expected = distillation_mse(t.model.train()(x), t.teacher(x)).item()
     torch.manual_seed(5)
-    assert t.train_step(x, labels, idx)["loss_distill"] == pytest.approx(expected, rel=1e-5)
-    t.loader.close()
+    t.train_step(x, labels, idx)
+    assert t.flush_window()["loss_distill"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_joint_objective_combines_both_losses(gsv, tmp_path):

@@ -26,8 +26,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKBONES = ("vits14", "vitb14", "vits14_reg4", "vitb14_reg4", "vit_test", "vit_test_wide")
 ARCHITECTURES = ("d2vpr", "scicevpr", "cricavpr")
 ENCODERS = ("self_enhanced", "none", "cross_image")
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("auto", "tensorrt", "torch_cudagraph", "onnxruntime", "torch")
+#: GPU precision of the TensorRT and CUDA-graph backends (int8: TensorRT, from a Q/DQ graph of
+#: vpr_ros_quantize; bf16: CUDA graphs only).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 TRANSPORTS = ("raw", "compressed")
 QOS_NAMES = ("sensor_data", "reliable")
@@ -124,11 +126,24 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class GpuOptions:
+    """How the GPU backends are built: precision, largest batch, TensorRT workspace (MiB)."""
+
+    precision: str = "fp16"
+    max_batch: int = 8
+    workspace_mib: int = 2048
+
+
+@dataclass(frozen=True)
 class CameraNodeConfig:
     """What the localizer and the map builder share: model runtime, cameras, QoS, diagnostics."""
 
     backend: str = _f("auto", "Inference backend: " + ", ".join(BACKENDS) + ".")
-    device: str = _f("cpu", "Device: 'cpu' or 'cuda'.")
+    device: str = _f("cpu", "Device: 'cpu', 'cuda' or 'cuda:N'.")
+    precision: str = _f("fp16", "GPU precision of the 'tensorrt' and 'torch_cudagraph' backends: fp32, fp16, "
+                        "bf16 (CUDA graphs) or int8 (TensorRT; needs model.onnx made by vpr_ros_quantize).")
+    max_batch: int = _f(8, "Largest batch the GPU backends are built for (bigger batches are split).", lo=1, hi=256)
+    workspace_mib: int = _f(2048, "TensorRT builder workspace in MiB.", lo=64, hi=1 << 20)
     engine_cache_dir: str = _f("", "Where exported ONNX graphs and engines are cached (empty = "
                                "$VPR_ROS_CACHE or ~/.cache/vpr_ros).")
     camera_topics: list = _f(["image"], "Image topics (relative names); each is subscribed with "
@@ -141,8 +156,15 @@ class CameraNodeConfig:
     diagnostics_topic: str = _f("/diagnostics", "Topic of diagnostic_msgs/DiagnosticArray (absolute by "
                                 "default, where diagnostic aggregators listen).")
 
+    @property
+    def gpu(self) -> GpuOptions:
+        return GpuOptions(self.precision, self.max_batch, self.workspace_mib)
+
     def _check_common(self) -> None:
         _choice("backend", self.backend, BACKENDS)
+        _choice("precision", self.precision, PRECISIONS)
+        _range("max_batch", self.max_batch, 1, 256)
+        _range("workspace_mib", self.workspace_mib, 64, 1 << 20)
         _choice("qos", self.qos, ("sensor_data", "reliable"))
         _choice("transport", self.transport, TRANSPORTS)
         _camera_topics(self.camera_topics)

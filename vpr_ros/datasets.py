@@ -33,13 +33,14 @@ def fingerprint_files(paths: Sequence[Path], h: "hashlib._Hash | None" = None) -
     return h
 
 
-def read_rgb(path: Path) -> np.ndarray:
+def read_rgb(path: Path, min_side: int = 0) -> np.ndarray:
     """Read an image file as RGB uint8 [H, W, 3] with the nodes' decoder (a truncated JPEG is
-    refused here as it is on a topic); raises DatasetError naming the file."""
+    refused here as it is on a topic); ``min_side`` > 0 lets a large JPEG decode at a reduced
+    scale keeping its shorter side >= min_side; raises DatasetError naming the file."""
     from vpr_ros.images import read_image_file
 
     try:
-        return read_image_file(path)
+        return read_image_file(path, min_side)
     except ImageError as exc:
         raise DatasetError(str(exc)) from None
 

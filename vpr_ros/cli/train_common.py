@@ -6,7 +6,13 @@ import logging
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from vpr_ros.errors import VprError
+
+if TYPE_CHECKING:
+    from vpr_ros.training.distributed import DistInfo
+    from vpr_ros.training.run_dir import RunDir
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -36,29 +42,33 @@ def train_command(stage: str, prog: str, description: str, argv: list[str] | Non
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="[%(levelname)s] [%(name)s] %(message)s")
+    from vpr_ros.training import distributed
     from vpr_ros.training.run_dir import RunDir
     from vpr_ros.training.settings import load_settings
-    from vpr_ros.training.trainer import Trainer
+    from vpr_ros.training.trainer import Trainer, resolve_device
 
     args = list(sys.argv[1:] if argv is None else argv)
+    dist = distributed.DistInfo()
     try:
+        dist = distributed.from_environment()
+        if not dist.main:
+            logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports
         if a.resume:
             run = RunDir.reopen(a.resume)
             settings = load_settings(stage, run.path / "config.yaml", a.overrides)
             checkpoint = run.latest_checkpoint()
         else:
             settings = load_settings(stage, a.config or default_train_config(stage), a.overrides)
-            if a.run_dir:
-                run = RunDir(Path(a.run_dir))
-                run.path.mkdir(parents=True, exist_ok=False)
-            else:
-                run = RunDir.create(settings.train.output_root, stage)
+            distributed.start(dist, resolve_device(settings.train.device, dist))
+            run = _new_run_dir(a.run_dir, settings.train.output_root, stage, dist)
             checkpoint = None
-        trainer = Trainer(settings, run, checkpoint, progress=not a.no_progress)
-        run.record_start(settings.to_yaml(), args)
-        print(f"[{prog}] run folder {run.path}; {len(trainer.data.paths)} training images; best chosen on "
-              f"validation {trainer.metric}; device {trainer.device}"
-              f"{'' if trainer.amp is None else f' AMP {trainer.amp}'}", flush=True)
+        trainer = Trainer(settings, run, checkpoint, progress=not a.no_progress, dist=dist)
+        if dist.main:
+            run.record_start(settings.to_yaml(), args)
+            print(f"[{prog}] run folder {run.path}; {len(trainer.data.paths)} training images; best chosen on "
+                  f"validation {trainer.metric}; device {trainer.device}"
+                  f"{'' if trainer.amp is None else f' AMP {trainer.amp}'}"
+                  f"{f'; {dist.world} processes' if dist.active else ''}", flush=True)
         best = trainer.run()
     except KeyboardInterrupt:
         print(f"[{prog}] interrupted; continue with: {prog} --resume <run folder>", file=sys.stderr)
@@ -73,8 +83,27 @@ def train_command(stage: str, prog: str, description: str, argv: list[str] | Non
         print(f"[{prog}] training diverged: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        if "run" in locals():
+        if "run" in locals() and dist.main:
             run.close()
+        distributed.stop(dist)
+    if not dist.main:
+        return EXIT_OK
     print(f"[{prog}] done: best {best['metric']} {best['value']:.4f} at step {best['step']} -> "
           f"{run.path / 'best' / 'model.yaml'}; curves in {run.path / 'metrics.png'}")
     return EXIT_OK
+
+
+def _new_run_dir(requested: str, root: str, stage: str, dist: "DistInfo") -> "RunDir":
+    """Rank 0 creates the run folder (``requested`` or a dated one under ``root``); under torchrun
+    the other ranks receive its path."""
+    from vpr_ros.training import distributed
+    from vpr_ros.training.run_dir import RunDir
+
+    path = ""
+    if dist.main:
+        if requested:
+            Path(requested).mkdir(parents=True, exist_ok=False)
+            path = requested
+        else:
+            path = str(RunDir.create(root, stage).path)
+    return RunDir(Path(distributed.broadcast_text(path, dist)))

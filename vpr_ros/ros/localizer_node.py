@@ -119,7 +119,7 @@ class LocalizerCore(VprNodeMixin):
         start the inference worker."""
         self.slots = LatestFrameSlots()
         self.backend = self._injected_backend or open_backend(
-            self.cfg.backend, self.model_cfg, self.cfg.device, self.cfg.engine_cache_dir or None)
+            self.cfg.backend, self.model_cfg, self.cfg.device, self.cfg.engine_cache_dir or None, gpu=self.cfg.gpu)
         self.say("info", f"model {self.backend.model_id} on backend '{self.backend.name}' "
                          f"(weights: {self.backend.weights_source})")
         if self.backend.weights_source.startswith("random"):

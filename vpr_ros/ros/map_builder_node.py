@@ -112,7 +112,7 @@ class MapBuilderCore(VprNodeMixin):
 
     def _configure(self) -> None:
         self.backend = self._injected_backend or open_backend(
-            self.cfg.backend, self.model_cfg, self.cfg.device, self.cfg.engine_cache_dir or None)
+            self.cfg.backend, self.model_cfg, self.cfg.device, self.cfg.engine_cache_dir or None, gpu=self.cfg.gpu)
         base = None
         try:
             base = VprMap.load(self.cfg.map_dir)

@@ -1,7 +1,9 @@
 """Choose and open an inference backend by name; 'auto' picks the fastest one available.
 
-Preference (fastest first, see benchmarks/backend_speed.py and docs/GPU_RESULTS.md):
-TensorRT (CUDA) > ONNX Runtime > PyTorch. The ONNX graph the first two need is
+Preference (fastest first, see benchmarks/backend_speed.py and docs/GPU_RESULTS.md): on a
+CUDA device TensorRT > PyTorch with CUDA graphs > ONNX Runtime > PyTorch; on the CPU ONNX
+Runtime > PyTorch. ``GpuOptions`` (precision, max batch, TensorRT workspace) apply to the two
+GPU backends. The ONNX graph the first two need is
 ``model.onnx`` if set, else exported once into the engine cache (keyed by the model
 configuration and the sha256 of its weight and PCA files).
 """
@@ -14,7 +16,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from vpr_ros.config import BACKENDS, ModelConfig, batch_dependent_refusal
+from vpr_ros.config import BACKENDS, GpuOptions, ModelConfig, batch_dependent_refusal
 from vpr_ros.errors import BackendUnavailable, CheckpointError, ConfigError
 from vpr_ros.export.graph_io import file_sha256
 from vpr_ros.runtime.base import DescriptorBackend
@@ -63,7 +65,12 @@ def onnx_for(cfg: ModelConfig, cache_dir: str | Path | None = None) -> Path:
 
 
 def _open(name: str, cfg: ModelConfig, device: str, cache_dir: str | Path | None,
-          batch_dependent_ok: bool = False) -> DescriptorBackend:
+          batch_dependent_ok: bool = False, gpu: GpuOptions = GpuOptions()) -> DescriptorBackend:
+    if name == "torch_cudagraph":
+        from vpr_ros.runtime.cudagraph_backend import CudaGraphBackend
+
+        return CudaGraphBackend(cfg, device=device if device.startswith("cuda") else "cuda",
+                                precision=gpu.precision, max_batch=gpu.max_batch)
     if name == "torch":
         from vpr_ros.runtime.torch_backend import TorchBackend
 
@@ -79,12 +86,14 @@ def _open(name: str, cfg: ModelConfig, device: str, cache_dir: str | Path | None
     from vpr_ros.runtime.tensorrt_backend import TensorRTBackend, require_tensorrt
 
     require_tensorrt()
-    return TensorRTBackend.from_onnx(onnx_for(cfg, cache_dir), cache_dir=cache_dir)
+    return TensorRTBackend.from_onnx(onnx_for(cfg, cache_dir), cache_dir=cache_dir, precision=gpu.precision,
+                                     max_batch=gpu.max_batch, workspace_mib=gpu.workspace_mib, device=device)
 
 
 def open_backend(name: str, cfg: ModelConfig, device: str = "cpu",
-                 cache_dir: str | Path | None = None, batch_dependent_ok: bool = False) -> DescriptorBackend:
-    """Open backend ``name`` ('auto', 'tensorrt', 'onnxruntime', 'torch') for model ``cfg``.
+                 cache_dir: str | Path | None = None, batch_dependent_ok: bool = False,
+                 gpu: GpuOptions = GpuOptions()) -> DescriptorBackend:
+    """Open backend ``name`` (one of config.BACKENDS) for model ``cfg``.
 
     Batch-dependent models (cross-image encoder) are refused unless ``batch_dependent_ok``
     (evaluation), and then only run on PyTorch (they are not exported).
@@ -100,12 +109,13 @@ def open_backend(name: str, cfg: ModelConfig, device: str = "cpu",
                               "'torch' only; they are not exported")
         return _open("torch", cfg, device, cache_dir, batch_dependent_ok=True)
     if name != "auto":
-        return _open(name, cfg, device, cache_dir)
-    order = ["tensorrt", "onnxruntime", "torch"] if device.startswith("cuda") else ["onnxruntime", "torch"]
+        return _open(name, cfg, device, cache_dir, gpu=gpu)
+    order = (["tensorrt", "torch_cudagraph", "onnxruntime", "torch"] if device.startswith("cuda")
+             else ["onnxruntime", "torch"])
     reasons = []
     for cand in order:
         try:
-            backend = _open(cand, cfg, device, cache_dir)
+            backend = _open(cand, cfg, device, cache_dir, gpu=gpu)
         except BackendUnavailable as exc:
             reasons.append(f"{cand}: {exc}")
             continue

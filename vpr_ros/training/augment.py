@@ -22,8 +22,24 @@ def _affine(img: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 
 def _blend(a: np.ndarray, b: np.ndarray, factor: float) -> np.ndarray:
-    """PIL ImageEnhance semantics: b + factor (a - b), clipped."""
-    return np.clip(b.astype(np.float32) + factor * (a.astype(np.float32) - b), 0, 255).astype(np.uint8)
+    """PIL ImageEnhance semantics: b + factor (a - b), rounded and saturated (one OpenCV pass)."""
+    import cv2
+
+    return cv2.addWeighted(a, factor, b, 1.0 - factor, 0.0)
+
+
+def _lut(img: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Per-value (or per-channel [256, 1, 3]) lookup table on uint8."""
+    import cv2
+
+    return cv2.LUT(img, table.astype(np.uint8))
+
+
+def _scale(img: np.ndarray, factor: float) -> np.ndarray:
+    """img x factor, rounded and saturated (brightness: a blend with black)."""
+    import cv2
+
+    return cv2.convertScaleAbs(img, alpha=factor) if factor >= 0 else np.zeros_like(img)
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
@@ -55,8 +71,10 @@ def _rotate(img: np.ndarray, deg: float) -> np.ndarray:
 
 
 def _contrast(img: np.ndarray, factor: float) -> np.ndarray:
-    mean = float(_gray(img)[..., 0].mean())
-    return _blend(img, np.full_like(img, int(mean + 0.5)), factor)
+    import cv2
+
+    mean = int(float(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).mean()) + 0.5)
+    return _lut(img, np.clip(np.round(mean + factor * (np.arange(256) - mean)), 0, 255))
 
 
 def _sharpness(img: np.ndarray, factor: float) -> np.ndarray:
@@ -74,11 +92,15 @@ def _posterize(img: np.ndarray, bits: int) -> np.ndarray:
 
 
 def _autocontrast(img: np.ndarray) -> np.ndarray:
-    lo = img.reshape(-1, 3).min(0).astype(np.float32)
-    hi = img.reshape(-1, 3).max(0).astype(np.float32)
-    scale = np.where(hi > lo, 255.0 / np.maximum(hi - lo, 1), 1.0)
-    lo = np.where(hi > lo, lo, 0)
-    return np.clip((img - lo) * scale, 0, 255).astype(np.uint8)
+    """Stretch each channel to 0..255 (a channel of one value is left alone)."""
+    import cv2
+
+    tables = []
+    for c in cv2.split(img):
+        lo, hi = (float(v) for v in cv2.minMaxLoc(c)[:2])
+        v = np.arange(256, dtype=np.float32)
+        tables.append(np.clip((v - lo) * (255.0 / (hi - lo)), 0, 255) if hi > lo else v)
+    return _lut(img, np.stack(tables, axis=1)[:, None, :])
 
 
 def _equalize(img: np.ndarray) -> np.ndarray:
@@ -101,12 +123,13 @@ OPS: dict[str, Op] = {
     "translate_x": lambda img, m, rng: _translate(img, _signed(0.45 * m, rng), 0),
     "translate_y": lambda img, m, rng: _translate(img, _signed(0.45 * m, rng), 1),
     "rotate": lambda img, m, rng: _rotate(img, _signed(30.0 * m, rng)),
-    "brightness": lambda img, m, rng: _blend(img, np.zeros_like(img), 1.0 + _signed(0.9 * m, rng)),
+    "brightness": lambda img, m, rng: _scale(img, 1.0 + _signed(0.9 * m, rng)),
     "color": lambda img, m, rng: _blend(img, _gray(img), 1.0 + _signed(0.9 * m, rng)),
     "contrast": lambda img, m, rng: _contrast(img, 1.0 + _signed(0.9 * m, rng)),
     "sharpness": lambda img, m, rng: _sharpness(img, 1.0 + _signed(0.9 * m, rng)),
     "posterize": lambda img, m, rng: _posterize(img, 8 - int(round(4 * m))),
-    "solarize": lambda img, m, rng: np.where(img >= 255.0 * (1.0 - m), 255 - img, img).astype(np.uint8),
+    "solarize": lambda img, m, rng: _lut(img, np.where(np.arange(256) >= 255.0 * (1.0 - m),
+                                                      255 - np.arange(256), np.arange(256))),
     "autocontrast": lambda img, m, rng: _autocontrast(img),
     "equalize": lambda img, m, rng: _equalize(img),
 }

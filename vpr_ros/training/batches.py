@@ -1,13 +1,17 @@
-"""Turn a batch plan into tensors: read, resize, augment, normalise; one batch read ahead.
+"""Turn a batch plan into tensors: read, resize, augment, normalise.
 
-Augmentation randomness is seeded by (seed, step, position in batch), so a batch is the same
-whether it is produced in an uninterrupted run or after ``--resume``.
+Augmentation randomness is seeded by (seed, step, position in the global batch), so a batch
+is the same in an uninterrupted run, after ``--resume``, and whatever the number of processes.
+
+Training reads through :func:`step_loader` (a ``DataLoader`` of worker processes with pinned
+memory, whole batches as items); :class:`BatchLoader` (threads, one batch read ahead) serves the
+fixed-composition teacher batches and is the baseline of ``benchmarks/loader_speed.py``.
 """
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -60,3 +64,98 @@ class BatchLoader:
     def close(self) -> None:
         self.ahead.shutdown(wait=True, cancel_futures=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --- the process-based data path used for training ------------------------------------------------
+class BatchSource:
+    """Picklable recipe of one training image: decode, resize, augment -> uint8 [S, S, 3].
+
+    Normalisation happens on the training device (:func:`to_model_input`), so workers ship
+    uint8 (a quarter of the bytes of float32) through shared and pinned memory.
+    """
+
+    def __init__(self, paths: Sequence[Path], input_size: int, seed: int, augment: bool = False,
+                 ops: int = 3, magnitude: int = 9, fast_decode: bool = True) -> None:
+        self.paths, self.size, self.seed = list(paths), input_size, seed
+        self.augment, self.ops, self.magnitude, self.fast_decode = augment, ops, magnitude, fast_decode
+
+    def image(self, index: int, step: int, slot: int) -> np.ndarray:
+        """uint8 [S, S, 3] of image ``index`` as seen at ``step`` in position ``slot`` of the global batch.
+        Large JPEGs decode at a reduced scale still at least S on their shorter side, which the
+        area resize then brings to S."""
+        img = read_rgb(self.paths[index], self.size if self.fast_decode else 0)
+        img = _shrink(img, self.size) if self.fast_decode else resize_square(img, self.size)
+        if self.augment:
+            img = rand_augment(img, np.random.default_rng([self.seed, step, slot, 2]), self.ops, self.magnitude)
+        return np.ascontiguousarray(img)
+
+    def images(self, step: int, indices: np.ndarray, first_slot: int = 0) -> torch.Tensor:
+        """uint8 [B, S, S, 3] of ``indices`` (slots ``first_slot``.. of the global batch)."""
+        return torch.from_numpy(np.stack([self.image(int(i), step, first_slot + j) for j, i in enumerate(indices)]))
+
+
+def _shrink(img: np.ndarray, size: int) -> np.ndarray:
+    """[H, W, 3] -> [size, size, 3]: area interpolation from 2x or more, bilinear below (a
+    reduced-scale JPEG decode has already done the antialiasing; area is 10x slower there)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    if min(h, w) >= 2 * size:
+        return resize_square(img, size)
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` = (step, uint8 images [b, S, S, 3], labels [b], indices [b]) of this rank's
+    ``share`` of the global batch of that step; a pure function of (seed, step, share)."""
+
+    def __init__(self, source: BatchSource, plan: BatchPlan, share: slice | None = None) -> None:
+        self.source, self.plan, self.share = source, plan, share or slice(None)
+
+    def __len__(self) -> int:
+        return 1 << 40  # indexed by step through the sampler; never enumerated
+
+    def __getitem__(self, step: int) -> tuple[int, torch.Tensor, torch.Tensor, np.ndarray]:
+        idx, labels = self.plan.batch(step)
+        first = self.share.start or 0
+        idx, labels = idx[self.share], labels[self.share]
+        return step, self.source.images(step, idx, first), torch.from_numpy(np.asarray(labels, np.int64)), idx
+
+
+def _quiet_worker(_: int) -> None:
+    """Each worker decodes with one thread (workers are the parallelism)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def _keep_numpy(items: Any) -> Any:
+    return items  # batch_size=None: an item is already a whole batch
+
+
+def step_loader(dataset: torch.utils.data.Dataset, start: int, stop: int, workers: int, pin_memory: bool,
+                prefetch: int = 2) -> torch.utils.data.DataLoader:
+    """A DataLoader over steps start..stop-1 with ``workers`` processes (0 = in this process),
+    pinned memory and ``prefetch`` batches read ahead per worker; steps come out in order."""
+    kw: dict[str, Any] = {}
+    if workers > 0:
+        # forkserver, not fork: a forked copy of a process whose OpenMP / OpenCV thread pools are
+        # running can deadlock in its first parallel call
+        kw = {"persistent_workers": True, "prefetch_factor": prefetch, "worker_init_fn": _quiet_worker,
+              "multiprocessing_context": "forkserver"}
+    # its own generator: starting workers must not draw from the training process's RNG, or a
+    # resumed run (which starts them at another step) would diverge from an uninterrupted one
+    return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(start, stop), num_workers=workers,
+                                       pin_memory=pin_memory, collate_fn=_keep_numpy,
+                                       generator=torch.Generator().manual_seed(start), **kw)
+
+
+def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 [B, S, S, 3] (RGB) -> normalised float32 [B, 3, S, S] on ``device``, as ``preprocess``."""
+    from vpr_ros.config import IMAGENET_MEAN, IMAGENET_STD
+
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
+    inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0)
+    return ((x - mean) * inv_std).contiguous()

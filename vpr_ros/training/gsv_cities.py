@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -25,11 +25,13 @@ _FLOAT_COLUMNS = ("lat", "lon")
 
 @dataclass(frozen=True)
 class PlaceImages:
-    """Images grouped by place: ``paths`` [N], ``labels`` int64 [N] (dense place ids 0..P-1)."""
+    """Images grouped by place: ``paths`` [N], ``labels`` int64 [N] (dense place ids 0..P-1),
+    ``place_city`` int64 [P] (index of each place's city, in reading order; empty if unknown)."""
 
     paths: list[Path]
     labels: np.ndarray
     source: str
+    place_city: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def num_places(self) -> int:
@@ -116,8 +118,9 @@ def read_gsv_cities(root: str | Path, cities: Sequence[str] = (), min_per_place:
             raise DatasetError(f"{frames}: no <City>.csv files")
     paths: list[Path] = []
     labels: list[int] = []
+    place_city: list[int] = []
     label = 0
-    for csv_path in csvs:
+    for city_index, csv_path in enumerate(csvs):
         by_place: dict[int, list[tuple[Path, int]]] = {}
         for place, path, line in _read_city(root, csv_path, check_images):
             by_place.setdefault(place, []).append((path, line))
@@ -129,8 +132,9 @@ def read_gsv_cities(root: str | Path, cities: Sequence[str] = (), min_per_place:
                                    f"fewer than images_per_place={min_per_place}")
             paths.extend(p for p, _ in members)
             labels.extend([label] * len(members))
+            place_city.append(city_index)
             label += 1
-    return PlaceImages(paths, np.asarray(labels, np.int64), str(root))
+    return PlaceImages(paths, np.asarray(labels, np.int64), str(root), np.asarray(place_city, np.int64))
 
 
 def read_image_folders(folders: Sequence[str | Path]) -> list[Path]:
@@ -159,8 +163,10 @@ def split_places(data: PlaceImages, holdout: int, seed: int) -> tuple[PlaceImage
     val = set(np.random.default_rng([seed, 7]).choice(data.num_places, holdout, replace=False).tolist())
     keep = [i for place in range(data.num_places) if place not in val for i in members[place]]
     remap = {old: new for new, old in enumerate(sorted(set(range(data.num_places)) - val))}
+    kept_places = sorted(set(range(data.num_places)) - val)
     train = PlaceImages([data.paths[i] for i in keep],
-                        np.asarray([remap[int(data.labels[i])] for i in keep], np.int64), data.source)
+                        np.asarray([remap[int(data.labels[i])] for i in keep], np.int64), data.source,
+                        data.place_city[kept_places] if len(data.place_city) else data.place_city)
     val_sorted = sorted(val)
     database = [data.paths[members[p][0]] for p in val_sorted]
     queries = [data.paths[members[p][1]] for p in val_sorted]

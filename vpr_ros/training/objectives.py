@@ -19,17 +19,21 @@ class MultiSimilarity:
         self.loss = losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base, distance=DotProductSimilarity())
         self.miner = miners.MultiSimilarityMiner(epsilon=epsilon, distance=CosineSimilarity())
 
-    def __call__(self, descriptors: Tensor, labels: Tensor) -> tuple[Tensor, float]:
-        """(loss, fraction of batch images that took part in a mined pair)."""
+    def __call__(self, descriptors: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(loss, fraction of batch images that took part in a mined pair), both device tensors:
+        nothing here waits for the device."""
         d = descriptors.float()
         mined = self.miner(d, labels)
-        used = torch.unique(torch.cat([mined[0], mined[2]])) if len(mined[0]) or len(mined[2]) else mined[0]
-        return self.loss(d, labels, mined), float(len(used)) / max(1, len(labels))
+        used = torch.zeros(len(labels), dtype=torch.bool, device=d.device)
+        used[torch.cat([mined[0], mined[2]])] = True
+        return self.loss(d, labels, mined), used.float().mean()
 
 
-def distillation_mse(student: Tensor, teacher: Tensor) -> Tensor:
-    """Squared error summed over descriptor dimensions, averaged over the batch: [B, D] x [B, D] -> []."""
+def distillation_mse(student: Tensor, teacher: Tensor, reduction: str = "sum") -> Tensor:
+    """[B, D] x [B, D] -> []: squared error summed over descriptor dimensions and averaged over
+    the batch ('sum', SciceVPR), or averaged over batch and dimensions ('mean', D2-VPR)."""
     if student.shape != teacher.shape:
         raise ValueError(f"student descriptors {tuple(student.shape)} and teacher descriptors "
                          f"{tuple(teacher.shape)} differ in shape")
-    return (student.float() - teacher.float()).pow(2).sum() / student.shape[0]
+    sq = (student.float() - teacher.float()).pow(2)
+    return sq.mean() if reduction == "mean" else sq.sum() / student.shape[0]

@@ -43,6 +43,9 @@ def fit_pca(model: ModelConfig, paths: list[Path], cfg: PcaConfig, progress: boo
         if cfg.dim > backend.descriptor_dim:
             raise ConfigError(f"pca.dim={cfg.dim} exceeds the model's {backend.descriptor_dim}-d descriptor")
         desc = describe_images(backend, sample, cfg.batch_size, progress, "training images")
+    mem = Pca.fit_memory_bytes(*desc.shape)
+    log.info("PCA from the covariance of %d x %d descriptors: %.2f GiB working memory (a full SVD would take "
+             "%.2f GiB)", desc.shape[0], desc.shape[1], mem["covariance"] / 2**30, mem["full_svd"] / 2**30)
     return Pca.fit(desc, cfg.dim)
 
 

@@ -1,8 +1,12 @@
 """Batch plans that depend only on (seed, step): resuming at step s draws exactly the batch an
 uninterrupted run would have drawn.
 
-``PlaceBatches``: P places x K images (GSV-Cities); each epoch visits every place once in a
-random order, and K of each place's images are drawn without replacement.
+``PlaceBatches``: P places x K images (GSV-Cities); each epoch visits every place once, and K
+of each place's images are drawn without replacement. Place order per epoch: 'citywise' (as the
+official GSV-Cities loaders run, shuffle_all=False: cities one after another in their listed
+order, places shuffled within each city, so a batch holds places of one city, the source of
+hard negatives; a batch straddles two cities only at a city boundary) or 'shuffled' (all places
+of all cities permuted together).
 ``ImageBatches``: shuffled fixed-size batches of plain images (distillation on folders).
 """
 from __future__ import annotations
@@ -18,13 +22,19 @@ class PlaceBatches:
     """Place-balanced batches: ``batch(step)`` -> (image indices [P*K], labels [P*K])."""
 
     def __init__(self, members: Sequence[np.ndarray], places_per_batch: int, images_per_place: int,
-                 seed: int) -> None:
+                 seed: int, place_city: np.ndarray | None = None, order: str = "shuffled") -> None:
         if len(members) < places_per_batch:
             raise DatasetError(f"{len(members)} training places, fewer than places_per_batch={places_per_batch}")
         small = [i for i, m in enumerate(members) if len(m) < images_per_place]
         if small:
             raise DatasetError(f"place(s) {small[:5]} have fewer than images_per_place={images_per_place} images")
+        if order not in ("citywise", "shuffled"):
+            raise DatasetError(f"batch order '{order}' is not 'citywise' or 'shuffled'")
+        if order == "citywise" and (place_city is None or len(place_city) != len(members)):
+            raise DatasetError("citywise batches need the city of every place (a GSV-Cities tree)")
         self.members, self.p, self.k, self.seed = list(members), places_per_batch, images_per_place, seed
+        self.order = order
+        self.place_city = np.asarray(place_city if place_city is not None else np.zeros(len(members)), np.int64)
         self.per_epoch = len(self.members) // self.p
         self._epoch, self._order = -1, np.zeros(0, np.int64)
 
@@ -35,7 +45,14 @@ class PlaceBatches:
     def _places_of_epoch(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
             self._epoch = epoch
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.members))
+            if self.order == "shuffled":
+                self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.members))
+            else:
+                parts = []
+                for city in np.unique(self.place_city):  # cities in reading order
+                    places = np.flatnonzero(self.place_city == city)
+                    parts.append(np.random.default_rng([self.seed, epoch, int(city), 3]).permutation(places))
+                self._order = np.concatenate(parts)
         return self._order
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,9 @@ class DataConfig:
     image_folders: list = _f([], "Plain image folders (searched recursively) for distillation; "
                              "used when gsv_root is empty.")
     places_per_batch: int = _f(32, "P: places per training batch (GSV-Cities).")
+    batch_order: str = _f("citywise", "Place order of GSV-Cities batches per epoch: 'citywise' (the official "
+                          "loaders: cities in turn, places shuffled within each city, so batches hold "
+                          "same-city hard negatives) or 'shuffled' (all places permuted together).")
     images_per_place: int = _f(4, "K: images per place in a batch; every place must have at least K.")
     batch_size: int = _f(32, "Images per batch when training on image folders (distillation).")
     val_dataset: str = _f("", "Validation set in an evaluation layout (gmberton, VPR-Bench, sequence); "
@@ -44,11 +47,18 @@ class DataConfig:
     augment_ops: int = _f(3, "Augmentation operations per image (RandAugment N).")
     augment_magnitude: int = _f(9, "Augmentation strength 0..30 (RandAugment M).")
     check_images: bool = _f(True, "Check at start that every listed image file exists.")
-    loader_threads: int = _f(4, "Threads that decode and augment images (OpenCV releases the GIL).")
+    loader_workers: int = _f(8, "Worker processes that decode and augment training batches (0 = in the "
+                             "training process); also used for validation images.")
+    pin_memory: bool = _f(True, "Page-locked batches for asynchronous copies to the GPU.")
+    prefetch_batches: int = _f(2, "Batches each worker reads ahead.")
+    loader_threads: int = _f(4, "Threads that read images for the teacher cache and validation targets.")
 
     def __post_init__(self) -> None:
-        for key in ("places_per_batch", "images_per_place", "batch_size", "augment_ops", "loader_threads"):
+        for key in ("places_per_batch", "images_per_place", "batch_size", "augment_ops", "loader_threads",
+                    "prefetch_batches"):
             _positive(key, getattr(self, key))
+        _range("loader_workers", self.loader_workers, 0, 256)
+        _choice("batch_order", self.batch_order, ("citywise", "shuffled"))
         _range("augment_magnitude", self.augment_magnitude, 0, 30)
         _range("val_holdout", self.val_holdout, 0, 10**9)
         if self.images_per_place < 2:
@@ -57,13 +67,24 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimizer and learning-rate schedule (linear warm-up in steps, then step decay)."""
+    """Optimizer and learning-rate schedule: linear warm-up, then step decay.
+
+    Lengths are in optimizer steps, or in epochs (x the steps per epoch of the batch plan) for
+    the ``*_epochs`` keys, which is how the official scripts state them.
+    """
 
     optimizer: str = _f("adamw", "'adamw' or 'adam'.")
     lr: float = _f(2e-4, "Peak learning rate.")
     weight_decay: float = _f(1e-3, "Weight decay (decoupled for AdamW).")
     warmup_steps: int = _f(0, "Linear warm-up from 0 to lr over this many steps.")
+    warmup_epochs: float = _f(0.0, "Linear warm-up over this many epochs (used when warmup_steps is 0).")
+    warmup_overrides_decay: bool = _f(False, "During the warm-up the warm-up factor replaces the step decay "
+                                      "(the official D2-VPR fine-tuning code: its warm-up of 3900 epochs "
+                                      "never ends, so its milestones never act).")
     milestones: list = _f([], "Steps at which the learning rate is multiplied by gamma.")
+    milestone_epochs: list = _f([], "Epochs at which the learning rate is multiplied by gamma.")
+    decay_every_epochs: float = _f(0.0, "Multiply the learning rate by gamma every this many epochs "
+                                   "(StepLR, as the official distillation and SciceVPR scripts; 0 = off).")
     gamma: float = _f(0.1, "Learning-rate factor at each milestone.")
     grad_clip: float = _f(0.0, "Clip the gradient norm to this value (0 = off).")
 
@@ -72,22 +93,36 @@ class OptimConfig:
         _positive("lr", self.lr)
         _range("weight_decay", self.weight_decay, 0.0, 1.0)
         _range("warmup_steps", self.warmup_steps, 0, 10**9)
+        _range("warmup_epochs", self.warmup_epochs, 0.0, 1e9)
+        _range("decay_every_epochs", self.decay_every_epochs, 0.0, 1e9)
         _range("gamma", self.gamma, 0.0, 1.0)
         _range("grad_clip", self.grad_clip, 0.0, 1e9)
         if any(not isinstance(m, int) or m < 1 for m in self.milestones):
             raise ConfigError(f"milestones: must be positive step numbers, got {self.milestones!r}")
+        if any(not isinstance(m, (int, float)) or m <= 0 for m in self.milestone_epochs):
+            raise ConfigError(f"milestone_epochs: must be positive epoch numbers, got {self.milestone_epochs!r}")
 
-    def lr_factor(self, step: int) -> float:
-        """Multiplier of ``lr`` for optimizer step ``step`` (0-based)."""
-        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
-        return warm * self.gamma ** sum(step >= m for m in self.milestones)
+    def lr_factor(self, step: int, steps_per_epoch: int = 1) -> float:
+        """Multiplier of ``lr`` for optimizer step ``step`` (0-based) when an epoch has
+        ``steps_per_epoch`` steps."""
+        warm_len = self.warmup_steps or self.warmup_epochs * steps_per_epoch
+        warm = min(1.0, (step + 1) / warm_len) if warm_len else 1.0
+        if self.warmup_overrides_decay and warm_len and step < warm_len:
+            return warm
+        drops = sum(step >= m for m in self.milestones)
+        drops += sum(step >= m * steps_per_epoch for m in self.milestone_epochs)
+        if self.decay_every_epochs:
+            drops += int(step // (self.decay_every_epochs * steps_per_epoch))
+        return warm * self.gamma ** drops
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """The training run itself: length, validation, checkpoints, device, objective weights."""
 
-    steps: int = _f(1000, "Optimizer steps to train for (a resumed run continues to this number).")
+    steps: int = _f(1000, "Optimizer steps to train for (a resumed run continues to this number); 0 = "
+                    "train for 'epochs' instead.")
+    epochs: float = _f(0.0, "Epochs to train for when steps is 0 (x the steps per epoch of the batch plan).")
     val_every: int = _f(250, "Validate every this many steps (and at the end).")
     checkpoint_every: int = _f(250, "Write a resumable checkpoint every this many steps (and at the end).")
     keep_checkpoints: int = _f(2, "Resumable checkpoints kept besides the best one.")
@@ -102,6 +137,14 @@ class RunConfig:
                             "teacher in memory); empty = run the teacher on every batch.")
     teacher_batch: int = _f(32, "Images per teacher forward pass when caching (fixed composition: "
                             "the CricaVPR teacher's encoder attends across its batch).")
+    dropout: float = _f(-1.0, "Dropout probability of the aggregator MLPs and the encoder while training; "
+                        "-1 keeps the architecture's 0.1 (0 makes steps independent of how the batch is "
+                        "split over processes).")
+    sync_batchnorm: bool = _f(True, "Under torchrun: BatchNorm statistics over the global batch (as one "
+                              "process would compute them) instead of each process's share.")
+    distill_reduction: str = _f("sum", "Distillation MSE: 'sum' (squared error summed over dimensions, "
+                                "averaged over the batch: SciceVPR's MSELoss(reduction='sum') / B) or 'mean' "
+                                "(averaged over batch and dimensions: D2-VPR's F.mse_loss).")
     distill_weight: float = _f(1.0, "Joint objective: weight of the distillation term.")
     ms_alpha: float = _f(1.0, "Multi-similarity loss alpha.")
     ms_beta: float = _f(50.0, "Multi-similarity loss beta.")
@@ -109,11 +152,18 @@ class RunConfig:
     miner_epsilon: float = _f(0.1, "Multi-similarity miner epsilon.")
 
     def __post_init__(self) -> None:
-        for key in ("steps", "val_every", "checkpoint_every", "keep_checkpoints", "log_every", "teacher_batch"):
+        if self.steps == 0 and self.epochs <= 0:
+            raise ConfigError("steps: 0 means 'train for epochs', but epochs is 0; set one of them")
+        _range("steps", self.steps, 0, 10**12)
+        for key in ("val_every", "checkpoint_every", "keep_checkpoints", "log_every", "teacher_batch"):
             _positive(key, getattr(self, key))
         _choice("amp", self.amp, AMP_MODES)
         _choice("select_on", self.select_on, SELECT_METRICS)
         _range("distill_weight", self.distill_weight, 0.0, 1e6)
+        _range("epochs", self.epochs, 0.0, 1e9)
+        _choice("distill_reduction", self.distill_reduction, ("sum", "mean"))
+        if self.dropout != -1.0:
+            _range("dropout", self.dropout, 0.0, 0.9)
 
 
 @dataclass(frozen=True)

@@ -72,10 +72,12 @@ class TeacherCache:
 
 
 def open_or_build_cache(folder: Path, teacher: PlaceModel, info: ModelInfo, paths: Sequence[Path],
-                        loader_fn, batch: int, device: torch.device, progress: bool = True) -> TeacherCache:
+                        loader_fn, batch: int, device: torch.device, progress: bool = True,
+                        amp: torch.dtype | None = None) -> TeacherCache:
     """Load the cache for (teacher, images, composition) from ``folder`` or compute it.
 
-    ``loader_fn(indices) -> float32 tensor [b, 3, S, S]`` reads un-augmented images.
+    ``loader_fn(indices) -> float32 tensor [b, 3, S, S]`` reads un-augmented images; ``amp``:
+    the autocast dtype of the teacher's forward passes (as in training), or None.
     """
     key = CacheKey(f"{info.model_id}|{info.weights_sha256}", info.input_size, batch,
                    fingerprint_files(paths).hexdigest(), len(paths))
@@ -99,7 +101,9 @@ def open_or_build_cache(folder: Path, teacher: PlaceModel, info: ModelInfo, path
         from tqdm import tqdm
 
         starts = tqdm(starts, desc="teacher cache", unit="batch")
-    with torch.inference_mode():
+    from vpr_ros.training.validation import autocast_for
+
+    with torch.inference_mode(), autocast_for(device, amp):
         for s in starts:
             ids = np.arange(s, min(s + batch, len(paths)))
             d = teacher(loader_fn(ids).to(device)).float().cpu().numpy()

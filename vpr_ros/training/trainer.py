@@ -8,6 +8,14 @@
 
 Batches depend only on (seed, step), the learning rate is a function of the step, and the
 optimizer, GradScaler, RNG and best-so-far are checkpointed, so ``--resume`` continues exactly.
+
+Under ``torchrun`` (training/distributed.py) every process trains on its share of the same
+global batch; the miner and the multi-similarity loss see the gathered global batch; rank 0
+validates, logs and writes checkpoints; a run resumes on any number of processes that divides
+the global batch. Images arrive as uint8 from worker processes and are normalised on the
+device. The host waits for the device only at log intervals: losses are summed on the device,
+and a non-finite step is skipped by the GradScaler (an abort follows only when every step of
+a log window was non-finite).
 """
 from __future__ import annotations
 
@@ -25,7 +33,8 @@ from vpr_ros.datasets import EvalDataset, read_eval_dataset
 from vpr_ros.errors import ConfigError
 from vpr_ros.model.checkpoints import load_strict, read_state_dict
 from vpr_ros.model.factory import create, load_weights
-from vpr_ros.training.batches import BatchLoader
+from vpr_ros.training import distributed
+from vpr_ros.training.batches import BatchLoader, BatchSource, StepBatches, step_loader, to_model_input
 from vpr_ros.training.gsv_cities import read_gsv_cities, read_image_folders, split_places
 from vpr_ros.training.objectives import MultiSimilarity, distillation_mse
 from vpr_ros.training.run_dir import MODEL_FILE, RunDir
@@ -59,7 +68,7 @@ def prepare_data(s: TrainSettings) -> TrainData:
         train, held = split_places(places, 0 if val_places else d.val_holdout, seed)
         val_places = val_places or held
         plan: PlaceBatches | ImageBatches = PlaceBatches(train.place_members(), d.places_per_batch,
-                                                         d.images_per_place, seed)
+                                                         d.images_per_place, seed, train.place_city, d.batch_order)
         order = np.concatenate(train.place_members())
         data = TrainData(train.paths, plan, order, val_places)
         if val_places is not None:
@@ -81,12 +90,17 @@ def prepare_data(s: TrainSettings) -> TrainData:
     return TrainData(paths, plan, np.arange(len(paths)), val_places, val_paths)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, dist: distributed.DistInfo = distributed.DistInfo()) -> torch.device:
+    """The training device; under torchrun each process takes the GPU of its local rank."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device '{name}': CUDA is not available here; use 'cpu' or 'auto'")
+    if dev.type == "cuda" and dist.active:
+        if dist.local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"local rank {dist.local_rank} has no GPU: {torch.cuda.device_count()} visible")
+        dev = torch.device("cuda", dist.local_rank)
     return dev
 
 
@@ -118,9 +132,12 @@ def select_metric(s: TrainSettings, data: TrainData) -> str:
 class Trainer:
     """One run of one stage; ``run()`` returns the best validation value."""
 
-    def __init__(self, s: TrainSettings, run: RunDir, resume: Path | None = None, progress: bool = True) -> None:
-        self.s, self.run_dir, self.progress = s, run, progress
-        self.device = resolve_device(s.train.device)
+    def __init__(self, s: TrainSettings, run: RunDir, resume: Path | None = None, progress: bool = True,
+                 dist: distributed.DistInfo = distributed.DistInfo()) -> None:
+        self.s, self.run_dir, self.dist = s, run, dist
+        self.progress = progress and dist.main
+        self.device = resolve_device(s.train.device, dist)
+        distributed.start(dist, self.device)
         self.amp = amp_dtype(s.train.amp, self.device)
         self.data = prepare_data(s)
         self.metric = select_metric(s, self.data)
@@ -128,12 +145,31 @@ class Trainer:
         if s.model.weights and resume is None:
             load_weights(self.model, s.model.weights)
         self.model.freeze_for("distill" if s.stage == "distill" else "finetune")
+        if s.train.dropout >= 0:
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.p = s.train.dropout
         self.model.to(self.device)
+        self.net: torch.nn.Module = self.model
+        if dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if s.train.sync_batchnorm:
+                distributed.sync_batchnorms(self.model)
+
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
+                                               else None, broadcast_buffers=False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         o = s.optim
         cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
         self.opt = cls(self.params, lr=o.lr, weight_decay=o.weight_decay)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        # Always on: a non-finite step (fp16 overflow, a bad batch) is skipped instead of applied.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=True)
+        self.share = distributed.shard(self.data.plan.batch_size, self._unit(), dist)
+        t = s.train
+        self.total_steps = t.steps or max(1, round(t.epochs * self.data.plan.per_epoch))
+        self._window: dict[str, torch.Tensor] = {}
+        self._window_steps = 0
         self.step = 0
         self.best: dict[str, Any] = {"metric": self.metric, "value": None, "step": -1}
         if resume is not None:
@@ -148,10 +184,14 @@ class Trainer:
         cached = bool(s.uses_teacher and s.train.teacher_cache)
         if cached and d.augment:
             log.info("teacher outputs are cached for un-augmented images: training without augmentation")
-        self.loader = BatchLoader(self.data.paths, s.model.input_size, s.train.seed, d.augment and not cached,
-                                  d.augment_ops, d.augment_magnitude, d.loader_threads)
+        self.source = BatchSource(self.data.paths, s.model.input_size, s.train.seed, d.augment and not cached,
+                                  d.augment_ops, d.augment_magnitude)
         if s.uses_teacher:
             self._setup_teacher(cached)
+
+    def _unit(self) -> int:
+        """Images that stay together on one rank: the K views of a place, or single images."""
+        return self.s.data.images_per_place if isinstance(self.data.plan, PlaceBatches) else 1
 
     # --- set-up -----------------------------------------------------------------------------
     def _setup_teacher(self, cached: bool) -> None:
@@ -160,7 +200,7 @@ class Trainer:
         if self.data.val_images:  # validation targets: un-augmented images in fixed teacher batches
             val, tb = self.data.val_images, s.train.teacher_batch
             plain = BatchLoader(val, s.model.input_size, s.train.seed, threads=s.data.loader_threads)
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast_for(self.device, self.amp):
                 parts = [teacher(plain.load(0, np.arange(i, min(i + tb, len(val)))).to(self.device)).float().cpu().numpy()
                          for i in range(0, len(val), tb)]
             plain.close()
@@ -169,9 +209,13 @@ class Trainer:
             order = self.data.cache_order
             ordered = [self.data.paths[i] for i in order]
             cache_loader = BatchLoader(ordered, s.model.input_size, s.train.seed, threads=s.data.loader_threads)
+            if not self.dist.main:
+                distributed.barrier(self.dist)  # rank 0 computes the cache; the others then read it
             self.cache = open_or_build_cache(Path(s.train.teacher_cache), teacher, info, ordered,
                                              lambda ids: cache_loader.load(0, ids), s.train.teacher_batch,
-                                             self.device, self.progress)
+                                             self.device, self.progress, self.amp)
+            if self.dist.main:
+                distributed.barrier(self.dist)
             cache_loader.close()
             self.cache_row = np.empty(len(order), np.int64)
             self.cache_row[order] = np.arange(len(order))
@@ -205,11 +249,12 @@ class Trainer:
     # --- one step -----------------------------------------------------------------------------
     def _losses(self, x: torch.Tensor, labels: torch.Tensor, idx: np.ndarray) -> dict[str, torch.Tensor]:
         with autocast_for(self.device, self.amp):
-            desc = self.model(x)
+            desc = self.net(x)
         out: dict[str, torch.Tensor] = {}
-        if self.ms is not None:
-            out["loss_ms"], mined = self.ms(desc, labels.to(self.device))
-            out["mined_fraction"] = torch.tensor(mined)
+        if self.ms is not None:  # on the global batch: every rank's descriptors, gradients to their rank
+            labels = labels.to(self.device, non_blocking=True)
+            everyone = distributed.gather(desc.float(), self.dist)
+            out["loss_ms"], out["mined_fraction"] = self.ms(everyone, distributed.gather(labels, self.dist, grad=False))
         if self.s.uses_teacher:
             if self.cache is not None:
                 target = self.cache.rows(self.cache_row[idx]).to(self.device)
@@ -217,38 +262,57 @@ class Trainer:
                 assert self.teacher is not None
                 with torch.no_grad(), autocast_for(self.device, self.amp):
                     target = self.teacher(x).float()
-            out["loss_distill"] = distillation_mse(desc, target)
+            out["loss_distill"] = distillation_mse(desc, target, self.s.train.distill_reduction)
         w = self.s.train.distill_weight
         out["loss"] = (out.get("loss_ms", 0.0) + w * out["loss_distill"]) if "loss_distill" in out else out["loss_ms"]
         return out
 
-    def train_step(self, x: torch.Tensor, labels: torch.Tensor, idx: np.ndarray) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, labels: torch.Tensor, idx: np.ndarray) -> None:
+        """One optimizer step on normalised images ``x`` [b, 3, S, S] (already on the device);
+        losses are added to the log window on the device (no host synchronisation)."""
         self.model.train()
-        lr = self.s.optim.lr * self.s.optim.lr_factor(self.step)
+        lr = self.s.optim.lr * self.s.optim.lr_factor(self.step, self.data.plan.per_epoch)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        losses = self._losses(x.to(self.device, non_blocking=True), labels, idx)
+        losses = self._losses(x, labels, idx)
         loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {self.step + 1}: loss is {loss.item()} (learning rate {lr:g}); "
-                                     "lower optim.lr or check the data")
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.s.optim.grad_clip:
             self.scaler.unscale_(self.opt)
             torch.nn.utils.clip_grad_norm_(self.params, self.s.optim.grad_clip)
-        self.scaler.step(self.opt)
+        self.scaler.step(self.opt)  # skipped when a gradient is not finite
         self.scaler.update()
         self.step += 1
-        return {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in losses.items()} | {"lr": lr}
+        losses["nonfinite_steps"] = (~torch.isfinite(loss)).float()
+        for k, v in losses.items():
+            v = v.detach().float()
+            self._window[k] = self._window[k] + v if k in self._window else v
+        self._window_steps += 1
+
+    def flush_window(self) -> dict[str, float]:
+        """Mean of the losses since the last call (over steps and ranks): the one host sync."""
+        if not self._window_steps:
+            return {}
+        keys = sorted(self._window)
+        means = distributed.mean_over_ranks(torch.stack([self._window[k] for k in keys]), self.dist)
+        values = dict(zip(keys, (means / self._window_steps).tolist()))
+        values["nonfinite_steps"] *= self._window_steps  # a count, not a mean
+        if values["nonfinite_steps"] >= self._window_steps:
+            raise FloatingPointError(f"steps {self.step - self._window_steps + 1}-{self.step}: every loss was "
+                                     f"non-finite (learning rate {self.s.optim.lr * self.s.optim.lr_factor(self.step - 1, self.data.plan.per_epoch):g}); "
+                                     "lower optim.lr or check the data")
+        self._window, self._window_steps = {}, 0
+        return values
 
     # --- validation and checkpoints -------------------------------------------------------------
     def validate(self) -> dict[str, float]:
-        size, out = self.s.model.input_size, {}
+        size, out, workers = self.s.model.input_size, {}, self.s.data.loader_workers
         if self.data.val_places is not None:
-            out.update(place_recall(self.model, self.data.val_places, size, self.device, self.amp))
+            out.update(place_recall(self.model, self.data.val_places, size, self.device, self.amp, workers))
         if self.s.uses_teacher and self.data.val_images:
-            out.update(distill_error(self.model, self.data.val_images, self.val_targets, size, self.device, self.amp))
+            out.update(distill_error(self.model, self.data.val_images, self.val_targets, size, self.device,
+                                     self.amp, workers))
         return out
 
     def _improved(self, value: float) -> bool:
@@ -257,7 +321,13 @@ class Trainer:
             return True
         return value < best if self.metric in LOWER_IS_BETTER else value > best
 
-    def _after_validation(self, metrics: dict[str, float]) -> None:
+    def _after_validation(self) -> None:
+        """Rank 0 validates and saves the best model; the other ranks wait."""
+        if self.dist.main:
+            self._record_validation(self.validate())
+        distributed.barrier(self.dist)
+
+    def _record_validation(self, metrics: dict[str, float]) -> None:
         self.run_dir.log_metrics(self.step, "val", metrics)
         value = metrics[self.metric]
         note = ""
@@ -267,55 +337,71 @@ class Trainer:
             note = " (new best)"
         log.info("step %d validation: %s%s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), note)
 
-    def checkpoint(self) -> Path:
-        return self.run_dir.save_checkpoint(self.step, self.model, self.s.model, self._state(),
-                                            self.s.train.keep_checkpoints)
+    def checkpoint(self) -> Path | None:
+        """Rank 0 writes a resumable checkpoint (None on the other ranks)."""
+        path = None
+        if self.dist.main:
+            path = self.run_dir.save_checkpoint(self.step, self.model, self.s.model, self._state(),
+                                                self.s.train.keep_checkpoints)
+        distributed.barrier(self.dist)
+        return path
 
     # --- the loop -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         t = self.s.train
         if self.step == 0:
-            self._after_validation(self.validate())  # the untrained model: the baseline to beat
+            self._after_validation()  # the untrained model: the baseline to beat
         bar = None
         quiet_logs: Any = contextlib.nullcontext()
         if self.progress:
             from tqdm import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
-            bar = tqdm(total=t.steps, initial=self.step, desc=f"{self.s.stage}", unit="step", dynamic_ncols=True)
+            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.s.stage}", unit="step", dynamic_ncols=True)
             quiet_logs = logging_redirect_tqdm()  # log lines above the bar, not through it
+        d = self.s.data
+        loader = step_loader(StepBatches(self.source, self.data.plan, self.share), self.step, self.total_steps,
+                             d.loader_workers, d.pin_memory and self.device.type == "cuda", d.prefetch_batches)
         window_images, window_start = 0, time.perf_counter()
         with quiet_logs:
             try:
-                for _, x, labels, idx in self.loader.iterate(self.data.plan, self.step, t.steps):
-                    m = self.train_step(x, labels, idx)
-                    window_images += len(x)
+                for _, images, labels, idx in loader:
+                    self.train_step(to_model_input(images, self.device), labels, idx)
+                    window_images += len(images) * self.dist.world
                     done = self.step
-                    if done % t.log_every == 0 or done == t.steps:
+                    if done % t.log_every == 0 or done == self.total_steps:
+                        m = self.flush_window()
                         rate = window_images / max(1e-9, time.perf_counter() - window_start)
+                        m["lr"] = self.s.optim.lr * self.s.optim.lr_factor(done - 1, self.data.plan.per_epoch)
                         m["images_per_s"] = rate
                         m["epoch"] = float(self.data.plan.epoch_of(done - 1))
                         if self.device.type == "cuda":
                             m["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-                        self.run_dir.log_metrics(done, "train", m)
+                        if self.dist.main:
+                            self.run_dir.log_metrics(done, "train", m)
                         window_images, window_start = 0, time.perf_counter()
                         if bar is not None:
                             bar.set_postfix(loss=f"{m['loss']:.4f}", img_s=f"{rate:.1f}", lr=f"{m['lr']:.2g}")
                     if bar is not None:
                         bar.update(1)
-                    if done % t.val_every == 0 or done == t.steps:
-                        self._after_validation(self.validate())
-                    if done % t.checkpoint_every == 0 or done == t.steps:
+                    paused = time.perf_counter()
+                    if done % t.val_every == 0 or done == self.total_steps:
+                        self._after_validation()
+                    if done % t.checkpoint_every == 0 or done == self.total_steps:
                         self.checkpoint()
+                    window_start += time.perf_counter() - paused  # images/s counts training time only
             except KeyboardInterrupt:
-                path = self.checkpoint()
-                log.warning("interrupted at step %d: saved %s; continue with --resume %s", self.step, path,
-                            self.run_dir.path)
+                if self.dist.main and not self.dist.active:  # under torchrun every rank gets the signal
+                    path = self.run_dir.save_checkpoint(self.step, self.model, self.s.model, self._state(),
+                                                        self.s.train.keep_checkpoints)
+                    log.warning("interrupted at step %d: saved %s; continue with --resume %s", self.step, path,
+                                self.run_dir.path)
                 raise
             finally:
                 if bar is not None:
                     bar.close()
-                self.loader.close()
-                self.run_dir.plot()
+                del loader  # stops the worker processes
+                if self.dist.main:
+                    self.run_dir.plot()
         return dict(self.best)
 

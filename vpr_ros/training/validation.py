@@ -18,34 +18,51 @@ def autocast_for(device: torch.device, dtype: torch.dtype | None):  # type: igno
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+class ImageFiles(torch.utils.data.Dataset):
+    """Item i = preprocessed float32 [3, S, S] of ``paths[i]`` (read in loader workers)."""
+
+    def __init__(self, paths: Sequence[Path], input_size: int) -> None:
+        self.paths, self.size = list(paths), input_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(preprocess_batch([read_rgb(self.paths[i])], self.size)[0])
+
+
 def describe_paths(model: torch.nn.Module, paths: Sequence[Path], input_size: int, device: torch.device,
-                   amp: torch.dtype | None = None, batch: int = 32) -> np.ndarray:
-    """Descriptors float32 [N, D] of image files with the model in eval mode."""
+                   amp: torch.dtype | None = None, workers: int = 0, batch: int = 32) -> np.ndarray:
+    """Descriptors float32 [N, D] of image files with the model in eval mode; ``workers``
+    processes decode the images while the model runs."""
     was_training = model.training
     model.eval()
     out = []
+    kw = {"prefetch_factor": 2, "multiprocessing_context": "forkserver"} if workers else {}
+    loader = torch.utils.data.DataLoader(ImageFiles(paths, input_size), batch_size=batch, shuffle=False,
+                                         num_workers=min(workers, max(1, len(paths) // batch)) if workers else 0,
+                                         pin_memory=device.type == "cuda", generator=torch.Generator(), **kw)
     with torch.inference_mode():
-        for i in range(0, len(paths), batch):
-            x = torch.from_numpy(preprocess_batch([read_rgb(p) for p in paths[i:i + batch]], input_size))
+        for x in loader:
             with autocast_for(device, amp):
-                out.append(model(x.to(device)).float().cpu().numpy())
+                out.append(model(x.to(device, non_blocking=True)).float())
     model.train(was_training)
-    return np.concatenate(out)
+    return torch.cat(out).cpu().numpy()
 
 
 def place_recall(model: torch.nn.Module, dataset: EvalDataset, input_size: int, device: torch.device,
-                 amp: torch.dtype | None = None) -> dict[str, float]:
+                 amp: torch.dtype | None = None, workers: int = 0) -> dict[str, float]:
     """recall@1/5/10 on a validation set (database and queries described by ``model``)."""
-    db = describe_paths(model, dataset.database, input_size, device, amp)
-    q = describe_paths(model, dataset.queries, input_size, device, amp)
+    db = describe_paths(model, dataset.database, input_size, device, amp, workers)
+    q = describe_paths(model, dataset.queries, input_size, device, amp, workers)
     result = evaluate_descriptors(db, q, dataset.positives)
     return {f"recall@{n}": float(result.recalls[n]) for n in (1, 5, 10) if n in result.recalls}
 
 
 def distill_error(model: torch.nn.Module, paths: Sequence[Path], targets: np.ndarray, input_size: int,
-                  device: torch.device, amp: torch.dtype | None = None) -> dict[str, float]:
+                  device: torch.device, amp: torch.dtype | None = None, workers: int = 0) -> dict[str, float]:
     """Student-teacher error on held-out images: mean squared error summed over dims, and mean cosine."""
-    s = describe_paths(model, paths, input_size, device, amp)
+    s = describe_paths(model, paths, input_size, device, amp, workers)
     t = targets.astype(np.float32)
     mse = float(((s - t) ** 2).sum(1).mean())
     cos = float((s * t).sum(1).mean() / max(1e-12, float(np.linalg.norm(t, axis=1).mean())))
