@@ -50,15 +50,19 @@ def rate_threads(paths: list[Path], plan, steps: int, threads: int) -> float:  #
     return rate
 
 
-def rate_threads_at(rev: str, root: Path, places_per_batch: int, steps: int, threads: int) -> float:
-    """The thread loader as it was at git revision ``rev`` (checked out into a temporary folder,
-    run in a subprocess on the same files and batch plan)."""
+def rate_threads_at(rev: str, root: Path, places_per_batch: int, steps: int, threads: int,
+                    src: Path | None = None) -> float:
+    """The thread loader as it was at git revision ``rev`` (``git archive`` of it into a temporary
+    folder, or ``src`` holding that archive's vpr_ros/), run in a subprocess on the same files
+    and batch plan."""
     import sys
 
-    repo = Path(__file__).resolve().parent.parent
-    src = Path(tempfile.mkdtemp(prefix="vpr_ros_baseline_"))
-    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "vpr_ros"], check=True, capture_output=True)
-    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    if src is None:
+        repo = Path(__file__).resolve().parent.parent
+        src = Path(tempfile.mkdtemp(prefix="vpr_ros_baseline_"))
+        archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "vpr_ros"], check=True,
+                                 capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
     code = f"""
 import time
 from vpr_ros.training.batches import BatchLoader
@@ -80,17 +84,24 @@ loader.close()
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def rate_processes(paths: list[Path], plan, steps: int, workers: int) -> float:  # type: ignore[no-untyped-def]
+def rate_processes(paths: list[Path], plan, steps: int, workers: int, prefetch: int = 2,  # type: ignore[no-untyped-def]
+                   device: str = "cpu") -> float:
+    """Images/s of the worker-process loader once every worker has started and filled its
+    read-ahead; batches normalised on ``device`` as the trainer does."""
     from vpr_ros.training.batches import BatchSource, StepBatches, step_loader, to_model_input
 
-    loader = step_loader(StepBatches(BatchSource(paths, 224, 0, True, 3, 9), plan), 0, steps + workers,
-                         workers, pin_memory=torch.cuda.is_available())
+    warm = workers * (prefetch + 1)
+    dev = torch.device(device)
+    loader = step_loader(StepBatches(BatchSource(paths, 224, 0, True, 3, 9), plan), 0, warm + steps,
+                         workers, pin_memory=dev.type == "cuda", prefetch=prefetch)
     it = iter(loader)
-    for _ in range(workers):  # one batch per worker: start-up, not throughput
+    for _ in range(warm):  # start-up (process start, imports) and the read-ahead: not throughput
         next(it)
     t, n = time.perf_counter(), 0
     for _, images, _, _ in it:
-        n += len(to_model_input(images, torch.device("cpu")))
+        n += len(to_model_input(images, dev))
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     rate = n / (time.perf_counter() - t)
     del it, loader
     return rate
@@ -143,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-rev", default="f9ff1b6",
                     help="git revision whose thread loader is measured too ('' = skip); f9ff1b6 is the "
                          "last one before the process loader")
+    ap.add_argument("--baseline-src", default="", help="folder holding vpr_ros/ of --baseline-rev "
+                    "(where git is not available)")
     ap.add_argument("--model", action="store_true", help="also measure the model's consumption")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args(argv)
@@ -158,15 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     old = 0.0
     if a.baseline_rev:
         try:
-            old = rate_threads_at(a.baseline_rev, root, a.places_per_batch, a.steps, a.threads)
+            old = rate_threads_at(a.baseline_rev, root, a.places_per_batch, a.steps, a.threads,
+                                  Path(a.baseline_src) if a.baseline_src else None)
         except (OSError, subprocess.CalledProcessError) as exc:
             print(f"baseline {a.baseline_rev} not measured: {exc}")
     thr = rate_threads(paths, plan, a.steps, a.threads)
-    proc = rate_processes(paths, plan, a.steps, a.workers)
+    proc = rate_processes(paths, plan, a.steps, a.workers, device=a.device)
     if old:
         print(f"thread loader at {a.baseline_rev} ({a.threads} threads): {old:7.1f} images/s")
     print(f"thread loader, today's image code ({a.threads} threads): {thr:7.1f} images/s")
-    print(f"process loader ({a.workers} workers): {proc:7.1f} images/s = {proc / thr:.2f}x the thread loader"
+    print(f"process loader ({a.workers} workers, normalised on {a.device}): {proc:7.1f} images/s = {proc / thr:.2f}x the thread loader"
           + (f", {proc / old:.2f}x the thread loader at {a.baseline_rev}" if old else ""))
     if a.model:
         model = rate_model(a.device, plan.batch_size * 4, 10)

@@ -10,13 +10,26 @@ if [ -z "$PY" ]; then
 fi
 [ -n "$PY" ] || { echo "setup: no python3 found" >&2; exit 1; }
 
+# PYTHON=... : a .venv made by another interpreter version is recreated with this one.
+if [ -x .venv/bin/python ] && [ -n "${PYTHON:-}" ]; then
+  want_v="$("$PY" -c 'import sys; print(sys.version_info[:2])')"
+  have_v="$(.venv/bin/python -c 'import sys; print(sys.version_info[:2])')"
+  if [ "$want_v" != "$have_v" ]; then
+    echo "[setup] .venv is Python $have_v, PYTHON=$PY is $want_v: recreating .venv"
+    rm -rf .venv
+  fi
+fi
+# SYSTEM_SITE=1 (robots): the venv sees the system's packages (apt ROS 2, JetPack torch/TensorRT)
+# and only what the system lacks is installed.
+venv_flags=()
+[ "${SYSTEM_SITE:-0}" = 1 ] && venv_flags=(--system-site-packages)
 if [ ! -x .venv/bin/python ]; then
-  echo "[setup] creating .venv with $($PY --version)"
-  "$PY" -m venv .venv
+  echo "[setup] creating .venv with $($PY --version)${venv_flags:+ (--system-site-packages)}"
+  "$PY" -m venv "${venv_flags[@]}" .venv
 fi
 
 stamp=.venv/.vpr_ros_setup.sha256
-want="$(cat requirements.txt setup.py setup.cfg package.xml | sha256sum | cut -d' ' -f1)"
+want="$( (cat requirements.txt setup.py setup.cfg package.xml; echo "system_site=${SYSTEM_SITE:-0}") | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null || true)" = "$want" ]; then
   echo "[setup] .venv is up to date"
   exit 0
@@ -25,8 +38,13 @@ fi
 echo "[setup] installing pinned dependencies from requirements.txt (a few minutes the first time)"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-grep -v 'no-deps' requirements.txt > "$tmp/with-deps.txt"
-grep 'no-deps' requirements.txt | sed 's/#.*//' > "$tmp/no-deps.txt"
+reqs=requirements.txt
+if [ "${SYSTEM_SITE:-0}" = 1 ]; then
+  "$PY" scripts/system_lacks.py requirements.txt > "$tmp/missing.txt"
+  reqs="$tmp/missing.txt"
+fi
+grep -v 'no-deps' "$reqs" > "$tmp/with-deps.txt" || true
+grep 'no-deps' "$reqs" | sed 's/#.*//' > "$tmp/no-deps.txt" || true
 .venv/bin/python -m pip install --disable-pip-version-check -q --upgrade pip
 .venv/bin/python -m pip install --disable-pip-version-check -q -r "$tmp/with-deps.txt"
 .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps -r "$tmp/no-deps.txt"

@@ -465,3 +465,30 @@ def test_map_builder_tf_pose_source_with_a_tf2_stand_in(rclpy_context, tmp_path,
         assert xs == [0.85, 2.35]  # interpolated transforms; a keyframe every >= 1.4 m
         assert node.skipped_no_pose == 1
         assert {(a, b) for a, b, _ in node._tf.lookups} == {("world", "robot")}
+
+
+def test_core_log_records_reach_the_node_logger():
+    """The ROS-free core logs through ``logging``; a node forwards those records to its ROS logger."""
+    import logging
+
+    from vpr_ros.ros.node_base import CoreLogBridge
+
+    class Node:
+        def __init__(self) -> None:
+            self.lines: list[tuple[str, str]] = []
+
+        def say(self, level: str, text: str) -> None:
+            self.lines.append((level, text))
+
+    node = Node()
+    bridge = CoreLogBridge(node)  # type: ignore[arg-type]
+    log = logging.getLogger("vpr_ros.export.tensorrt")
+    log.addHandler(bridge)
+    log.setLevel(logging.INFO)
+    try:
+        log.info("TensorRT build: %s %d%%", "Building engine", 40)
+        log.warning("slow")
+    finally:
+        log.removeHandler(bridge)
+    assert node.lines == [("info", "[vpr_ros.export.tensorrt] TensorRT build: Building engine 40%"),
+                          ("warning", "[vpr_ros.export.tensorrt] slow")]

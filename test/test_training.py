@@ -423,3 +423,26 @@ def test_pca_is_fitted_stored_with_the_model_and_exported(gsv, finetune_run, tmp
         main(["--bogus"])
     assert main(["--model-config", str(yaml_path), "--no-progress",
                  *sets(f"data.gsv_root={gsv}", "pca.dim=500", "pca.max_images=100")]) == 2
+
+
+def test_worker_processes_give_the_in_process_batches_and_normalise_like_preprocess(gsv):
+    """A batch is a function of (seed, step, slot): one loader worker process and the training
+    process give the same uint8 images; normalising them on the device equals ``preprocess``."""
+    from vpr_ros.runtime.preprocess import preprocess
+    from vpr_ros.training.batches import BatchSource, StepBatches, step_loader, to_model_input
+    from vpr_ros.training.gsv_cities import read_gsv_cities
+    from vpr_ros.training.sampler import PlaceBatches
+
+    data = read_gsv_cities(gsv)
+    plan = PlaceBatches(data.place_members(), 4, 4, seed=2, place_city=data.place_city, order="citywise")
+    source = BatchSource(data.paths, 56, seed=2, augment=True)
+    share = slice(8, 16)  # the second of two ranks
+    here = [StepBatches(source, plan, share)[s] for s in (3, 4)]
+    there = list(step_loader(StepBatches(source, plan, share), 3, 5, workers=1, pin_memory=False))
+    for (s1, x1, l1, i1), (s2, x2, l2, i2) in zip(here, there):
+        assert s1 == s2 and torch.equal(x1, x2) and torch.equal(l1, l2) and np.array_equal(i1, i2)
+    whole = StepBatches(source, plan)[3][1]
+    assert torch.equal(whole[8:16], here[0][1])  # a rank's share = those slots of the global batch
+    img = here[0][1][0].numpy()
+    np.testing.assert_allclose(to_model_input(here[0][1][:1], torch.device("cpu"))[0].numpy(),
+                               preprocess(img, 56), atol=1e-5)

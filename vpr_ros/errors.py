@@ -37,3 +37,7 @@ class EngineBuildError(VprError):
 
 class DatasetError(VprError):
     """A dataset folder or ground-truth table is malformed (names file and row)."""
+
+
+class AccuracyGateError(EngineBuildError):
+    """A built engine or quantized graph disagrees with the FP32 reference beyond tolerance."""

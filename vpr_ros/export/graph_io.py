@@ -9,7 +9,7 @@ from vpr_ros import __version__
 from vpr_ros.config import IMAGENET_MEAN, IMAGENET_STD
 
 INPUT, OUTPUT, LOCAL_OUTPUT = "images", "descriptors", "local_features"
-OPSET = 17
+OPSET = 18  # the torch.export-based (dynamo) exporter's minimum; TensorRT 10 parses it
 _PREFIX = "vpr_ros."
 
 

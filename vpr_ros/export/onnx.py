@@ -76,10 +76,7 @@ def export_onnx(cfg: ModelConfig, path: str | Path, check_batch: int = 2) -> Exp
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         outputs = [OUTPUT, LOCAL_OUTPUT] if graph.has_local else [OUTPUT]
-        with torch.no_grad():
-            torch.onnx.export(graph, (torch.zeros(1, 3, s, s),), str(tmp), input_names=[INPUT],
-                              output_names=outputs, dynamic_axes={n: {0: "batch"} for n in [INPUT, *outputs]},
-                              opset_version=OPSET, do_constant_folding=True, dynamo=False)
+        _export_dynamo(graph, s, tmp, outputs)
         proto = onnx.load(str(tmp))
         meta = metadata_of(info.model_id, info.weights_sha256, s, graph.descriptor_dim,
                            pca.pca_id if pca else "", cfg.arch, info.weights_source,
@@ -97,6 +94,22 @@ def export_onnx(cfg: ModelConfig, path: str | Path, check_batch: int = 2) -> Exp
         if tmp.exists():
             tmp.unlink()
     return ExportInfo(path, meta, diff)
+
+
+def _export_dynamo(graph: nn.Module, size: int, path: Path, outputs: list[str]) -> None:
+    """torch.export-based ONNX export (onnxscript), batch dimension dynamic, graph optimised.
+    Traced at batch 2: a batch of 1 would be specialised as a constant."""
+    import contextlib
+    import io
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    quiet = io.StringIO()  # the exporter prints its progress to stdout; failures still raise
+    with torch.no_grad(), contextlib.redirect_stdout(quiet):
+        program = torch.onnx.export(graph, (torch.zeros(2, 3, size, size),), input_names=[INPUT],
+                                    output_names=outputs, dynamic_shapes=({0: batch},), opset_version=OPSET,
+                                    dynamo=True, optimize=True, verify=False, external_data=False)
+        assert program is not None
+        program.save(str(path))
 
 
 def _parity(graph: nn.Module, path: Path, size: int, batch: int) -> float:

@@ -1,22 +1,27 @@
-"""Build TensorRT engines from vpr_ros ONNX exports (FP32 / FP16 / INT8), cached.
+"""Build TensorRT engines from vpr_ros ONNX exports (FP32 / FP16 / explicit INT8), gated, cached.
 
 Engines are cached outside the map, in ``<cache>/engines/<key>.engine`` with a JSON sidecar,
 keyed by sha256(ONNX) + TensorRT version + GPU name + precision + optimisation profile, so a
 new driver, GPU or TensorRT never picks up a stale engine. A timing cache
-(``<cache>/engines/timing-<trt>-<gpu>.cache``) makes rebuilds fast. INT8 calibration reads real
-images through the shared preprocessing and keeps its calibration cache next to the engine.
+(``<cache>/engines/timing-<trt>-<gpu>.cache``) makes rebuilds fast.
+
+Precisions: ``int8`` is explicit quantization only: a Q/DQ graph from ``vpr_ros_quantize`` built
+as a strongly typed network (no calibrator: implicit INT8 calibration is deprecated in
+TensorRT 10 and removed in 11). ``fp16`` uses the builder's FP16 flag where this TensorRT has it
+(TensorRT 10); ``fp32`` is the plain build. A new engine is written to the cache only after
+``gate`` (the accuracy gate against ONNX Runtime) has accepted it.
 
 Written against the TensorRT 10 Python API and type-checked with ``tensorrt-stubs`` in CI;
 TensorRT itself cannot be installed on our development machines.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Callable
 
-import numpy as np
 import tensorrt as trt
 
 from vpr_ros.config import PRECISIONS
@@ -24,108 +29,136 @@ from vpr_ros.errors import ConfigError, EngineBuildError
 from vpr_ros.export.engine_cache import EngineSpec, slug
 from vpr_ros.export.graph_io import INPUT, file_sha256
 
-_LOGGER = trt.Logger(trt.Logger.WARNING)
+log = logging.getLogger(__name__)
 
 
-def gpu_name() -> str:
-    """Name of CUDA device 0 (through pycuda, in the runtime module)."""
+class _TrtLog(trt.ILogger):
+    """TensorRT's messages into our log (warnings and errors; info only with -v)."""
+
+    def __init__(self) -> None:
+        trt.ILogger.__init__(self)
+
+    def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+        if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
+            log.error("TensorRT: %s", msg)
+        elif severity == trt.ILogger.Severity.WARNING:
+            log.warning("TensorRT: %s", msg)
+        else:
+            log.debug("TensorRT: %s", msg)
+
+
+_LOGGER = _TrtLog()
+
+
+class BuildProgress(trt.IProgressMonitor):
+    """Logs the builder's top-level phases and their progress (at most every 10 %)."""
+
+    def __init__(self) -> None:
+        trt.IProgressMonitor.__init__(self)
+        self._steps: dict[str, int] = {}
+        self._shown: dict[str, int] = {}
+        self._t0 = time.monotonic()
+
+    def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+        self._steps[phase_name] = num_steps
+        self._shown[phase_name] = -1
+        if not parent_phase:
+            log.info("TensorRT build: %s (%d steps) at %.0f s", phase_name, num_steps, time.monotonic() - self._t0)
+
+    def step_complete(self, phase_name: str, step: int) -> bool:
+        total = self._steps.get(phase_name, 0)
+        if total >= 10:
+            tenth = (step + 1) * 10 // total
+            if tenth > self._shown.get(phase_name, -1):
+                self._shown[phase_name] = tenth
+                log.info("TensorRT build: %s %d%%", phase_name, tenth * 10)
+        return True  # never cancel
+
+    def phase_finish(self, phase_name: str) -> None:
+        self._steps.pop(phase_name, None)
+
+
+def gpu_name(device: int = 0) -> str:
+    """Name of CUDA device ``device`` (through pycuda, in the runtime module)."""
     from vpr_ros.runtime.tensorrt_backend import cuda_device_name
 
-    return cuda_device_name()
+    return cuda_device_name(device)
 
 
-class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-    """INT8 calibration from real images, batch by batch, with a calibration cache file."""
-
-    def __init__(self, batches: Sequence[np.ndarray], cache_file: Path) -> None:
-        super().__init__()
-        from vpr_ros.runtime.tensorrt_backend import DeviceBuffer
-
-        if not batches:
-            raise EngineBuildError("INT8 calibration needs at least one batch of images")
-        self.batches = [np.ascontiguousarray(b, np.float32) for b in batches]
-        self.cache_file = cache_file
-        self.index = 0
-        self.device = DeviceBuffer(self.batches[0].nbytes)
-
-    def get_batch_size(self) -> int:
-        return int(self.batches[0].shape[0])
-
-    def get_batch(self, names: list[str]) -> list[int]:
-        if self.index >= len(self.batches):
-            return []  # no more batches
-        batch = self.batches[self.index]
-        self.index += 1
-        self.device.upload(batch)
-        return [self.device.pointer]
-
-    def read_calibration_cache(self) -> bytes | None:
-        return self.cache_file.read_bytes() if self.cache_file.is_file() else None
-
-    def write_calibration_cache(self, cache: Any) -> None:
-        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        self.cache_file.write_bytes(bytes(cache))
-
-
-def calibration_batches(image_paths: Sequence[Path], input_size: int, batch: int = 8,
-                        limit: int = 512) -> list[np.ndarray]:
-    """Preprocessed calibration batches [batch, 3, S, S] from real image files."""
-    from vpr_ros.datasets import read_rgb
-    from vpr_ros.runtime.preprocess import preprocess_batch
-
-    paths = list(image_paths)[:limit]
-    full = len(paths) // batch * batch
-    if full == 0:
-        raise EngineBuildError(f"INT8 calibration needs at least {batch} images, got {len(paths)}")
-    return [preprocess_batch([read_rgb(p) for p in paths[i:i + batch]], input_size) for i in range(0, full, batch)]
+def _network(builder: trt.Builder, onnx_path: Path, strongly_typed: bool) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, _LOGGER)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise EngineBuildError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse it: {errors}")
+    return network, parser
 
 
 def build_engine(onnx_path: Path, cache_dir: Path, precision: str = "fp16", max_batch: int = 8,
-                 input_size: int = 224, calibration: Sequence[np.ndarray] = (),
-                 workspace_gib: float = 2.0, rebuild: bool = False) -> Path:
-    """Build (or find in the cache) the engine of ``onnx_path``; returns the engine file."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision: '{precision}' is not one of {', '.join(PRECISIONS)}")
+                 input_size: int = 224, workspace_mib: int = 2048, rebuild: bool = False,
+                 gate: Callable[[Path], str] | None = None, device: int = 0) -> Path:
+    """Build (or find in the cache) the engine of ``onnx_path``; returns the engine file.
+
+    ``gate(candidate_engine) -> summary`` is called on a new engine before it is cached and
+    raises AccuracyGateError to refuse it.
+    """
+    from vpr_ros.export.quantize import is_quantized
+
+    if precision not in PRECISIONS or precision == "bf16":
+        raise ConfigError(f"precision: TensorRT builds fp32, fp16 or int8, not '{precision}'")
     if max_batch < 1:
         raise ConfigError(f"max_batch: must be >= 1, got {max_batch}")
-    spec = EngineSpec(file_sha256(onnx_path), trt.__version__, gpu_name(), precision, input_size, max_batch)
+    quantized = is_quantized(onnx_path)
+    if precision == "int8" and not quantized:
+        raise ConfigError(f"precision int8: {onnx_path} has no Q/DQ nodes; make an INT8 graph with "
+                          "vpr_ros_quantize and set model.onnx to it")
+    if quantized and precision != "int8":
+        raise ConfigError(f"{onnx_path} is an INT8 (Q/DQ) graph: use precision int8 with it")
+    spec = EngineSpec(file_sha256(onnx_path), trt.__version__, gpu_name(device), precision, input_size, max_batch)
     engine_file, sidecar = spec.paths(cache_dir)
     if engine_file.is_file() and sidecar.is_file() and not rebuild:
         return engine_file
     builder = trt.Builder(_LOGGER)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, _LOGGER)
-    if not parser.parse(Path(onnx_path).read_bytes()):
-        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
-        raise EngineBuildError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse it: {errors}")
+    network, _parser = _network(builder, Path(onnx_path), strongly_typed=quantized)
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)  # INT8 layers fall back to FP16, not FP32
-    calibrator = None
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-        calibrator = EntropyCalibrator(list(calibration), engine_file.with_suffix(".calib"))
-        config.int8_calibrator = calibrator
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    if precision == "fp16":
+        fp16 = getattr(trt.BuilderFlag, "FP16", None)
+        if fp16 is None:
+            raise EngineBuildError(f"TensorRT {trt.__version__} has no FP16 builder flag (removed in TensorRT 11); "
+                                   "use precision fp32, or int8 with a Q/DQ graph")
+        config.set_flag(fp16)
+    config.progress_monitor = BuildProgress()
     profile = builder.create_optimization_profile()
     shape = (3, input_size, input_size)
     profile.set_shape(INPUT, trt.Dims([1, *shape]), trt.Dims([1, *shape]), trt.Dims([max_batch, *shape]))
     config.add_optimization_profile(profile)
-    if calibrator is not None:
-        config.set_calibration_profile(profile)
     timing_file = cache_dir / "engines" / f"timing-{spec.tensorrt_version}-{slug(spec.gpu)}.cache"
     timing = config.create_timing_cache(timing_file.read_bytes() if timing_file.is_file() else b"")
     config.set_timing_cache(timing, False)
+    log.info("building a %s TensorRT engine of %s (max batch %d, workspace %d MiB; first time for this model, "
+             "GPU and TensorRT: minutes; pre-build with vpr_ros_build_engine)", precision, onnx_path, max_batch,
+             workspace_mib)
     t0 = time.time()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(f"{onnx_path}: TensorRT {trt.__version__} failed to build a {precision} engine "
-                               f"(max batch {max_batch}); see the TensorRT log above")
+                               f"(max batch {max_batch}); see the TensorRT errors above")
+    seconds = round(time.time() - t0, 1)
     engine_file.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(engine_file, bytes(serialized))
+    candidate = engine_file.with_name(f".{engine_file.name}.candidate-{os.getpid()}")
+    candidate.write_bytes(bytes(serialized))
+    try:
+        verdict = gate(candidate) if gate is not None else "not gated"
+    except BaseException:
+        candidate.unlink(missing_ok=True)
+        raise
+    os.replace(candidate, engine_file)
     _atomic_write(timing_file, bytes(config.get_timing_cache().serialize()))
-    _atomic_write(sidecar, spec.sidecar(onnx=str(onnx_path), build_seconds=round(time.time() - t0, 1),
+    _atomic_write(sidecar, spec.sidecar(onnx=str(onnx_path), build_seconds=seconds, accuracy_gate=verdict,
                                         created=time.strftime("%Y-%m-%dT%H:%M:%S%z")).encode())
+    log.info("TensorRT engine built in %.0f s and cached: %s (%s)", seconds, engine_file, verdict)
     return engine_file
 
 

@@ -3,8 +3,10 @@ camera), QoS profiles, diagnostics on an absolute topic, logging that stays quie
 has shut down, and the lifecycle transitions (plain and managed variants of each node)."""
 from __future__ import annotations
 
+import logging
 import sys
 import time
+import weakref
 from typing import Any, Callable, Iterable
 
 import rclpy
@@ -49,6 +51,37 @@ def intrinsics_of(msg: Any) -> Any:
     from vpr_ros.verification.features import CameraIntrinsics
 
     return CameraIntrinsics.from_k(list(msg.k), int(msg.width), int(msg.height))
+
+
+class CoreLogBridge(logging.Handler):
+    """Forwards the ROS-free core's ``logging`` records (logger 'vpr_ros': backend choice, ONNX
+    export, TensorRT build progress, ...) to a node's ROS logger, so that they reach the
+    console and /rosout like the node's own messages."""
+
+    def __init__(self, node: "VprNodeMixin") -> None:
+        super().__init__(logging.INFO)
+        self._node = weakref.ref(node)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        node = self._node()
+        if node is None:
+            return
+        level = ("error" if record.levelno >= logging.ERROR else "warning" if record.levelno >= logging.WARNING
+                 else "info")
+        try:
+            node.say(level, f"[{record.name}] {record.getMessage()}")
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            pass
+
+
+def attach_core_logs(node: "VprNodeMixin") -> CoreLogBridge:
+    """Route the core's log records to ``node`` while it lives (returns the handler)."""
+    core = logging.getLogger("vpr_ros")
+    core.setLevel(logging.INFO)
+    bridge = CoreLogBridge(node)
+    core.addHandler(bridge)
+    weakref.finalize(node, core.removeHandler, bridge)
+    return bridge
 
 
 class VprNodeMixin:
@@ -138,6 +171,7 @@ def lifecycle_class(core: type, lifecycle_name: str) -> type:
     def __init__(self: Any, backend: Any = None, **kwargs: Any) -> None:
         LifecycleNode.__init__(self, lifecycle_name, **kwargs)
         self._injected_backend = backend
+        attach_core_logs(self)
         self._setup()
 
     def _transition(step: str) -> Callable[[Any, Any], Any]:
@@ -170,6 +204,7 @@ def plain_init(node: Any, name: str, backend: Any, kwargs: dict[str, Any]) -> No
     """Constructor body of the plain (unmanaged) variant: setup, configure, activate."""
     Node.__init__(node, name, **kwargs)
     node._injected_backend = backend
+    attach_core_logs(node)
     node._setup()
     try:
         node._configure()

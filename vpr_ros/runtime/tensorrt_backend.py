@@ -1,9 +1,12 @@
 """TensorRT backend: a serialized engine run with name-based I/O on one CUDA stream.
 
-The only module of vpr_ros that imports pycuda. A CUDA context belongs to the thread that
-made it, so everything CUDA happens on one dedicated worker thread: ``infer`` hands the batch
-to it and waits. Pinned host buffers and device buffers are allocated once, for the engine's
-maximum batch; larger batches are split.
+The only module of vpr_ros that imports pycuda. Everything CUDA happens on one dedicated
+worker thread, which makes the configured device's *primary* context current (the context
+PyTorch and other CUDA libraries in the process share; no second context), and waits for
+results on a blocking-sync event (the thread sleeps instead of spinning: CPU time matters on
+Jetson-class boards). Pinned host buffers and device buffers are allocated once, for the
+engine's maximum batch; larger batches are split. CUDA and TensorRT failures come out as
+EngineBuildError / BackendUnavailable with the message, not as tracebacks.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vpr_ros.errors import BackendUnavailable, EngineBuildError
+from vpr_ros.errors import BackendUnavailable, EngineBuildError, VprError
 from vpr_ros.export.graph_io import INPUT, LOCAL_OUTPUT, OUTPUT, read_identity
 from vpr_ros.runtime.base import DescriptorBackend
 
@@ -43,32 +46,28 @@ def require_tensorrt() -> None:
         raise BackendUnavailable(f"backend 'tensorrt': CUDA is not usable ({exc})") from None
 
 
-def cuda_device_name() -> str:
-    """Name of CUDA device 0."""
+def device_index(device: str) -> int:
+    """'cuda' -> 0, 'cuda:N' -> N; ConfigError-free: anything else is device 0."""
+    _, _, index = device.partition(":")
+    return int(index) if index.isdigit() else 0
+
+
+def cuda_device_name(device: int = 0) -> str:
+    """Name of CUDA device ``device``."""
     import pycuda.driver as cuda
 
     cuda.init()
-    return str(cuda.Device(0).name())
+    if device >= cuda.Device.count():
+        raise BackendUnavailable(f"backend 'tensorrt': no CUDA device {device} ({cuda.Device.count()} present)")
+    return str(cuda.Device(device).name())
 
 
-class DeviceBuffer:
-    """A device allocation of ``nbytes`` (in the current CUDA context) with synchronous upload."""
-
-    def __init__(self, nbytes: int) -> None:
-        import pycuda.driver as cuda
-
-        self._cuda = cuda
-        self.mem = cuda.mem_alloc(nbytes)
-        self.nbytes = nbytes
-
-    @property
-    def pointer(self) -> int:
-        return int(self.mem)
-
-    def upload(self, host: np.ndarray) -> None:
-        if host.nbytes > self.nbytes:
-            raise ValueError(f"upload of {host.nbytes} bytes into a {self.nbytes}-byte buffer")
-        self._cuda.memcpy_htod(self.mem, np.ascontiguousarray(host))
+def _plain(exc: BaseException, what: str) -> VprError:
+    """A CUDA / TensorRT exception as one line (our own errors pass through)."""
+    if isinstance(exc, VprError):
+        return exc
+    first = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return EngineBuildError(f"{what}: {type(exc).__name__}: {first}")
 
 
 class TensorRTBackend(DescriptorBackend):
@@ -78,8 +77,10 @@ class TensorRTBackend(DescriptorBackend):
 
     @classmethod
     def from_onnx(cls, onnx_path: str | Path, cache_dir: str | Path | None = None, precision: str = "fp16",
-                  max_batch: int = 8) -> "TensorRTBackend":
-        """Build (or reuse from the engine cache) the engine of an exported graph and open it."""
+                  max_batch: int = 8, workspace_mib: int = 2048, device: str = "cuda",
+                  gate_paths: tuple[Path, ...] = (), rebuild: bool = False) -> "TensorRTBackend":
+        """Build (or reuse from the engine cache) the engine of an exported graph and open it.
+        A new engine is cached only after the accuracy gate against ONNX Runtime accepted it."""
         import onnx
 
         from vpr_ros.export.tensorrt import build_engine
@@ -90,19 +91,41 @@ class TensorRTBackend(DescriptorBackend):
             ident = read_identity(meta, str(onnx_path))
         except KeyError as exc:
             raise EngineBuildError(str(exc).strip("'\"")) from None
-        engine = build_engine(Path(onnx_path), Path(cache_dir) if cache_dir else default_cache_dir(),
-                              precision, max_batch, int(ident["input_size"]))
-        return cls(engine, ident, max_batch)
+        index = device_index(device)
 
-    def __init__(self, engine_path: str | Path, identity: dict[str, str], max_batch: int) -> None:
+        def gate(candidate: Path) -> str:
+            from vpr_ros.export.accuracy_gate import compare, enforce, gate_images
+            from vpr_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+            images, source = gate_images(gate_paths, int(ident["input_size"]))
+            with OnnxRuntimeBackend(onnx_path) as ref, cls(candidate, ident, max_batch, index) as cand:
+                result = enforce(compare(ref, cand, images, precision, source), f"{precision} engine of {onnx_path}")
+            return result.summary()
+
+        try:
+            engine = build_engine(Path(onnx_path), Path(cache_dir) if cache_dir else default_cache_dir(), precision,
+                                  max_batch, int(ident["input_size"]), workspace_mib, rebuild, gate, index)
+        except Exception as exc:  # noqa: BLE001 - TensorRT and pycuda raise their own types
+            raise _plain(exc, f"{onnx_path}: TensorRT engine build") from None
+        return cls(engine, ident, max_batch, index)
+
+    def __init__(self, engine_path: str | Path, identity: dict[str, str], max_batch: int, device: int = 0) -> None:
         require_tensorrt()
         self.engine_path = Path(engine_path)
         self.max_batch = max_batch
+        self.device_index = device
         super().__init__(identity["model_id"], identity["weights_sha256"], identity["weights_source"],
                          int(identity["input_size"]), int(identity["descriptor_dim"]), identity["pca_id"])
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vpr-tensorrt")
         self._state: dict[str, Any] = {}
-        self._pool.submit(self._setup).result()
+        self._call(self._setup)
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn`` on the CUDA worker thread; its failure as a one-line domain error."""
+        try:
+            return self._pool.submit(fn, *args).result()
+        except Exception as exc:  # noqa: BLE001
+            raise _plain(exc, f"{self.engine_path}") from None
 
     # ---------------------------------------------------------------- worker thread only
     def _setup(self) -> None:
@@ -110,7 +133,12 @@ class TensorRTBackend(DescriptorBackend):
         import tensorrt as trt
 
         cuda.init()
-        ctx = cuda.Device(0).make_context()
+        if self.device_index >= cuda.Device.count():
+            raise BackendUnavailable(f"backend 'tensorrt': no CUDA device {self.device_index} "
+                                     f"({cuda.Device.count()} present)")
+        ctx = cuda.Device(self.device_index).retain_primary_context()
+        ctx.push()
+        self._state = {"ctx": ctx}
         try:
             runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
             engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
@@ -128,15 +156,17 @@ class TensorRTBackend(DescriptorBackend):
             if LOCAL_OUTPUT in names:  # [-1, P, C]: every output needs an address, even when not read
                 shape = engine.get_tensor_shape(LOCAL_OUTPUT)
                 host[LOCAL_OUTPUT] = cuda.pagelocked_empty((b, int(shape[1]), int(shape[2])), np.float32)
+            self._state.update(engine=engine, host=host)
             dev = {name: cuda.mem_alloc(h.nbytes) for name, h in host.items()}
+            self._state["dev"] = dev
             context = engine.create_execution_context()
             for name, d in dev.items():
                 context.set_tensor_address(name, int(d))
+            done = cuda.Event(cuda.event_flags.BLOCKING_SYNC | cuda.event_flags.DISABLE_TIMING)
+            self._state.update(context=context, stream=cuda.Stream(), done=done)
         except BaseException:
-            ctx.pop()
+            self._teardown()
             raise
-        self._state = {"ctx": ctx, "engine": engine, "context": context, "stream": cuda.Stream(),
-                       "host": host, "dev": dev}
 
     def _run(self, batch: np.ndarray, local: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """One engine run on the worker thread: (descriptors [n, D], local features [n, P, C] if ``local``)."""
@@ -153,19 +183,29 @@ class TensorRTBackend(DescriptorBackend):
         wanted = [OUTPUT, LOCAL_OUTPUT] if local else [OUTPUT]
         for name in wanted:
             cuda.memcpy_dtoh_async(host[name][:n], dev[name], stream)
-        stream.synchronize()
+        st["done"].record(stream)
+        st["done"].synchronize()  # blocking sync: the thread sleeps until the copies are done
         return np.array(host[OUTPUT][:n]), (np.array(host[LOCAL_OUTPUT][:n]) if local else None)
 
     def _teardown(self) -> None:
+        """Release everything while the context is current, then pop and release the context."""
         st, self._state = self._state, {}
-        if st:
-            for key in ("context", "engine", "dev"):
-                st.pop(key, None)
-            st["ctx"].pop()
+        if not st:
+            return
+        if "stream" in st:
+            st["stream"].synchronize()
+        for key in ("context", "engine", "done", "stream"):
+            st.pop(key, None)
+        for d in st.pop("dev", {}).values():
+            d.free()
+        st.pop("host", None)
+        ctx = st["ctx"]
+        ctx.pop()
+        ctx.detach()  # releases this reference to the primary context
 
     # ---------------------------------------------------------------- any thread
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        parts = [self._pool.submit(self._run, batch[i:i + self.max_batch]).result()[0]
+        parts = [self._call(self._run, batch[i:i + self.max_batch])[0]
                  for i in range(0, batch.shape[0], self.max_batch)]
         return np.concatenate(parts)
 
@@ -176,11 +216,11 @@ class TensorRTBackend(DescriptorBackend):
     def _infer_local(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not self.has_local:
             return super()._infer_local(batch)
-        parts = [self._pool.submit(self._run, batch[i:i + self.max_batch], True).result()
+        parts = [self._call(self._run, batch[i:i + self.max_batch], True)
                  for i in range(0, batch.shape[0], self.max_batch)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])  # type: ignore[misc]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def close(self) -> None:
         if self._state:
-            self._pool.submit(self._teardown).result()
+            self._call(self._teardown)
         self._pool.shutdown(wait=True)

@@ -148,6 +148,26 @@ def broadcast_text(text: str, info: DistInfo, limit: int = 4096) -> str:
     return raw.rstrip(b"\0").decode()
 
 
+class _SumWithGrad(torch.autograd.Function):
+    """all_reduce(SUM) whose gradient is the all-reduced gradient (every rank's loss depends on the sum)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class CrossRankBatchNorm2d(torch.nn.BatchNorm2d):
     """BatchNorm2d whose training statistics cover the global batch (every rank), on any backend
     (torch's SyncBatchNorm needs CUDA): per-channel sums are all-reduced with gradients, so a
@@ -158,12 +178,10 @@ class CrossRankBatchNorm2d(torch.nn.BatchNorm2d):
 
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         xf = x.float()
         c = xf.shape[1]
         count = torch.tensor([xf.numel() / c], device=xf.device, dtype=torch.float32)
-        stats = all_reduce(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count]))
+        stats: torch.Tensor = _SumWithGrad.apply(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count]))
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)

@@ -1,0 +1,107 @@
+"""Explicit INT8: Q/DQ graphs from ONNX Runtime's static quantizer, the accuracy gate, and the
+refusals around them (real ONNX Runtime, a real export of the tiny student)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def fp32_graph():
+    """The tiny student's export in the test run's shared cache (the node tests use it too)."""
+    from vpr_ros.config import ModelConfig
+    from vpr_ros.runtime.factory import onnx_for
+
+    return onnx_for(ModelConfig(**TINY_MODEL))
+
+
+@pytest.fixture(scope="module")
+def calib_folder(tmp_path_factory):
+    """Procedural street views written as JPEG files (the CLI reads real image folders)."""
+    import cv2
+
+    from vpr_ros.demo.synthetic import place_views
+
+    folder = tmp_path_factory.mktemp("calib")
+    for i, img in enumerate(place_views(10, 2, 96, seed=2).reshape(-1, 96, 96, 3)):
+        cv2.imwrite(str(folder / f"{i:03d}.jpg"), img[..., ::-1])
+    return folder
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "cpu"])
+def test_int8_graph_has_qdq_nodes_keeps_identity_and_passes_the_gate(fp32_graph, tmp_path, target):
+    import onnx
+
+    from vpr_ros.export.accuracy_gate import compare, gate_images
+    from vpr_ros.export.quantize import is_quantized, quantize_int8
+    from vpr_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    images, source = gate_images(size=56, count=24)
+    q = quantize_int8(fp32_graph, tmp_path / "q.onnx", [images[:8], images[8:16]], "minmax", target)
+    assert is_quantized(q) and not is_quantized(fp32_graph)
+    model = onnx.load(str(q))
+    zero_points = [i for i in model.graph.initializer if i.name.endswith("_zero_point")]
+    if target == "tensorrt":  # TensorRT's explicit quantization: symmetric signed INT8
+        assert zero_points and all(onnx.numpy_helper.to_array(z).dtype == np.int8 and
+                                   not onnx.numpy_helper.to_array(z).any() for z in zero_points)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["vpr_ros.precision"] == "int8-qdq" and meta["vpr_ros.int8_target"] == target
+    with OnnxRuntimeBackend(fp32_graph) as f, OnnxRuntimeBackend(q) as b:
+        assert b.model_id == f.model_id and b.has_local  # maps built with FP32 stay usable
+        result = compare(f, b, images[16:], "int8", source)
+    assert result.passed and result.descriptor_cos_min > 0.98, result.summary()
+
+
+def test_gate_refuses_a_graph_that_disagrees(fp32_graph, tmp_path):
+    """The same graph with every weight perturbed (a broken build, here giving NaN descriptors) is
+    refused, with the numbers."""
+    import onnx
+    from onnx import numpy_helper
+
+    from vpr_ros.errors import AccuracyGateError
+    from vpr_ros.export.accuracy_gate import compare, enforce, gate_images
+    from vpr_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    model = onnx.load(str(fp32_graph))
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if w.dtype == np.float32 and w.size > 64:
+            init.CopyFrom(numpy_helper.from_array(w + rng.normal(0, 2 * (w.std() + 1e-3), w.shape).astype(np.float32),
+                                                  init.name))
+    other = tmp_path / "broken.onnx"
+    onnx.save(model, str(other))
+    images, source = gate_images(size=56, count=8)
+    with OnnxRuntimeBackend(fp32_graph) as f, OnnxRuntimeBackend(other) as o:
+        result = compare(f, o, images, "int8", source)
+    assert not result.passed
+    with pytest.raises(AccuracyGateError, match=r"descriptor cosine to FP32 min (nan|-?0\.\d+) \(needs >= 0.98\)"):
+        enforce(result, "candidate")
+
+
+def test_quantize_command_writes_only_a_gated_graph(fp32_graph, calib_folder, tmp_path, capsys):
+    from vpr_ros.cli.quantize import main
+    from vpr_ros.export.quantize import is_quantized
+
+    out = tmp_path / "student_int8.onnx"
+    assert main([str(fp32_graph), "--output", str(out), "--calib-images", str(calib_folder),
+                 "--method", "minmax"]) == 0
+    assert is_quantized(out) and "gate passed" in capsys.readouterr().out
+    report = json.loads(out.with_suffix(".gate.json").read_text())
+    assert report["passed"] and report["images"] == 4 and report["image_source"] == "4 image files"
+    assert main([str(out), "--output", str(tmp_path / "x.onnx"), "--calib-images", str(calib_folder)]) == 2
+    assert "already quantized" in capsys.readouterr().err
+    assert main([str(fp32_graph), "--output", str(tmp_path / "y.onnx"), "--calib-images", str(tmp_path / "no")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "y.onnx").exists()
+
+
+def test_build_engine_refuses_int8_without_qdq_before_needing_tensorrt(fp32_graph, capsys):
+    from vpr_ros.cli.build_engine import main
+
+    assert main([str(fp32_graph), "--precision", "int8"]) == 2
+    assert "needs a Q/DQ graph: run vpr_ros_quantize" in capsys.readouterr().err

@@ -1,0 +1,116 @@
+"""Explicit INT8 quantization: a Q/DQ ONNX graph from calibration images (ONNX Runtime's static
+quantizer), gated against FP32 before it is written.
+
+Two targets, each a plain Q/DQ graph that ONNX Runtime runs (so accuracy and CPU speed are
+measured anywhere):
+
+* ``tensorrt``: symmetric INT8 activations and per-channel symmetric weights (zero points 0,
+  biases left in float, as TensorRT requires); TensorRT builds it strongly typed for
+  ``precision: int8``;
+* ``cpu``: unsigned 8-bit activations with per-tensor weights after ONNX Runtime's graph
+  pre-processing, the combination its x86 integer kernels run fastest (measured:
+  benchmarks/int8_cpu.py; symmetric signed activations run slower than FP32 there).
+
+Only matrix products and convolutions are quantized; normalisations, softmax, GeM and the
+outputs stay in float. Implicit TensorRT calibration is not used anywhere.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from vpr_ros.errors import BackendUnavailable, ConfigError, EngineBuildError
+from vpr_ros.export.graph_io import INPUT
+
+log = logging.getLogger(__name__)
+
+METHODS = ("minmax", "percentile", "entropy")
+QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
+TARGETS = ("tensorrt", "cpu")
+
+
+class _Batches:
+    """ONNX Runtime CalibrationDataReader over preprocessed batches [b, 3, S, S]."""
+
+    def __init__(self, batches: Sequence[np.ndarray]) -> None:
+        self._it: Iterator[np.ndarray] = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._it, None)
+        return None if batch is None else {INPUT: np.ascontiguousarray(batch, np.float32)}
+
+
+def is_quantized(onnx_path: str | Path) -> bool:
+    """Whether a graph holds QuantizeLinear/DequantizeLinear nodes (explicit quantization)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
+
+
+def quantize_int8(fp32_onnx: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray],
+                  method: str = "percentile", target: str = "tensorrt") -> Path:
+    """Write the Q/DQ INT8 graph of ``fp32_onnx`` for ``target`` ('tensorrt' or 'cpu'),
+    calibrated on ``calibration`` batches [b, 3, S, S]."""
+    try:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise BackendUnavailable("INT8 quantization needs onnxruntime (its quantization tools)") from None
+    if method not in METHODS:
+        raise ConfigError(f"calibration method '{method}' is not one of {', '.join(METHODS)}")
+    if target not in TARGETS:
+        raise ConfigError(f"quantization target '{target}' is not one of {', '.join(TARGETS)}")
+    if not calibration:
+        raise EngineBuildError("INT8 calibration needs at least one batch of images")
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.onnx")
+    calib = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+             "entropy": CalibrationMethod.Entropy}[method]
+    log.info("calibrating INT8 for %s on %d images (%s)", target, sum(len(b) for b in calibration), method)
+    source = str(fp32_onnx)
+    pre = out.with_name(f".{out.name}.pre-{os.getpid()}.onnx")
+    try:
+        if target == "cpu":
+            quant_pre_process(source, str(pre), skip_symbolic_shape=True)
+            source = str(pre)
+        cpu = target == "cpu"
+        quantize_static(source, str(tmp), _Batches(calibration), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(QUANTIZED_OPS), per_channel=not cpu,
+                        activation_type=QuantType.QUInt8 if cpu else QuantType.QInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=calib,
+                        extra_options={"ActivationSymmetric": not cpu, "WeightSymmetric": True,
+                                       "CalibPercentile": 99.99,
+                                       # TensorRT takes float biases (no INT32 bias Q/DQ)
+                                       "QuantizeBias": cpu})
+    except Exception as exc:  # noqa: BLE001 - the quantizer raises assorted exception types
+        tmp.unlink(missing_ok=True)
+        pre.unlink(missing_ok=True)
+        raise EngineBuildError(f"{fp32_onnx}: INT8 quantization failed ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:300] if str(exc) else ''})") from None
+    pre.unlink(missing_ok=True)
+    _mark(tmp, fp32_onnx, method, target)
+    os.replace(tmp, out)
+    return out
+
+
+def _mark(path: Path, source: str | Path, method: str, target: str) -> None:
+    """Record the quantization in the graph's metadata (the model identity keys stay)."""
+    import onnx
+
+    from vpr_ros.export.graph_io import file_sha256
+
+    model = onnx.load(str(path))
+    extra = {"vpr_ros.precision": "int8-qdq", "vpr_ros.calibration": method, "vpr_ros.int8_target": target,
+             "vpr_ros.fp32_sha256": file_sha256(source)}
+    kept = [p for p in model.metadata_props if p.key not in extra]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for k, v in extra.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
