@@ -9,11 +9,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Must happen before rclpy is imported anywhere in this process or its children.
-os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 101)))
+# Must happen before rclpy is imported anywhere in this process or its children. Under
+# pytest-xdist every worker gets its own domain (the run's base + the worker's number), so that
+# node tests running at the same time in two workers never hear each other.
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+# xdist workers are children of one controller: its pid seeds the base, so the workers of a run
+# agree on it (and so get distinct domains) and share one export cache
+_run = os.getppid() if _worker else os.getpid()
+os.environ.setdefault("VPR_ROS_TEST_DOMAIN_BASE", str(random.Random(_run).randint(1, 90)))
+if _worker.startswith("gw"):
+    os.environ["ROS_DOMAIN_ID"] = str(int(os.environ["VPR_ROS_TEST_DOMAIN_BASE"]) + 1 + int(_worker[2:]))
+    # the workers share the cores: one compute thread each (and in the processes they start),
+    # or PyTorch / OpenMP thread pools of every worker fight over the same cores
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+else:
+    os.environ.setdefault("ROS_DOMAIN_ID", os.environ["VPR_ROS_TEST_DOMAIN_BASE"])
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-# Exported ONNX graphs and engines go to a private cache, not the user's ~/.cache.
-os.environ.setdefault("VPR_ROS_CACHE", tempfile.mkdtemp(prefix="vpr_ros_test_cache_"))
+# Exported ONNX graphs and engines go to a private cache of this run, not the user's ~/.cache
+# (shared by the xdist workers of the run; writes into it are atomic).
+if _worker:
+    _cache = Path(tempfile.gettempdir()) / f"vpr_ros_test_cache_{_run}"
+    _cache.mkdir(exist_ok=True)
+    os.environ.setdefault("VPR_ROS_CACHE", str(_cache))
+else:
+    os.environ.setdefault("VPR_ROS_CACHE", tempfile.mkdtemp(prefix="vpr_ros_test_cache_"))
 
 REPO = Path(__file__).resolve().parent.parent
 CORRIDOR = REPO.parent / "shared" / "data" / "corridor"

@@ -92,15 +92,22 @@ def test_pca_is_baked_into_the_graph(tmp_path):
         assert np.allclose(np.linalg.norm(y, axis=1), 1, atol=1e-5) and np.abs(y - tb.infer(x[:4])).max() <= 1e-4
 
 
-def test_auto_picks_onnxruntime_on_cpu_and_logs_it(tmp_path, caplog):
+def test_auto_picks_onnxruntime_on_cpu_and_logs_it(caplog):
+    """The tiny student of the node tests, in the run's shared cache: exported at most once."""
+    from conftest import TINY_MODEL
+    from vpr_ros.runtime.factory import onnx_for
+
+    cfg = ModelConfig(**TINY_MODEL)
     with caplog.at_level(logging.INFO, logger="vpr_ros.runtime.factory"):
-        with open_backend("auto", VARIANTS["d2vpr"], "cpu", cache_dir=tmp_path) as b:
+        with open_backend("auto", cfg, "cpu") as b:
             assert b.name == "onnxruntime"
     assert "backend 'auto' chose 'onnxruntime' on cpu" in caplog.text
-    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1  # exported once into the cache
-    with open_backend("onnxruntime", VARIANTS["d2vpr"], "cpu", cache_dir=tmp_path):
+    graph = onnx_for(cfg)
+    assert graph.is_file() and graph.parent.name == "onnx"  # exported into the cache
+    stamp = graph.stat().st_mtime_ns
+    with open_backend("onnxruntime", cfg, "cpu"):
         pass
-    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1  # reused
+    assert graph.stat().st_mtime_ns == stamp and len(list(graph.parent.glob(f"*{graph.stem[-20:]}*.onnx"))) == 1
 
 
 def test_unavailable_backends_say_what_is_missing(tmp_path):
@@ -116,7 +123,12 @@ def test_unavailable_backends_say_what_is_missing(tmp_path):
 
 
 def test_input_validation_and_corrupt_files(tmp_path):
-    export_onnx(VARIANTS["scicevpr"], tmp_path / "m.onnx")
+    import shutil
+
+    from conftest import TINY_MODEL
+    from vpr_ros.runtime.factory import onnx_for
+
+    shutil.copy(onnx_for(ModelConfig(**TINY_MODEL)), tmp_path / "m.onnx")  # the run's shared export
     with OnnxRuntimeBackend(tmp_path / "m.onnx") as b:
         with pytest.raises(ImageError, match=r"shape \[N>=1, 3, 56, 56\]"):
             b.infer(np.zeros((1, 3, 64, 64), np.float32))
@@ -176,7 +188,7 @@ def sanitized_tensorrt_stubs(dest: Path) -> Path:
 def test_tensorrt_modules_type_check_against_tensorrt_stubs(tmp_path):
     stubs = sanitized_tensorrt_stubs(tmp_path / "stubs")
     files = ["vpr_ros/export/tensorrt.py", "vpr_ros/runtime/tensorrt_backend.py", "vpr_ros/export/engine_cache.py",
-             "vpr_ros/export/quantize.py", "vpr_ros/export/accuracy_gate.py", "vpr_ros/runtime/cudagraph_backend.py"]
+             "vpr_ros/export/quantize.py", "vpr_ros/export/accuracy_gate.py"]
     r = subprocess.run([sys.executable, "-m", "mypy", "--config-file", "setup.cfg", "--follow-imports=silent",
                         "--cache-dir", str(tmp_path / "mypy_cache"), *files], cwd=REPO, capture_output=True,
                        text=True, env={**os.environ, "MYPYPATH": str(stubs)})

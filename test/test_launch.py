@@ -97,7 +97,7 @@ def test_launch_free_entry_point_runs_the_graph(tmp_path, built_map, traversals,
         from vpr_ros.ros.player import QueryPlayer
 
         p = QueryPlayer("robot1/cam1/image", vpr_ns="robot1/vpr")
-        assert p.wait_for_localizer(60), "localizer did not come up under /robot1"
+        assert p.wait_for_localizer(180), "localizer did not come up under /robot1"
         assert p.play(traversals[0].images[:3], [900.0, 901.0, 902.0], timeout=30) == 3
         assert [p.log.tables[t][0]["db_id"] for t in (900.0, 901.0, 902.0)] == [0, 1, 2]
         assert p.log.poses[900.0].header.frame_id == "map"
@@ -122,7 +122,7 @@ def test_launch_free_entry_point_runs_the_lifecycle_graph(tmp_path, built_map, t
         from vpr_ros.ros.player import QueryPlayer
 
         p = QueryPlayer("image")
-        assert p.wait_for_localizer(60), "managed localizer did not become active"
+        assert p.wait_for_localizer(180), "managed localizer did not become active"
         assert p.play(traversals[0].images[4:5], [950.0], timeout=30) == 1
         assert p.log.tables[950.0][0]["db_id"] == 4
         p.destroy_node()

@@ -328,7 +328,7 @@ def test_distillation_lowers_teacher_error_with_a_disk_cache(gsv, tmp_path):
     args = ["--no-progress", *sets(f"data.image_folders=[{gsv / 'Images'}]", "data.batch_size=16", *STUDENT,
                                    *TEACHER, "data.val_holdout=24", "train.steps=50", "train.val_every=25",
                                    "train.checkpoint_every=50", "optim.lr=1e-3", f"train.teacher_cache={cache}",
-                                   "data.loader_threads=2")]
+                                   "data.loader_threads=2", "data.loader_workers=0")]
     assert main([*args, "--run-dir", str(tmp_path / "d1")]) == 0
     mse = metrics(tmp_path / "d1", "val", "val_distill_mse")
     assert mse[-1][1] < 0.4 * mse[0][1], mse
@@ -357,7 +357,8 @@ def test_distillation_online_teacher_matches_the_loss(gsv, tmp_path):
     from vpr_ros.training.trainer import Trainer
 
     s = load_settings("distill", None, [f"data.gsv_root={gsv}", *STUDENT, *TEACHER, "data.val_holdout=8",
-                                        "data.places_per_batch=4", "train.steps=1", "data.loader_threads=1"])
+                                        "data.places_per_batch=4", "train.steps=1", "data.loader_threads=1",
+                                        "data.loader_workers=0"])
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
     t = Trainer(s, run, progress=False)

@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s] %(message)s")
+    import os
+
+    if os.environ.get("RANK", "0") not in ("", "0"):  # under torchrun: one process fits, the others leave
+        print(f"[vpr_ros_fit_pca] rank {os.environ['RANK']}: rank 0 fits the PCA")
+        return 0
     from vpr_ros.config import read_model_section, read_yaml
     from vpr_ros.launch_graph import default_params_file
     from vpr_ros.training.pca_fit import attach_to_model_yaml, fit_pca, training_images

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from typing import Callable
 
 import rclpy
@@ -22,6 +23,8 @@ def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
     Nothing is published or logged to /rosout after rclpy has shut down.
     """
     rclpy.init(args=args)
+    stopped = threading.Event()
+    rclpy.get_default_context().on_shutdown(stopped.set)
     node = None
     code = 0
     try:
@@ -34,9 +37,11 @@ def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
         code = 2
     except Exception:
         # A signal can shut the context down between the executor's ok() check and its
-        # wait-set creation; rclpy then raises RCLError instead of ExternalShutdownException.
-        # That is an ordinary shutdown; anything raised while the context is alive is a bug.
-        if rclpy.ok():
+        # wait-set creation (rclpy then raises RCLError instead of ExternalShutdownException), or
+        # while a message is being taken (a RuntimeError from the bindings). Both are ordinary
+        # shutdowns: the context is, or within moments will be, shut down by the signal handler.
+        # Anything raised while the context stays alive is a bug.
+        if not stopped.wait(timeout=2.0) and rclpy.ok():
             raise
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

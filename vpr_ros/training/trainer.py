@@ -162,7 +162,9 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         o = s.optim
         cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
-        self.opt = cls(self.params, lr=o.lr, weight_decay=o.weight_decay)
+        # fused on CUDA: one kernel, and the GradScaler's skip decision stays on the device (the
+        # unfused step reads found_inf back to the host every step)
+        self.opt = cls(self.params, lr=o.lr, weight_decay=o.weight_decay, fused=self.device.type == "cuda")
         # Always on: a non-finite step (fp16 overflow, a bad batch) is skipped instead of applied.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=True)
         self.share = distributed.shard(self.data.plan.batch_size, self._unit(), dist)

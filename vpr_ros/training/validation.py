@@ -38,9 +38,10 @@ def describe_paths(model: torch.nn.Module, paths: Sequence[Path], input_size: in
     was_training = model.training
     model.eval()
     out = []
+    workers = min(workers, len(paths) // (2 * batch))  # a few batches are read faster than workers start
     kw = {"prefetch_factor": 2, "multiprocessing_context": "forkserver"} if workers else {}
     loader = torch.utils.data.DataLoader(ImageFiles(paths, input_size), batch_size=batch, shuffle=False,
-                                         num_workers=min(workers, max(1, len(paths) // batch)) if workers else 0,
+                                         num_workers=workers,
                                          pin_memory=device.type == "cuda", generator=torch.Generator(), **kw)
     with torch.inference_mode():
         for x in loader:
