@@ -105,3 +105,18 @@ def test_build_engine_refuses_int8_without_qdq_before_needing_tensorrt(fp32_grap
 
     assert main([str(fp32_graph), "--precision", "int8"]) == 2
     assert "needs a Q/DQ graph: run vpr_ros_quantize" in capsys.readouterr().err
+
+
+def test_cpu_target_leaves_attention_products_in_float(fp32_graph):
+    """Only activation x activation MatMuls (attention) are left out of the CPU INT8 graph; every
+    MatMul with a weight (directly or through shape-only ops) is quantized."""
+    import onnx
+
+    from vpr_ros.export.quantize import activation_products
+
+    names = set(activation_products(fp32_graph))
+    graph = onnx.load(str(fp32_graph)).graph
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    weights = {i.name for i in graph.initializer}
+    assert names and len(names) < len(matmuls)
+    assert not any(set(n.input) & weights for n in matmuls if n.name in names)
