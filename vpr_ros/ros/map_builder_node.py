@@ -43,7 +43,6 @@ from vpr_ros.ros.node_main import run_node
 from vpr_ros.ros.params import LiveParameters, declare_config
 from vpr_ros.runtime.base import DescriptorBackend
 from vpr_ros.runtime.factory import open_backend
-from vpr_ros.runtime.preprocess import preprocess_batch
 
 #: Keyframes waiting for the encoder before new ones are refused (counted as dropped).
 MAX_PENDING = 64

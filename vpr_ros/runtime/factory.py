@@ -76,16 +76,9 @@ def _open(name: str, cfg: ModelConfig, device: str, cache_dir: str | Path | None
 
         return TorchBackend(cfg, device=device, batch_dependent_ok=batch_dependent_ok)
     if name == "onnxruntime":
-        try:
-            import onnxruntime  # fail fast before exporting
-        except ImportError:
-            raise BackendUnavailable("backend 'onnxruntime' needs: pip install onnxruntime") from None
-        available = onnxruntime.get_available_providers()
-        if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
-            raise BackendUnavailable(f"backend 'onnxruntime' on '{device}': this onnxruntime has no CUDA provider "
-                                     f"(has {', '.join(available)}); install onnxruntime-gpu or use device 'cpu'")
-        from vpr_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+        from vpr_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend, providers_for
 
+        providers_for(device)  # fail fast, before exporting
         return OnnxRuntimeBackend(onnx_for(cfg, cache_dir), device=device)
     from vpr_ros.runtime.tensorrt_backend import TensorRTBackend, require_tensorrt
 

@@ -13,6 +13,24 @@ from vpr_ros.export.graph_io import INPUT, LOCAL_OUTPUT, OUTPUT, read_identity
 from vpr_ros.runtime.base import DescriptorBackend
 
 
+def providers_for(device: str) -> list[str]:
+    """ONNX Runtime execution providers for ``device``; BackendUnavailable when onnxruntime or
+    (for 'cuda') its CUDA provider is missing. Cheap: callers check this before exporting."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendUnavailable("backend 'onnxruntime' needs: pip install onnxruntime "
+                                 "(onnxruntime-gpu for CUDA)") from None
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise BackendUnavailable(f"backend 'onnxruntime' on '{device}': this onnxruntime has no CUDA "
+                                 f"provider (has {', '.join(available)}); install onnxruntime-gpu "
+                                 "or use device 'cpu'")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
 class OnnxRuntimeBackend(DescriptorBackend):
     """``InferenceSession`` over a vpr_ros ONNX export."""
 
@@ -21,23 +39,12 @@ class OnnxRuntimeBackend(DescriptorBackend):
     def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None,
                  spin: bool = False) -> None:
         """``spin``: let idle worker threads busy-wait between runs (ONNX Runtime's own default)."""
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise BackendUnavailable("backend 'onnxruntime' needs: pip install onnxruntime "
-                                     "(onnxruntime-gpu for CUDA)") from None
+        providers = providers_for(device)
+        import onnxruntime as ort
+
         path = Path(onnx_path)
         if not path.is_file():
             raise EngineBuildError(f"{path}: ONNX file not found")
-        available = ort.get_available_providers()
-        if device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in available:
-                raise BackendUnavailable(f"backend 'onnxruntime' on '{device}': this onnxruntime has no CUDA "
-                                         f"provider (has {', '.join(available)}); install onnxruntime-gpu "
-                                         "or use device 'cpu'")
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads

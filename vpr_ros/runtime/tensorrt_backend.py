@@ -47,7 +47,7 @@ def require_tensorrt() -> None:
 
 
 def device_index(device: str) -> int:
-    """'cuda' -> 0, 'cuda:N' -> N; ConfigError-free: anything else is device 0."""
+    """CUDA device index of 'cuda' (0) or 'cuda:N' (N)."""
     _, _, index = device.partition(":")
     return int(index) if index.isdigit() else 0
 

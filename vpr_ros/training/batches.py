@@ -130,7 +130,7 @@ def _quiet_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _keep_numpy(items: Any) -> Any:
+def _whole_batch(items: Any) -> Any:
     return items  # batch_size=None: an item is already a whole batch
 
 
@@ -147,7 +147,7 @@ def step_loader(dataset: torch.utils.data.Dataset, start: int, stop: int, worker
     # its own generator: starting workers must not draw from the training process's RNG, or a
     # resumed run (which starts them at another step) would diverge from an uninterrupted one
     return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(start, stop), num_workers=workers,
-                                       pin_memory=pin_memory, collate_fn=_keep_numpy,
+                                       pin_memory=pin_memory, collate_fn=_whole_batch,
                                        generator=torch.Generator().manual_seed(start), **kw)
 
 
