@@ -4,7 +4,8 @@ outputs; our converters write files the official code loads strictly.
 Every file here is generated from the layouts recorded from the official repositories
 (``fixtures/official_layouts/*.json``), never from our own inverse converters. The reference
 outputs (``fixtures/official_references.json``) were computed by running the official code of
-DINOv2, Hugging Face transformers, D2-VPR, CricaVPR and SciceVPR on exactly these files (see each
+DINOv2, Hugging Face transformers, D2-VPR, CricaVPR and SciceVPR (its student and its
+Super-CricaVPR teacher) on exactly these files (see each
 entry's ``note``); the position-embedding references come from DINOv2's own resize method.
 """
 from __future__ import annotations
@@ -44,6 +45,7 @@ LOADS_INTO = {
     "d2vpr_encoder": "d2vpr_official_encoder.yaml",
     "cricavpr": "cricavpr_teacher.yaml",
     "scicevpr": "scicevpr_official.yaml",
+    "super_cricavpr": "super_cricavpr_teacher.yaml",
 }
 
 
@@ -85,6 +87,7 @@ WRITES = [
     ("d2vpr_official_encoder.yaml", "d2vpr", "d2vpr_encoder"),
     ("cricavpr_teacher.yaml", "cricavpr", "cricavpr"),
     ("scicevpr_official.yaml", "scicevpr", "scicevpr"),
+    ("super_cricavpr_teacher.yaml", "super_cricavpr", "super_cricavpr"),
     (ModelConfig(arch="scicevpr", backbone="vits14"), "dinov2", "dinov2_vits14"),
     (ModelConfig(arch="scicevpr", backbone="vitb14"), "dinov2", "dinov2_vitb14"),
     (ModelConfig(arch="scicevpr", backbone="vits14_reg4"), "dinov2", "dinov2_vits14_reg4"),
@@ -190,6 +193,20 @@ def test_scicevpr_training_output_gives_the_official_descriptor(tmp_path):
         _assert_matches(model(probe_images(2, 224)), "scicevpr")
 
 
+@pytest.mark.slow
+def test_super_cricavpr_training_output_gives_the_official_descriptors_of_each_batch(tmp_path):
+    """SciceVPR's teacher: the official outputs for a batch of 2 and of 3 (its encoder attends
+    across the batch, so the first two images get other descriptors in the batch of 3)."""
+    path = write_file("super_cricavpr", tmp_path / "last_model.pth", "training_numpy1")
+    model, info = build_model(cfg_of("super_cricavpr_teacher.yaml", weights=str(path)))
+    assert info.unused_keys == ()
+    with torch.no_grad():
+        two, three = model(probe_images(2, 224)), model(probe_images(3, 224))
+    _assert_matches(two, "super_cricavpr")
+    _assert_matches(three, "super_cricavpr_batch3")
+    assert (two - three[:2]).abs().max() > 1e-3
+
+
 def test_written_official_file_reads_back_identically(tmp_path):
     """Out and back in: the d2vpr file our writer makes is a {'model_state_dict'} file whose
     tensors are the model's (the layout itself is pinned by the exact-layout test above)."""
@@ -225,7 +242,7 @@ def test_position_embedding_resize_follows_the_official_rule_per_family():
 # ------------------------------------------------------------------ recognising files; bad files
 def test_layouts_are_recognised():
     expect = {"dinov2": "dinov2", "hf_dinov2": "hf_dinov2", "d2vpr_": "d2vpr", "cricavpr": "cricavpr",
-              "scicevpr": "scicevpr"}
+              "scicevpr": "scicevpr", "super_cricavpr": "super_cricavpr"}
     for name in layout_names():
         kind = next(v for k, v in expect.items() if name.startswith(k))
         assert detect_layout(empty_state(name)) == kind, name
@@ -256,6 +273,11 @@ def test_file_of_another_architecture_points_to_its_config():
         load_state(create(ModelConfig()), empty_state("d2vpr_no_encoder"), "release.pth")
     with pytest.raises(CheckpointError, match="no cross-image encoder"):
         load_state(create(cfg_of("d2vpr_official_encoder.yaml")), empty_state("d2vpr_no_encoder"), "release.pth")
+    # SciceVPR's student and teacher differ by one encoder layer: each file names the other's config
+    with pytest.raises(CheckpointError, match=r"Super-CricaVPR.*super_cricavpr_teacher.yaml.*student_from_teacher"):
+        load_state(create(cfg_of("scicevpr_official.yaml")), empty_state("super_cricavpr"), "best_model.pth")
+    with pytest.raises(CheckpointError, match="scicevpr_official.yaml"):
+        load_state(create(cfg_of("super_cricavpr_teacher.yaml")), empty_state("scicevpr"), "best_model.pth")
 
 
 def test_shape_mismatch_message_is_short_and_names_keys():
@@ -300,5 +322,10 @@ def test_batch_dependent_models_are_for_evaluation_only():
         assert b.name == "torch" and not b.batch_independent
     with pytest.raises(ConfigError, match="torch"):
         open_backend("onnxruntime", cfg, batch_dependent_ok=True)
-    with pytest.raises(ConfigError, match="cross_image"):
+    with pytest.raises(ConfigError, match="cross_image.*super_cricavpr"):
         ModelConfig(arch="scicevpr", encoder="cross_image")
+    teacher = ModelConfig(arch="super_cricavpr", backbone="vit_test", input_size=56)
+    with pytest.raises(ConfigError, match="Super-CricaVPR teacher of SciceVPR.*batch-dependent"):
+        open_backend("auto", teacher)
+    with open_backend("auto", teacher, batch_dependent_ok=True) as b:
+        assert b.name == "torch" and not b.batch_independent

@@ -163,8 +163,20 @@ def test_settings_overrides_and_errors(tmp_path):
     again = tmp_path / "config.yaml"
     again.write_text(s.to_yaml())
     assert load_settings("finetune", again) == s
-    for stage in ("distill", "joint"):
-        assert load_settings(stage, default_train_config(stage)).teacher.arch == "cricavpr"
+    assert load_settings("distill", default_train_config("distill")).teacher.arch == "cricavpr"
+    joint = load_settings("joint", default_train_config("joint"))
+    assert (joint.teacher.arch, joint.model.arch, joint.train.student_from_teacher) == ("super_cricavpr", "scicevpr", True)
+    assert joint.teacher.backbone == joint.model.backbone == "vitb14" and joint.train.epochs == 1
+    sup = load_settings("finetune", Path(default_train_config("finetune")).with_name("train_super_cricavpr.yaml"))
+    assert (sup.model.arch, sup.train.epochs, sup.optim.optimizer, sup.data.places_per_batch) == ("super_cricavpr", 10, "adam", 72)
+    bad = {"model.arch=d2vpr": "not 'scicevpr'", "teacher.arch=cricavpr": "not 'super_cricavpr'",
+           "model.backbone=vits14": "differs from teacher.backbone", "teacher.input_size=322": "differs from",
+           "model.weights=x.pth": "two places"}
+    for override, why in bad.items():
+        with pytest.raises(ConfigError, match=f"student_from_teacher: .*{why}"):
+            load_settings("joint", default_train_config("joint"), [override])
+    with pytest.raises(ConfigError, match="student_from_teacher: stage 'finetune' has no teacher"):
+        load_settings("finetune", None, ["train.student_from_teacher=true"])
     with pytest.raises(ConfigError, match=r"\[optim\]: unknown key\(s\) lrr"):
         load_settings("finetune", None, ["optim.lrr=1"])
     with pytest.raises(ConfigError, match="expected section.key=value"):
@@ -374,17 +386,54 @@ def test_distillation_online_teacher_matches_the_loss(gsv, tmp_path):
 
 
 def test_joint_objective_combines_both_losses(gsv, tmp_path):
-    """SciceVPR student, under bf16 autocast (the CPU stand-in for the CUDA AMP path)."""
+    """SciceVPR student distilled from a CricaVPR teacher (the SciceVPR-style variant, not the
+    official start from Super-CricaVPR), under bf16 autocast (the CPU stand-in for CUDA AMP)."""
     from vpr_ros.cli.train_joint import main
 
     run = tmp_path / "j"
     assert main([*run_common(gsv), "--run-dir", str(run),
-                 *sets("model.arch=scicevpr", *TEACHER, "data.val_holdout=12", "train.steps=6", "train.val_every=6",
+                 *sets("model.arch=scicevpr", "teacher.arch=cricavpr", "train.student_from_teacher=false", *TEACHER, "data.val_holdout=12", "train.steps=6", "train.val_every=6",
                        "train.log_every=1", "train.distill_weight=0.5", "train.amp=bf16")]) == 0
     total, ms, dist = (dict(metrics(run, "train", n)) for n in ("loss", "loss_ms", "loss_distill"))
     assert len(total) == 6
     for step in total:
         assert total[step] == pytest.approx(ms[step] + 0.5 * dist[step], rel=1e-4)
+
+
+def test_joint_as_scicevpr_runs_it_starts_from_the_super_cricavpr_teacher(gsv, tmp_path):
+    """SciceVPR's two stages chained: Super-CricaVPR fine-tuned (backbone frozen), then the joint
+    stage with train.student_from_teacher: the student's backbone and conv are that teacher's and
+    stay frozen; its token mixers and encoder train against MS + distillation from it."""
+    from safetensors.torch import load_file
+
+    from vpr_ros.cli.finetune import main as finetune
+    from vpr_ros.cli.train_joint import main
+    from vpr_ros.config import ModelConfig
+    from vpr_ros.model.factory import create
+
+    tiny = dict(backbone="vit_test", input_size=56)
+    first = tmp_path / "super"
+    assert finetune([*run_common(gsv), "--run-dir", str(first), *sets("model.arch=super_cricavpr", "model.seed=9",
+                     "data.val_holdout=12", "train.steps=2", "train.val_every=2", "optim.lr=1e-3")]) == 0
+    weights = first / "checkpoints" / "step-0000002" / "model.safetensors"  # the last (best may be step 0)
+    want = load_file(str(weights))
+    start = create(ModelConfig(arch="super_cricavpr", seed=9, **tiny)).state_dict()
+    assert all(torch.equal(want[k], start[k]) for k in want if k.startswith("backbone."))  # frozen
+    assert not torch.equal(want["conv.weight"], start["conv.weight"])  # trained
+    fresh = create(ModelConfig(arch="scicevpr", seed=3, **tiny)).state_dict()
+    run = tmp_path / "j"
+    assert main([*run_common(gsv), "--run-dir", str(run),
+                 *sets("model.arch=scicevpr", "teacher.arch=super_cricavpr", "teacher.backbone=vit_test",
+                       "teacher.input_size=56", f"teacher.weights={weights}", "train.student_from_teacher=true",
+                       "data.val_holdout=12", "train.steps=4", "train.val_every=4", "train.log_every=1",
+                       "optim.lr=1e-3")]) == 0
+    got = load_file(str(run / "checkpoints" / "step-0000004" / "model.safetensors"))
+    copied = [k for k in got if k.startswith(("backbone.", "conv."))]
+    assert len(copied) > 20 and all(torch.equal(got[k], want[k]) for k in copied)
+    assert not torch.equal(fresh["conv.weight"], want["conv.weight"])  # so the copy is visible
+    trained = [k for k in got if k.startswith(("tokenmix.", "encoder."))]
+    assert sum(not torch.equal(got[k], fresh[k]) for k in trained) >= len(trained) // 2
+    assert len(metrics(run, "train", "loss_distill")) == 4 and len(metrics(run, "train", "loss_ms")) == 4
 
 
 # --- PCA ----------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 BACKBONES = ("vits14", "vitb14", "vits14_reg4", "vitb14_reg4", "vit_test", "vit_test_wide")
-ARCHITECTURES = ("d2vpr", "scicevpr", "cricavpr")
+ARCHITECTURES = ("d2vpr", "scicevpr", "cricavpr", "super_cricavpr")
 ENCODERS = ("self_enhanced", "none", "cross_image")
 BACKENDS = ("auto", "tensorrt", "torch_cudagraph", "onnxruntime", "torch")
 #: GPU precision of the TensorRT and CUDA-graph backends (int8: TensorRT, from a Q/DQ graph of
@@ -60,8 +60,9 @@ def live_fields(cls: type) -> set[str]:
 class ModelConfig:
     """Which network turns an image into a global descriptor."""
 
-    arch: str = _f("d2vpr", "Network: 'd2vpr' (D2-VPR student), 'scicevpr' (SciceVPR student) or "
-                   "'cricavpr' (the CricaVPR teacher: batch-dependent, training only).")
+    arch: str = _f("d2vpr", "Network: 'd2vpr' (D2-VPR student), 'scicevpr' (SciceVPR student), "
+                   "'cricavpr' (the CricaVPR teacher) or 'super_cricavpr' (SciceVPR's teacher); the "
+                   "teachers are batch-dependent: training and evaluation only.")
     backbone: str = _f("vits14", "DINOv2 backbone preset: " + ", ".join(BACKBONES) + ".")
     encoder: str = _f("self_enhanced", "Encoder of the D2-VPR student: 'self_enhanced' (SciceVPR's "
                       "per-image encoder), 'none' (the released no-encoder D2-VPR model) or 'cross_image' "
@@ -86,18 +87,20 @@ class ModelConfig:
         if not (1.0 <= self.gem_p <= 10.0):
             raise ConfigError(f"gem_p: must be within [1, 10], got {self.gem_p}")
         if self.encoder == "cross_image" and self.arch != "d2vpr":
-            raise ConfigError(f"encoder: 'cross_image' is an option of arch 'd2vpr', not '{self.arch}'")
+            raise ConfigError(f"encoder: 'cross_image' is an option of arch 'd2vpr', not '{self.arch}' (SciceVPR's "
+                              "network with a cross-image encoder is arch 'super_cricavpr')")
 
     @property
     def batch_dependent(self) -> bool:
         """True when a descriptor depends on the other images of its batch (cross-image encoder:
         the CricaVPR teacher, or the D2-VPR student with encoder 'cross_image')."""
-        return self.arch == "cricavpr" or (self.arch == "d2vpr" and self.encoder == "cross_image")
+        return self.arch in ("cricavpr", "super_cricavpr") or (self.arch == "d2vpr" and self.encoder == "cross_image")
 
 
 def batch_dependent_refusal(cfg: ModelConfig) -> str:
     """Why a batch-dependent model cannot describe images for a map or a robot."""
-    what = "the CricaVPR teacher" if cfg.arch == "cricavpr" else "the D2-VPR student with encoder 'cross_image'"
+    what = {"cricavpr": "the CricaVPR teacher", "super_cricavpr": "the Super-CricaVPR teacher of SciceVPR"}.get(
+        cfg.arch, "the D2-VPR student with encoder 'cross_image'")
     return (f"model {cfg.arch} ({what}) is batch-dependent (cross-image encoder): a descriptor would "
             "depend on the other images of its batch, so it cannot build or query maps. Use 'd2vpr' with "
             "encoder 'self_enhanced' or 'none', or 'scicevpr'; vpr_ros_eval can evaluate it as the "

@@ -2,6 +2,8 @@
 
 Same data, freezing and optimizer as fine-tuning, plus ``train.distill_weight`` x the squared
 error to the teacher's descriptors (teacher on each batch, or cached with ``train.teacher_cache``).
+``config/train_joint.yaml`` is SciceVPR's stage as its code runs it: the student starts from the
+Super-CricaVPR teacher's backbone and conv (``train.student_from_teacher``).
 """
 from __future__ import annotations
 

@@ -16,6 +16,8 @@ Layouts (the key names each official code base writes; recorded as test fixtures
                  ``encoder.layers.{0,1}``.
 * ``scicevpr``   SciceVPR (``scicevpr.py``): ``backbone.dino_model.*``, ``conv``, ``tokenmix.N``,
                  ``gem.p``, ``encoder.layers.0``.
+* ``super_cricavpr``  Super-CricaVPR (SciceVPR's ``super_cricavpr.py``, its teacher): the SciceVPR
+                 keys with a second encoder layer ``encoder.layers.1``.
 * ``native``     what vpr_ros saves (safetensors).
 
 Each ``from_*`` returns (state in our names, keys our model does not use); each ``to_*`` turns
@@ -39,6 +41,8 @@ LAYOUTS: dict[str, str] = {
     "d2vpr": "a D2-VPR checkpoint (tony19980810/D2VPR: released weights, finetune.py or distillation.py output)",
     "cricavpr": "a CricaVPR checkpoint (Lu-Feng/CricaVPR: CricaVPR.pth, train.py output)",
     "scicevpr": "a SciceVPR checkpoint (shuimushan/SciceVPR: train_scicevpr.py output)",
+    "super_cricavpr": "a Super-CricaVPR checkpoint (shuimushan/SciceVPR: train_super_cricavpr.py output, "
+                      "SciceVPR's teacher)",
 }
 
 #: model.arch -> layouts a file may have to load into it.
@@ -46,6 +50,7 @@ ARCH_LAYOUTS: dict[str, tuple[str, ...]] = {
     "d2vpr": ("native", "dinov2", "hf_dinov2", "d2vpr"),
     "scicevpr": ("native", "dinov2", "hf_dinov2", "scicevpr"),
     "cricavpr": ("native", "dinov2", "hf_dinov2", "cricavpr"),
+    "super_cricavpr": ("native", "dinov2", "hf_dinov2", "super_cricavpr"),
 }
 
 #: layout -> the model settings that reproduce its network (for error messages).
@@ -54,6 +59,9 @@ LAYOUT_HINTS: dict[str, str] = {
              "for the files with the cross-image encoder)",
     "cricavpr": "models/cricavpr_teacher.yaml (arch cricavpr, backbone vitb14)",
     "scicevpr": "models/scicevpr_official.yaml (arch scicevpr, backbone vitb14)",
+    "super_cricavpr": "models/super_cricavpr_teacher.yaml (arch super_cricavpr, backbone vitb14); to start a "
+                      "SciceVPR student from it as train_scicevpr.py does, name it as teacher.weights with "
+                      "train.student_from_teacher: true (config/train_joint.yaml)",
 }
 
 
@@ -210,6 +218,7 @@ def to_scicevpr(state: Mapping[str, Tensor]) -> State:
 
 FROM: dict[str, Callable[[Mapping[str, Tensor]], tuple[State, list[str]]]] = {
     "hf_dinov2": from_hf_dinov2, "cricavpr": from_cricavpr, "scicevpr": from_scicevpr,
+    "super_cricavpr": from_scicevpr,  # same names; one more encoder layer
 }
 
 
@@ -222,7 +231,7 @@ def detect_layout(state: Mapping[str, Tensor]) -> str | None:
     if "cls_token" in keys and "blocks.0.norm1.weight" in keys:
         return "dinov2"
     if "backbone.dino_model.cls_token" in keys:
-        return "scicevpr"
+        return "super_cricavpr" if any(k.startswith("encoder.layers.1.") for k in keys) else "scicevpr"
     if {"backbone.lin.weight", "backbone.up_norm.weight", "offset_generator.0.weight", "pos_encoder.fc.0.weight"} & keys:
         return "d2vpr"
     if "aggregation.1.p" in keys and "backbone.cls_token" in keys and "backbone.norm.weight" in keys:
@@ -246,8 +255,8 @@ def layout_keys(own: Mapping[str, Tensor], arch: str, backbone_keys: Mapping[str
         out["d2vpr"] = set(to_d2vpr({k: v for k, v in own.items() if not k.startswith("encoder.")}))
     elif arch == "cricavpr":
         out["cricavpr"] = set(to_cricavpr(own))
-    elif arch == "scicevpr":
-        out["scicevpr"] = set(to_scicevpr(own))
+    elif arch in ("scicevpr", "super_cricavpr"):
+        out[arch] = set(to_scicevpr(own))
     return out
 
 

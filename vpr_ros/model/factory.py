@@ -12,7 +12,7 @@ from vpr_ros.model.backbone import build_backbone
 from vpr_ros.model.checkpoints import load_strict, read_state_dict, state_sha256
 from vpr_ros.model.convert import (ARCH_LAYOUTS, FROM, LAYOUT_HINTS, LAYOUTS, closest_layout, detect_layout,
                                    from_d2vpr, from_hf_dinov2, layout_keys)
-from vpr_ros.model.student import CricaVprTeacher, D2VprStudent, PlaceModel, SciceVprStudent
+from vpr_ros.model.student import CricaVprTeacher, D2VprStudent, PlaceModel, SciceVprStudent, SuperCricaVprTeacher
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,10 @@ def create(cfg: ModelConfig) -> PlaceModel:
     if cfg.arch == "d2vpr":
         return D2VprStudent(build_backbone(cfg.backbone, cfg.input_size, adapters=True, final_norm=False),
                             encoder=cfg.encoder, compat=cfg.compat, gem_p=cfg.gem_p)
-    if cfg.arch == "scicevpr":
+    if cfg.arch in ("scicevpr", "super_cricavpr"):
         bb = build_backbone(cfg.backbone, cfg.input_size)
-        return SciceVprStudent(bb, d=min(768, 2 * bb.spec.embed_dim), gem_p=cfg.gem_p)
+        cls = SciceVprStudent if cfg.arch == "scicevpr" else SuperCricaVprTeacher
+        return cls(bb, d=min(768, 2 * bb.spec.embed_dim), gem_p=cfg.gem_p)
     if cfg.arch == "cricavpr":
         return CricaVprTeacher(build_backbone(cfg.backbone, cfg.input_size, adapters=True), gem_p=cfg.gem_p)
     raise CheckpointError(f"unknown arch '{cfg.arch}'")  # unreachable: ModelConfig validates

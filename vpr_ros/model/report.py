@@ -47,10 +47,11 @@ def component_rows(name: str, cfg: ModelConfig) -> list[Row]:
                  Row(name, "aggregator: deformation-aware position embedding", count(agg.position)),
                  Row(name, f"encoder ({cfg.encoder})", count(m.encoder),
                      PAPER["encoder"] if cfg.encoder == "cross_image" else None)]
-    elif cfg.arch == "scicevpr":
+    elif cfg.arch in ("scicevpr", "super_cricavpr"):
+        enc = "self-enhanced encoder" if cfg.arch == "scicevpr" else "cross-image encoder (2 layers)"
         rows += [Row(name, "backbone (frozen)", count(m.backbone)),
                  Row(name, "conv 1x1 + token mixers + GeM", count(m.conv) + count(m.tokenmix) + count(m.gem)),
-                 Row(name, "self-enhanced encoder", count(m.encoder))]
+                 Row(name, enc, count(m.encoder))]
     else:
         rows += [Row(name, "backbone (DINOv2 ViT-B/14)", count(m.backbone, ".adapter.")),
                  Row(name, "adapters", count(m.backbone) - count(m.backbone, ".adapter.")),
@@ -87,4 +88,5 @@ VARIANTS = {
     "scicevpr_student": ModelConfig(arch="scicevpr"),
     "scicevpr_official": ModelConfig(arch="scicevpr", backbone="vitb14"),
     "cricavpr_teacher": ModelConfig(arch="cricavpr", backbone="vitb14"),
+    "super_cricavpr_teacher": ModelConfig(arch="super_cricavpr", backbone="vitb14"),
 }

@@ -1,8 +1,10 @@
-"""The place-recognition networks: D2-VPR student, SciceVPR student, CricaVPR teacher.
+"""The place-recognition networks: D2-VPR student, SciceVPR student, and the two teachers
+(CricaVPR for D2-VPR, Super-CricaVPR for SciceVPR).
 
 Every model maps images [B, 3, S, S] to L2-normalised descriptors [B, 14 * D] (D = 2C for
-the D2-VPR student, the teacher's width for CricaVPR, 768 for SciceVPR). Students are
-batch-independent; the teacher's cross-image encoder is not (training only).
+the D2-VPR student, the teacher's width for CricaVPR, 768 for SciceVPR and Super-CricaVPR).
+Students are batch-independent; the teachers' cross-image encoders are not (training and
+evaluation only).
 """
 from __future__ import annotations
 
@@ -189,10 +191,14 @@ class SciceVprStudent(PlaceModel):
         self.conv = nn.Conv2d(4 * c, d, 1)
         self.tokenmix = nn.Sequential(*[TokenMixer(d, side * side) for _ in range(mixers)])
         self.gem = GeM(gem_p)
-        self.encoder = SelfEnhancedEncoder(d, layers=1, heads=16, ffn=int(2048 * d / 768))
+        self.encoder: nn.Module = self._make_encoder(d)
         self.slices = region_slices(side)
         self.descriptor_dim = 14 * d
         self.register_buffer("local_projection", dense_projection(d), persistent=False)
+
+    @staticmethod
+    def _make_encoder(d: int) -> nn.Module:
+        return SelfEnhancedEncoder(d, layers=1, heads=16, ffn=int(2048 * d / 768))
 
     def forward(self, x: Tensor) -> Tensor:
         return self._forward(x)[0]
@@ -219,6 +225,23 @@ class SciceVprStudent(PlaceModel):
             raise ValueError(f"unknown stage '{stage}'")
         self.requires_grad_(stage != "inference")
         self.backbone.requires_grad_(False)
+
+
+class SuperCricaVprTeacher(SciceVprStudent):
+    """Super-CricaVPR, the teacher SciceVPR distils from (``super_cricavpr.py`` of the official
+    code): the SciceVPR network (frozen DINOv2, last-4-block fusion, conv 1x1, token mixers,
+    14-region GeM) with CricaVPR's 2-layer cross-image encoder instead of the per-image one.
+    Batch-dependent. ``train_scicevpr.py`` starts the student from its backbone and conv."""
+
+    arch = "super_cricavpr"
+    batch_independent = False
+
+    @staticmethod
+    def _make_encoder(d: int) -> nn.Module:
+        return CrossImageEncoder(d, layers=2, heads=16, ffn=int(2048 * d / 768))
+
+    def forward_local(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError("the Super-CricaVPR teacher is batch-dependent: no per-image local features")
 
 
 class CricaVprTeacher(PlaceModel):

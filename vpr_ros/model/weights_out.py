@@ -3,16 +3,17 @@
 ``official_state(model, layout)`` gives the state dict the official code's ``load_state_dict``
 accepts strictly; ``write_weights`` stores it the way that code stores it:
 
-=============  ==================================================  ============================
-layout         file                                                read by
-=============  ==================================================  ============================
-native         safetensors                                         vpr_ros
-d2vpr          ``torch.save({'model_state_dict': sd})``            D2VPR eval_*_encoder.py
-cricavpr       ``torch.save({'model_state_dict': sd})``            CricaVPR eval.py (--resume)
-scicevpr       ``torch.save({'model_state_dict': sd})``            SciceVPR eval.py (--resume)
-dinov2         ``torch.save(sd)``                                  DINOv2 hub ``load_state_dict``
-hf_dinov2      ``model.safetensors``                               transformers ``from_pretrained``
-=============  ==================================================  ============================
+==============  ========================================  =========================================
+layout          file                                      read by
+==============  ========================================  =========================================
+native          safetensors                               vpr_ros
+d2vpr           ``torch.save({'model_state_dict': sd})``  D2VPR eval_*_encoder.py
+cricavpr        ``torch.save({'model_state_dict': sd})``  CricaVPR eval.py (--resume)
+scicevpr        ``torch.save({'model_state_dict': sd})``  SciceVPR eval.py (--resume)
+super_cricavpr  ``torch.save({'model_state_dict': sd})``  SciceVPR train_scicevpr.py (--crica_path)
+dinov2          ``torch.save(sd)``                        DINOv2 hub ``load_state_dict``
+hf_dinov2       ``model.safetensors``                     transformers ``from_pretrained``
+==============  ========================================  =========================================
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def official_state(model: PlaceModel, layout: str) -> State:
             raise CheckpointError("layout 'd2vpr': the official D2-VPR code has no per-image (self_enhanced) "
                                   "encoder; only students with encoder 'none' or 'cross_image' can be written")
         return to_d2vpr(state)
-    return to_cricavpr(state) if layout == "cricavpr" else to_scicevpr(state)
+    return to_cricavpr(state) if layout == "cricavpr" else to_scicevpr(state)  # scicevpr, super_cricavpr
 
 
 def write_weights(model: PlaceModel, layout: str, path: str | Path) -> Path:

@@ -146,6 +146,10 @@ class RunConfig:
                                 "averaged over the batch: SciceVPR's MSELoss(reduction='sum') / B) or 'mean' "
                                 "(averaged over batch and dimensions: D2-VPR's F.mse_loss).")
     distill_weight: float = _f(1.0, "Joint objective: weight of the distillation term.")
+    student_from_teacher: bool = _f(False, "Start the SciceVPR student from the Super-CricaVPR teacher's "
+                                    "backbone and conv 1x1 and keep both frozen (SciceVPR's train_scicevpr.py); "
+                                    "needs model.arch scicevpr, teacher.arch super_cricavpr, the same backbone "
+                                    "and input size, and no model.weights.")
     ms_alpha: float = _f(1.0, "Multi-similarity loss alpha.")
     ms_beta: float = _f(50.0, "Multi-similarity loss beta.")
     ms_base: float = _f(0.0, "Multi-similarity loss base.")
@@ -198,6 +202,20 @@ class TrainSettings:
         """The resolved configuration, loadable again by :func:`load_settings`."""
         d = {"stage": self.stage, **{k: to_dict(getattr(self, k)) for k in SECTIONS}}
         return yaml.safe_dump(d, sort_keys=False)
+
+    def __post_init__(self) -> None:
+        if self.train.student_from_teacher:
+            m, t = self.model, self.teacher
+            why = ("stage '{0}' has no teacher".format(self.stage) if not self.uses_teacher else
+                   f"model.arch is '{m.arch}', not 'scicevpr'" if m.arch != "scicevpr" else
+                   f"teacher.arch is '{t.arch}', not 'super_cricavpr'" if t.arch != "super_cricavpr" else
+                   f"model.backbone '{m.backbone}' differs from teacher.backbone '{t.backbone}'"
+                   if m.backbone != t.backbone else
+                   f"model.input_size {m.input_size} differs from teacher.input_size {t.input_size}"
+                   if m.input_size != t.input_size else
+                   "model.weights is set too (the student's start would come from two places)" if m.weights else "")
+            if why:
+                raise ConfigError(f"train.student_from_teacher: {why}")
 
     @property
     def uses_teacher(self) -> bool:

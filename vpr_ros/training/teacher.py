@@ -1,7 +1,7 @@
 """The distillation teacher: run on every batch, or once over the training images and cached.
 
-The CricaVPR teacher's cross-image encoder makes its output depend on the other images of its
-batch, so the cache fixes the composition: images in the order given (grouped by place for
+The teachers' cross-image encoders (CricaVPR, Super-CricaVPR) make their outputs depend on the
+other images of a batch, so the cache fixes the composition: images in the order given (grouped by place for
 GSV-Cities), ``batch`` at a time. The cache is a float16 ``.npy`` [N, D] (memory-mapped while
 training) beside a JSON sidecar that records what it was computed from; a cache that does not
 match the teacher, the image list or the composition is refused, never silently reused.
@@ -22,6 +22,7 @@ import torch
 from vpr_ros.config import ModelConfig
 from vpr_ros.datasets import fingerprint_files
 from vpr_ros.errors import CheckpointError, ConfigError
+from vpr_ros.model.checkpoints import load_strict
 from vpr_ros.model.factory import ModelInfo, build_model
 from vpr_ros.model.student import PlaceModel
 
@@ -37,6 +38,29 @@ def load_teacher(cfg: ModelConfig, device: torch.device, student_dim: int) -> tu
     if not cfg.weights:
         log.warning("teacher has no weights (teacher.weights is empty): distilling from a random network")
     return model.to(device), info
+
+
+#: What SciceVPR's train_scicevpr.py copies from the Super-CricaVPR teacher into the student
+#: before training, and then keeps frozen.
+COPIED_FROM_TEACHER = ("backbone", "conv")
+
+
+def start_from_teacher(student: PlaceModel, teacher: PlaceModel) -> int:
+    """Copy the teacher's DINOv2 backbone and conv 1x1 (3072 -> 768 fusion of the last four
+    blocks) into a SciceVPR student, as the official SciceVPR training does; returns the number
+    of tensors copied. Both must share the backbone preset and input size (settings check it)."""
+    count = 0
+    for name in COPIED_FROM_TEACHER:
+        state = getattr(teacher, name).state_dict()
+        load_strict(getattr(student, name), state, f"teacher {name} -> student {name}")
+        count += len(state)
+    return count
+
+
+def freeze_copied(student: PlaceModel) -> None:
+    """Keep what :func:`start_from_teacher` copied frozen (the official code freezes it)."""
+    for name in COPIED_FROM_TEACHER:
+        getattr(student, name).requires_grad_(False)
 
 
 @dataclass(frozen=True)

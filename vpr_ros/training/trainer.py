@@ -4,7 +4,9 @@
   over dimensions, averaged over the batch); official recipe Adam 2.5e-5.
 - ``finetune``: blocks 1..3/4 of the backbone (with their adapters) frozen, their BatchNorm in
   eval mode; multi-similarity loss + miner; AdamW 2e-4, weight decay 1e-3, warm-up in steps.
-- ``joint`` (SciceVPR): multi-similarity + ``distill_weight`` x distillation MSE.
+- ``joint`` (SciceVPR): multi-similarity + ``distill_weight`` x distillation MSE; with
+  ``train.student_from_teacher`` the SciceVPR student starts from the Super-CricaVPR teacher's
+  backbone and conv 1x1, which stay frozen (the official ``train_scicevpr.py``).
 
 Batches depend only on (seed, step), the learning rate is a function of the step, and the
 optimizer, GradScaler, RNG and best-so-far are checkpointed, so ``--resume`` continues exactly.
@@ -32,7 +34,8 @@ import torch
 from vpr_ros.datasets import EvalDataset, read_eval_dataset
 from vpr_ros.errors import ConfigError
 from vpr_ros.model.checkpoints import load_strict, read_state_dict
-from vpr_ros.model.factory import create, load_weights
+from vpr_ros.model.factory import ModelInfo, create, load_weights
+from vpr_ros.model.student import PlaceModel
 from vpr_ros.training import distributed
 from vpr_ros.training.batches import BatchLoader, BatchSource, StepBatches, step_loader, to_model_input
 from vpr_ros.training.gsv_cities import read_gsv_cities, read_image_folders, split_places
@@ -40,7 +43,8 @@ from vpr_ros.training.objectives import MultiSimilarity, distillation_mse
 from vpr_ros.training.run_dir import MODEL_FILE, RunDir
 from vpr_ros.training.sampler import ImageBatches, PlaceBatches
 from vpr_ros.training.settings import TrainSettings
-from vpr_ros.training.teacher import TeacherCache, load_teacher, open_or_build_cache
+from vpr_ros.training.teacher import (COPIED_FROM_TEACHER, TeacherCache, freeze_copied, load_teacher,
+                                     open_or_build_cache, start_from_teacher)
 from vpr_ros.training.validation import autocast_for, distill_error, place_recall
 
 log = logging.getLogger(__name__)
@@ -142,9 +146,16 @@ class Trainer:
         self.data = prepare_data(s)
         self.metric = select_metric(s, self.data)
         self.model = create(s.model)
+        teacher = load_teacher(s.teacher, self.device, self.model.descriptor_dim) if s.uses_teacher else None
         if s.model.weights and resume is None:
             load_weights(self.model, s.model.weights)
+        if teacher is not None and s.train.student_from_teacher and resume is None:
+            copied = start_from_teacher(self.model, teacher[0])
+            log.info("student starts from the teacher's %s (%d tensors, %s)", " and ".join(COPIED_FROM_TEACHER),
+                     copied, s.teacher.weights or "random teacher")
         self.model.freeze_for("distill" if s.stage == "distill" else "finetune")
+        if s.train.student_from_teacher:
+            freeze_copied(self.model)
         if s.train.dropout >= 0:
             for m in self.model.modules():
                 if isinstance(m, torch.nn.Dropout):
@@ -188,17 +199,16 @@ class Trainer:
             log.info("teacher outputs are cached for un-augmented images: training without augmentation")
         self.source = BatchSource(self.data.paths, s.model.input_size, s.train.seed, d.augment and not cached,
                                   d.augment_ops, d.augment_magnitude)
-        if s.uses_teacher:
-            self._setup_teacher(cached)
+        if teacher is not None:
+            self._setup_teacher(*teacher, cached)
 
     def _unit(self) -> int:
         """Images that stay together on one rank: the K views of a place, or single images."""
         return self.s.data.images_per_place if isinstance(self.data.plan, PlaceBatches) else 1
 
     # --- set-up -----------------------------------------------------------------------------
-    def _setup_teacher(self, cached: bool) -> None:
+    def _setup_teacher(self, teacher: PlaceModel, info: ModelInfo, cached: bool) -> None:
         s = self.s
-        teacher, info = load_teacher(s.teacher, self.device, self.model.descriptor_dim)
         if self.data.val_images:  # validation targets: un-augmented images in fixed teacher batches
             val, tb = self.data.val_images, s.train.teacher_batch
             plain = BatchLoader(val, s.model.input_size, s.train.seed, threads=s.data.loader_threads)
