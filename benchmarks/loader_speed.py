@@ -7,7 +7,12 @@ Both read the same GSV-Cities-layout batches (procedural places written as JPEG 
 * processes: ``step_loader`` (DataLoader workers, uint8 batches, normalised by ``to_model_input``
   in the consumer, as the trainer does; JPEGs decoded at reduced scale where large enough);
 * the thread loader as it was before the process loader (``--baseline-rev``, run from a
-  ``git archive`` of that revision in a subprocess, same files and batches).
+  ``git archive`` of that revision in a subprocess, same files and batches);
+* processes reading the decoded-image cache (``data.decoded_cache``: images decoded and resized
+  once, so a batch costs only augmentation; built before timing).
+
+Each loader is measured ``--repeats`` times, interleaved, and the median is reported (a small
+shared VM varies by +-20% from one run to the next).
 
 With ``--model`` it also measures how many images per second a fine-tuning step of the
 ViT-S student consumes on ``--device`` (the loader should stay ahead of it).
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -84,14 +90,14 @@ loader.close()
 
 
 def rate_processes(paths: list[Path], plan, steps: int, workers: int, prefetch: int = 2,  # type: ignore[no-untyped-def]
-                   device: str = "cpu") -> float:
+                   device: str = "cpu", decoded: Path | None = None) -> float:
     """Images/s of the worker-process loader once every worker has started and filled its
     read-ahead; batches normalised on ``device`` as the trainer does."""
     from vpr_ros.training.batches import BatchSource, StepBatches, step_loader, to_model_input
 
     warm = workers * (prefetch + 1)
     dev = torch.device(device)
-    loader = step_loader(StepBatches(BatchSource(paths, 224, 0, True, 3, 9), plan), 0, warm + steps,
+    loader = step_loader(StepBatches(BatchSource(paths, 224, 0, True, 3, 9, decoded=decoded), plan), 0, warm + steps,
                          workers, pin_memory=dev.type == "cuda", prefetch=prefetch)
     it = iter(loader)
     for _ in range(warm):  # start-up (process start, imports) and the read-ahead: not throughput
@@ -155,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                          "last one before the process loader")
     ap.add_argument("--baseline-src", default="", help="folder holding vpr_ros/ of --baseline-rev "
                     "(where git is not available)")
+    ap.add_argument("--repeats", type=int, default=3, help="measurements of each loader (median reported)")
     ap.add_argument("--model", action="store_true", help="also measure the model's consumption")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args(argv)
@@ -167,20 +174,38 @@ def main(argv: list[str] | None = None) -> int:
     plan = PlaceBatches(members, a.places_per_batch, 4, 0)
     print(f"{len(paths)} images ({a.source_px} px JPEG) -> 224 px with RandAugment (3 ops, magnitude 9); "
           f"batches of {plan.batch_size}; {os.cpu_count()} CPU cores")
-    old = 0.0
-    if a.baseline_rev:
-        try:
-            old = rate_threads_at(a.baseline_rev, root, a.places_per_batch, a.steps, a.threads,
-                                  Path(a.baseline_src) if a.baseline_src else None)
-        except (OSError, subprocess.CalledProcessError) as exc:
-            print(f"baseline {a.baseline_rev} not measured: {exc}")
-    thr = rate_threads(paths, plan, a.steps, a.threads)
-    proc = rate_processes(paths, plan, a.steps, a.workers, device=a.device)
+    from vpr_ros.training.decoded_cache import open_or_build
+
+    decoded = open_or_build(root / "decoded_cache", paths, 224, a.workers, progress=False)
+    runs: dict[str, list[float]] = {"old": [], "threads": [], "processes": [], "decoded": []}
+    src = Path(a.baseline_src) if a.baseline_src else None
+    for _ in range(a.repeats):
+        if a.baseline_rev:
+            try:
+                runs["old"].append(rate_threads_at(a.baseline_rev, root, a.places_per_batch, a.steps, a.threads, src))
+            except (OSError, subprocess.CalledProcessError) as exc:
+                print(f"baseline {a.baseline_rev} not measured: {exc}")
+                a.baseline_rev = ""
+        runs["threads"].append(rate_threads(paths, plan, a.steps, a.threads))
+        runs["processes"].append(rate_processes(paths, plan, a.steps, a.workers, device=a.device))
+        runs["decoded"].append(rate_processes(paths, plan, a.steps, a.workers, device=a.device, decoded=decoded))
+    med = {k: statistics.median(v) for k, v in runs.items() if v}
+    spread = {k: f"({min(v):.0f}-{max(v):.0f})" for k, v in runs.items() if v}
+    old, thr = med.get("old", 0.0), med["threads"]
+
+    def vs(rate: float) -> str:
+        return f"{rate / thr:.2f}x the thread loader" + (f", {rate / old:.2f}x the thread loader at {a.baseline_rev}"
+                                                         if old else "")
+
+    print(f"median of {a.repeats} runs (range):")
     if old:
-        print(f"thread loader at {a.baseline_rev} ({a.threads} threads): {old:7.1f} images/s")
-    print(f"thread loader, today's image code ({a.threads} threads): {thr:7.1f} images/s")
-    print(f"process loader ({a.workers} workers, normalised on {a.device}): {proc:7.1f} images/s = {proc / thr:.2f}x the thread loader"
-          + (f", {proc / old:.2f}x the thread loader at {a.baseline_rev}" if old else ""))
+        print(f"thread loader at {a.baseline_rev} ({a.threads} threads): {old:7.1f} images/s {spread['old']}")
+    print(f"thread loader, today's image code ({a.threads} threads): {thr:7.1f} images/s {spread['threads']}")
+    proc = med["processes"]
+    print(f"process loader ({a.workers} workers, normalised on {a.device}): {proc:7.1f} images/s {spread['processes']} "
+          f"= {vs(proc)}")
+    print(f"process loader reading the decoded-image cache: {med['decoded']:7.1f} images/s {spread['decoded']} "
+          f"= {vs(med['decoded'])}")
     if a.model:
         model = rate_model(a.device, plan.batch_size * 4, 10)
         print(f"model fine-tuning step on {a.device}: {model:7.1f} images/s consumed; process loader / model = "

@@ -496,3 +496,54 @@ def test_worker_processes_give_the_in_process_batches_and_normalise_like_preproc
     img = here[0][1][0].numpy()
     np.testing.assert_allclose(to_model_input(here[0][1][:1], torch.device("cpu"))[0].numpy(),
                                preprocess(img, 56), atol=1e-5)
+
+
+def test_decoded_cache_gives_the_decoded_batches_and_refuses_a_stale_or_broken_file(gsv, tmp_path, monkeypatch):
+    """Images decoded once (built by a worker process) give bit-identical augmented batches, in
+    this process and in a worker that maps the file itself; the file is reused, never rebuilt,
+    and a truncated file, an edited sidecar or a full disk is a clear error."""
+    import shutil
+
+    from vpr_ros.training.batches import BatchSource, StepBatches, step_loader
+    from vpr_ros.training.decoded_cache import open_or_build
+    from vpr_ros.training.gsv_cities import read_gsv_cities
+    from vpr_ros.training.sampler import PlaceBatches
+
+    data = read_gsv_cities(gsv)
+    plan = PlaceBatches(data.place_members(), 4, 4, seed=2)
+    npy = open_or_build(tmp_path / "dec", data.paths, 56, workers=1, progress=False)
+    assert np.load(npy, mmap_mode="r").shape == (len(data.paths), 56, 56, 3)
+    decoding = StepBatches(BatchSource(data.paths, 56, seed=2, augment=True), plan)
+    mapped = StepBatches(BatchSource(data.paths, 56, seed=2, augment=True, decoded=npy), plan)
+    in_worker = list(step_loader(mapped, 0, 3, workers=1, pin_memory=False))
+    for step in range(3):
+        assert torch.equal(decoding[step][1], mapped[step][1]) and torch.equal(decoding[step][1], in_worker[step][1])
+    stamp = npy.stat().st_mtime_ns
+    assert open_or_build(tmp_path / "dec", data.paths, 56, progress=False) == npy and npy.stat().st_mtime_ns == stamp
+    assert open_or_build(tmp_path / "dec", data.paths, 28, progress=False) != npy  # another size: another file
+    meta = npy.with_suffix(".json")
+    good = meta.read_text()
+    meta.write_text(good.replace('"count"', '"count_"'))
+    with pytest.raises(DatasetError, match="decoded-image cache was made from different inputs"):
+        open_or_build(tmp_path / "dec", data.paths, 56, progress=False)
+    meta.write_text(good)
+    npy.write_bytes(npy.read_bytes()[:5000])
+    with pytest.raises(DatasetError, match=r"decoded-image cache .*delete it to rebuild"):
+        open_or_build(tmp_path / "dec", data.paths, 56, progress=False)
+    # a disk too small for the cache cannot be made here: the free-space query is the boundary
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(ConfigError, match=r"need 0\.0018\d GB, .* has 1e-06 GB free"):
+        open_or_build(tmp_path / "other", data.paths, 56, progress=False)
+    assert not list((tmp_path / "other").iterdir())
+
+
+def test_training_with_the_decoded_cache_follows_the_same_curve(gsv, tmp_path):
+    """data.decoded_cache changes where pixels come from, not what is trained on."""
+    from vpr_ros.cli.finetune import main
+
+    args = [*run_common(gsv), *sets("data.val_holdout=8", "train.steps=3", "train.val_every=3", "train.log_every=1")]
+    assert main([*args, "--run-dir", str(tmp_path / "a")]) == 0
+    assert main([*args, "--run-dir", str(tmp_path / "b"), *sets(f"data.decoded_cache={tmp_path / 'dec'}")]) == 0
+    assert list((tmp_path / "dec").glob("images-*.npy"))
+    a, b = metrics(tmp_path / "a", "train", "loss"), metrics(tmp_path / "b", "train", "loss")
+    assert len(a) == 3 and a == b

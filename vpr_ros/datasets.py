@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +32,17 @@ def fingerprint_files(paths: Sequence[Path], h: "hashlib._Hash | None" = None) -
         st = p.stat()
         h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h
+
+
+def check_sidecar(meta: Path, expected: dict, what: str, redo: str, error: type[Exception]) -> None:
+    """Raise ``error`` naming ``meta`` when the JSON sidecar of a cache (``what``) is unreadable
+    or records other inputs than ``expected`` (``redo``: what deleting the cache leads to)."""
+    try:
+        recorded = json.loads(meta.read_text())
+    except ValueError as exc:
+        raise error(f"{meta}: unreadable {what} sidecar ({exc}); delete it to {redo}") from None
+    if recorded != expected:
+        raise error(f"{meta}: {what} was made from different inputs: {recorded} vs {expected}")
 
 
 def read_rgb(path: Path, min_side: int = 0) -> np.ndarray:

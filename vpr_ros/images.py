@@ -172,12 +172,14 @@ def compressed_to_rgb(fmt: str, data: Any, min_side: int = 0) -> np.ndarray:
 
     raw = bytes(data)
     check_image_bytes(fmt, raw)
-    img = cv2.imdecode(np.frombuffer(raw, np.uint8), _reduced_decode_flag(raw, min_side))
+    flag = _reduced_decode_flag(raw, min_side)
+    rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10: decoded straight to RGB (no swap pass)
+    img = cv2.imdecode(np.frombuffer(raw, np.uint8), flag & ~cv2.IMREAD_COLOR | rgb if rgb else flag)
     if img is None:
         raise ImageError(f"cannot decode compressed image (format '{fmt}', {len(raw)} bytes)")
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
         raise ImageError(f"image too large: {img.shape[1]}x{img.shape[0]} exceeds {MAX_PIXELS} pixels")
-    return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    return img if rgb else np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
 
 
 def read_image_file(path: str | Path, min_side: int = 0) -> np.ndarray:

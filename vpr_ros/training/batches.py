@@ -71,20 +71,38 @@ class BatchSource:
     """Picklable recipe of one training image: decode, resize, augment -> uint8 [S, S, 3].
 
     Normalisation happens on the training device (:func:`to_model_input`), so workers ship
-    uint8 (a quarter of the bytes of float32) through shared and pinned memory.
+    uint8 (a quarter of the bytes of float32) through shared and pinned memory. ``decoded``: a
+    decoded-image cache (training/decoded_cache.py) holding row i = image i decoded and resized,
+    read memory-mapped instead of decoding (same pixels).
     """
 
     def __init__(self, paths: Sequence[Path], input_size: int, seed: int, augment: bool = False,
-                 ops: int = 3, magnitude: int = 9, fast_decode: bool = True) -> None:
+                 ops: int = 3, magnitude: int = 9, fast_decode: bool = True, decoded: Path | None = None) -> None:
         self.paths, self.size, self.seed = list(paths), input_size, seed
         self.augment, self.ops, self.magnitude, self.fast_decode = augment, ops, magnitude, fast_decode
+        if decoded is not None and not fast_decode:
+            raise ValueError("a decoded-image cache holds the fast_decode pixels")
+        self.decoded = decoded
+        self._rows: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_rows": None}  # each worker maps the cache itself
+
+    def _decode(self, index: int) -> np.ndarray:
+        if self.decoded is not None:
+            if self._rows is None:
+                from vpr_ros.training.decoded_cache import open_rows
+
+                self._rows = open_rows(self.decoded, len(self.paths), self.size)
+            return np.array(self._rows[index])
+        img = read_rgb(self.paths[index], self.size if self.fast_decode else 0)
+        return _shrink(img, self.size) if self.fast_decode else resize_square(img, self.size)
 
     def image(self, index: int, step: int, slot: int) -> np.ndarray:
         """uint8 [S, S, 3] of image ``index`` as seen at ``step`` in position ``slot`` of the global batch.
         Large JPEGs decode at a reduced scale still at least S on their shorter side, which the
         area resize then brings to S."""
-        img = read_rgb(self.paths[index], self.size if self.fast_decode else 0)
-        img = _shrink(img, self.size) if self.fast_decode else resize_square(img, self.size)
+        img = self._decode(index)
         if self.augment:
             img = rand_augment(img, np.random.default_rng([self.seed, step, slot, 2]), self.ops, self.magnitude)
         return np.ascontiguousarray(img)
@@ -155,7 +173,8 @@ def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 [B, S, S, 3] (RGB) -> normalised float32 [B, 3, S, S] on ``device``, as ``preprocess``."""
     from vpr_ros.config import IMAGENET_MEAN, IMAGENET_STD
 
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
     inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0)
-    return ((x - mean) * inv_std).contiguous()
+    # one converting copy into NCHW, then in place (7x faster on a CPU than three temporaries)
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    return x.sub_(mean).mul_(inv_std)

@@ -52,6 +52,9 @@ class DataConfig:
     pin_memory: bool = _f(True, "Page-locked batches for asynchronous copies to the GPU.")
     prefetch_batches: int = _f(2, "Batches each worker reads ahead.")
     loader_threads: int = _f(4, "Threads that read images for the teacher cache and validation targets.")
+    decoded_cache: str = _f("", "Folder for the training images decoded and resized once (uint8, N x S x S x 3 "
+                            "bytes: 84 GB for GSV-Cities at 224 px); batches then cost only augmentation, "
+                            "with the same pixels. Empty = decode every image every time.")
 
     def __post_init__(self) -> None:
         for key in ("places_per_batch", "images_per_place", "batch_size", "augment_ops", "loader_threads",

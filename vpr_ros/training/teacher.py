@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vpr_ros.config import ModelConfig
-from vpr_ros.datasets import fingerprint_files
+from vpr_ros.datasets import check_sidecar, fingerprint_files
 from vpr_ros.errors import CheckpointError, ConfigError
 from vpr_ros.model.checkpoints import load_strict
 from vpr_ros.model.factory import ModelInfo, build_model
@@ -108,13 +108,7 @@ def open_or_build_cache(folder: Path, teacher: PlaceModel, info: ModelInfo, path
     folder.mkdir(parents=True, exist_ok=True)
     npy, meta = folder / f"teacher-{key.digest}.npy", folder / f"teacher-{key.digest}.json"
     if npy.is_file() and meta.is_file():
-        try:
-            recorded = json.loads(meta.read_text())
-        except ValueError as exc:
-            raise CheckpointError(f"{meta}: unreadable teacher cache sidecar ({exc}); delete it to recompute") from None
-        if recorded != key.__dict__:
-            raise CheckpointError(f"{meta}: teacher cache was made from different inputs: {recorded} "
-                                  f"vs {key.__dict__}")
+        check_sidecar(meta, key.__dict__, "teacher cache", "recompute", CheckpointError)
         log.info("teacher outputs: using cache %s", npy)
         return TeacherCache(npy, key)
     log.info("teacher outputs: computing %d images in batches of %d into %s", len(paths), batch, npy)

@@ -37,6 +37,7 @@ from vpr_ros.model.checkpoints import load_strict, read_state_dict
 from vpr_ros.model.factory import ModelInfo, create, load_weights
 from vpr_ros.model.student import PlaceModel
 from vpr_ros.training import distributed
+from vpr_ros.training.decoded_cache import open_or_build
 from vpr_ros.training.batches import BatchLoader, BatchSource, StepBatches, step_loader, to_model_input
 from vpr_ros.training.gsv_cities import read_gsv_cities, read_image_folders, split_places
 from vpr_ros.training.objectives import MultiSimilarity, distillation_mse
@@ -198,7 +199,7 @@ class Trainer:
         if cached and d.augment:
             log.info("teacher outputs are cached for un-augmented images: training without augmentation")
         self.source = BatchSource(self.data.paths, s.model.input_size, s.train.seed, d.augment and not cached,
-                                  d.augment_ops, d.augment_magnitude)
+                                  d.augment_ops, d.augment_magnitude, decoded=self._decoded_cache())
         if teacher is not None:
             self._setup_teacher(*teacher, cached)
 
@@ -207,6 +208,19 @@ class Trainer:
         return self.s.data.images_per_place if isinstance(self.data.plan, PlaceBatches) else 1
 
     # --- set-up -----------------------------------------------------------------------------
+    def _decoded_cache(self) -> Path | None:
+        """The decoded-image cache file (rank 0 builds it while the others wait), or None."""
+        d = self.s.data
+        if not d.decoded_cache:
+            return None
+        if not self.dist.main:
+            distributed.barrier(self.dist)
+        npy = open_or_build(Path(d.decoded_cache), self.data.paths, self.s.model.input_size, d.loader_workers,
+                            self.progress)
+        if self.dist.main:
+            distributed.barrier(self.dist)
+        return npy
+
     def _setup_teacher(self, teacher: PlaceModel, info: ModelInfo, cached: bool) -> None:
         s = self.s
         if self.data.val_images:  # validation targets: un-augmented images in fixed teacher batches
