@@ -120,8 +120,9 @@ def test_bag_to_map_to_localizer_messages_field_by_field(rclpy_context, tmp_path
 def test_map_from_another_model_is_reported_and_the_node_keeps_running(rclpy_context, tmp_path, traversals, params):
     bag1 = write_bag(tmp_path / "t1", traversals[0])
     other = tmp_path / "other.yaml"
-    other.write_text(open(params).read().replace(f"model.seed: {TINY_MODEL['seed']}", "model.seed: 99"))
-    assert "model.seed: 99" in other.read_text()
+    # another model (seed 99), described with the torch backend (no ONNX export of a second model)
+    other.write_text(open(params).read().replace(f"model.seed: {TINY_MODEL['seed']}", "model.seed: 99\n    backend: torch"))
+    assert "model.seed: 99" in other.read_text() and "backend: torch" in other.read_text()
     assert build_map([str(bag1), "--map-dir", str(tmp_path / "map"), "--image-topic", "/camera/image_raw",
                       "--pose-topic", "/odom", "--params-file", str(other)]) == 0
     node, ex = start_localizer(tmp_path / "map")

@@ -134,7 +134,7 @@ def test_killed_save_leaves_previous_map_loadable(tmp_path):
     m.save(tmp_path)
     rng = np.random.default_rng(1)
     size, grew = 3, 0
-    for _ in range(6):
+    for _ in range(4):
         p = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
         assert p.stdout.readline().strip() == "saving"
         time.sleep(float(rng.uniform(0.0, 0.4)))  # a random kill moment, not a synchronisation:
