@@ -194,3 +194,31 @@ def test_tensorrt_modules_type_check_against_tensorrt_stubs(tmp_path):
                        text=True, env={**os.environ, "MYPYPATH": str(stubs)})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Success" in r.stdout
+
+
+def test_processes_started_together_export_a_model_once(tmp_path):
+    """A process that needs the ONNX graph another process is exporting (nodes launched together)
+    waits for that export and uses its file instead of exporting the model a second time."""
+    import subprocess
+    import sys
+
+    from conftest import TINY_MODEL
+    from vpr_ros.runtime.factory import cached_onnx_path, exclusive
+
+    cfg = ModelConfig(**TINY_MODEL)
+    path = cached_onnx_path(cfg, tmp_path)
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+            "from vpr_ros.config import ModelConfig\nfrom vpr_ros.runtime.factory import onnx_for\n"
+            f"print(onnx_for(ModelConfig(**{TINY_MODEL!r}), {str(tmp_path)!r}))")
+    with exclusive(path.with_name(path.name + ".lock"), "test holds the lock"):  # "the other exporter"
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen = []
+        for line in p.stderr:  # until the second process reports that it waits for the lock
+            seen.append(line)
+            if "another process is exporting" in line:
+                break
+        assert seen and "another process is exporting" in seen[-1], "".join(seen)
+        path.write_bytes(b"the graph the first process exported")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert out.strip() == str(path) and "exporting" not in err  # it did not export again

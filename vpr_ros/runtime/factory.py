@@ -9,12 +9,14 @@ configuration and the sha256 of its weight and PCA files).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 from vpr_ros.config import BACKENDS, GpuOptions, ModelConfig, batch_dependent_refusal
 from vpr_ros.errors import BackendUnavailable, CheckpointError, ConfigError
@@ -47,21 +49,48 @@ def export_key(cfg: ModelConfig) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def cached_onnx_path(cfg: ModelConfig, cache_dir: str | Path | None = None) -> Path:
+    """Where the export of ``cfg`` is cached (whether or not it exists yet)."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    return root / "onnx" / f"{cfg.arch}-{cfg.backbone}-{cfg.input_size}-{export_key(cfg)}.onnx"
+
+
 def onnx_for(cfg: ModelConfig, cache_dir: str | Path | None = None) -> Path:
     """The ONNX file of ``cfg``: ``cfg.onnx``, or a cached export (made now if missing)."""
     if cfg.onnx:
         return Path(cfg.onnx)
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    path = root / "onnx" / f"{cfg.arch}-{cfg.backbone}-{cfg.input_size}-{export_key(cfg)}.onnx"
-    if not path.is_file():
-        try:
-            from vpr_ros.export.onnx import export_onnx
-        except ImportError as exc:
-            raise BackendUnavailable(f"no ONNX file for this model and no torch to export one ({exc}); "
-                                     "set model.onnx to a file made by vpr_ros_export") from None
-        log.info("exporting %s to %s (once; cached)", cfg.arch, path)
-        export_onnx(cfg, path)
+    path = cached_onnx_path(cfg, cache_dir)
+    if path.is_file():
+        return path
+    try:
+        from vpr_ros.export.onnx import export_onnx
+    except ImportError as exc:
+        raise BackendUnavailable(f"no ONNX file for this model and no torch to export one ({exc}); "
+                                 "set model.onnx to a file made by vpr_ros_export") from None
+    with exclusive(path.with_name(path.name + ".lock"), f"another process is exporting {path.name}; waiting for it"):
+        if not path.is_file():  # nodes started together export a model once
+            log.info("exporting %s to %s (once; cached)", cfg.arch, path)
+            export_onnx(cfg, path)
     return path
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, waiting: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` (created if absent) for the block; when another
+    process holds it, log ``waiting`` once and block until it is released."""
+    import fcntl
+
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+b") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(waiting)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _open(name: str, cfg: ModelConfig, device: str, cache_dir: str | Path | None,
