@@ -207,17 +207,20 @@ class TrainSettings:
         return yaml.safe_dump(d, sort_keys=False)
 
     def __post_init__(self) -> None:
-        if self.train.student_from_teacher:
-            m, t = self.model, self.teacher
-            why = ("stage '{0}' has no teacher".format(self.stage) if not self.uses_teacher else
-                   f"model.arch is '{m.arch}', not 'scicevpr'" if m.arch != "scicevpr" else
-                   f"teacher.arch is '{t.arch}', not 'super_cricavpr'" if t.arch != "super_cricavpr" else
-                   f"model.backbone '{m.backbone}' differs from teacher.backbone '{t.backbone}'"
-                   if m.backbone != t.backbone else
-                   f"model.input_size {m.input_size} differs from teacher.input_size {t.input_size}"
-                   if m.input_size != t.input_size else
-                   "model.weights is set too (the student's start would come from two places)" if m.weights else "")
-            if why:
+        if not self.train.student_from_teacher:
+            return
+        m, t = self.model, self.teacher
+        problems = [
+            (not self.uses_teacher, f"stage '{self.stage}' has no teacher"),
+            (m.arch != "scicevpr", f"model.arch is '{m.arch}', not 'scicevpr'"),
+            (t.arch != "super_cricavpr", f"teacher.arch is '{t.arch}', not 'super_cricavpr'"),
+            (m.backbone != t.backbone, f"model.backbone '{m.backbone}' differs from teacher.backbone '{t.backbone}'"),
+            (m.input_size != t.input_size,
+             f"model.input_size {m.input_size} differs from teacher.input_size {t.input_size}"),
+            (bool(m.weights), "model.weights is set too (the student's start would come from two places)"),
+        ]
+        for bad, why in problems:
+            if bad:
                 raise ConfigError(f"train.student_from_teacher: {why}")
 
     @property
