@@ -47,7 +47,10 @@ def test_two_processes_train_like_one_and_resume_in_one(gsv_small, tmp_path):
                                      "train.log_every=1", "train.val_every=2", "train.checkpoint_every=2",
                                      "optim.lr=1e-3", "optim.milestones=[]", "train.device=cpu", "train.dropout=0")]
     finetune([*common, "--run-dir", str(tmp_path / "one"), *sets("train.steps=4")], 1)
-    finetune([*common, "--run-dir", str(tmp_path / "two"), *sets("train.steps=2")], 2)
+    # the 2-process run also reads a decoded-image cache (local rank 0 builds it, rank 1 waits)
+    dec = tmp_path / "dec"
+    finetune([*common, "--run-dir", str(tmp_path / "two"), *sets("train.steps=2", f"data.decoded_cache={dec}")], 2)
+    assert len(list(dec.glob("images-*.npy"))) == 1 and not list(dec.glob(".*"))
     two = dict(metrics(tmp_path / "two", "train", "loss"))
     assert sorted(two) == [1, 2]  # rank 0 alone writes the log, once per step
     finetune(["--resume", str(tmp_path / "two"), "--no-progress", *sets("train.steps=4")], 1)

@@ -176,5 +176,6 @@ def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
     inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0)
     # one converting copy into NCHW, then in place (7x faster on a CPU than three temporaries)
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    x = x.to(torch.float32, memory_format=torch.contiguous_format)
     return x.sub_(mean).mul_(inv_std)

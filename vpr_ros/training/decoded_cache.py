@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -100,7 +101,7 @@ def open_or_build(folder: Path, paths: Sequence[Path], size: int, workers: int =
         raise ConfigError(f"data.decoded_cache: {key.count} images at {size} px need {need / 1e9:.3g} GB, "
                           f"{folder} has {free / 1e9:.3g} GB free")
     log.info("decoded images: decoding %d images once into %s (%.3g GB)", key.count, npy, need / 1e9)
-    tmp = npy.with_name(f".{npy.name}.tmp-{os.getpid()}.npy")
+    tmp = npy.with_name(f".{npy.name}.tmp-{socket.gethostname()}-{os.getpid()}.npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(key.count, size, size, 3))
     from vpr_ros.training.batches import step_loader
 

@@ -9,6 +9,7 @@ with gradients flowing back to the rank that computed each descriptor.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,12 @@ def from_environment() -> DistInfo:
     return DistInfo(rank, world, local)
 
 
+#: How long a collective may wait: the other ranks wait at a barrier while rank 0 builds the
+#: teacher or decoded-image cache (minutes to tens of minutes on GSV-Cities), longer than
+#: the NCCL default of 10 minutes.
+SETUP_TIMEOUT = datetime.timedelta(hours=2)
+
+
 def start(info: DistInfo, device: torch.device) -> None:
     """Join the process group (NCCL on CUDA, gloo on the CPU); no-op for one process."""
     import torch.distributed as dist
@@ -58,7 +65,7 @@ def start(info: DistInfo, device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=info.rank, world_size=info.world,
-                            **({"device_id": device} if device.type == "cuda" else {}))
+                            timeout=SETUP_TIMEOUT, **({"device_id": device} if device.type == "cuda" else {}))
 
 
 def stop(info: DistInfo) -> None:

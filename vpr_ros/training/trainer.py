@@ -209,15 +209,18 @@ class Trainer:
 
     # --- set-up -----------------------------------------------------------------------------
     def _decoded_cache(self) -> Path | None:
-        """The decoded-image cache file (rank 0 builds it while the others wait), or None."""
+        """The decoded-image cache file, or None. The first process of each node builds it while
+        the others wait (the folder may be a node's local disk; on a shared one the builds of
+        several nodes write the same content and the last rename wins)."""
         d = self.s.data
         if not d.decoded_cache:
             return None
-        if not self.dist.main:
+        builder = self.dist.local_rank == 0
+        if not builder:
             distributed.barrier(self.dist)
         npy = open_or_build(Path(d.decoded_cache), self.data.paths, self.s.model.input_size, d.loader_workers,
                             self.progress)
-        if self.dist.main:
+        if builder:
             distributed.barrier(self.dist)
         return npy
 
