@@ -57,14 +57,17 @@ class DescriptorBackend(abc.ABC):
 
     def infer_local(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """float32 [N, 3, S, S] -> (descriptors [N, D], dense local features [N, P, C], L2-normalised)."""
+        if not self.has_local:
+            from vpr_ros.errors import BackendUnavailable
+
+            raise BackendUnavailable(f"backend '{self.name}' gives no dense local features (re-export the model "
+                                     "with vpr_ros_export, or use verification.features 'sift' / 'orb')")
         desc, local = self._infer_local(self.check_input(batch))
         return np.ascontiguousarray(desc, dtype=np.float32), np.ascontiguousarray(local, dtype=np.float32)
 
     def _infer_local(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from vpr_ros.errors import BackendUnavailable
-
-        raise BackendUnavailable(f"backend '{self.name}' gives no dense local features (re-export the model with "
-                                 "vpr_ros_export, or use verification.features 'sift' / 'orb')")
+        """Called only when :attr:`has_local` is true."""
+        raise NotImplementedError
 
     def close(self) -> None:
         """Release resources (idempotent)."""

@@ -125,8 +125,6 @@ class CudaGraphBackend(DescriptorBackend):
         return self._local
 
     def _infer_local(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not self._local:
-            return super()._infer_local(batch)
         d, local = self._replay(batch, True)
         assert local is not None
         return d, local

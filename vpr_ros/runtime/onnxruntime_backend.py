@@ -78,8 +78,6 @@ class OnnxRuntimeBackend(DescriptorBackend):
         return self._local
 
     def _infer_local(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not self._local:
-            return super()._infer_local(batch)
         d, local = self.session.run([OUTPUT, LOCAL_OUTPUT], {INPUT: batch})
         return d, local
 

@@ -214,8 +214,6 @@ class TensorRTBackend(DescriptorBackend):
         return LOCAL_OUTPUT in self._state.get("host", {})
 
     def _infer_local(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not self.has_local:
-            return super()._infer_local(batch)
         parts = [self._call(self._run, batch[i:i + self.max_batch], True)
                  for i in range(0, batch.shape[0], self.max_batch)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
