@@ -53,6 +53,11 @@ def test_int8_graph_has_qdq_nodes_keeps_identity_and_passes_the_gate(fp32_graph,
     with OnnxRuntimeBackend(fp32_graph) as f, OnnxRuntimeBackend(q) as b:
         assert b.model_id == f.model_id and b.has_local  # maps built with FP32 stay usable
         result = compare(f, b, images[16:], "int8", source)
+    # Q/DQ is judged CPU-independently: a TensorRT graph as written (simulated), a CPU graph with
+    # 7-bit weights (no 16-bit saturation without VNNI). Measured on this graph: descriptor cosine
+    # min 0.9953 (tensorrt) / 0.9971 (cpu), identical on an AVX-512 VNNI CPU and an emulated
+    # AVX2-only one (qemu -cpu Haswell); the fused 8-bit kernels gave 0.9779 on the AVX2 CPU.
+    assert b.describe()["int8"] == ("simulated" if target == "tensorrt" else "integer kernels")
     assert result.passed and result.descriptor_cos_min > 0.98, result.summary()
 
 

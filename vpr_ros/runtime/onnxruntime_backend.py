@@ -60,6 +60,14 @@ class OnnxRuntimeBackend(DescriptorBackend):
             raise EngineBuildError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: "
                                    f"{str(exc).splitlines()[0][:300]})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
+        #: 'simulated' for a TensorRT-target INT8 graph (Q/DQ evaluated as written, in float: the
+        #: numbers TensorRT computes, on any CPU), 'integer kernels' for a CPU-target one, '' for float
+        self.qdq = {"tensorrt": "simulated", "cpu": "integer kernels"}.get(meta.get("vpr_ros.int8_target", ""), "")
+        if self.qdq == "simulated":
+            # ONNX Runtime would fuse the Q/DQ pairs into its own integer kernels, whose results depend
+            # on the CPU (16-bit saturation without VNNI); TensorRT accumulates in int32 exactly
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         try:
             ident = read_identity(meta, str(path))
         except KeyError as exc:
@@ -85,4 +93,5 @@ class OnnxRuntimeBackend(DescriptorBackend):
         self.session = None  # type: ignore[assignment]
 
     def describe(self) -> dict:
-        return {**super().describe(), "onnx": str(self.path), "providers": self.providers}
+        return {**super().describe(), "onnx": str(self.path), "providers": self.providers,
+                **({"int8": self.qdq} if self.qdq else {})}
