@@ -47,15 +47,31 @@ def good_map():
     shutil.rmtree(root, ignore_errors=True)
 
 
+V1_MAP = Path(__file__).resolve().parent / "fixtures" / "map_v1" / "flat"  # written by vpr_ros v0.3 itself
+V1_MODEL = ModelIdentity("fixture-model", "ef" * 32, 56, 8)
+
+
+def _target(good_map: Path, which: str) -> tuple[Path, Path, ModelIdentity]:
+    """(map copy, file in it to damage, its model): 'manifest' / 'store' of a format-2 map, or
+    'v1 manifest' / 'v1 index' / 'v1 keyframes' of the format-1 fixture."""
+    if which.startswith("v1 "):
+        d = _copy(V1_MAP)
+        f = {"v1 manifest": d / MANIFEST, "v1 index": next(d.glob("index.*")),
+             "v1 keyframes": next(d.glob("keyframes.*"))}[which]
+        return d, f, V1_MODEL
+    d = _copy(good_map)
+    return d, {"manifest": d / MANIFEST, "store": next(d.glob("map-*.sqlite"))}[which], MODEL
+
+
 def _copy(src: Path) -> Path:
     dst = Path(tempfile.mkdtemp(prefix="vpr_fuzz_case_")) / "map #1 ?%"  # awkward characters on purpose
     shutil.copytree(src, dst)
     return dst
 
 
-def _load_or_domain_error(path: Path) -> None:
+def _load_or_domain_error(path: Path, model: ModelIdentity = MODEL) -> None:
     try:
-        vmap = VprMap.load(path, expect=MODEL)
+        vmap = VprMap.load(path, expect=model)
     except MapError:
         return
     assert len(vmap) == len(vmap.keyframes)  # a benign corruption: the map is still consistent
@@ -63,26 +79,25 @@ def _load_or_domain_error(path: Path) -> None:
 
 
 @FUZZ
-@given(which=st.sampled_from(["manifest", "index", "keyframes"]), cut=st.floats(0.0, 1.0))
+@given(which=st.sampled_from(["manifest", "store", "v1 manifest", "v1 index", "v1 keyframes"]),
+       cut=st.floats(0.0, 1.0))
 def test_truncated_map_files(good_map, which, cut):
-    d = _copy(good_map)
-    f = {"manifest": d / MANIFEST, "index": next(d.glob("index.*")), "keyframes": next(d.glob("keyframes.*"))}[which]
+    d, f, model = _target(good_map, which)
     data = f.read_bytes()
     f.write_bytes(data[: int(len(data) * cut)])
-    _load_or_domain_error(d)
+    _load_or_domain_error(d, model)
 
 
 @FUZZ
-@given(which=st.sampled_from(["manifest", "index", "keyframes"]),
+@given(which=st.sampled_from(["manifest", "store", "v1 manifest", "v1 index", "v1 keyframes"]),
        flips=st.lists(st.tuples(st.floats(0.0, 1.0, exclude_max=True), st.integers(1, 255)), min_size=1, max_size=8))
 def test_bytes_flipped_in_map_files(good_map, which, flips):
-    d = _copy(good_map)
-    f = {"manifest": d / MANIFEST, "index": next(d.glob("index.*")), "keyframes": next(d.glob("keyframes.*"))}[which]
+    d, f, model = _target(good_map, which)
     data = bytearray(f.read_bytes())
     for where, xor in flips:
         data[int(where * len(data))] ^= xor
     f.write_bytes(bytes(data))
-    _load_or_domain_error(d)
+    _load_or_domain_error(d, model)
 
 
 @FUZZ
@@ -108,12 +123,12 @@ def test_replaced_manifests(good_map, manifest):
                        st.binary(max_size=4), st.integers(-5, 100)))
 def test_bad_values_in_the_keyframe_table(good_map, row, column, value):
     d = _copy(good_map)
-    con = sqlite3.connect(str(next(d.glob("keyframes.*"))))
+    con = sqlite3.connect(str(next(d.glob("map-*.sqlite"))))
     try:
         con.execute(f"UPDATE keyframes SET {column} = ? WHERE id = ?", (value, row))
         con.commit()
     except sqlite3.IntegrityError:
-        return  # the table's own constraints refused it (NOT NULL stamp, unique id)
+        return  # the table's own constraints refused it (NOT NULL columns, unique id)
     finally:
         con.close()
     _load_or_domain_error(d)
@@ -125,7 +140,7 @@ def test_bad_values_in_the_keyframe_table(good_map, row, column, value):
        value=st.one_of(st.none(), st.text(max_size=4), st.binary(max_size=40), st.integers(-5, 5000)))
 def test_bad_values_in_the_local_features_table(good_map, row, column, value):
     d = _copy(good_map)
-    con = sqlite3.connect(str(next(d.glob("keyframes.*"))))
+    con = sqlite3.connect(str(next(d.glob("map-*.sqlite"))))
     try:
         con.execute(f"UPDATE local_features SET {column} = ? WHERE id = ?", (value, row))
         con.commit()

@@ -33,17 +33,17 @@ def _corrupt(map_dir, how):
     elif how == "truncated manifest":
         text = (map_dir / MANIFEST).read_text()
         (map_dir / MANIFEST).write_text(text[: len(text) // 3])
-    else:  # a NULL / text / NaN pose in the keyframe table
-        value = {"NULL pose": None, "text pose": "north", "NaN pose": float("nan")}[how]
-        con = sqlite3.connect(str(next(map_dir.glob("keyframes.*"))))
+    else:  # a changed, text or infinite pose value in the keyframe table (a NULL is refused by its schema)
+        value = {"changed pose": 99.0, "text pose": "north", "infinite pose": float("inf")}[how]
+        con = sqlite3.connect(str(next(map_dir.glob("map-*.sqlite"))))
         con.execute("UPDATE keyframes SET x = ? WHERE id = 3", (value,))
         con.commit()
         con.close()
 
 
-BAD_MAPS = ["binary manifest", "truncated manifest", "NULL pose", "text pose", "NaN pose"]
-EXPECTED = {"binary manifest": "not UTF-8", "truncated manifest": "truncated", "NULL pose": "keyframe 3",
-            "text pose": "keyframe 3", "NaN pose": "keyframe 3"}
+BAD_MAPS = ["binary manifest", "truncated manifest", "changed pose", "text pose", "infinite pose"]
+EXPECTED = {"binary manifest": "not UTF-8", "truncated manifest": "manifest.yaml", "changed pose": "keyframe 3",
+            "text pose": "keyframe 3", "infinite pose": "keyframe 3"}
 
 
 @pytest.mark.parametrize("how", BAD_MAPS)
@@ -84,7 +84,7 @@ def test_localizer_survives_corrupt_maps_at_start_and_on_reload(rclpy_context, t
 
         node.set_parameters([Parameter("map_dir", value=str(good))])
         assert p.spin_until(lambda: node.loaded_map_dir == str(good), 20)
-        _corrupt(good, "NULL pose")  # the file on disk goes bad while its map is in use
+        _corrupt(good, "changed pose")  # the file on disk goes bad while its map is in use
         res = call_trigger(client, "vpr/reload_map")
         assert not res.success and "keyframe 3" in res.message and f"still using {good}" in res.message
         st, _ = last_diag(p)

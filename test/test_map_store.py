@@ -1,4 +1,6 @@
-"""Map directory: round trip, validation, refusal of foreign maps, atomic saves."""
+"""Map directory: round trip, validation, refusal of foreign maps, saves that a kill cannot break.
+(Durability, the writer lock, readers racing a writer, checksums and format-1 maps:
+test_map_durability.py.)"""
 from __future__ import annotations
 
 import os
@@ -45,21 +47,24 @@ def test_round_trip_preserves_everything(tmp_path):
     assert np.array_equal(i1, i2) and np.allclose(s1, s2)
     assert np.array_equal(i2[:, 0], np.arange(5))  # each vector finds itself: ids are index ids
     manifest = yaml.safe_load((tmp_path / "map" / "manifest.yaml").read_text())
-    for key in ("format_version", "model", "count", "metric", "index_type", "map_frame", "source", "created"):
-        assert key in manifest
-    assert manifest["model"]["model_id"] == "test-model" and manifest["count"] == 5
+    assert manifest["format_version"] == 2 and manifest["store"] == f"map-{back.manifest.store_id}.sqlite"
+    m2 = VprMap.read_manifest(tmp_path / "map")
+    assert (m2.model, m2.count, m2.metric, m2.index_type, m2.map_frame, m2.source) == \
+        (MODEL, 5, "inner_product", "flat", "map", "unit test")
 
 
-def test_append_and_resave_replaces_generation(tmp_path):
+def test_append_and_resave_extends_the_same_store(tmp_path):
     m, _ = make_map(3)
     m.save(tmp_path)
     back = VprMap.load(tmp_path)
     ids = back.add(unit(2, seed=5), [Keyframe(stamp=9.0 + i, pose=planar_pose(0, 0)) for i in range(2)])
     assert ids == [3, 4]
     back.save(tmp_path)
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["index.2.faiss", "keyframes.2.sqlite", "manifest.yaml"]
-    assert len(VprMap.load(tmp_path)) == 5
+    names = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm")))
+    assert names == ["manifest.yaml", f"map-{back.manifest.store_id}.sqlite", "writer.lock"]
+    again = VprMap.load(tmp_path)
+    assert len(again) == 5 and again.manifest.generation == back.manifest.generation
+    assert [k.stamp for k in again.keyframes] == [0.0, 1.0, 2.0, 9.0, 10.0]
 
 
 def test_refuses_map_of_another_model(tmp_path):
@@ -75,26 +80,28 @@ def test_refuses_map_of_another_model(tmp_path):
 def test_corrupt_maps_give_clear_errors(tmp_path):
     m, _ = make_map()
     m.save(tmp_path)
-    idx = tmp_path / "index.1.faiss"
-    idx.write_bytes(idx.read_bytes()[:40])
-    with pytest.raises(MapError, match=r"index\.1\.faiss: cannot read faiss index"):
+    store = next(tmp_path.glob("map-*.sqlite"))
+    good = store.read_bytes()
+    store.write_bytes(b"not a database at all" * 10)
+    with pytest.raises(MapError, match=r"map-.*\.sqlite: cannot open the map database"):
         VprMap.load(tmp_path)
-    m.save(tmp_path)
-    (tmp_path / "keyframes.2.sqlite").write_bytes(b"not a database at all" * 10)
-    with pytest.raises(MapError, match="keyframe table"):
+    store.write_bytes(good[:4096 + 100])
+    with pytest.raises(MapError, match=r"map-.*\.sqlite"):
         VprMap.load(tmp_path)
-    m.save(tmp_path)
+    store.write_bytes(good)
     mf = tmp_path / "manifest.yaml"
     d = yaml.safe_load(mf.read_text())
-    d["format_version"] = 99
-    mf.write_text(yaml.safe_dump(d))
-    with pytest.raises(MapError, match="format version 99"):
+    mf.write_text(yaml.safe_dump({**d, "format_version": 99}))
+    with pytest.raises(MapError, match="format version 99 is not supported"):
         VprMap.load(tmp_path)
-    d["format_version"] = 1
-    d["count"] = 6
-    mf.write_text(yaml.safe_dump(d))
-    with pytest.raises(MapError, match="size mismatch"):
+    mf.write_text(yaml.safe_dump({**d, "store": "map-000000000000.sqlite"}))
+    with pytest.raises(MapError, match="store named by the manifest is missing"):
         VprMap.load(tmp_path)
+    mf.write_text(yaml.safe_dump({**d, "store": "../elsewhere.sqlite"}))
+    with pytest.raises(MapError, match="holds format_version, store"):
+        VprMap.load(tmp_path)
+    mf.write_text(yaml.safe_dump(d))
+    assert len(VprMap.load(tmp_path)) == 5
     with pytest.raises(MapError, match="not a map directory"):
         VprMap.load(tmp_path / "nowhere")
 
@@ -145,8 +152,7 @@ def test_killed_save_leaves_previous_map_loadable(tmp_path):
         grew += len(loaded) > size
         size = len(loaded)
         assert loaded.search(unit(1, d=256), 1)[1].shape == (1, 1)
-    loaded.save(tmp_path)  # a later save clears temp files a killed writer left behind
-    assert sorted(f.name for f in Path(tmp_path).iterdir())[-1] == "manifest.yaml"
+    VprMap.open_writer(tmp_path).close()  # the next writer clears what a killed one left behind
     assert not [f for f in Path(tmp_path).iterdir() if f.name.startswith(".")]
 
 
@@ -162,6 +168,8 @@ def test_index_types_round_trip_append_and_search(tmp_path, kind):
     m.save(tmp_path)
     back = VprMap.load(tmp_path, expect=ident)
     assert back.manifest.index_type == kind and len(back) == 3000
+    assert back.notes == []  # a trained index is read from its snapshot, not rebuilt
+    assert bool(list(tmp_path.glob("index-*.faiss"))) == (kind != "flat")
     ids = back.add(unit(2, d=32, seed=9), [Keyframe(9e3 + i, planar_pose(0, 0)) for i in range(2)])
     assert ids == [3000, 3001]  # appends get the ids the index returns
     _, found = back.search(x[:200], 1)
@@ -196,4 +204,6 @@ def test_map_info_command(tmp_path, capsys):
     assert main([str(tmp_path / "map")]) == 0
     out = capsys.readouterr().out
     assert "test-model" in out and "5 x 8" in out and "cam0 (5)" in out and "with GPS      2" in out
+    assert "(format 2, generation 1," in out and "writer        none" in out and "pending       0" in out
+    assert "checksums     OK: metadata, 5 keyframe rows" in out
     assert main([str(tmp_path / "nowhere")]) == 2

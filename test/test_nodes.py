@@ -17,7 +17,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from vpr_ros.mapping.map_store import VprMap  # noqa: E402
+from vpr_ros.mapping.map_store import Keyframe, VprMap  # noqa: E402
 from vpr_ros.ros.conversions import pose_msg, rgb_to_image, sec_to_stamp  # noqa: E402
 from vpr_ros.ros.player import QueryPlayer  # noqa: E402
 
@@ -319,14 +319,29 @@ def call_trigger(client, name, timeout=20):
     return fut.result()
 
 
-def test_localizer_save_and_reload_services(localizer, built_map):
+def test_localizer_never_writes_a_map_and_reloads_a_newer_one(localizer, built_map, tiny_backend, traversals):
+    """The trial's case: another writer extended the map after the localizer loaded it; the
+    localizer's save must not put the older map back (it never writes a map at all)."""
+    from vpr_ros.mapping.builder import MapBuilder
+    from vpr_ros.config import KeyframeConfig
+
     client = rclpy.create_node("test_service_client")
     try:
-        before = VprMap.load(built_map).manifest.generation
-        for name in ("vpr/save_map", "vpr/reload_map"):
-            res = call_trigger(client, name)
-            assert res.success, (name, res.message)
-        assert VprMap.load(built_map).manifest.generation == before + 1
+        before = VprMap.load(built_map)
+        res = call_trigger(client, "vpr/save_map")
+        assert res.success and "nothing to save" in res.message, res.message
+        assert VprMap.load(built_map).manifest.generation == before.manifest.generation  # nothing written
+        w = VprMap.open_writer(built_map)  # e.g. vpr_ros_build_map --append, or a map builder
+        b = MapBuilder(tiny_backend, KeyframeConfig(), base=w)
+        desc, feats = b.encode([traversals[1].images[0]])
+        b.add_encoded(desc, [Keyframe(5000.0, tuple(traversals[1].poses[0]))], feats)
+        w.close()
+        res = call_trigger(client, "vpr/save_map")
+        assert not res.success and "newer than the loaded one" in res.message and "reload_map" in res.message
+        assert len(VprMap.load(built_map)) == len(before) + 1  # the new keyframe is still there
+        res = call_trigger(client, "vpr/reload_map")
+        assert res.success and f"{len(before) + 1} keyframes" in res.message
+        assert call_trigger(client, "vpr/save_map").success
     finally:
         client.destroy_node()
 

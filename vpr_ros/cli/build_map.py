@@ -54,12 +54,19 @@ def _from_bag(builder: MapBuilder, bag: Path, a: argparse.Namespace, max_pose_ag
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vpr_ros_build_map", description=__doc__.splitlines()[0])
-    ap.add_argument("source", help="folder of images, or a rosbag2 directory (.db3 / .mcap)")
+    ap = argparse.ArgumentParser(prog="vpr_ros_build_map", description=__doc__.splitlines()[0],
+                                 epilog="--map-dir semantics: a new directory gets a new map; an existing map is "
+                                        "replaced when the build succeeds (all or nothing), or extended with "
+                                        "--append (one transaction: all or nothing); a map that cannot be read is "
+                                        "never replaced; a map another process is writing is refused. --finish "
+                                        "encodes the keyframes a stopped or killed map_builder node left pending.")
+    ap.add_argument("source", nargs="?", default="", help="folder of images, or a rosbag2 directory (.db3 / .mcap)")
     ap.add_argument("--map-dir", required=True, help="output map directory")
     ap.add_argument("--poses", default="", help="poses CSV (default: coordinates in the file names)")
     ap.add_argument("--params-file", default="", help="map_builder params YAML (model, keyframes)")
     ap.add_argument("--append", action="store_true", help="extend an existing map in --map-dir")
+    ap.add_argument("--finish", action="store_true",
+                    help="encode the pending keyframes of --map-dir (left by a stopped map_builder node); no source")
     ap.add_argument("--image-topic", default="", help="bag: image topic (Image or CompressedImage)")
     ap.add_argument("--pose-topic", default="", help="bag: Odometry / PoseStamped topic giving poses")
     ap.add_argument("--trajectory", default="", help="bag: TUM or CSV trajectory file instead of a pose topic")
@@ -70,20 +77,42 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         cfg = load_node_config(a.params_file or None, "map_builder", MAP_BUILDER_SECTIONS)
-        source = Path(a.source)
-        is_bag = (source / "metadata.yaml").is_file() or source.suffix in (".db3", ".mcap")
-        if not source.exists():
-            raise DatasetError(f"{source}: no such folder or bag")
-        if Path(a.map_dir).exists() and not Path(a.map_dir).is_dir():
-            raise DatasetError(f"--map-dir {a.map_dir}: exists and is not a directory")
-        if not a.append and (Path(a.map_dir) / "manifest.yaml").is_file():
-            print(f"vpr_ros_build_map: {a.map_dir} holds a map; it is replaced only if this build succeeds "
-                  "(use --append to extend it)")
-        from vpr_ros.runtime.factory import open_backend
+        if a.finish:
+            if a.source or a.append:
+                raise DatasetError("--finish takes only --map-dir (and --params-file for the model)")
+            return _finish(cfg, Path(a.map_dir))
+        if not a.source:
+            raise DatasetError("give a source folder or bag (or --finish)")
+        return _build(cfg, a)
+    except VprError as exc:
+        print(f"vpr_ros_build_map: error: {exc}", file=sys.stderr)
+        return 2
 
-        with open_backend(cfg[""].backend, cfg["model"], cfg[""].device,
-                          cfg[""].engine_cache_dir or None) as backend:
-            base = VprMap.load(a.map_dir) if a.append else None
+
+def _build(cfg: dict, a: argparse.Namespace) -> int:  # type: ignore[type-arg]
+    from vpr_ros.mapping.map_store import MANIFEST, ModelIdentity, hold_writer_lock
+    from vpr_ros.runtime.factory import open_backend
+
+    source, root = Path(a.source), Path(a.map_dir)
+    is_bag = (source / "metadata.yaml").is_file() or source.suffix in (".db3", ".mcap")
+    if not source.exists():
+        raise DatasetError(f"{source}: no such folder or bag")
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"--map-dir {root}: exists and is not a directory")
+    had_map = (root / MANIFEST).is_file()
+    if had_map and not a.append:
+        VprMap.read_manifest(root)  # a map that cannot be read is refused here, never replaced
+        print(f"vpr_ros_build_map: {root} holds a map; it is replaced only if this build succeeds "
+              "(use --append to extend it)")
+    created = not root.exists()
+    lock = None
+    base = None
+    try:
+        with open_backend(cfg[""].backend, cfg["model"], cfg[""].device, cfg[""].engine_cache_dir or None) as backend:
+            if a.append:  # the writer lock from now on; the additions are one transaction at the end
+                base = VprMap.open_writer(root, ModelIdentity.of_backend(backend), durable=False)
+            else:
+                lock = hold_writer_lock(root)
             intrinsics = None
             if a.camera_info_topic or a.depth_topic:
                 if not is_bag:
@@ -105,16 +134,45 @@ def main(argv: list[str] | None = None) -> int:
                 n = len(frames)
                 ids = builder.add_many(frames, progress=True)
             if not ids:
-                kept = (f"; the existing map in {a.map_dir} is unchanged"
-                        if (Path(a.map_dir) / "manifest.yaml").is_file() else "")
+                kept = f"; the existing map in {root} is unchanged" if had_map else ""
                 raise DatasetError(f"{a.source}: no keyframe was built from {n} images (no image had a pose, "
                                    f"or none passed the keyframe rules); nothing saved{kept}")
-            builder.save(a.map_dir)
-        print(f"vpr_ros_build_map: {len(ids)} keyframes from {n} images -> {a.map_dir}")
-        return 0
-    except VprError as exc:
-        print(f"vpr_ros_build_map: error: {exc}", file=sys.stderr)
-        return 2
+            builder.save(root, replace_existing=not a.append, lock=lock)
+    finally:
+        if base is not None:
+            base.close()
+        if lock is not None:
+            lock.release()
+        if created and root.is_dir() and not (root / MANIFEST).exists():
+            for f in root.iterdir():  # a failed first build leaves no directory behind
+                if f.name == "writer.lock" or (f.name.startswith(".") and ".tmp-" in f.name):
+                    f.unlink(missing_ok=True)
+            if not any(root.iterdir()):
+                root.rmdir()
+    print(f"vpr_ros_build_map: {len(ids)} keyframes from {n} images -> {root}")
+    return 0
+
+
+def _finish(cfg: dict, root: Path) -> int:  # type: ignore[type-arg]
+    """Encode a map's pending keyframes with the model of the params file."""
+    from vpr_ros.mapping.map_store import ModelIdentity
+    from vpr_ros.runtime.factory import open_backend
+
+    VprMap.read_manifest(root)
+    with open_backend(cfg[""].backend, cfg["model"], cfg[""].device, cfg[""].engine_cache_dir or None) as backend:
+        vmap = VprMap.open_writer(root, ModelIdentity.of_backend(backend), durable=True)
+        try:
+            builder = MapBuilder(backend, cfg["keyframes"], base=vmap, index=cfg["index"],
+                                 verification=cfg["verification"])
+            added, dropped = builder.finish_pending(progress=True)
+            builder.save()
+        finally:
+            vmap.close()
+    for reason in dropped:
+        print(f"vpr_ros_build_map: dropped {reason}", file=sys.stderr)
+    print(f"vpr_ros_build_map: {added} pending keyframe(s) encoded -> {root} ({len(vmap)} keyframes)"
+          + (f"; {len(dropped)} could not be decoded and were dropped" if dropped else ""))
+    return 0
 
 
 if __name__ == "__main__":

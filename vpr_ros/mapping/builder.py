@@ -13,13 +13,14 @@ import numpy as np
 
 from vpr_ros.config import IndexConfig, KeyframeConfig, VerificationConfig
 from vpr_ros.mapping.index import choose_type
-from vpr_ros.errors import MapError
+from vpr_ros.errors import ImageError, MapError
 from vpr_ros.mapping.keyframes import KeyframeSelector
 from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
 from vpr_ros.runtime.base import DescriptorBackend
 from vpr_ros.runtime.preprocess import preprocess_batch
 
 if TYPE_CHECKING:
+    from vpr_ros.mapping.store.pending import PendingFrame
     from vpr_ros.verification.features import CameraIntrinsics, LocalFeatures
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,58 @@ class MapBuilder:
         return f
 
     def add_encoded(self, desc: np.ndarray, kfs: list[Keyframe],
-                    feats: "list[LocalFeatures | None] | None" = None) -> list[int]:
-        """Add keyframes whose descriptors [N, D] (and local features) are already computed."""
-        return self._add(desc, kfs, feats)
+                    feats: "list[LocalFeatures | None] | None" = None, pending: Sequence[int] = ()) -> list[int]:
+        """Add keyframes whose descriptors [N, D] (and local features) are already computed; on a
+        durable map the ``pending`` frames they were encoded from are deleted in the same commit."""
+        return self._add(desc, kfs, feats, pending)
+
+    def encode_frame(self, frame: "PendingFrame") -> "tuple[np.ndarray, list[LocalFeatures | None]]":
+        """Descriptor [1, D] and local features of an accepted keyframe stored before encoding (its
+        raw image, aligned depth and camera model, as the node received them)."""
+        rgb = frame.image.rgb()
+        intr = frame.intrinsics
+        if intr is not None and (intr.width, intr.height) != (rgb.shape[1], rgb.shape[0]):
+            intr = None
+        depth = None
+        if frame.depth is not None and intr is not None:
+            try:
+                depth = frame.depth.depth_metres()
+            except ImageError as exc:  # the keyframe is kept, without 3-D points
+                log.warning("keyframe at %.3f: depth image not used: %s", frame.keyframe.stamp, exc)
+            if depth is not None and depth.shape != rgb.shape[:2]:
+                depth = None
+        return self.encode([rgb], [depth], intr)
+
+    def encode_pending(self, frame: "PendingFrame") -> int:
+        """Encode a pending keyframe and add it in place of its pending entry; returns its map id."""
+        desc, feats = self.encode_frame(frame)
+        return self._add(desc, [frame.keyframe], feats, [frame.seq])[0]
+
+    def finish_pending(self, progress: bool = False) -> tuple[int, list[str]]:
+        """Encode every pending keyframe of a writer's map (left by a node that was stopped or
+        killed before encoding them); a frame whose data cannot be decoded is dropped with the
+        reason. Returns (keyframes added, reasons of the dropped)."""
+        seqs = self.map.pending_frames()
+        added, dropped = 0, []
+        bar = None
+        if progress and seqs:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(seqs), desc="encoding pending keyframes", unit="kf")
+        try:
+            for seq in seqs:
+                try:
+                    self.encode_pending(self.map.read_pending(seq))
+                    added += 1
+                except ImageError as exc:
+                    self.map.drop_pending(seq)
+                    dropped.append(f"pending keyframe {seq}: {exc}")
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return added, dropped
 
     def consider_novel(self, desc: np.ndarray, kf: Keyframe, feats: "LocalFeatures | None" = None) -> int | None:
         """Appearance trigger for a frame the motion rules rejected: add it if it is novel."""
@@ -110,8 +160,9 @@ class MapBuilder:
         return self._add(desc, [kf], [feats])[0]
 
     def _add(self, desc: np.ndarray, kfs: list[Keyframe],
-             feats: "Sequence[LocalFeatures | None] | None" = None) -> list[int]:
-        ids = self.map.add(desc, kfs, feats if feats is not None and any(f is not None for f in feats) else None)
+             feats: "Sequence[LocalFeatures | None] | None" = None, pending: Sequence[int] = ()) -> list[int]:
+        ids = self.map.add(desc, kfs, feats if feats is not None and any(f is not None for f in feats) else None,
+                           done_pending=pending)
         self._last_descriptor = desc[-1]
         return ids
 
@@ -179,13 +230,13 @@ class MapBuilder:
         pending.clear()
         return ids
 
-    def save(self, map_dir: str | Path) -> Path:
-        """Write the map atomically, converting the index to the configured type first."""
+    def save(self, map_dir: str | Path | None = None, replace_existing: bool = False, lock: Any = None) -> Path:
+        """Write the map (see :meth:`VprMap.save`), converting the index to the configured type first."""
         kind = choose_type(self.index_cfg, len(self.map))
         if kind != self.map.manifest.index_type:
             log.info("building a '%s' index over %d keyframes", kind, len(self.map))
             self.map.reindex(kind, self.index_cfg)
-        path = self.map.save(map_dir)
+        path = self.map.save(map_dir, replace_existing=replace_existing, lock=lock)
         log.info("saved map with %d keyframes to %s", len(self.map), path)
         return path
 

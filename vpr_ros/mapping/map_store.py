@@ -1,16 +1,27 @@
-"""A map on disk: manifest + faiss index + keyframe table, saved atomically.
+"""A map: keyframes (pose, stamp, camera, descriptor, local features) in a durable store on disk,
+searched through a faiss index in memory.
 
-Directory layout (format version 1)::
+Directory layout (format 2)::
 
-    manifest.yaml             written last, atomically (temp + fsync + rename)
-    index.<gen>.faiss         faiss index; search ids are keyframe ids
-    keyframes.<gen>.sqlite    one row per keyframe (id, stamp, camera, frame_id, pose, gps, image),
-                              and a local_features table (keypoints, descriptors, optional 3-D
-                              points and intrinsics per keyframe) for geometric verification
+    manifest.yaml              format_version: 2 and the name of the store file (written once,
+                               atomically; replaced only when a whole map is replaced)
+    map-<id>.sqlite            the store (:mod:`vpr_ros.mapping.store.database`): metadata,
+                               keyframes with descriptors, local features, pending frames; every
+                               row checksummed; WAL journal, every commit fsynced
+    index-<id>-<n>.faiss       optional snapshot of a slow-to-build index (HNSW, IVF), sha256 in
+                               the store; rebuilt from the stored descriptors when missing or bad
+    writer.lock                held (flock) by the one process writing the map
 
-Each save writes a new generation of data files, then swaps the manifest, then removes
-the old generation. A process killed at any point leaves a manifest that points at
-complete files, so the previous map stays loadable. No pickle anywhere.
+:class:`VprMap` is the in-memory view. Three ways to get one:
+
+* :meth:`VprMap.create` — a new map in memory; :meth:`VprMap.save` writes it (one transaction);
+* :meth:`VprMap.load` — a reader's consistent snapshot (no lock; never sees half a change);
+* :meth:`VprMap.open_writer` — the one writer of a directory (holds ``writer.lock``): with
+  ``durable=True`` every :meth:`VprMap.add` is committed before it returns (the map builder
+  node), with ``durable=False`` additions are committed together by :meth:`VprMap.save` (offline
+  builds: all or nothing). Opening a format-1 map (v0.3) for writing migrates it.
+
+No pickle anywhere.
 """
 from __future__ import annotations
 
@@ -21,7 +32,8 @@ import numbers
 import os
 import sqlite3
 import threading
-from dataclasses import asdict, dataclass, field, fields
+import uuid
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -30,15 +42,20 @@ import yaml
 
 from vpr_ros.config import IMAGENET_MEAN, IMAGENET_STD
 from vpr_ros.errors import MapError
+from vpr_ros.mapping.store import database as db
+from vpr_ros.mapping.store import legacy
+from vpr_ros.mapping.store.lock import WriterLock, lock_holder
 
 if TYPE_CHECKING:
     from vpr_ros.config import IndexConfig
+    from vpr_ros.mapping.store.pending import PendingFrame
     from vpr_ros.verification.features import LocalFeatures
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = db.FORMAT_VERSION
 MANIFEST = "manifest.yaml"
+READABLE_VERSIONS = (1, FORMAT_VERSION)
 
 
 @dataclass(frozen=True)
@@ -69,7 +86,8 @@ class ModelIdentity:
 
 @dataclass
 class Keyframe:
-    """Metadata of one map image. ``pose`` is (x, y, z, qx, qy, qz, qw) in ``map_frame``."""
+    """Metadata of one map image. ``pose`` is (x, y, z, qx, qy, qz, qw) in ``map_frame``;
+    ``session`` numbers the recording sessions of a map (0 = the first)."""
 
     stamp: float
     pose: tuple[float, float, float, float, float, float, float]
@@ -78,12 +96,15 @@ class Keyframe:
     gps: tuple[float, float, float] | None = None  # latitude, longitude, altitude
     image_ref: str = ""
     id: int = -1
+    session: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.pose, (tuple, list)) or len(self.pose) != 7 or not all(_finite(v) for v in self.pose):
+        if not isinstance(self.pose, (tuple, list)) or len(self.pose) != 7 or not all(finite(v) for v in self.pose):
             raise MapError(f"keyframe at stamp {self.stamp}: pose must be 7 finite numbers, got {self.pose}")
-        if not _finite(self.stamp):
+        if not finite(self.stamp):
             raise MapError(f"keyframe: stamp must be a finite number, got {self.stamp!r}")
+        if self.gps is not None and (len(self.gps) != 3 or not all(finite(v) for v in self.gps)):
+            raise MapError(f"keyframe at stamp {self.stamp}: GPS must be 3 finite numbers, got {self.gps}")
 
 
 @dataclass
@@ -97,68 +118,42 @@ class Manifest:
     metric: str = "inner_product"
     index_type: str = "flat"
     local_features: str = ""       # kind of the stored local features ('orb', 'sift'), '' = none
-    generation: int = 0
+    generation: int = 0            # committed changes (format 2) / whole-map saves (format 1)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
     format_version: int = FORMAT_VERSION
-
-    def files(self) -> tuple[str, str]:
-        """Names of the index and keyframe files of this generation."""
-        return f"index.{self.generation}.faiss", f"keyframes.{self.generation}.sqlite"
-
-    def to_yaml(self) -> str:
-        d = asdict(self)
-        d["model"]["mean"] = list(self.model.mean)
-        d["model"]["std"] = list(self.model.std)
-        idx, kf = self.files()
-        d["files"] = {"index": idx, "keyframes": kf}
-        return yaml.safe_dump(d, sort_keys=False)
+    store_id: str = ""
 
     @classmethod
-    def from_yaml(cls, text: str, source: str) -> "Manifest":
-        """Parse and validate a manifest; every problem is a MapError naming ``source`` and the field."""
-        try:
-            d = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            first = str(exc).strip().splitlines()[0][:200]
-            raise MapError(f"{source}: not valid YAML (truncated or corrupt?): {first}") from None
-        if not isinstance(d, dict):
-            raise MapError(f"{source}: manifest is not a mapping (truncated or not a vpr_ros manifest)")
-        if "format_version" not in d:
-            raise MapError(f"{source}: no format_version (truncated, or not a vpr_ros map manifest)")
-        version = d.get("format_version")
-        if version != FORMAT_VERSION:
-            raise MapError(f"{source}: map format version {version!r} is not supported "
-                           f"(this vpr_ros reads version {FORMAT_VERSION})")
-        d.pop("files", None)
-        m = d.pop("model", None)
+    def from_fields(cls, m: Any, d: dict[str, Any], source: str, format_version: int) -> "Manifest":
+        """Validate a model mapping and the other fields; every problem a MapError naming ``source``."""
         if not isinstance(m, dict):
             raise MapError(f"{source}: field 'model' is missing or not a mapping")
         known = {f.name for f in fields(ModelIdentity)}
-        if set(m) - known or {"model_id", "weights_sha256", "input_size", "descriptor_dim"} - set(m):
+        required = {"model_id", "weights_sha256", "input_size", "descriptor_dim"}
+        if set(m) - known or required - set(m):
             raise MapError(f"{source}: field 'model' has unknown {sorted(set(m) - known)} or lacks "
-                           f"{sorted({'model_id', 'weights_sha256', 'input_size', 'descriptor_dim'} - set(m))} keys")
+                           f"{sorted(required - set(m))} keys")
         _check_types(source, "model", m, {"model_id": str, "weights_sha256": str, "input_size": int,
                                            "descriptor_dim": int, "pca_id": str})
         for key in ("mean", "std"):
             v = m.get(key, (0.0, 0.0, 0.0))
-            if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(_finite(x) for x in v)):
+            if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(finite(x) for x in v)):
                 raise MapError(f"{source}: model.{key} must be 3 finite numbers, got {v!r}")
         if m["descriptor_dim"] <= 0 or m["input_size"] <= 0:
             raise MapError(f"{source}: model.descriptor_dim and model.input_size must be positive")
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise MapError(f"{source}: unknown field(s) {sorted(unknown)}")
         _check_types(source, "", d, {"count": int, "map_frame": str, "source": str, "metric": str,
-                                      "index_type": str, "generation": int, "created": str, "format_version": int,
-                                      "local_features": str})
+                                      "index_type": str, "generation": int, "created": str,
+                                      "local_features": str, "store_id": str})
         if d.get("count", 0) < 0 or d.get("generation", 0) < 0:
             raise MapError(f"{source}: count and generation must not be negative")
         model = ModelIdentity(**{**m, "mean": tuple(m.get("mean", IMAGENET_MEAN)), "std": tuple(m.get("std", IMAGENET_STD))})
-        return cls(model=model, **d)
+        return cls(model=model, format_version=format_version, **d)
 
 
-def _finite(x: Any) -> bool:
+def finite(x: Any) -> bool:
     """A finite real number (Python or numpy), not a bool, None or text."""
+    if type(x) is float:  # the common case, without the abstract-class check
+        return math.isfinite(x)
     return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) and math.isfinite(x)
 
 
@@ -169,27 +164,53 @@ def _check_types(source: str, prefix: str, d: dict, types: dict[str, type]) -> N
             raise MapError(f"{source}: field '{name}' must be {kind.__name__}, got {type(d[key]).__name__} {d[key]!r}")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+# ---------------------------------------------------------------------------- manifest file
+def read_manifest_file(root: Path) -> tuple[str, dict[str, Any]]:
+    """(text, parsed mapping) of ``root/manifest.yaml``; its format version is supported."""
+    path = root / MANIFEST
+    if not path.is_file():
+        raise MapError(f"{root}: not a map directory (no {MANIFEST})")
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, writer: Any) -> None:
-    """Call ``writer(tmp_path)``, fsync it, and rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise MapError(f"{path}: not UTF-8 text (binary data or a corrupt file)") from None
+    except OSError as exc:
+        raise MapError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
-        writer(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise MapError(f"{path}: not valid YAML (truncated or corrupt?): {first}") from None
+    if not isinstance(d, dict):
+        raise MapError(f"{path}: manifest is not a mapping (truncated or not a vpr_ros manifest)")
+    if "format_version" not in d:
+        raise MapError(f"{path}: no format_version (truncated, or not a vpr_ros map manifest)")
+    version = d["format_version"]
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise MapError(f"{path}: map format version {version!r} is not supported (this vpr_ros reads "
+                       f"versions {' and '.join(map(str, READABLE_VERSIONS))}); it was written by another "
+                       "vpr_ros version and is left untouched")
+    if version == FORMAT_VERSION:
+        store = d.get("store")
+        if set(d) - {"format_version", "store", "about"} or not isinstance(store, str) \
+                or not store.startswith("map-") or not store.endswith(".sqlite") or "/" in store:
+            raise MapError(f"{path}: a format-2 manifest holds format_version, store (map-<id>.sqlite) and "
+                           f"about; got {sorted(d)} with store {store!r}")
+    return text, d
 
 
+def _manifest_text(store: str) -> str:
+    return yaml.safe_dump({"format_version": FORMAT_VERSION, "store": store,
+                           "about": "a vpr_ros map: everything is in the store (vpr_ros_map_info prints it)"},
+                          sort_keys=False)
+
+
+def _stray(name: str) -> bool:
+    """Files a killed writer can leave behind: temporaries of any kind."""
+    return name.startswith(".") and ".tmp-" in name
+
+
+# ---------------------------------------------------------------------------- the map
 class VprMap:
     """Keyframe descriptors in a faiss inner-product index plus their metadata.
 
@@ -198,30 +219,30 @@ class VprMap:
     """
 
     def __init__(self, manifest: Manifest, index: Any | None = None,
-                 keyframes: list[Keyframe] | None = None, features_db: Path | None = None) -> None:
+                 keyframes: list[Keyframe] | None = None) -> None:
         import faiss
 
         self.manifest = manifest
         self.index = index if index is not None else faiss.IndexFlatIP(manifest.model.descriptor_dim)
         self.keyframes: list[Keyframe] = keyframes or []
-        self._features: dict[int, "LocalFeatures"] = {}  # added since the last save
-        self._db: sqlite3.Connection | None = None       # read-only; kept open (survives a newer save)
+        self.notes: list[str] = []          # what a reader repaired or worked around
+        self.pending = 0                    # accepted keyframes not yet encoded (at load)
+        self.root: Path | None = None       # where it was loaded from / saved to
+        self.writer: db.StoreWriter | None = None
+        self.durable = False
+        self._lock: WriterLock | None = None
+        self._origin: tuple[str, int] | None = None  # (store_id or 'v1:<root>', generation) it equals on disk
+        self._stored = 0                              # keyframes already in that store
+        self._done_pending: list[int] = []            # pending frames encoded since the last save
+        self._features: dict[int, "LocalFeatures"] = {}  # not yet stored
+        self._db: sqlite3.Connection | None = None       # read-only, for stored local features
+        self._db_v1 = False
+        self._db_where = ""
         self._db_lock = threading.Lock()
-        if features_db is not None:
-            db = _connect_ro(features_db, check_same_thread=False)
-            try:
-                has = _has_table(db, "local_features")  # maps written before local features had none
-            except (sqlite3.Error, UnicodeDecodeError) as exc:
-                db.close()
-                raise MapError(f"{features_db}: cannot read ({exc})") from None
-            if has:
-                self._db = db
-            else:
-                db.close()
 
     @classmethod
     def create(cls, model: ModelIdentity, map_frame: str = "map", source: str = "") -> "VprMap":
-        """An empty map for ``model``."""
+        """An empty map for ``model`` (in memory until saved)."""
         return cls(Manifest(model=model, map_frame=map_frame, source=source))
 
     def __len__(self) -> int:
@@ -231,10 +252,12 @@ class VprMap:
     def model(self) -> ModelIdentity:
         return self.manifest.model
 
+    # ------------------------------------------------------------------ contents
     def add(self, descriptors: np.ndarray, keyframes: Sequence[Keyframe],
-            features: "Sequence[LocalFeatures | None] | None" = None) -> list[int]:
+            features: "Sequence[LocalFeatures | None] | None" = None, done_pending: Iterable[int] = ()) -> list[int]:
         """Append descriptors [N, D] (L2-normalised) with their keyframes (and their local
-        features, for verification); returns their ids."""
+        features, for verification); returns their ids. On a durable writer the keyframes are
+        committed (and the pending frames ``done_pending`` they came from deleted) first."""
         d = np.ascontiguousarray(descriptors, dtype=np.float32)
         if d.ndim != 2 or d.shape[1] != self.model.descriptor_dim or d.shape[0] != len(keyframes):
             raise MapError(f"add: descriptors {list(d.shape)} do not match {len(keyframes)} keyframes "
@@ -244,19 +267,41 @@ class VprMap:
         if features is not None and len(features) != len(keyframes):
             raise MapError(f"add: {len(features)} feature sets for {len(keyframes)} keyframes")
         first = len(self)
-        self.index.add(d)
-        ids = list(range(first, int(self.index.ntotal)))
-        for k, (i, kf) in enumerate(zip(ids, keyframes)):
-            kf.id = i
-            self.keyframes.append(kf)
+        ids = list(range(first, first + len(keyframes)))
+        new_feats: dict[int, "LocalFeatures"] = {}
+        kind = self.manifest.local_features
+        for k, i in enumerate(ids):
             f = features[k] if features is not None else None
             if f is not None:
-                if self.manifest.local_features and f.kind != self.manifest.local_features:
-                    raise MapError(f"add: '{f.kind}' features for a map of '{self.manifest.local_features}' features")
-                self.manifest.local_features = f.kind
-                self._features[i] = f
+                if kind and f.kind != kind:
+                    raise MapError(f"add: '{f.kind}' features for a map of '{kind}' features")
+                kind = f.kind
+                new_feats[i] = f
+        if self.writer is not None and self.durable:
+            stored = [replace(kf, id=i) for kf, i in zip(keyframes, ids)]
+            self.writer.commit(stored, d, new_feats, done_pending, {"local_features": kind})
+            self._stored += len(ids)
+            new_feats = {}
+        else:
+            self._done_pending.extend(int(s) for s in done_pending)
+        self.index.add(d)
+        for kf, i in zip(keyframes, ids):
+            kf.id = i
+            self.keyframes.append(kf)
+        self._features.update(new_feats)
+        self.manifest.local_features = kind
         self.manifest.count = len(self)
+        if self.writer is not None and self.durable:
+            self._origin = (self.manifest.store_id, self.writer.generation)
+            self.manifest.generation = self.writer.generation
         return ids
+
+    def set_map_frame(self, frame: str) -> None:
+        """The frame of the keyframe poses (stored at once on a durable writer)."""
+        if self.writer is not None and self.durable:
+            self.writer.set_meta({"map_frame": frame})
+            self._origin = (self.manifest.store_id, self.writer.generation)
+        self.manifest.map_frame = frame
 
     def local_features(self, i: int) -> "LocalFeatures | None":
         """The stored local features of keyframe ``i`` (None if it has none); read on demand."""
@@ -264,40 +309,40 @@ class VprMap:
             return self._features[i]
         if self._db is None:
             return None
-        try:
+        if self._db_v1:
             with self._db_lock:
-                row = self._db.execute(f"SELECT {','.join(_FEATURE_COLUMNS)} FROM local_features WHERE id = ?",
-                                       (int(i),)).fetchone()
-        except (sqlite3.Error, UnicodeDecodeError) as exc:
-            raise MapError(f"keyframe {i}: stored local features unreadable ({exc})") from None
-        return _features_from_row(row, f"keyframe {i}") if row is not None else None
+                return legacy.features_v1(self._db, i, self._db_where)
+        return db.read_features(self._db, self._db_lock, i, self._db_where)
 
     def feature_stats(self) -> tuple[int, float]:
         """(keyframes with local features, mean bytes per keyframe)."""
         n, total = len(self._features), sum(f.nbytes for f in self._features.values())
         if self._db is not None:
-            try:
-                with self._db_lock:
-                    row = self._db.execute("SELECT COUNT(*), SUM(length(keypoints) + length(descriptors) + "
-                                           "COALESCE(length(points3d), 0)) FROM local_features").fetchone()
-            except (sqlite3.Error, UnicodeDecodeError) as exc:
-                raise MapError(f"stored local features unreadable ({exc})") from None
-            n, total = n + int(row[0] or 0), total + int(row[1] or 0)
+            rows, size = db.feature_bytes(self._db, self._db_lock, self._db_where)
+            n, total = n + rows, total + size
         return n, (total / n if n else 0.0)
 
-    def close(self) -> None:
-        """Release the read-only database handle (the map stays usable for search)."""
-        with self._db_lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+    def all_features(self) -> dict[int, "LocalFeatures"]:
+        """Every keyframe's local features (stored and not yet stored)."""
+        out: dict[int, "LocalFeatures"] = {}
+        for i in range(len(self)):
+            f = self.local_features(i)
+            if f is not None:
+                out[i] = f
+        return out
+
+    def descriptors(self) -> np.ndarray:
+        """Every descriptor [N, D] (exact for flat / HNSW / IVF; IVF-PQ gives its approximation)."""
+        from vpr_ros.mapping.index import all_vectors
+
+        return all_vectors(self.index)
 
     def reindex(self, kind: str, cfg: "IndexConfig | None" = None) -> None:
         """Rebuild the search index as ``kind`` ('flat', 'hnsw', 'ivf', 'ivfpq') from the stored vectors."""
         from vpr_ros.config import IndexConfig
-        from vpr_ros.mapping.index import all_vectors, build_index
+        from vpr_ros.mapping.index import build_index
 
-        self.index = build_index(all_vectors(self.index), kind, cfg or IndexConfig())
+        self.index = build_index(self.descriptors(), kind, cfg or IndexConfig())
         self.manifest.index_type = kind
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -317,211 +362,355 @@ class VprMap:
         if diffs:
             raise MapError(f"{where} was built by another model: " + "; ".join(diffs))
 
-    # ---------------------------------------------------------------- persistence
-    def save(self, map_dir: str | Path) -> Path:
-        """Write the map atomically into ``map_dir`` (created if needed)."""
-        import faiss
-
-        root = Path(map_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        old = _read_manifest_or_none(root)
-        gen = max(self.manifest.generation, old.generation if old else -1) + 1
-        new_manifest = Manifest(**{**self.manifest.__dict__, "generation": gen, "count": len(self)})
-        idx_name, kf_name = new_manifest.files()
-        _write_atomic(root / idx_name, lambda p: faiss.write_index(self.index, str(p)))
-        with self._db_lock:
-            _write_atomic(root / kf_name, lambda p: _write_keyframes(p, self.keyframes, self._features, self._db))
-        _write_atomic(root / MANIFEST, lambda p: p.write_text(new_manifest.to_yaml(), encoding="utf-8"))
-        _fsync_dir(root)
-        self.manifest = new_manifest
-        with self._db_lock:  # the features now live in the new file
-            if self._db is not None:
-                self._db.close()
-            self._db = _connect_ro(root / kf_name, check_same_thread=False)
-            self._features = {}
-        keep = set(new_manifest.files()) | {MANIFEST}
-        for f in root.iterdir():
-            if f.name not in keep and (f.name.startswith(("index.", "keyframes.", ".index.", ".keyframes.", ".manifest.yaml.tmp"))):
-                f.unlink(missing_ok=True)
-        return root
-
-    @staticmethod
-    def read_manifest(map_dir: str | Path) -> Manifest:
-        """Only the manifest of a map directory (quick validation before a full load)."""
-        root = Path(map_dir)
-        path = root / MANIFEST
-        if not path.is_file():
-            raise MapError(f"{root}: not a map directory (no {MANIFEST})")
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            raise MapError(f"{path}: not UTF-8 text (binary data or a corrupt file)") from None
-        except OSError as exc:
-            raise MapError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        return Manifest.from_yaml(text, str(path))
-
-    @classmethod
-    def load(cls, map_dir: str | Path, expect: ModelIdentity | None = None) -> "VprMap":
-        """Load and validate a map; with ``expect``, refuse a map from another model."""
-        import faiss
-
-        root = Path(map_dir)
-        manifest = cls.read_manifest(root)
-        idx_name, kf_name = manifest.files()
-        idx_path, kf_path = root / idx_name, root / kf_name
-        for p in (idx_path, kf_path):
-            if not p.is_file():
-                raise MapError(f"{p}: file named by the manifest is missing")
-        try:
-            index = faiss.read_index(str(idx_path))
-        except Exception as exc:  # faiss raises RuntimeError with its own text
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise MapError(f"{idx_path}: cannot read faiss index ({first})") from None
-        keyframes = _read_keyframes(kf_path)
-        if index.d != manifest.model.descriptor_dim:
-            raise MapError(f"{idx_path}: index dimension {index.d} != manifest descriptor_dim "
-                           f"{manifest.model.descriptor_dim}")
-        if not (index.ntotal == manifest.count == len(keyframes)):
-            raise MapError(f"{root}: size mismatch: index has {index.ntotal}, manifest says "
-                           f"{manifest.count}, keyframe table has {len(keyframes)}")
-        from vpr_ros.config import IndexConfig
-        from vpr_ros.mapping.index import kind_of, set_search_params
-
-        try:
-            kind = kind_of(index)
-        except Exception:  # noqa: BLE001 - an index type this vpr_ros never writes
-            kind = type(index).__name__
-        if kind != manifest.index_type:
-            raise MapError(f"{idx_path}: index is '{kind}' but the manifest says '{manifest.index_type}'")
-        set_search_params(index, IndexConfig())
-        vmap = cls(manifest, index, keyframes, features_db=kf_path)
-        if expect is not None:
-            vmap.check_model(expect, where=str(root))
-        return vmap
-
     def poses(self) -> np.ndarray:
         """All keyframe poses as float64 [N, 7]."""
         return np.array([kf.pose for kf in self.keyframes], np.float64).reshape(-1, 7)
 
+    @property
+    def files(self) -> list[Path]:
+        """The files on disk this map was read from or written to."""
+        if self.root is None:
+            return []
+        if self.manifest.format_version == 1:
+            return [self.root / MANIFEST, *(self.root / f for f in legacy.files_v1(self.manifest.generation))]
+        store = self.root / f"map-{self.manifest.store_id}.sqlite"
+        out = [self.root / MANIFEST, store, *[Path(f"{store}{s}") for s in ("-wal", "-shm")]]
+        out += sorted(self.root.glob(f"index-{self.manifest.store_id}-*.faiss"))
+        return [f for f in out if f.exists()]
 
-def _read_manifest_or_none(root: Path) -> Manifest | None:
-    try:
-        return Manifest.from_yaml((root / MANIFEST).read_text(encoding="utf-8"), str(root / MANIFEST))
-    except (FileNotFoundError, MapError):
-        return None
+    # ------------------------------------------------------------------ persistence
+    def save(self, map_dir: str | Path | None = None, replace_existing: bool = False,
+             lock: WriterLock | None = None) -> Path:
+        """Write the map into ``map_dir`` (default: where it came from).
 
-
-_COLUMNS = ("id", "stamp", "camera", "frame_id", "x", "y", "z", "qx", "qy", "qz", "qw",
-            "lat", "lon", "alt", "image_ref")
-
-
-_FEATURE_COLUMNS = ("id", "kind", "width", "height", "n", "dim", "dtype", "keypoints", "descriptors", "points3d",
-                    "intrinsics")
-_FEATURE_DTYPES = {"uint8": np.uint8, "float32": np.float32, "float16": np.float16}
-
-
-def _connect_ro(path: Path, check_same_thread: bool = True) -> sqlite3.Connection:
-    """Read-only SQLite connection; as_uri() percent-encodes '#', '?' and '%', which would
-    otherwise cut the file name short."""
-    try:
-        return sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True,
-                               check_same_thread=check_same_thread)
-    except sqlite3.Error as exc:
-        raise MapError(f"{path}: cannot open ({exc})") from None
-
-
-def _features_row(i: int, f: "LocalFeatures") -> tuple:
-    return (i, f.kind, f.image_size[0], f.image_size[1], len(f), int(f.descriptors.shape[1]),
-            str(f.descriptors.dtype), np.ascontiguousarray(f.keypoints, np.float32).tobytes(),
-            np.ascontiguousarray(f.descriptors).tobytes(),
-            None if f.points3d is None else np.ascontiguousarray(f.points3d, np.float32).tobytes(),
-            None if f.intrinsics is None else f.intrinsics.as_array().tobytes())
-
-
-def _features_from_row(row: tuple, where: str) -> "LocalFeatures":
-    from vpr_ros.verification.features import CameraIntrinsics, LocalFeatures
-
-    _, kind, w, h, n, dim, dtype, kp, desc, pts, intr = row
-    try:
-        if not isinstance(kind, str) or not all(isinstance(v, int) and v >= 0 for v in (w, h, n, dim)):
-            raise ValueError(f"kind {kind!r}, size {w!r}x{h!r}, n {n!r}, dim {dim!r}")
-        dt = _FEATURE_DTYPES[dtype]
-        keypoints = np.frombuffer(kp, np.float32).reshape(n, 2)
-        descriptors = np.frombuffer(desc, dt).reshape(n, dim)
-        points3d = None if pts is None else np.frombuffer(pts, np.float32).reshape(n, 3)
-        intrinsics = None if intr is None else CameraIntrinsics.from_array(np.frombuffer(intr, np.float64))
-        result = LocalFeatures(str(kind), keypoints, descriptors, (int(w), int(h)), points3d, intrinsics)
-    except (KeyError, ValueError, TypeError, OverflowError) as exc:
-        raise MapError(f"{where}: stored local features are corrupt ({type(exc).__name__}: {exc})") from None
-    return result
-
-
-def _write_keyframes(path: Path, keyframes: Iterable[Keyframe], features: "dict[int, LocalFeatures]",
-                     old: sqlite3.Connection | None) -> None:
-    con = sqlite3.connect(str(path))
-    try:
-        con.execute("CREATE TABLE keyframes (id INTEGER PRIMARY KEY, stamp REAL NOT NULL, camera TEXT, "
-                    "frame_id TEXT, x REAL, y REAL, z REAL, qx REAL, qy REAL, qz REAL, qw REAL, "
-                    "lat REAL, lon REAL, alt REAL, image_ref TEXT)")
-        con.execute("CREATE TABLE local_features (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, width INTEGER, "
-                    "height INTEGER, n INTEGER, dim INTEGER, dtype TEXT, keypoints BLOB, descriptors BLOB, "
-                    "points3d BLOB, intrinsics BLOB)")
-        rows = [(kf.id, kf.stamp, kf.camera, kf.frame_id, *kf.pose,
-                 *(kf.gps if kf.gps else (None, None, None)), kf.image_ref) for kf in keyframes]
-        con.executemany(f"INSERT INTO keyframes VALUES ({','.join('?' * len(_COLUMNS))})", rows)
-        placeholders = ",".join("?" * len(_FEATURE_COLUMNS))
-        if old is not None:  # the previous generation's features, streamed
-            try:
-                if _has_table(old, "local_features"):
-                    cur = old.execute(f"SELECT {','.join(_FEATURE_COLUMNS)} FROM local_features ORDER BY id")
-                    while batch := cur.fetchmany(512):
-                        con.executemany(f"INSERT OR REPLACE INTO local_features VALUES ({placeholders})",
-                                        [r for r in batch if r[0] not in features])
-            except (sqlite3.Error, UnicodeDecodeError) as exc:  # the file under us was damaged: save what is in memory
-                log.warning("%s: local features of the previous generation unreadable (%s); saved without them",
-                            path.parent, exc)
-        con.executemany(f"INSERT OR REPLACE INTO local_features VALUES ({placeholders})",
-                        [_features_row(i, f) for i, f in sorted(features.items())])
-        con.commit()
-    finally:
-        con.close()
-
-
-def _has_table(con: sqlite3.Connection, name: str) -> bool:
-    return con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
-
-
-def _read_keyframes(path: Path) -> list[Keyframe]:
-    """The keyframe table, read-only; every malformed row is a MapError naming file, id and column."""
-    try:
-        con = _connect_ro(path)
+        A writer's own directory: commit what is not yet committed and snapshot a slow-to-build
+        index. Otherwise, under the directory's writer lock: a new directory gets a new store; the
+        map it was loaded from gets the keyframes added since (refused if another writer has
+        changed it since: nothing newer is overwritten); any other map there is refused, unless
+        ``replace_existing`` (then the new store replaces it in one manifest swap). ``lock``: the
+        directory's writer lock when the caller holds it already (see :func:`hold_writer_lock`)."""
+        root = Path(map_dir) if map_dir is not None else self.root
+        if root is None:
+            raise MapError("save: no map directory given")
+        if self.writer is not None and self.root is not None and root.resolve() == self.root.resolve():
+            self._flush()
+            return root
+        if self.writer is not None:
+            raise MapError(f"save: this map is open for writing in {self.root}, not {root}")
         try:
-            rows = con.execute(f"SELECT {','.join(_COLUMNS)} FROM keyframes ORDER BY id").fetchall()
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MapError(f"{root}: cannot create the map directory ({exc.strerror or exc})") from None
+        held = lock if lock is not None else WriterLock(root)
+        try:
+            self._save_locked(root, replace_existing)
         finally:
-            con.close()
-    except sqlite3.Error as exc:
-        raise MapError(f"{path}: cannot read keyframe table ({exc})") from None
-    except UnicodeDecodeError:
-        raise MapError(f"{path}: keyframe table holds text that is not UTF-8 (a corrupt file)") from None
-    out = []
-    for i, r in enumerate(rows):
-        if r[0] != i:
-            raise MapError(f"{path}: keyframe ids are not contiguous at row {i} (id {r[0]})")
-        for col, v in zip(_COLUMNS[4:11], r[4:11]):
-            if not _finite(v):
-                raise MapError(f"{path}: keyframe {i}: pose column '{col}' is {v!r}, not a finite number")
-        if not _finite(r[1]):
-            raise MapError(f"{path}: keyframe {i}: stamp is {r[1]!r}, not a finite number")
-        gps = None
-        if any(v is not None for v in r[11:14]):
-            if not all(_finite(v) for v in r[11:14]):
-                raise MapError(f"{path}: keyframe {i}: GPS (lat, lon, alt) is {r[11:14]!r}")
-            gps = (float(r[11]), float(r[12]), float(r[13]))
-        for col, v in zip(("camera", "frame_id"), r[2:4]):
-            if v is not None and not isinstance(v, str):
-                raise MapError(f"{path}: keyframe {i}: column '{col}' is {v!r}, not text")
-        if r[14] is not None and not isinstance(r[14], str):
-            raise MapError(f"{path}: keyframe {i}: column 'image_ref' is {r[14]!r}, not text")
-        out.append(Keyframe(stamp=float(r[1]), pose=tuple(float(v) for v in r[4:11]), camera=r[2] or "",  # type: ignore[arg-type]
-                            frame_id=r[3] or "", gps=gps, image_ref=r[14] or "", id=r[0]))
-    return out
+            if lock is None:
+                held.release()
+        return root
+
+    def _save_locked(self, root: Path, replace_existing: bool) -> None:
+        d = None
+        if (root / MANIFEST).exists():  # a map that cannot be read is never replaced
+            _, d = read_manifest_file(root)
+            if replace_existing:
+                VprMap.read_manifest(root)
+        if d is None or replace_existing:
+            self._write_new_store(root, old=d)
+            return
+        origin = self._origin
+        if d["format_version"] == 1:
+            old = legacy.manifest_v1(d, str(root / MANIFEST))
+            if origin != (f"v1:{root.resolve()}", old.generation):
+                raise MapError(f"{root} holds another map (or a newer save of this one); not overwritten "
+                               "(extend it with --append / open_writer, or save elsewhere)")
+            self._write_new_store(root, old=d)  # migrated to format 2 by this first write
+            log.info("%s: migrated from map format 1 (vpr_ros v0.3) to format %d", root, FORMAT_VERSION)
+            return
+        writer = db.StoreWriter(root, root / d["store"])
+        try:
+            if origin is None or origin[0] != writer.manifest.store_id:
+                raise MapError(f"{root} holds another map; not overwritten (extend it with --append / "
+                               "open_writer, or save elsewhere)")
+            if writer.generation != origin[1]:
+                raise MapError(f"{root} has changed since this map was loaded (generation {writer.generation}, "
+                               f"loaded at {origin[1]}: another writer added to it); not overwritten: reload it")
+            self.writer, self.root = writer, root
+            self._flush()
+        finally:
+            self.writer = None
+            writer.close()
+
+    def _flush(self) -> None:
+        """Commit the keyframes added since the last commit, the metadata, and an index snapshot."""
+        w = self.writer
+        assert w is not None and self.root is not None
+        n = len(self)
+        meta = {"local_features": self.manifest.local_features, "map_frame": self.manifest.map_frame,
+                "index_type": self.manifest.index_type}
+        if self._stored < n or self._done_pending:
+            new = self.keyframes[self._stored:]
+            vectors = self.descriptors()[self._stored:] if new else np.zeros((0, self.model.descriptor_dim), np.float32)
+            feats = {i: f for i, f in self._features.items() if i >= self._stored}
+            w.commit(new, vectors, feats, self._done_pending, meta)
+        elif any(getattr(w.manifest, k) != v for k, v in meta.items()):
+            w.set_meta(meta)
+        w.manifest = replace(w.manifest, local_features=self.manifest.local_features,
+                             map_frame=self.manifest.map_frame, index_type=self.manifest.index_type)
+        self._stored, self._done_pending = n, []
+        kind = self.manifest.index_type
+        entry = w.index_entry
+        if kind != "flat" and n and (entry is None or entry.get("count") != n or entry.get("kind") != kind):
+            w.write_index(self.index, kind)
+        self._features = {}
+        self._origin = (self.manifest.store_id, w.generation)
+        self.manifest.generation, self.manifest.count = w.generation, n
+        self._open_features(w.path)
+
+    def _write_new_store(self, root: Path, old: dict[str, Any] | None) -> None:
+        """A new store file holding everything, swapped in by rewriting the manifest; the previous
+        map's files are removed after the swap."""
+        store_id = uuid.uuid4().hex[:12]
+        name = f"map-{store_id}.sqlite"
+        tmp = root / f".{name}.tmp-{os.getpid()}"
+        manifest = replace(self.manifest, store_id=store_id, count=0, generation=0, format_version=FORMAT_VERSION)
+        feats = self.all_features()
+        vectors = self.descriptors()
+        keyframes = [replace(kf) for kf in self.keyframes]
+        try:
+            db.StoreWriter.create(tmp, manifest)
+            w = db.StoreWriter(root, tmp)
+            try:
+                w.commit(keyframes, vectors, feats, (), {"local_features": self.manifest.local_features})
+                if self.manifest.index_type != "flat" and len(self):
+                    w.write_index(self.index, self.manifest.index_type)
+                w.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                generation = w.generation
+            finally:
+                w.close()
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, root / name)
+            db.write_file_atomic(root / MANIFEST, _manifest_text(name).encode())
+        except (OSError, sqlite3.Error) as exc:
+            raise db.sqlite_error(root, "cannot write the map", exc) from None
+        finally:
+            for f in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+                f.unlink(missing_ok=True)
+        if old is not None:
+            _remove_old_map(root, old, keep=name, keep_id=store_id)
+        self.root = root
+        self.manifest = replace(self.manifest, store_id=store_id, generation=generation, count=len(self),
+                                format_version=FORMAT_VERSION)
+        self._origin, self._stored, self._done_pending, self._features = (store_id, generation), len(self), [], {}
+        self._open_features(root / name)
+
+    def _open_features(self, store: Path) -> None:
+        with self._db_lock:
+            if self._db is not None:
+                self._db.close()
+            self._db = db.connect_ro(store)
+            self._db_v1, self._db_where = False, str(store)
+
+    def close(self) -> None:
+        """Release the database handles and, for a writer, the directory's lock (additions not
+        yet committed by :meth:`save` are dropped). The map stays usable for search."""
+        with self._db_lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # ------------------------------------------------------------------ opening
+    @staticmethod
+    def read_manifest(map_dir: str | Path) -> Manifest:
+        """Only the description of a map directory (quick validation before a full load)."""
+        root = Path(map_dir)
+        _, d = read_manifest_file(root)
+        if d["format_version"] == 1:
+            return legacy.manifest_v1(d, str(root / MANIFEST))
+        return db.read_meta(root / d["store"])
+
+    @classmethod
+    def load(cls, map_dir: str | Path, expect: ModelIdentity | None = None, verify_features: bool = True) -> "VprMap":
+        """Load one consistent generation and validate every checksum; with ``expect``, refuse a
+        map from another model. Needs no lock: a writer may be adding to the map meanwhile."""
+        root = Path(map_dir)
+        while True:
+            text, d = read_manifest_file(root)
+            try:
+                vmap = cls._read(root, d, verify_features)
+                break
+            except MapError:
+                try:  # the map was replaced between reading the manifest and its files: read again
+                    again, _ = read_manifest_file(root)
+                except MapError:
+                    raise
+                if again == text:
+                    raise
+        if expect is not None:
+            vmap.check_model(expect, where=str(root))
+        for note in vmap.notes:
+            log.warning("%s: %s", root, note)
+        return vmap
+
+    @classmethod
+    def _read(cls, root: Path, d: dict[str, Any], verify_features: bool) -> "VprMap":
+        if d["format_version"] == 1:
+            manifest = legacy.manifest_v1(d, str(root / MANIFEST))
+            index, keyframes, kf_path = legacy.load_v1(root, manifest)
+            from vpr_ros.config import IndexConfig
+            from vpr_ros.mapping.index import set_search_params
+
+            set_search_params(index, IndexConfig())
+            vmap = cls(manifest, index, keyframes)
+            con = db.connect_ro(kf_path)
+            try:
+                has = legacy.has_features_table(con, kf_path)
+            except MapError:
+                con.close()
+                raise
+            if has:
+                vmap._db, vmap._db_v1, vmap._db_where = con, True, str(kf_path)
+            else:
+                con.close()
+            vmap._origin = (f"v1:{root.resolve()}", manifest.generation)
+        else:
+            store = root / d["store"]
+            if not store.is_file():
+                raise MapError(f"{store}: the store named by the manifest is missing")
+            con = db.connect_ro(store)
+            try:
+                snap = db.read_snapshot(store, verify_features, con=con)
+                index, notes = db.load_index(root, snap)
+            except BaseException:
+                con.close()
+                raise
+            vmap = cls(snap.manifest, index, snap.keyframes)
+            vmap.notes, vmap.pending = [*snap.notes, *notes], snap.pending
+            vmap._db, vmap._db_where = con, str(store)
+            vmap._origin = (snap.manifest.store_id, snap.manifest.generation)
+        vmap.root, vmap._stored = root, len(vmap)
+        return vmap
+
+    @classmethod
+    def open_writer(cls, map_dir: str | Path, model: ModelIdentity | None = None, map_frame: str = "map",
+                    source: str = "", durable: bool = True) -> "VprMap":
+        """The one writer of ``map_dir``: takes its lock (refused, naming the holder, if another
+        process has it), finishes what a killed writer left (temporaries), migrates a format-1
+        map, or creates an empty map when there is none and ``model`` is given. A map that cannot
+        be read is refused, never replaced; one of another ``model`` too."""
+        root = Path(map_dir)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MapError(f"{root}: cannot create the map directory ({exc.strerror or exc})") from None
+        lock = WriterLock(root)
+        try:
+            vmap = cls._open_locked(root, model, map_frame, source)
+        except BaseException:
+            lock.release()
+            raise
+        vmap._lock, vmap.durable = lock, durable
+        return vmap
+
+    @classmethod
+    def _open_locked(cls, root: Path, model: ModelIdentity | None, map_frame: str, source: str) -> "VprMap":
+        for f in root.iterdir():
+            if _stray(f.name) and f.is_file():
+                f.unlink(missing_ok=True)  # only the lock holder writes temporaries: these are a dead writer's
+        if not (root / MANIFEST).exists():
+            if model is None:
+                raise MapError(f"{root}: not a map directory (no {MANIFEST}) and no model to create one")
+            fresh = cls.create(model, map_frame=map_frame, source=source)
+            fresh._write_new_store(root, old=None)
+            fresh.close()
+        _, d = read_manifest_file(root)
+        if d["format_version"] == 1:
+            old = cls._read(root, d, verify_features=True)
+            if model is not None:
+                old.check_model(model, where=str(root))
+            old._write_new_store(root, old=d)
+            old.close()
+            log.info("%s: migrated from map format 1 (vpr_ros v0.3) to format %d", root, FORMAT_VERSION)
+            _, d = read_manifest_file(root)
+        _remove_orphans(root, d["store"])
+        store = root / d["store"]
+        if not store.is_file():
+            raise MapError(f"{store}: the store named by the manifest is missing")
+        writer = db.StoreWriter(root, store)
+        try:
+            vmap = cls._read(root, d, verify_features=True)
+            if model is not None:
+                vmap.check_model(model, where=str(root))
+        except BaseException:
+            writer.close()
+            raise
+        vmap.writer = writer
+        vmap._origin = (writer.manifest.store_id, writer.generation)
+        return vmap
+
+    # ------------------------------------------------------------------ pending frames (writers)
+    def _writer(self) -> db.StoreWriter:
+        if self.writer is None:
+            raise MapError("this map is not open for writing (VprMap.open_writer)")
+        return self.writer
+
+    def add_pending(self, frame: "PendingFrame") -> int:
+        """Store an accepted keyframe's raw data durably before it is encoded; returns its number."""
+        return self._writer().add_pending(frame)
+
+    def pending_frames(self) -> list[int]:
+        """Numbers of the accepted keyframes still waiting for the encoder (oldest first)."""
+        return self._writer().pending_seqs()
+
+    def read_pending(self, seq: int) -> "PendingFrame":
+        return self._writer().read_pending(seq)
+
+    def drop_pending(self, seq: int) -> None:
+        self._writer().drop_pending(seq)
+
+
+def _remove_old_map(root: Path, old: dict[str, Any], keep: str, keep_id: str) -> None:
+    """After a manifest swap: the replaced map's files (format 1 generations or a format-2 store)."""
+    for f in root.iterdir():
+        n = f.name
+        if n == keep or n.startswith(f"index-{keep_id}-") or not f.is_file():
+            continue
+        if (n.startswith(("index.", "keyframes.")) and old.get("format_version") == 1) or \
+                (old.get("format_version") == FORMAT_VERSION and (n.startswith(str(old.get("store"))) or
+                                                                  n.startswith("index-"))):
+            f.unlink(missing_ok=True)
+
+
+def _remove_orphans(root: Path, current: str) -> None:
+    """Stores and snapshots no manifest names (a writer killed before or after its manifest swap)."""
+    current_id = current[len("map-"):-len(".sqlite")]
+    for f in root.iterdir():
+        n = f.name
+        if not f.is_file():
+            continue
+        if (n.startswith("map-") and not n.startswith(current)) or \
+                (n.startswith("index-") and not n.startswith(f"index-{current_id}-")):
+            f.unlink(missing_ok=True)
+
+
+def hold_writer_lock(map_dir: str | Path) -> WriterLock:
+    """Take ``map_dir``'s writer lock for a longer job (an offline build that saves at its end);
+    MapError naming the holder if another process writes the map. Creates the directory."""
+    root = Path(map_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MapError(f"{root}: cannot create the map directory ({exc.strerror or exc})") from None
+    return WriterLock(root)
+
+
+def writer_holder(map_dir: str | Path) -> str:
+    """Who writes ``map_dir`` now ('' if nobody)."""
+    return lock_holder(Path(map_dir))

@@ -219,16 +219,26 @@ class LocalizerCore(VprNodeMixin):
         return resp
 
     def _on_save(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
-        """Write the loaded map back to where it came from (atomically; a new generation)."""
+        """The localizer never writes a map (its writer, the map builder or vpr_ros_build_map, stores
+        every keyframe as it is added): this answers whether the loaded map is what is on disk."""
         if self.localizer is None:
             resp.success, resp.message = False, "no map loaded"
             return resp
+        loaded = self.localizer.map.manifest
         try:
-            vmap = self.localizer.map
-            path = vmap.save(self.loaded_map_dir)
-            resp.success, resp.message = True, f"saved {len(vmap)} keyframes to {path}"
+            disk = VprMap.read_manifest(self.loaded_map_dir)
         except VprError as exc:
-            resp.success, resp.message = False, str(exc)
+            resp.success, resp.message = False, f"the map on disk cannot be read ({exc}); nothing written"
+            return resp
+        if (disk.store_id, disk.generation) == (loaded.store_id, loaded.generation):
+            resp.success = True
+            resp.message = (f"nothing to save: the loaded map ({len(self.localizer.map)} keyframes, generation "
+                            f"{loaded.generation}) is on disk in {self.loaded_map_dir}")
+        else:
+            resp.success = False
+            resp.message = (f"not written: the map in {self.loaded_map_dir} is newer than the loaded one (generation "
+                            f"{disk.generation} with {disk.count} keyframes, loaded {loaded.generation}); the "
+                            "localizer never writes over a map: call vpr/reload_map to use it")
         return resp
 
     def _publish_keyframes(self, vmap: VprMap) -> None:

@@ -8,11 +8,19 @@ the first fix, GPS kept on the keyframes) or TF (``tf``: ``map_frame`` -> ``base
 Each image waits (up to ``max_pose_wait`` s) for a pose at or after its stamp and is paired with
 the pose interpolated between its neighbours (gap <= ``max_interpolation_gap``) or, failing
 that, the nearest within ``max_pose_age``; images without a pose are skipped and counted.
-Keyframes are chosen by the shared :class:`~vpr_ros.mapping.keyframes.KeyframeSelector` and
-encoded on a worker thread. The map is saved periodically, on ``vpr/save_map`` and at shutdown:
-on SIGINT/SIGTERM what is encoded is saved first, then the queued keyframes are encoded and
-saved (launch files give the node the time to do so). ``map_builder_lifecycle`` is the managed
-variant.
+Keyframes are chosen by the shared :class:`~vpr_ros.mapping.keyframes.KeyframeSelector`.
+
+Durability: the map is a durable store (:mod:`vpr_ros.mapping.store`) that this node alone
+writes (it holds ``map_dir``'s writer lock; a second writer is refused at start). An accepted
+keyframe is committed to disk, raw image (and depth, camera model) included, before the callback
+returns; the encoder thread turns it into a keyframe row (descriptor, local features) in one
+more commit. So SIGKILL, a crash or a power cut at any moment loses no accepted keyframe: the
+next start (or ``vpr_ros_build_map --finish``) encodes what was left pending. On SIGINT/SIGTERM
+the node stops taking images and encodes what is pending; a second signal stops that after the
+current keyframe and leaves the rest on disk. ``vpr/save_map`` and the autosave timer write a
+snapshot of a slow-to-build index (HNSW, IVF; nothing is needed for exact search). A map that
+cannot be read, or one of another model, is refused at start, never replaced.
+``map_builder_lifecycle`` is the managed variant.
 """
 from __future__ import annotations
 
@@ -21,7 +29,7 @@ import signal
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -31,10 +39,11 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, NavSatFix, NavSa
 from std_srvs.srv import Trigger
 
 from vpr_ros.config import MAP_BUILDER_SECTIONS, KeyframeConfig, MapBuilderConfig, ModelConfig
-from vpr_ros.errors import ConfigError, MapError, VprError
+from vpr_ros.errors import ConfigError, ImageError, MapError, VprError
 from vpr_ros.geometry import enu_from_geodetic
 from vpr_ros.mapping.builder import MapBuilder
-from vpr_ros.mapping.map_store import Keyframe, VprMap
+from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
+from vpr_ros.mapping.store.pending import PendingFrame, RawImage
 from vpr_ros.mapping.pose_pairing import NONE, READY, LivePoseTrack, StampedPose
 from vpr_ros.ros.conversions import image_to_rgb, pose_tuple, stamp_to_sec
 from vpr_ros.ros.node_base import (VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
@@ -44,14 +53,13 @@ from vpr_ros.ros.params import LiveParameters, declare_config
 from vpr_ros.runtime.base import DescriptorBackend
 from vpr_ros.runtime.factory import open_backend
 
-#: Keyframes waiting for the encoder before new ones are refused (counted as dropped).
-MAX_PENDING = 64
+#: Accepted keyframes waiting for the encoder (on disk) before new ones are refused (counted as
+#: dropped): bounds the disk the raw images of a backlog take (~1 MB each for 640x480 rgb8).
+MAX_PENDING = 256
 #: DDS history of reliable image subscriptions: a burst of frames is taken, not overwritten.
 IMAGE_QUEUE_DEPTH = 100
 #: Images waiting for their pose before the oldest is paired with what there is.
 MAX_WAITING_FOR_POSE = 200
-#: Seconds the shutdown may spend encoding queued keyframes (the launch files allow more).
-SHUTDOWN_BUDGET = 25.0
 
 
 @dataclass
@@ -82,7 +90,7 @@ class MapBuilderCore(VprNodeMixin):
         self._subs: list[Any] = []
         self._lock = threading.Lock()       # builder + map
         self._pair_lock = threading.Lock()  # pose track + waiting images
-        self._queue: queue.Queue = queue.Queue(maxsize=MAX_PENDING)
+        self._queue: queue.Queue = queue.Queue()  # (seq, PendingFrame | None, msg, Keyframe, keyframe?)
         self._track = LivePoseTrack()
         self._waiting: list[_Waiting] = []
         self._gps_origin: tuple[float, float, float] | None = None
@@ -90,7 +98,9 @@ class MapBuilderCore(VprNodeMixin):
         self._tf: Any = None
         self._tf_listener: Any = None
         self.images = self.keyframes = self.skipped_no_pose = self.dropped = self.errors = 0
-        self.accepted = 0  # keyframes queued for encoding (each one ends up in the saved map)
+        self.accepted = 0  # keyframes committed to the store for encoding (each one ends up in the map)
+        self.left_pending = 0  # accepted keyframes whose encoding failed; they stay on disk for the next start
+        self.store_error = ""  # the last failed commit (ERROR on /diagnostics until a commit succeeds)
         self.interpolated = 0
         self.intrinsics: dict[str, Any] = {}  # camera -> CameraIntrinsics from its CameraInfo
         self._depths: dict[str, deque] = {}  # camera -> recent (stamp, depth message)
@@ -100,6 +110,8 @@ class MapBuilderCore(VprNodeMixin):
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._finished = False
+        self._abandon = threading.Event()  # a second signal: stop encoding, leave the rest on disk
+        self._saving = threading.Lock()
 
         node.create_service(Trigger, "vpr/save_map", self._on_save)
         self.pub_diag = node.create_publisher(DiagnosticArray, self.cfg.diagnostics_topic, 10)
@@ -112,19 +124,31 @@ class MapBuilderCore(VprNodeMixin):
     def _configure(self) -> None:
         self.backend = self._injected_backend or open_backend(
             self.cfg.backend, self.model_cfg, self.cfg.device, self.cfg.engine_cache_dir or None, gpu=self.cfg.gpu)
-        base = None
+        # the one writer of map_dir: refused if another process writes it, if the map there cannot be
+        # read (never replaced) or was built by another model
+        vmap = VprMap.open_writer(self.cfg.map_dir, ModelIdentity.of_backend(self.backend), self.cfg.map_frame,
+                                  f"map_builder node ({', '.join(self.cfg.camera_topics)})", durable=True)
         try:
-            base = VprMap.load(self.cfg.map_dir)
-            self.say("info", f"extending existing map in {self.cfg.map_dir} ({len(base)} keyframes)")
-        except MapError:
-            pass
-        self.builder = MapBuilder(self.backend, self.kf_cfg, map_frame=self.cfg.map_frame,
-                                  source=f"map_builder node ({', '.join(self.cfg.camera_topics)})", base=base,
-                                  index=self.cfgs["index"], verification=self.cfgs["verification"])
+            self.builder = MapBuilder(self.backend, self.kf_cfg, base=vmap, index=self.cfgs["index"],
+                                      verification=self.cfgs["verification"])
+            pending = vmap.pending_frames()
+        except BaseException:
+            vmap.close()
+            raise
+        if len(vmap):
+            self.say("info", f"extending the map in {self.cfg.map_dir} ({len(vmap)} keyframes, frame "
+                             f"'{vmap.manifest.map_frame}')")
+        for note in vmap.notes:
+            self.say("warning", f"map {self.cfg.map_dir}: {note}")
+        if pending:
+            self.say("info", f"{len(pending)} accepted keyframe(s) left pending by an earlier run: encoding them first")
+            for seq in pending:
+                self._queue.put((seq, None, None, None, True))
         if self.cfg.pose_source == "tf":
             self._tf = self._tf_buffer()
         self.say("info", f"model {self.backend.model_id} (weights: {self.backend.weights_source})")
         self._stop.clear()
+        self._abandon.clear()
         self._finished = False
         self._worker = threading.Thread(target=self._work, name="vpr-map-encoder", daemon=True)
         self._worker.start()
@@ -160,11 +184,15 @@ class MapBuilderCore(VprNodeMixin):
             self.finish()
         self._stop.set()
         if self._worker is not None:
+            # it finishes the keyframe in hand (or leaves it pending on disk if the process ends first)
             self._worker.join(timeout=5.0)
             self._worker = None
+        if self.builder is not None:
+            self.builder.map.close()  # releases the writer lock
         if self.backend is not None and self.backend is not self._injected_backend:
             self.backend.close()
         self.backend, self.builder = None, None
+        self._queue = queue.Queue()
         if self._tf_listener is not None:
             self._tf_listener.unregister()
             if getattr(self._tf_listener, "executor", None) is not None:
@@ -248,29 +276,31 @@ class MapBuilderCore(VprNodeMixin):
         except VprError as exc:
             self.say("warning", f"CameraInfo of '{camera}' ignored: {exc}", throttle=10.0)
 
-    def _depth_for(self, camera: str, t: float, shape: tuple[int, int]) -> Any:
-        """The aligned depth (metres [H, W]) nearest to ``t`` within max_depth_age, or None (counted
-        when a depth stream exists but its image cannot be used)."""
-        from vpr_ros.images import depth_to_metres
+    def _depth_msg_for(self, camera: str, t: float, image: Any = None) -> RawImage | None:
+        """The depth image nearest to ``t`` within max_depth_age, as received (stored with the
+        keyframe), or None: no depth stream, none close enough, or no use for it (verification
+        off, no camera model yet). A depth image that cannot be used is counted and reported."""
+        from vpr_ros.images import DEPTH_ENCODINGS
 
         recent = self._depths.get(camera)
-        if not recent:
+        builder = self.builder
+        if not recent or builder is None or not builder.verifier.enabled or camera not in self.intrinsics:
             return None
         t_d, msg = min(list(recent), key=lambda e: abs(e[0] - t))
         if abs(t_d - t) > self.cfg.max_depth_age:
             return None
-        try:
-            d = depth_to_metres(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data)
-        except VprError as exc:
+        if msg.encoding not in DEPTH_ENCODINGS:
             self.depth_rejected += 1
-            self._error(f"depth for '{camera}' at {t:.3f} not used: {exc}")
+            self._error(f"depth for '{camera}' at {t:.3f} not used: encoding '{msg.encoding}' is not a depth "
+                        f"encoding ({', '.join(DEPTH_ENCODINGS)})")
             return None
-        if d.shape != shape:
+        size = (getattr(image, "width", 0), getattr(image, "height", 0))
+        if size[0] and (msg.width, msg.height) != size:
             self.depth_rejected += 1
-            self._error(f"depth for '{camera}' is {d.shape[1]}x{d.shape[0]} but the image is {shape[1]}x{shape[0]}: "
+            self._error(f"depth for '{camera}' is {msg.width}x{msg.height} but the image is {size[0]}x{size[1]}: "
                         "not used (it must be aligned to the camera image)")
             return None
-        return d
+        return RawImage.of_message(msg)
 
     # ------------------------------------------------------------------ images
     def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
@@ -324,16 +354,28 @@ class MapBuilderCore(VprNodeMixin):
             return
         with self._lock:
             keyframe = builder.selector.offer(w.t, kf.pose)
-        if not keyframe and not (self.kf_cfg.novelty_threshold > 0 and self._queue.qsize() == 0):
-            return  # not a keyframe (appearance candidates are checked only when the worker is idle)
-        try:
-            self._queue.put_nowait((w.camera, w.msg, kf, keyframe))
-            self.accepted += keyframe
-        except queue.Full:
+        if not keyframe:
+            if self.kf_cfg.novelty_threshold > 0 and self._queue.unfinished_tasks == 0:
+                self._queue.put((0, None, w.msg, kf, False))  # an appearance candidate, checked while idle
+            return
+        reason = ""
+        if self._queue.unfinished_tasks >= MAX_PENDING:
+            reason = f"{MAX_PENDING} keyframes wait for the encoder already"
+        else:
+            try:
+                frame = PendingFrame(kf, RawImage.of_message(w.msg), self._depth_msg_for(w.camera, w.t, w.msg),
+                                     self.intrinsics.get(w.camera))
+                frame = replace(frame, seq=builder.map.add_pending(frame))  # on disk before we go on
+            except VprError as exc:
+                reason = f"could not be stored: {exc}"
+                self._store_failed(f"keyframe at {w.t:.3f} from '{w.camera}' {reason}")
+        if reason:
             self.dropped += 1
-            if keyframe:
-                with self._lock:  # forget it, so the next frame can become the keyframe instead
-                    builder.selector.undo()
+            with self._lock:  # forget it, so the next frame can become the keyframe instead
+                builder.selector.undo()
+            return
+        self.accepted += 1
+        self._queue.put((frame.seq, frame, w.msg, kf, True))
 
     def _check_frame(self, frame: str) -> bool:
         """Keyframe poses are in one frame: the first pose's (odometry header.frame_id)."""
@@ -350,7 +392,12 @@ class MapBuilderCore(VprNodeMixin):
                 self._pose_frame = frame
                 if vmap.manifest.map_frame != frame:
                     self.say("info", f"keyframe poses are in frame '{frame}' (from the pose messages)")
-                    vmap.manifest.map_frame = frame
+                    try:
+                        vmap.set_map_frame(frame)
+                    except VprError as exc:
+                        self._store_failed(f"pose frame '{frame}' not stored: {exc}")
+                        self._pose_frame = ""
+                        return False
             elif frame != self._pose_frame:
                 self._error(f"pose frame changed from '{self._pose_frame}' to '{frame}'; image skipped")
                 return False
@@ -358,103 +405,160 @@ class MapBuilderCore(VprNodeMixin):
 
     def _work(self) -> None:
         while not self._stop.is_set():
+            if self._abandon.is_set():  # a second signal: what is queued stays pending on disk
+                self._stop.wait(0.5)
+                continue
             try:
-                camera, msg, kf, keyframe = self._queue.get(timeout=0.5)
+                item = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
             try:
-                self._encode(camera, msg, kf, keyframe)
+                if item[4]:
+                    self._encode_keyframe(item[0], item[1])
+                else:
+                    self._consider(item[2], item[3])
             finally:
                 self._queue.task_done()
 
-    def _encode(self, camera: str, msg: Any, kf: Keyframe, keyframe: bool) -> None:
-        builder, backend = self.builder, self.backend
-        if builder is None or backend is None:
+    def _encode_keyframe(self, seq: int, frame: PendingFrame | None) -> None:
+        """Encode an accepted (stored) keyframe and commit it in place of its pending entry. An image
+        that cannot be decoded is dropped with the reason; a commit that fails leaves it pending."""
+        builder = self.builder
+        if builder is None:
+            return
+        try:
+            if frame is None:  # left by an earlier run
+                frame = builder.map.read_pending(seq)
+            desc, feats = builder.encode_frame(frame)
+            with self._lock:
+                builder.add_encoded(desc, [frame.keyframe], feats, pending=[seq])
+            self.store_error = ""
+        except ImageError as exc:
+            self._error(f"keyframe {seq} dropped: its image cannot be used: {exc}")
+            try:
+                builder.map.drop_pending(seq)
+            except VprError as exc2:
+                self._store_failed(f"pending keyframe {seq} could not be dropped: {exc2}")
+            return
+        except VprError as exc:
+            self.left_pending += 1
+            self._store_failed(f"keyframe {seq} stays pending on disk (encoded at the next start): {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - keep building; the frame is safe on disk
+            self.left_pending += 1
+            self._store_failed(f"keyframe {seq} stays pending on disk: {type(exc).__name__}: {exc}")
+            return
+        self.with_depth += frame.depth is not None
+        self.keyframes += 1
+        if self.keyframes % 10 == 0:
+            kf = frame.keyframe
+            self.say("info", f"{len(builder.map)} keyframes; last at x={kf.pose[0]:.1f} "
+                             f"y={kf.pose[1]:.1f} ({self.images} images received)")
+
+    def _consider(self, msg: Any, kf: Keyframe) -> None:
+        """An appearance candidate (not accepted by the motion rules): added if it looks new."""
+        builder = self.builder
+        if builder is None:
             return
         try:
             rgb = image_to_rgb(msg)
-            intr = self.intrinsics.get(camera)
+            intr = self.intrinsics.get(kf.camera)
             if intr is not None and (intr.width, intr.height) != (rgb.shape[1], rgb.shape[0]):
                 intr = None
-            depth = None
-            if builder.verifier.enabled and intr is not None:
-                depth = self._depth_for(camera, kf.stamp, rgb.shape[:2])
+            depth_msg = self._depth_msg_for(kf.camera, kf.stamp, msg) if intr else None
+            depth = depth_msg.depth_metres() if depth_msg is not None else None
             desc, [feats] = builder.encode([rgb], [depth], intr)
-            self.with_depth += depth is not None
             with self._lock:
-                added = builder.add_encoded(desc, [kf], [feats]) if keyframe else builder.consider_novel(desc, kf, feats)
-                self._dirty = self._dirty or added is not None
+                added = builder.consider_novel(desc, kf, feats)
             self.keyframes += added is not None
-            if added is not None and self.keyframes % 10 == 0:
-                self.say("info", f"{len(builder.map)} keyframes; last at x={kf.pose[0]:.1f} "
-                                 f"y={kf.pose[1]:.1f} ({self.images} images received)")
+        except ImageError as exc:
+            self._error(f"frame from '{kf.camera}' skipped: {exc}")
         except VprError as exc:
-            self._error(f"frame from '{camera}' skipped: {exc}")
+            self._store_failed(f"novel frame from '{kf.camera}' not stored: {exc}")
         except Exception as exc:  # noqa: BLE001 - keep building on one bad frame
-            self._error(f"frame from '{camera}' failed: {type(exc).__name__}: {exc}")
+            self._error(f"frame from '{kf.camera}' failed: {type(exc).__name__}: {exc}")
 
     def _error(self, text: str) -> None:
         self.errors += 1
         self.last_error = text
         self.say("error", text, throttle=1.0)
 
+    def _store_failed(self, text: str) -> None:
+        self.store_error = text
+        self._error(text)
+
     # ------------------------------------------------------------------ saving
-    def save(self, force: bool = False) -> str:
-        """Save now (only when something changed, unless ``force``); returns a status line."""
+    def save(self) -> str:
+        """Snapshot a slow-to-build index (every keyframe is on disk already); returns a status line."""
         builder = self.builder
         if builder is None:
             return "not configured; nothing saved"
-        with self._lock:
-            if len(builder.map) == 0:
-                return "map is empty; nothing saved"
-            if not self._dirty and not force:
-                return f"map unchanged ({len(builder.map)} keyframes); nothing to save"
-            path = builder.save(self.cfg.map_dir)
-            self._dirty = False
-            n = len(builder.map)
-        text = f"saved {n} keyframes to {path}"
+        with self._saving:
+            with self._lock:
+                builder.save()
+                n, gen = len(builder.map), builder.map.manifest.generation
+            pending = self._queue.unfinished_tasks
+        text = (f"map in {self.cfg.map_dir}: {n} keyframes on disk (generation {gen})"
+                + (f", {pending} accepted keyframe(s) still to encode (on disk too)" if pending else ""))
         self.say("info", text)
         return text
 
-    def finish(self, budget: float = SHUTDOWN_BUDGET) -> str:
-        """Shutdown path: save what is encoded, encode the queued keyframes (within ``budget``
-        seconds), save again; returns the last status line."""
+    def finish(self) -> str:
+        """Shutdown path: take the images still waiting for a pose, encode every pending keyframe
+        (until done, or until a second signal sets ``_abandon``: then they stay on disk for the next
+        start), snapshot the index; returns the last status line. No time budget: nothing accepted
+        depends on finishing."""
         self._finished = True
         with self._pair_lock:
             waiting = len(self._waiting)
         if waiting:
             self._resolve_waiting(final=True)
         pending = self._queue.unfinished_tasks
-        text = self.save()
         if pending:
-            self.say("info", f"finishing: {pending} queued keyframe(s) to encode before exit")
-            end = time.monotonic() + budget
-            while self._queue.unfinished_tasks and time.monotonic() < end and self._worker is not None \
+            self.say("info", f"finishing: {pending} accepted keyframe(s) to encode before exit (all on disk "
+                             "already: a second Ctrl-C leaves them for the next start)")
+            while self._queue.unfinished_tasks and not self._abandon.is_set() and self._worker is not None \
                     and self._worker.is_alive():
-                time.sleep(0.02)
-            if self._queue.unfinished_tasks:
-                self._error(f"{self._queue.unfinished_tasks} queued keyframe(s) not encoded within {budget:.0f} s")
+                self._abandon.wait(0.05)
+        left = self._queue.unfinished_tasks + self.left_pending
+        try:
             text = self.save()
+        except VprError as exc:
+            text = f"index snapshot not written ({exc}); every keyframe is on disk"
+            self.say("warning", text)
+        if left:
+            self.say("info", f"{left} accepted keyframe(s) left pending in {self.cfg.map_dir}: they are encoded "
+                             "at the next start, or by vpr_ros_build_map --finish --map-dir ...")
         return text
 
     def _autosave(self) -> None:
+        """Timer: the index snapshot is written on a thread of its own (the callbacks go on)."""
+        if self._saving.locked() or self.builder is None:
+            return
+        threading.Thread(target=self._save_quietly, name="vpr-map-snapshot", daemon=True).start()
+
+    def _save_quietly(self) -> None:
         try:
             self.save()
         except VprError as exc:
-            self._error(f"autosave failed: {exc}")
+            self._store_failed(f"autosave failed: {exc}")
 
     def _on_save(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
         try:
-            resp.message = self.save(force=True)
+            resp.message = self.save()
             resp.success = self.builder is not None
         except VprError as exc:
-            resp.success, resp.message = False, str(exc)
+            self._store_failed(f"save failed: {exc}")
+            resp.success, resp.message = False, f"save failed: {exc}; every keyframe stays on disk"
         return resp
 
     def _publish_diagnostics(self) -> None:
         level = DiagnosticStatus.WARN if self.errors or self.skipped_no_pose else DiagnosticStatus.OK
+        if self.store_error:
+            level = DiagnosticStatus.ERROR
         n = len(self.builder.map) if self.builder is not None else 0
-        msg = self.last_error or ("images without a pose were skipped" if self.skipped_no_pose else f"{n} keyframes")
+        msg = self.store_error or self.last_error or ("images without a pose were skipped" if self.skipped_no_pose
+                                                      else f"{n} keyframes")
         if self.builder is None:
             level, msg = DiagnosticStatus.WARN, "not configured"
         b = self.backend
@@ -464,7 +568,9 @@ class MapBuilderCore(VprNodeMixin):
                   "keyframes_dropped": self.dropped, "errors": self.errors,
                   "keyframes_with_depth": self.with_depth, "depth_images_rejected": self.depth_rejected,
                   "cameras_with_intrinsics": ",".join(sorted(self.intrinsics)),
-                  "pending": self._queue.qsize(), "model_id": b.model_id if b else ""}
+                  "pending": self._queue.unfinished_tasks, "left_pending": self.left_pending,
+                  "generation": self.builder.map.manifest.generation if self.builder is not None else 0,
+                  "model_id": b.model_id if b else ""}
         self.publish_status(self.pub_diag, "map_builder", level, msg, b.model_id if b else "", values)
 
     def destroy_node(self) -> None:
@@ -486,9 +592,12 @@ MapBuilderLifecycleNode = lifecycle_class(MapBuilderCore, "map_builder")
 
 
 def _finish(node: Any) -> None:
-    """run_node's last step: the final save, immune to a second Ctrl-C or ros2 launch's SIGTERM."""
+    """run_node's last step: encode what is pending; a further SIGINT/SIGTERM (a second Ctrl-C,
+    ros2 launch's escalation) stops that after the keyframe in hand, leaving the rest on disk."""
+    def stop_encoding(*_: Any) -> None:
+        node._abandon.set()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: node.say("info", "still saving the map; please wait"))
+        signal.signal(sig, stop_encoding)
     if getattr(node, "builder", None) is not None and not node._finished:
         node.finish()
 

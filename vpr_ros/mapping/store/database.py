@@ -1,0 +1,593 @@
+"""The format-2 map database: one SQLite file in WAL mode, the map's source of truth.
+
+Tables (every row carries ``crc``, :func:`~vpr_ros.mapping.store.records.row_crc` of its values)::
+
+    meta            key -> JSON value: format_version, store_id, model, map_frame, source, metric,
+                    created, local_features, index_type, index (snapshot file, kind, count, sha256),
+                    count (keyframes), generation (committed changes)
+    keyframes       id, stamp, camera, frame_id, pose, GPS, image_ref, session, descriptor (float32)
+    local_features  id, kind, size, keypoints, descriptors, 3-D points, intrinsics
+    pending         seq, header (keyframe + image fields, JSON), image bytes, depth bytes
+
+Writes: one transaction per change, ``synchronous=FULL`` (a commit is on disk when it returns),
+so a kill or power cut keeps every committed row. Reads: one read transaction per snapshot, so a
+reader sees one generation, never a half-applied change, and never waits for the writer (WAL).
+The faiss index is derived data: an optional snapshot file for the index kinds that are slow to
+build (HNSW, IVF), checked by sha256 and extended with the keyframes added after it; it is
+rebuilt from the stored descriptors whenever it is missing, stale or corrupt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from vpr_ros.errors import MapError
+from vpr_ros.mapping.store.pending import PendingFrame
+from vpr_ros.mapping.store.records import row_crc
+
+if TYPE_CHECKING:
+    from vpr_ros.mapping.map_store import Keyframe, Manifest
+    from vpr_ros.verification.features import LocalFeatures
+
+FORMAT_VERSION = 2
+
+KEYFRAME_COLUMNS = ("id", "stamp", "camera", "frame_id", "x", "y", "z", "qx", "qy", "qz", "qw",
+                    "lat", "lon", "alt", "image_ref", "session", "descriptor")
+FEATURE_COLUMNS = ("id", "kind", "width", "height", "n", "dim", "dtype", "keypoints", "descriptors", "points3d",
+                   "intrinsics")
+FEATURE_DTYPES = {"uint8": np.uint8, "float32": np.float32, "float16": np.float16}
+
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, crc INTEGER NOT NULL)",
+    "CREATE TABLE keyframes (id INTEGER PRIMARY KEY, stamp REAL NOT NULL, camera TEXT NOT NULL, "
+    "frame_id TEXT NOT NULL, x REAL NOT NULL, y REAL NOT NULL, z REAL NOT NULL, qx REAL NOT NULL, "
+    "qy REAL NOT NULL, qz REAL NOT NULL, qw REAL NOT NULL, lat REAL, lon REAL, alt REAL, "
+    "image_ref TEXT NOT NULL, session INTEGER NOT NULL, descriptor BLOB NOT NULL, crc INTEGER NOT NULL)",
+    "CREATE TABLE local_features (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, width INTEGER NOT NULL, "
+    "height INTEGER NOT NULL, n INTEGER NOT NULL, dim INTEGER NOT NULL, dtype TEXT NOT NULL, "
+    "keypoints BLOB NOT NULL, descriptors BLOB NOT NULL, points3d BLOB, intrinsics BLOB, crc INTEGER NOT NULL)",
+    "CREATE TABLE pending (seq INTEGER PRIMARY KEY AUTOINCREMENT, header TEXT NOT NULL, image BLOB NOT NULL, "
+    "depth BLOB, crc INTEGER NOT NULL)",
+)
+_META_KEYS = ("format_version", "store_id", "model", "map_frame", "source", "metric", "created", "local_features",
+              "index_type", "index", "count", "generation")
+
+
+def sqlite_error(path: Path, what: str, exc: BaseException) -> MapError:
+    """An sqlite3 / OS error as the package's MapError naming ``path``."""
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return MapError(f"{path}: {what} ({text})")
+
+
+# ---------------------------------------------------------------------------- connections
+def connect_rw(path: Path) -> sqlite3.Connection:
+    """The writer's connection: WAL journal, every commit fsynced, explicit transactions."""
+    try:
+        con = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("PRAGMA journal_size_limit=67108864")  # the journal file shrinks back after a burst
+        con.execute("PRAGMA busy_timeout=60000")  # another connection's checkpoint, not a correctness limit
+        return con
+    except sqlite3.Error as exc:
+        raise sqlite_error(path, "cannot open the map database for writing", exc) from None
+
+
+def connect_ro(path: Path) -> sqlite3.Connection:
+    """A reader's connection (read-only; a directory nobody can write is opened as immutable).
+    ``as_uri()`` percent-encodes '#', '?' and '%', which would otherwise cut the name short."""
+    uri = Path(path).resolve().as_uri()
+    try:
+        con = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+        con.execute("PRAGMA busy_timeout=60000")
+        con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return con
+    except sqlite3.Error as exc:
+        wal = Path(f"{path}-wal")
+        if not os.access(Path(path).parent, os.W_OK) and not wal.exists():
+            try:  # read-only media: WAL readers need a -shm file they cannot create there
+                return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False,
+                                       isolation_level=None)
+            except sqlite3.Error:
+                pass
+        raise sqlite_error(path, "cannot open the map database", exc) from None
+
+
+# ---------------------------------------------------------------------------- rows
+def keyframe_row(kf: "Keyframe", descriptor: np.ndarray) -> tuple:
+    gps = kf.gps if kf.gps else (None, None, None)
+    values = (int(kf.id), float(kf.stamp), kf.camera, kf.frame_id, *(float(v) for v in kf.pose),
+              *(None if v is None else float(v) for v in gps), kf.image_ref, int(kf.session),
+              np.ascontiguousarray(descriptor, np.float32).tobytes())
+    return (*values, row_crc(values))
+
+
+def features_row(i: int, f: "LocalFeatures") -> tuple:
+    values = (int(i), f.kind, int(f.image_size[0]), int(f.image_size[1]), len(f), int(f.descriptors.shape[1]),
+              str(f.descriptors.dtype), np.ascontiguousarray(f.keypoints, np.float32).tobytes(),
+              np.ascontiguousarray(f.descriptors).tobytes(),
+              None if f.points3d is None else np.ascontiguousarray(f.points3d, np.float32).tobytes(),
+              None if f.intrinsics is None else f.intrinsics.as_array().tobytes())
+    return (*values, row_crc(values))
+
+
+def features_from_row(row: Sequence[Any], where: str) -> "LocalFeatures":
+    """LocalFeatures of a stored row (with or without its trailing crc); MapError names ``where``."""
+    from vpr_ros.verification.features import CameraIntrinsics, LocalFeatures
+
+    _, kind, w, h, n, dim, dtype, kp, desc, pts, intr = row[:11]
+    try:
+        if not isinstance(kind, str) or not all(isinstance(v, int) and v >= 0 for v in (w, h, n, dim)):
+            raise ValueError(f"kind {kind!r}, size {w!r}x{h!r}, n {n!r}, dim {dim!r}")
+        dt = FEATURE_DTYPES[dtype]
+        keypoints = np.frombuffer(kp, np.float32).reshape(n, 2)
+        descriptors = np.frombuffer(desc, dt).reshape(n, dim)
+        points3d = None if pts is None else np.frombuffer(pts, np.float32).reshape(n, 3)
+        intrinsics = None if intr is None else CameraIntrinsics.from_array(np.frombuffer(intr, np.float64))
+        return LocalFeatures(str(kind), keypoints, descriptors, (int(w), int(h)), points3d, intrinsics)
+    except (KeyError, ValueError, TypeError, OverflowError) as exc:
+        raise MapError(f"{where}: stored local features are corrupt ({type(exc).__name__}: {exc})") from None
+
+
+def _check_crc(row: Sequence[Any], path: Path, what: str) -> None:
+    try:
+        ok = row_crc(row[:-1]) == row[-1]
+    except (TypeError, UnicodeEncodeError):
+        ok = False
+    if not ok:
+        raise MapError(f"{path}: {what} fails its checksum (the file is corrupt; restore it from a copy, "
+                       "or remove the map and rebuild it)")
+
+
+# ---------------------------------------------------------------------------- meta
+def _meta_value(con: sqlite3.Connection, path: Path) -> dict[str, Any]:
+    rows = con.execute("SELECT key, value, crc FROM meta").fetchall()
+    meta: dict[str, Any] = {}
+    for row in rows:
+        key = row[0]
+        _check_crc(row, path, f"map metadata '{key}'")
+        try:
+            meta[key] = json.loads(row[1])
+        except ValueError:
+            raise MapError(f"{path}: map metadata '{key}' is not JSON") from None
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+        raise MapError(f"{path}: map metadata lacks {missing} (not a vpr_ros map database, or a damaged one)")
+    return meta
+
+
+def manifest_of(meta: dict[str, Any], path: Path) -> "Manifest":
+    """The validated Manifest of a metadata dict (every problem a MapError naming ``path``)."""
+    from vpr_ros.mapping.map_store import Manifest
+
+    version = meta["format_version"]
+    if version != FORMAT_VERSION:
+        raise MapError(f"{path}: map format version {version!r} is not supported "
+                       f"(this vpr_ros reads versions 1 and {FORMAT_VERSION})")
+    fields = {k: meta[k] for k in ("map_frame", "source", "metric", "created", "local_features", "index_type",
+                                   "count", "generation", "store_id")}
+    return Manifest.from_fields(meta["model"], fields, str(path), format_version=FORMAT_VERSION)
+
+
+def _put_meta(con: sqlite3.Connection, values: dict[str, Any]) -> None:
+    rows = []
+    for k, v in values.items():
+        text = json.dumps(v, allow_nan=False, sort_keys=True)
+        rows.append((k, text, row_crc((k, text))))
+    con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?, ?)", rows)
+
+
+def manifest_meta(m: "Manifest") -> dict[str, Any]:
+    """The metadata rows describing ``m`` (without the index snapshot entry)."""
+    from dataclasses import asdict
+
+    model = asdict(m.model)
+    model["mean"], model["std"] = list(m.model.mean), list(m.model.std)
+    return {"format_version": FORMAT_VERSION, "store_id": m.store_id, "model": model, "map_frame": m.map_frame,
+            "source": m.source, "metric": m.metric, "created": m.created, "local_features": m.local_features,
+            "index_type": m.index_type, "count": m.count, "generation": m.generation}
+
+
+# ---------------------------------------------------------------------------- reading
+@dataclass
+class Snapshot:
+    """One consistent generation of a map database, read in one transaction."""
+
+    path: Path
+    manifest: "Manifest"
+    keyframes: list["Keyframe"]
+    descriptors: np.ndarray              # float32 [N, D]
+    index_entry: dict[str, Any] | None   # the index snapshot this generation names (None: none)
+    pending: int
+    features: int                        # keyframes with local features (all verified when asked)
+    notes: list[str] = field(default_factory=list)
+
+
+def read_meta(path: Path) -> "Manifest":
+    """Only the metadata (a quick check before a full load)."""
+    con = connect_ro(path)
+    try:
+        return manifest_of(_meta_value(con, path), path)
+    except sqlite3.Error as exc:
+        raise sqlite_error(path, "cannot read the map database", exc) from None
+    except UnicodeDecodeError:
+        raise MapError(f"{path}: holds text that is not UTF-8 (a corrupt file)") from None
+    finally:
+        con.close()
+
+
+def read_snapshot(path: Path, verify_features: bool = True, con: sqlite3.Connection | None = None) -> Snapshot:
+    """Read every keyframe and descriptor of one generation, checking every checksum (and, with
+    ``verify_features``, every stored local-feature row) and the database's structure."""
+    own = con is None
+    con = con or connect_ro(path)
+    try:
+        con.execute("BEGIN")  # one snapshot for everything below
+        try:
+            return _read(con, path, verify_features)
+        finally:
+            con.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        raise sqlite_error(path, "cannot read the map database", exc) from None
+    except UnicodeDecodeError:
+        raise MapError(f"{path}: holds text that is not UTF-8 (a corrupt file)") from None
+    finally:
+        if own:
+            con.close()
+
+
+def _read(con: sqlite3.Connection, path: Path, verify_features: bool) -> Snapshot:
+    from vpr_ros.mapping.map_store import Keyframe
+
+    meta = _meta_value(con, path)
+    manifest = manifest_of(meta, path)
+    n, dim = manifest.count, manifest.model.descriptor_dim
+    check = con.execute("PRAGMA quick_check").fetchall()
+    if check != [("ok",)]:
+        raise MapError(f"{path}: the database structure is damaged ({'; '.join(str(r[0]) for r in check[:3])})")
+    descriptors = np.empty((n, dim), np.float32)
+    keyframes: list[Keyframe] = []
+    cur = con.execute(f"SELECT {','.join(KEYFRAME_COLUMNS)}, crc FROM keyframes ORDER BY id")
+    for row in _rows(cur):
+        i = len(keyframes)
+        if row[0] != i:
+            raise MapError(f"{path}: keyframe ids are not contiguous at row {i} (id {row[0]!r})")
+        _check_crc(row, path, f"keyframe {i}")
+        if i >= n:
+            raise MapError(f"{path}: more keyframes than the metadata's count {n}")
+        blob = row[16]
+        if not isinstance(blob, bytes) or len(blob) != 4 * dim:
+            raise MapError(f"{path}: keyframe {i}: descriptor is not {dim} float32 values")
+        d = np.frombuffer(blob, np.float32)
+        if not np.isfinite(d).all():
+            raise MapError(f"{path}: keyframe {i}: descriptor has NaN or infinite values")
+        descriptors[i] = d
+        gps = None if row[11] is None else (float(row[11]), float(row[12]), float(row[13]))
+        try:
+            keyframes.append(Keyframe(stamp=float(row[1]), pose=tuple(float(v) for v in row[4:11]),  # type: ignore[arg-type]
+                                      camera=str(row[2]), frame_id=str(row[3]), gps=gps, image_ref=str(row[14]),
+                                      id=i, session=int(row[15])))
+        except (MapError, TypeError, ValueError) as exc:
+            raise MapError(f"{path}: keyframe {i}: {exc}") from None
+    if len(keyframes) != n:
+        raise MapError(f"{path}: the metadata counts {n} keyframes but the table holds {len(keyframes)}")
+    features = 0
+    if verify_features:
+        cur = con.execute(f"SELECT {','.join(FEATURE_COLUMNS)}, crc FROM local_features ORDER BY id")
+        for row in _rows(cur):
+            _check_crc(row, path, f"local features of keyframe {row[0]!r}")
+            if not (isinstance(row[0], int) and 0 <= row[0] < n):
+                raise MapError(f"{path}: local features of a keyframe the map does not hold (id {row[0]!r})")
+            features_from_row(row, f"{path}: keyframe {row[0]}")
+            features += 1
+    else:
+        features = int(con.execute("SELECT COUNT(*) FROM local_features").fetchone()[0])
+    pending = int(con.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
+    entry = meta["index"] if isinstance(meta["index"], dict) else None
+    return Snapshot(path, manifest, keyframes, descriptors, entry, pending, features)
+
+
+def _rows(cur: sqlite3.Cursor) -> Iterator[tuple]:
+    while batch := cur.fetchmany(256):
+        yield from batch
+
+
+def read_features(con: sqlite3.Connection, lock: threading.Lock, i: int, where: str) -> "LocalFeatures | None":
+    """The local features of keyframe ``i`` (checksum verified), None if it has none."""
+    try:
+        with lock:
+            row = con.execute(f"SELECT {','.join(FEATURE_COLUMNS)}, crc FROM local_features WHERE id = ?",
+                              (int(i),)).fetchone()
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
+        raise MapError(f"{where}: keyframe {i}: stored local features unreadable ({exc})") from None
+    if row is None:
+        return None
+    _check_crc(row, Path(where), f"local features of keyframe {i}")
+    return features_from_row(row, f"{where}: keyframe {i}")
+
+
+def feature_bytes(con: sqlite3.Connection, lock: threading.Lock, where: str) -> tuple[int, int]:
+    """(rows, total bytes) of the stored local features."""
+    try:
+        with lock:
+            row = con.execute("SELECT COUNT(*), SUM(length(keypoints) + length(descriptors) + "
+                              "COALESCE(length(points3d), 0)) FROM local_features").fetchone()
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
+        raise MapError(f"{where}: stored local features unreadable ({exc})") from None
+    return int(row[0] or 0), int(row[1] or 0)
+
+
+def load_index(root: Path, snap: Snapshot) -> tuple[Any, list[str]]:
+    """The search index of ``snap``: its snapshot file if valid (then extended with the keyframes
+    added after it), else built from the stored descriptors. Returns (index, notes)."""
+    from vpr_ros.config import IndexConfig
+    from vpr_ros.mapping.index import build_index, kind_of, set_search_params
+
+    kind, n = snap.manifest.index_type, len(snap.keyframes)
+    entry, notes = snap.index_entry, []
+    index = None
+    if kind != "flat" and entry is not None:
+        index, why = _index_from_file(root, entry, kind, snap)
+        if index is None:
+            notes.append(f"index snapshot {entry.get('file')!r} {why}: rebuilt the '{kind}' index from the "
+                         "stored descriptors")
+    if index is None:
+        if kind != "flat" and entry is None and n:
+            notes.append(f"no '{kind}' index snapshot yet: built from the stored descriptors")
+        try:
+            index = build_index(snap.descriptors, kind, IndexConfig())
+        except MapError:  # too few keyframes to train IVF: search exactly until there are enough
+            index = build_index(snap.descriptors, "flat", IndexConfig())
+            notes.append(f"'{kind}' needs more keyframes to train; searching exactly meanwhile")
+    elif index.ntotal < n:  # type: ignore[attr-defined]
+        index.add(snap.descriptors[index.ntotal:])  # type: ignore[attr-defined]
+    set_search_params(index, IndexConfig())
+    assert kind_of(index) in (kind, "flat")
+    return index, notes
+
+
+def _index_from_file(root: Path, entry: dict[str, Any], kind: str, snap: Snapshot) -> tuple[Any, str]:
+    import faiss
+
+    from vpr_ros.mapping.index import kind_of
+
+    try:
+        name, count, sha = str(entry["file"]), int(entry["count"]), str(entry["sha256"])
+    except (KeyError, TypeError, ValueError):
+        return None, "is described wrongly"
+    if "/" in name or name.startswith("."):
+        return None, "has a bad name"
+    try:
+        data = (root / name).read_bytes()
+    except FileNotFoundError:
+        return None, "is missing (a newer save replaced it)"
+    except OSError as exc:
+        return None, f"is unreadable ({exc.strerror or exc})"
+    if hashlib.sha256(data).hexdigest() != sha:
+        return None, "fails its sha256 (corrupt)"
+    try:
+        index = faiss.deserialize_index(np.frombuffer(data, np.uint8))
+    except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError with its own text
+        return None, f"cannot be read by faiss ({str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''})"
+    if kind_of(index) != kind or index.d != snap.manifest.model.descriptor_dim or index.ntotal != count \
+            or count > len(snap.keyframes):
+        return None, "does not fit the map"
+    return index, ""
+
+
+# ---------------------------------------------------------------------------- writing
+class StoreWriter:
+    """Durable write transactions on one map database. The caller holds the directory's
+    :class:`~vpr_ros.mapping.store.lock.WriterLock`; methods are thread-safe."""
+
+    def __init__(self, root: Path, path: Path) -> None:
+        self.root, self.path = root, path
+        self.con = connect_rw(path)
+        self._lock = threading.Lock()
+        try:
+            meta = _meta_value(self.con, path)
+            self.manifest = manifest_of(meta, path)
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            self.con.close()
+            raise sqlite_error(path, "cannot read the map database", exc) from None
+        except MapError:
+            self.con.close()
+            raise
+        self.generation = int(meta["generation"])
+        self.count = int(meta["count"])
+        self.index_entry = meta["index"] if isinstance(meta["index"], dict) else None
+
+    @staticmethod
+    def create(path: Path, manifest: "Manifest") -> None:
+        """A new database at ``path`` (which must not exist) with ``manifest``'s metadata and no
+        keyframes; fsynced and closed."""
+        if path.exists():
+            raise MapError(f"{path}: exists already")
+        con = connect_rw(path)
+        try:
+            con.execute("PRAGMA auto_vacuum=INCREMENTAL")  # space of encoded pending images goes back to the OS
+            con.execute("BEGIN IMMEDIATE")
+            for stmt in _SCHEMA:
+                con.execute(stmt)
+            _put_meta(con, {**manifest_meta(manifest), "index": None})
+            con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise sqlite_error(path, "cannot create the map database", exc) from None
+        finally:
+            con.close()
+
+    def _transaction(self, what: str, body: Callable[[sqlite3.Connection], None],
+                     meta: dict[str, Any] | None = None, new_generation: bool = True) -> None:
+        with self._lock:
+            con = self.con
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    body(con)
+                    updates = dict(meta or {})
+                    if new_generation:
+                        updates["generation"] = self.generation + 1
+                    if updates:
+                        _put_meta(con, updates)
+                    con.execute("COMMIT")
+                except BaseException:
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise sqlite_error(self.path, f"cannot {what}", exc) from None
+            except OSError as exc:
+                raise sqlite_error(self.path, f"cannot {what}", exc) from None
+            if new_generation:
+                self.generation += 1
+
+    def commit(self, keyframes: Sequence["Keyframe"], descriptors: np.ndarray,
+               features: dict[int, "LocalFeatures"], done_pending: Iterable[int] = (),
+               meta: dict[str, Any] | None = None) -> None:
+        """Store keyframes (ids follow the stored count) with their descriptors [N, D] and local
+        features, delete the pending frames they came from, update ``meta``: one transaction."""
+        rows = [keyframe_row(kf, d) for kf, d in zip(keyframes, descriptors)]
+        if rows and rows[0][0] != self.count:
+            raise MapError(f"{self.path}: keyframe {rows[0][0]} does not follow the {self.count} stored")
+        frows = [features_row(i, f) for i, f in sorted(features.items())]
+        done = [(int(s),) for s in done_pending]
+
+        def body(con: sqlite3.Connection) -> None:
+            con.executemany(f"INSERT INTO keyframes VALUES ({','.join('?' * (len(KEYFRAME_COLUMNS) + 1))})", rows)
+            con.executemany(f"INSERT INTO local_features VALUES ({','.join('?' * (len(FEATURE_COLUMNS) + 1))})", frows)
+            con.executemany("DELETE FROM pending WHERE seq = ?", done)
+
+        self._transaction("store keyframes", body, {**(meta or {}), "count": self.count + len(rows)})
+        self.count += len(rows)
+
+    def set_meta(self, values: dict[str, Any]) -> None:
+        self._transaction("update the map metadata", lambda con: None, values)
+
+    # pending frames
+    def add_pending(self, frame: PendingFrame) -> int:
+        """Store an accepted frame durably; returns its sequence number."""
+        try:
+            header = frame.header_json()
+        except (ValueError, TypeError) as exc:
+            raise MapError(f"{self.path}: accepted keyframe at {frame.keyframe.stamp} cannot be stored ({exc})") from None
+        image = frame.image.data
+        depth = frame.depth.data if frame.depth is not None else None
+        out: list[int] = []
+
+        def body(con: sqlite3.Connection) -> None:
+            seq = int(con.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM pending").fetchone()[0])
+            seq = max(seq, int(con.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM sqlite_sequence "
+                                           "WHERE name = 'pending'").fetchone()[0]))
+            con.execute("INSERT INTO pending VALUES (?, ?, ?, ?, ?)",
+                        (seq, header, image, depth, row_crc((seq, header, image, depth))))
+            out.append(seq)
+
+        self._transaction("store the accepted keyframe", body, new_generation=False)
+        return out[0]
+
+    def pending_seqs(self) -> list[int]:
+        with self._lock:
+            try:
+                return [int(r[0]) for r in self.con.execute("SELECT seq FROM pending ORDER BY seq")]
+            except sqlite3.Error as exc:
+                raise sqlite_error(self.path, "cannot list pending keyframes", exc) from None
+
+    def read_pending(self, seq: int) -> PendingFrame:
+        with self._lock:
+            try:
+                row = self.con.execute("SELECT seq, header, image, depth, crc FROM pending WHERE seq = ?",
+                                       (int(seq),)).fetchone()
+            except (sqlite3.Error, UnicodeDecodeError) as exc:
+                raise sqlite_error(self.path, f"cannot read pending keyframe {seq}", exc) from None
+        if row is None:
+            raise MapError(f"{self.path}: no pending keyframe {seq}")
+        _check_crc(row, self.path, f"pending keyframe {seq}")
+        return PendingFrame.from_row(row[0], row[1], row[2], row[3], str(self.path))
+
+    def drop_pending(self, seq: int) -> None:
+        """Forget a pending frame that cannot be encoded (its image is unusable)."""
+        def body(con: sqlite3.Connection) -> None:
+            con.execute("DELETE FROM pending WHERE seq = ?", (int(seq),))
+
+        self._transaction("drop a pending keyframe", body, new_generation=False)
+
+    def reclaim_space(self) -> None:
+        """Give the pages of encoded pending images back to the file system."""
+        with self._lock:
+            try:
+                self.con.execute("PRAGMA incremental_vacuum")
+            except sqlite3.Error:
+                pass  # space is reused by later rows anyway
+
+    # index snapshots
+    def write_index(self, index: Any, kind: str) -> str:
+        """Write a snapshot of ``index`` (covering ``index.ntotal`` keyframes) and name it in the
+        metadata; keeps the previous snapshot (a reader may still be reading it). Returns its name."""
+        import faiss
+
+        count = int(index.ntotal)
+        name = f"index-{self.manifest.store_id}-{uuid.uuid4().hex[:8]}.faiss"
+        data = faiss.serialize_index(index).tobytes()
+        target = self.root / name
+        write_file_atomic(target, data)
+        entry = {"file": name, "kind": kind, "count": count, "sha256": hashlib.sha256(data).hexdigest()}
+        previous = self.index_entry
+        try:
+            self._transaction("record the index snapshot", lambda con: None, {"index": entry, "index_type": kind})
+        except MapError:
+            target.unlink(missing_ok=True)
+            raise
+        self.index_entry = entry
+        keep = {name, previous.get("file") if previous else None}
+        for f in self.root.glob(f"index-{self.manifest.store_id}-*.faiss"):
+            if f.name not in keep:
+                f.unlink(missing_ok=True)
+        return name
+
+    def close(self) -> None:
+        """Move the journal into the database file (a copy of the .sqlite alone is then complete)
+        and close."""
+        with self._lock:
+            try:
+                self.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass  # a reader still in an old snapshot: the journal stays, SQLite reads it
+            try:
+                self.con.close()
+            except sqlite3.Error:
+                pass
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary name, fsync, rename over ``path``, fsync the directory;
+    nothing is left behind on failure."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise MapError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
