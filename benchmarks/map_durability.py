@@ -38,6 +38,9 @@ def dir_bytes(root: Path) -> int:
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and f.name != "writer.lock")
 
 
+STORE_SECONDS: list[float] = []  # time inside the store's two commits, per keyframe
+
+
 def run_durable(backend, images, root: Path) -> float:  # type: ignore[no-untyped-def]
     from vpr_ros.config import KeyframeConfig
     from vpr_ros.geometry import planar_pose
@@ -51,10 +54,13 @@ def run_durable(backend, images, root: Path) -> float:  # type: ignore[no-untype
     for i, img in enumerate(images):
         h, w = img.shape[:2]
         frame = PendingFrame(Keyframe(float(i), planar_pose(i, 0.0)), RawImage(img.tobytes(), "rgb8", h, w, 3 * w))
+        t0 = time.perf_counter()
         seq = vmap.add_pending(frame)  # in the image callback: on disk before anything else
-        from dataclasses import replace
-
-        b.encode_pending(replace(frame, seq=seq))  # the encoder thread's commit
+        t1 = time.perf_counter()
+        desc, feats = b.encode_frame(frame)
+        t2 = time.perf_counter()
+        b.add_encoded(desc, [frame.keyframe], feats, pending=[seq])  # the encoder thread's commit
+        STORE_SECONDS.append(t1 - t0 + time.perf_counter() - t2)
     b.save()
     vmap.close()
     return time.perf_counter() - t
@@ -124,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"median of {a.rounds} rounds, {a.keyframes} keyframes of 640x480 each, {a.threads} threads:")
     print(f"  time per keyframe: durable {tn * 1e3:.1f} ms, v0.3 {to * 1e3:.1f} ms -> {tn / to:.3f}x "
           f"({(tn / to - 1) * 100:+.1f}%; target <= +10%)")
+    print(f"  of which the store's two commits (raw image, then the encoded keyframe): "
+          f"{statistics.median(STORE_SECONDS) * 1e3:.1f} ms median per keyframe")
     print(f"  disk: durable {bn / a.keyframes / 1024:.1f} KiB, v0.3 {bo / a.keyframes / 1024:.1f} KiB per keyframe "
           f"-> {bn / bo:.3f}x ({(bn / bo - 1) * 100:+.1f}%; target <= +20%)")
     return 0

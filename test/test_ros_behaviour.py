@@ -365,3 +365,120 @@ def test_localizer_process_shuts_down_quietly(rclpy_context, tmp_path, built_map
     assert proc.returncode == 0, text[-2000:]
     tail = text[text.find("listening on"):]
     assert "[ERROR]" not in tail and "[WARN]" not in tail and "Traceback" not in tail and "Failed to publish" not in tail, tail
+
+
+def _start(module: str, params, **popen) -> tuple[subprocess.Popen, list[str]]:
+    """A node process (``module``'s main) and the lines it prints, collected on a thread."""
+    proc = subprocess.Popen([sys.executable, "-c", f"from {module} import main; raise SystemExit(main())",
+                             "--ros-args", "--params-file", str(params)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **popen)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(r.decode(errors="replace") for r in proc.stdout), daemon=True).start()
+    return proc, lines
+
+
+def test_map_builder_refuses_maps_it_cannot_read_or_may_not_write(tmp_path, built_map):
+    """Started on a map of a future format, or on a map another process is writing, the map
+    builder exits with the reason (code 2) and every file stays as it was."""
+    future = tmp_path / "future"
+    import shutil
+
+    shutil.copytree(built_map, future)
+    mf = future / "manifest.yaml"
+    mf.write_text(yaml.safe_dump({**yaml.safe_load(mf.read_text()), "format_version": 3}))
+    busy = tmp_path / "busy"
+    shutil.copytree(built_map, busy)
+    holder = VprMap.open_writer(busy)
+    try:
+        for d, why in ((future, "map format version 3 is not supported"), (busy, f"being written by pid {os.getpid()}")):
+            before = {f.name: f.read_bytes() for f in d.iterdir()}
+            params = _write_params(tmp_path / f"{d.name}.yaml", map_dir=str(d), backend="torch",
+                                   **{f"model.{k}": v for k, v in TINY_MODEL.items()})
+            proc, lines = _start("vpr_ros.ros.map_builder_node", params)
+            assert proc.wait(timeout=120) == 2
+            text = "".join(lines)
+            assert why in text and "Traceback" not in text, text[-2000:]
+            assert {f.name: f.read_bytes() for f in d.iterdir()} == before
+    finally:
+        holder.close()
+
+
+@pytest.mark.slow
+def test_map_builder_keeps_running_and_every_keyframe_when_writes_fail(rclpy_context, tmp_path, traversals):
+    """Real write failures in a running map builder process: its file-size limit is lowered from
+    outside (prlimit), so every write past 4 KiB fails with EFBIG as on a full disk. Keyframes that
+    cannot be stored are refused and counted, the save service answers success false with the
+    reason, /diagnostics says ERROR, the node keeps running; with the limit lifted it stores again,
+    and the map holds exactly the keyframes it reported as accepted, with no stray file."""
+    import resource
+
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from nav_msgs.msg import Odometry
+    from sensor_msgs.msg import Image
+    from std_srvs.srv import Trigger
+
+    map_dir = tmp_path / "map"
+    params = _write_params(tmp_path / "p.yaml", map_dir=str(map_dir), backend="torch", qos="reliable",
+                           pose_qos="reliable", autosave_period=0.0, max_pose_wait=30.0,
+                           **{"keyframes.min_distance": 0.0, "keyframes.min_rotation_deg": 0.0,
+                              "keyframes.max_interval": 0.01, "index.index_type": "hnsw",
+                              **{f"model.{k}": v for k, v in TINY_MODEL.items()}})
+    proc, lines = _start("vpr_ros.ros.map_builder_node", params)
+    client = rclpy.create_node("full_disk_feeder")
+    first = traversals[0]
+    try:
+        pub_img = client.create_publisher(Image, "image", 50)
+        pub_odom = client.create_publisher(Odometry, "odom", 50)
+        diags: list = []
+        client.create_subscription(DiagnosticArray, "/diagnostics",
+                                   lambda m: diags.extend(st for st in m.status if st.name.endswith("map_builder")), 20)
+        assert until(lambda: pub_img.get_subscription_count() and pub_odom.get_subscription_count() and diags,
+                     timeout=120, spin=client), "".join(lines)[-3000:]
+
+        def value(key):
+            return int({kv.key: kv.value for kv in diags[-1].values}[key])
+
+        def send(ks):
+            for k in ks:
+                pub_odom.publish(odometry(300.0 + k, first.poses[k]))
+                pub_img.publish(rgb_to_image(first.images[k], 300.0 + k))
+            pub_odom.publish(odometry(300.0 + ks[-1] + 0.5, first.poses[ks[-1]]))  # a pose after the last image
+
+        def save():
+            cli = client.create_client(Trigger, "vpr/save_map")
+            assert cli.wait_for_service(timeout_sec=30)
+            fut = cli.call_async(Trigger.Request())
+            rclpy.spin_until_future_complete(client, fut, timeout_sec=60)
+            return fut.result()
+
+        send(range(0, 4))
+        assert until(lambda: value("keyframes") == 4, timeout=60, spin=client), "".join(lines)[-3000:]
+        soft, hard = resource.prlimit(proc.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (4096, hard))
+        try:
+            res = save()  # the HNSW snapshot of the 4 keyframes cannot be written
+            assert not res.success and "save failed" in res.message and "stays on disk" in res.message, res.message
+            send(range(4, 8))
+            assert until(lambda: value("keyframes_dropped") >= 1 and diags[-1].level == DiagnosticStatus.ERROR,
+                         timeout=60, spin=client), "".join(lines)[-3000:]
+            assert proc.poll() is None
+        finally:
+            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (soft, hard))
+        send(range(8, 12))
+        assert until(lambda: value("keyframes") == value("keyframes_accepted") and value("keyframes_accepted") >= 8,
+                     timeout=60, spin=client), "".join(lines)[-3000:]
+        accepted = value("keyframes_accepted")
+        assert save().success and diags[-1].level != DiagnosticStatus.ERROR or until(
+            lambda: diags[-1].level != DiagnosticStatus.ERROR, timeout=10, spin=client)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, "".join(lines)[-3000:]
+    finally:
+        client.destroy_node()
+        if proc.poll() is None:
+            proc.kill()
+    vmap = VprMap.load(map_dir)
+    assert len(vmap) == accepted and vmap.pending == 0
+    assert set(k.stamp for k in vmap.keyframes) <= {300.0 + k for k in range(12)}
+    assert {300.0 + k for k in range(4)} | {300.0 + k for k in range(8, 12)} <= {k.stamp for k in vmap.keyframes}
+    assert not [f for f in map_dir.iterdir() if f.name.startswith(".")]
+    assert "Traceback" not in "".join(lines)

@@ -237,7 +237,7 @@ class MapBuilder:
             log.info("building a '%s' index over %d keyframes", kind, len(self.map))
             self.map.reindex(kind, self.index_cfg)
         path = self.map.save(map_dir, replace_existing=replace_existing, lock=lock)
-        log.info("saved map with %d keyframes to %s", len(self.map), path)
+        log.debug("saved map with %d keyframes to %s", len(self.map), path)
         return path
 
 

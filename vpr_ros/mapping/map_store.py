@@ -465,6 +465,7 @@ class VprMap:
         self._features = {}
         self._origin = (self.manifest.store_id, w.generation)
         self.manifest.generation, self.manifest.count = w.generation, n
+        w.reclaim_space()
         self._open_features(w.path)
 
     def _write_new_store(self, root: Path, old: dict[str, Any] | None) -> None:

@@ -122,6 +122,10 @@ class MapBuilderCore(VprNodeMixin):
         self.live = LiveParameters(node, MAP_BUILDER_SECTIONS, self.cfgs, self._apply_parameters)
 
     def _configure(self) -> None:
+        from pathlib import Path
+
+        if (Path(self.cfg.map_dir) / "manifest.yaml").exists():
+            VprMap.read_manifest(self.cfg.map_dir)  # refuse an unreadable map before loading a model
         self.backend = self._injected_backend or open_backend(
             self.cfg.backend, self.model_cfg, self.cfg.device, self.cfg.engine_cache_dir or None, gpu=self.cfg.gpu)
         # the one writer of map_dir: refused if another process writes it, if the map there cannot be

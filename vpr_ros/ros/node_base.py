@@ -4,6 +4,7 @@ has shut down, and the lifecycle transitions (plain and managed variants of each
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 import weakref
@@ -92,21 +93,28 @@ class VprNodeMixin:
         return rclpy.ok(context=node.context)
 
     def say(self, level: str, text: str, throttle: float | None = None) -> None:
-        """Log through ROS while the context is up; afterwards to stderr (no rosout errors)."""
+        """Log through ROS while the context is up; afterwards to stderr (no rosout errors).
+
+        ``throttle`` (s): at most one line per that period from the caller's line of code. Done
+        here, not by rclpy: rclpy fixes a call site's severity and throttle at its first call and
+        raises on any other (this method is one call site for every message)."""
         node: Any = self
+        if throttle:
+            caller = sys._getframe(1)
+            key = (caller.f_code.co_filename, caller.f_lineno, level)
+            said: dict = self.__dict__.setdefault("_said_at", {})
+            now = time.monotonic()
+            if now - said.get(key, -math.inf) < throttle:
+                return
+            said[key] = now
         if self.context_ok():
-            # rclpy remembers severity and throttling per call site: one line for each kind
-            lg = node.get_logger()
+            lg = node.get_logger()  # rclpy also fixes the severity per call site: one line for each
             if level == "info":
                 lg.info(text)
             elif level == "debug":
                 lg.debug(text)
-            elif level == "warning" and throttle:
-                lg.warning(text, throttle_duration_sec=throttle)
             elif level == "warning":
                 lg.warning(text)
-            elif throttle:
-                lg.error(text, throttle_duration_sec=throttle)
             else:
                 lg.error(text)
         elif level != "debug":

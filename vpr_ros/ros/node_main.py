@@ -22,6 +22,8 @@ def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
     SIGINT and SIGTERM (a second Ctrl-C, ros2 launch's escalation) no longer interrupt it.
     Nothing is published or logged to /rosout after rclpy has shut down.
     """
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit makes writes fail (a MapError), not kill the node
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     rclpy.init(args=args)
     stopped = threading.Event()
     rclpy.get_default_context().on_shutdown(stopped.set)

@@ -69,10 +69,13 @@ def sqlite_error(path: Path, what: str, exc: BaseException) -> MapError:
 
 
 # ---------------------------------------------------------------------------- connections
-def connect_rw(path: Path) -> sqlite3.Connection:
-    """The writer's connection: WAL journal, every commit fsynced, explicit transactions."""
+def connect_rw(path: Path, new: bool = False) -> sqlite3.Connection:
+    """The writer's connection: WAL journal, every commit fsynced, explicit transactions. A ``new``
+    database gets incremental auto-vacuum (set before anything else is written)."""
     try:
         con = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        if new:  # the space of encoded pending images can go back to the file system
+            con.execute("PRAGMA auto_vacuum=INCREMENTAL")
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=FULL")
         con.execute("PRAGMA journal_size_limit=67108864")  # the journal file shrinks back after a burst
@@ -412,9 +415,8 @@ class StoreWriter:
         keyframes; fsynced and closed."""
         if path.exists():
             raise MapError(f"{path}: exists already")
-        con = connect_rw(path)
+        con = connect_rw(path, new=True)
         try:
-            con.execute("PRAGMA auto_vacuum=INCREMENTAL")  # space of encoded pending images goes back to the OS
             con.execute("BEGIN IMMEDIATE")
             for stmt in _SCHEMA:
                 con.execute(stmt)
@@ -521,10 +523,19 @@ class StoreWriter:
         self._transaction("drop a pending keyframe", body, new_generation=False)
 
     def reclaim_space(self) -> None:
-        """Give the pages of encoded pending images back to the file system."""
+        """Give the pages of encoded pending images back to the file system once none is pending
+        (while some are, new ones reuse the freed pages)."""
         with self._lock:
             try:
-                self.con.execute("PRAGMA incremental_vacuum")
+                if self.con.execute("SELECT 1 FROM pending LIMIT 1").fetchone() is None:
+                    free = int(self.con.execute("PRAGMA freelist_count").fetchone()[0])
+                    if free:
+                        self.con.execute("BEGIN IMMEDIATE")
+                        try:
+                            for _ in range(free):  # Python's sqlite3 steps the pragma once: a page a call
+                                self.con.execute("PRAGMA incremental_vacuum(1)").fetchall()
+                        finally:
+                            self.con.execute("COMMIT")
             except sqlite3.Error:
                 pass  # space is reused by later rows anyway
 
@@ -556,6 +567,7 @@ class StoreWriter:
     def close(self) -> None:
         """Move the journal into the database file (a copy of the .sqlite alone is then complete)
         and close."""
+        self.reclaim_space()
         with self._lock:
             try:
                 self.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
