@@ -240,7 +240,7 @@ def test_a_flipped_exponent_bit_in_a_descriptor_is_refused_naming_the_keyframe(t
     assert at > 0
     data[at + 3] ^= 0x40  # the exponent of the first value: x 2^128
     store.write_bytes(bytes(data))
-    with pytest.raises(MapError, match="keyframe 40 fails its checksum"):
+    with pytest.raises(MapError, match="keyframe 40: descriptor fails its checksum"):
         VprMap.load(d)
     from vpr_ros.cli.map_info import main
 

@@ -317,9 +317,16 @@ class MapBuilderConfig(CameraNodeConfig):
     map_frame: str = _f("map", "Frame of the keyframe poses for pose sources without one (navsatfix, tf "
                         "target); odometry poses keep their message's header.frame_id.")
     base_frame: str = _f("base_link", "Robot frame looked up in TF (pose_source 'tf').")
+    optimized_path_topic: str = _f("", "nav_msgs/Path of the SLAM back end's optimised keyframe trajectory "
+                                   "(e.g. LIO-SAM's lio_sam/mapping/path): every map keyframe's pose follows it "
+                                   "(matched by stamp, interpolated); '' = off.")
+    max_path_gap: float = _f(1.0, "Largest gap (s) between two path poses a keyframe stamp is interpolated "
+                             "across, and largest |t_keyframe - t_pose| for the nearest one otherwise.", live=True,
+                             lo=0.0, hi=3600.0)
 
     def __post_init__(self) -> None:
         self._check_common()
+        _range("max_path_gap", self.max_path_gap, 0.0, math.inf)
         _choice("pose_source", self.pose_source, ("odometry", "navsatfix", "tf"))
         _choice("pose_qos", self.pose_qos, QOS_NAMES)
         _positive("max_pose_age", self.max_pose_age)
@@ -495,8 +502,56 @@ def model_config_from(model_config: str = "", params_file: str = "", **overrides
     return from_dict(ModelConfig, model, source="model settings")
 
 
+@dataclass(frozen=True)
+class LiveLoopConfig:
+    """Loop closure by the map builder against its own growing map (for a SLAM back end)."""
+
+    enabled: bool = _f(False, "Close loops while mapping: each new keyframe (its one forward pass) is matched "
+                       "against the keyframes older than exclude_recent, re-ranked and verified as the localizer "
+                       "does, and verified closures go to vpr/loop_closures ([t_cur, t_pre], LIO-SAM) and "
+                       "vpr/loop_closure_table before the keyframe is added. Works from an empty map; the "
+                       "keyframes of a map given at start are searched too (marked 'prior', never sent as pairs).")
+    exclude_recent: float = _f(30.0, "Keyframes of this session taken less than this many seconds before the "
+                               "new one are not searched; also the minimum |t_cur - t_pre| (LIO-SAM ignores "
+                               "pairs closer than its historyKeyframeSearchTimeDiff, 30 s).", live=True,
+                               lo=0.0, hi=1e9)
+    score_threshold: float = _f(0.5, "Minimum cosine similarity of the global descriptors.", live=True,
+                                lo=-1.0, hi=1.0)
+    temporal_consistency: int = _f(1, "Consecutive keyframes whose matches must agree (map ids within "
+                                   "consistency_window) before a closure is published.", live=True, lo=1, hi=1000)
+    consistency_window: int = _f(3, "Map ids of consecutive matches that agree differ by at most this.",
+                                 live=True, lo=0, hi=1_000_000)
+    max_loop_closure_rate: float = _f(1.0, "Maximum loop closures per second (keyframe time).", live=True,
+                                      lo=1e-6, hi=1000.0)
+    top_k: int = _f(5, "Matches kept per keyframe (re-ranking looks at verification.rerank_top_k).", live=True,
+                    lo=1, hi=1000)
+    position_sigma: float = _f(2.0, "Position standard deviation (m) of vpr/pose at score 1 (unverified).",
+                               live=True, lo=1e-6, hi=1e6)
+    camera_pose_in_base: list = _f(OPTICAL_IN_BASE, "Pose of the camera's optical frame in the robot frame "
+                                   "(x y z qx qy qz qw): turns a verified camera-to-camera pose into the robot's.")
+
+    def __post_init__(self) -> None:
+        _pose7("camera_pose_in_base", self.camera_pose_in_base)
+        _range("exclude_recent", self.exclude_recent, 0.0, math.inf)
+        _range("score_threshold", self.score_threshold, -1.0, 1.0)
+        _positive("temporal_consistency", self.temporal_consistency)
+        _range("consistency_window", self.consistency_window, 0, 10**9)
+        _positive("max_loop_closure_rate", self.max_loop_closure_rate)
+        _positive("top_k", self.top_k)
+        _positive("position_sigma", self.position_sigma)
+
+    def localizer(self) -> "LocalizerConfig":
+        """The localizer's rules with these values (what the live closer runs)."""
+        return LocalizerConfig(top_k=self.top_k, score_threshold=self.score_threshold,
+                               temporal_consistency=self.temporal_consistency,
+                               consistency_window=self.consistency_window, min_time_separation=self.exclude_recent,
+                               max_loop_closure_rate=self.max_loop_closure_rate, position_sigma=self.position_sigma,
+                               camera_pose_in_base=list(self.camera_pose_in_base))
+
+
 LOCALIZER_SECTIONS: dict[str, type] = {"": LocalizerConfig, "model": ModelConfig,
                                        "verification": VerificationConfig}
 MAP_BUILDER_SECTIONS: dict[str, type] = {"": MapBuilderConfig, "model": ModelConfig,
                                          "verification": VerificationConfig,
-                                         "keyframes": KeyframeConfig, "index": IndexConfig}
+                                         "keyframes": KeyframeConfig, "index": IndexConfig,
+                                         "loop_closure": LiveLoopConfig}

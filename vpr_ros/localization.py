@@ -20,7 +20,7 @@ from vpr_ros.runtime.base import DescriptorBackend
 from vpr_ros.runtime.preprocess import preprocess
 
 if TYPE_CHECKING:
-    from vpr_ros.verification.features import CameraIntrinsics
+    from vpr_ros.verification.features import CameraIntrinsics, LocalFeatures
 
 #: Orientation standard deviation (rad) reported in /vpr/pose: a place match says
 #: little about heading beyond "roughly as the keyframe".
@@ -80,11 +80,13 @@ class Localizer:
     """
 
     def __init__(self, backend: DescriptorBackend, vpr_map: VprMap, cfg: LocalizerConfig,
-                 verification: VerificationConfig | None = None) -> None:
+                 verification: VerificationConfig | None = None, allow_empty: bool = False) -> None:
+        """``allow_empty``: the map may be empty (a map builder's own map, which grows)."""
         from vpr_ros.verification.verifier import Verifier
 
         self.backend = backend
         self.cfg = cfg
+        self.allow_empty = allow_empty
         self.verifier = Verifier(verification or VerificationConfig(features="none"))
         self.verifier.check_backend(backend)
         self._lock = threading.Lock()
@@ -94,7 +96,7 @@ class Localizer:
 
     def _check(self, vpr_map: VprMap) -> None:
         vpr_map.check_model(ModelIdentity.of_backend(self.backend), where="map")
-        if len(vpr_map) == 0:
+        if len(vpr_map) == 0 and not self.allow_empty:
             raise MapError("map is empty: build it first (vpr_ros_build_map or the map_builder node)")
 
     @property
@@ -146,30 +148,54 @@ class Localizer:
                  intrinsics: "CameraIntrinsics | None" = None) -> LocalizationResult:
         """Match one frame taken at ``stamp`` (seconds) by ``camera`` (intrinsics from its CameraInfo)."""
         with self._lock:  # one consistent (map, settings, rules) for the whole query
-            vmap, cfg, loops, verifier = self.map, self.cfg, self.loops, self.verifier
-        vcfg = verifier.cfg
-        local = verifier.enabled and vmap.manifest.local_features == vcfg.features
+            state = (self.map, self.cfg, self.loops, self.verifier)
+        vmap, verifier = state[0], state[3]
+        local = verifier.enabled and vmap.manifest.local_features == verifier.cfg.features
         desc, timings, tokens = self.describe(rgb, local=local and verifier.dense)
-        t0 = time.perf_counter()
-        rerank = local and vcfg.rerank != "none"
-        want = max(cfg.top_k, vcfg.rerank_top_k if rerank else 0)
-        # with recent keyframes excluded, look further down the ranking to still fill the list
-        k = want if cfg.exclude_recent <= 0 else min(len(vmap), max(64, 8 * want))
-        scores, ids = vmap.search(desc[None], k)
-        timings["search"] = (time.perf_counter() - t0) * 1e3
-        kept = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and
-                abs(vmap.keyframes[int(i)].stamp - stamp) >= cfg.exclude_recent][:want]
-        if not kept:
-            raise MapError(f"no map keyframe older than exclude_recent={cfg.exclude_recent}s "
-                           f"before the query at {stamp:.3f}")
         query_features = None
-        local_scores = [-1] * len(kept)
-        if local and (rerank or vcfg.loop_closures == "geometric"):
+        if local and (verifier.cfg.rerank != "none" or verifier.cfg.loop_closures == "geometric"):
             t1 = time.perf_counter()
             query_features = verifier.features(rgb, tokens)
             if query_features is not None:
                 query_features.intrinsics = intrinsics
             timings["features"] = (time.perf_counter() - t1) * 1e3
+        result = self._match(state, desc, query_features, stamp, camera, intrinsics, timings, None)
+        if result is None:
+            raise MapError(f"no map keyframe older than exclude_recent={state[1].exclude_recent}s "
+                           f"before the query at {stamp:.3f}")
+        return result
+
+    def match(self, desc: np.ndarray, stamp: float, camera: str = "image",
+              intrinsics: "CameraIntrinsics | None" = None, features: "LocalFeatures | None" = None,
+              before: int | None = None) -> LocalizationResult | None:
+        """Match a frame whose descriptor [D] (and local features, as stored for a keyframe) are
+        computed already, against the keyframes with ids below ``before`` (all if None): a map
+        builder closing loops on its own growing map. None when there is no keyframe to match."""
+        with self._lock:
+            state = (self.map, self.cfg, self.loops, self.verifier)
+        return self._match(state, np.asarray(desc, np.float32).ravel(), features, stamp, camera, intrinsics,
+                           {}, before)
+
+    def _match(self, state: tuple, desc: np.ndarray, query_features: "LocalFeatures | None", stamp: float,
+               camera: str, intrinsics: "CameraIntrinsics | None", timings: dict[str, float],
+               before: int | None) -> LocalizationResult | None:
+        vmap, cfg, loops, verifier = state
+        vcfg = verifier.cfg
+        local = verifier.enabled and vmap.manifest.local_features == vcfg.features
+        if not local:
+            query_features = None
+        t0 = time.perf_counter()
+        rerank = local and vcfg.rerank != "none"
+        want = max(cfg.top_k, vcfg.rerank_top_k if rerank else 0)
+        # with recent keyframes excluded, look further down the ranking to still fill the list
+        k = want if cfg.exclude_recent <= 0 else min(len(vmap), max(64, 8 * want))
+        scores, ids = vmap.search(desc[None], k, before=before)
+        timings["search"] = (time.perf_counter() - t0) * 1e3
+        kept = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and
+                abs(vmap.keyframes[int(i)].stamp - stamp) >= cfg.exclude_recent][:want]
+        if not kept:
+            return None
+        local_scores = [-1] * len(kept)
         if rerank and query_features is not None:
             t1 = time.perf_counter()
             n = min(vcfg.rerank_top_k, len(kept))

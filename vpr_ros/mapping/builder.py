@@ -55,6 +55,8 @@ class MapBuilder:
             self.map = VprMap.create(identity, map_frame=map_frame, source=source)
         self.offered = 0
         self._last_descriptor: np.ndarray | None = None
+        #: keyframes this builder adds belong to this recording session (a map it extends has older ones)
+        self.session = self.map.next_session()
 
     def _infer(self, images: Sequence[np.ndarray]) -> "tuple[np.ndarray, Sequence[np.ndarray | None]]":
         """Descriptors [N, D] and, for dense features, the network's local output [N, P, C] of the
@@ -169,6 +171,7 @@ class MapBuilder:
     def offer(self, rgb: np.ndarray, keyframe: Keyframe) -> int | None:
         """Consider one frame; returns its map id if it became a keyframe, else None."""
         self.offered += 1
+        keyframe.session = self.session
         if not all(math.isfinite(v) for v in keyframe.pose):
             raise MapError(f"frame at stamp {keyframe.stamp}: pose has NaN/inf values")
         if self.selector.offer(keyframe.stamp, keyframe.pose):
@@ -201,6 +204,7 @@ class MapBuilder:
                 rgb, kf = item[0], item[1]
                 depth = item[2] if len(item) > 2 else None  # optional aligned depth (array or callable)
                 self.offered += 1
+                kf.session = self.session
                 if not all(math.isfinite(v) for v in kf.pose):
                     raise MapError(f"frame at stamp {kf.stamp}: pose has NaN/inf values")
                 if self.selector.offer(kf.stamp, kf.pose):

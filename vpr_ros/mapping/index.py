@@ -95,3 +95,16 @@ def set_search_params(index: object, cfg: IndexConfig) -> None:
         index.nprobe = cfg.ivf_nprobe
     elif isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = cfg.hnsw_ef_search
+
+
+def search_params(index: object, before: int) -> object:
+    """faiss search parameters that restrict a search to ids 0..before-1, keeping the index's own
+    search-time knobs (efSearch, nprobe)."""
+    import faiss
+
+    sel = faiss.IDSelectorRange(0, int(before))
+    if isinstance(index, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=index.hnsw.efSearch)
+    if isinstance(index, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(sel=sel, nprobe=index.nprobe)
+    return faiss.SearchParameters(sel=sel)

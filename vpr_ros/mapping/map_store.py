@@ -296,6 +296,38 @@ class VprMap:
             self.manifest.generation = self.writer.generation
         return ids
 
+    def next_session(self) -> int:
+        """The session number a new recording on this map gets (0 for an empty map)."""
+        return max((k.session for k in self.keyframes), default=-1) + 1
+
+    def sessions(self) -> dict[int, int]:
+        """Session number -> keyframes."""
+        out: dict[int, int] = {}
+        for k in self.keyframes:
+            out[k.session] = out.get(k.session, 0) + 1
+        return out
+
+    def update_poses(self, poses: dict[int, Sequence[float]], map_frame: str | None = None) -> None:
+        """Move stored keyframes (id -> new pose x y z qx qy qz qw), e.g. to a SLAM back end's
+        optimised trajectory, and optionally the frame they are in: durable on a writer (one
+        commit), in memory otherwise."""
+        moved = []
+        for i, pose in poses.items():
+            if not 0 <= int(i) < len(self.keyframes):
+                raise MapError(f"update_poses: no keyframe {i} (the map has {len(self.keyframes)})")
+            moved.append(replace(self.keyframes[int(i)], pose=tuple(float(v) for v in pose)))  # validated
+        frame = map_frame if map_frame is not None else self.manifest.map_frame
+        if self.writer is not None:
+            stored = [kf for kf in moved if kf.id < self._stored]
+            self.writer.update_poses(stored, {"map_frame": frame})
+            self._origin = (self.manifest.store_id, self.writer.generation)
+            self.manifest.generation = self.writer.generation
+        elif self._stored:
+            raise MapError("update_poses: this map is a reader's copy; open it for writing (VprMap.open_writer)")
+        for kf in moved:
+            self.keyframes[kf.id] = kf
+        self.manifest.map_frame = frame
+
     def set_map_frame(self, frame: str) -> None:
         """The frame of the keyframe poses (stored at once on a durable writer)."""
         if self.writer is not None and self.durable:
@@ -345,16 +377,22 @@ class VprMap:
         self.index = build_index(self.descriptors(), kind, cfg or IndexConfig())
         self.manifest.index_type = kind
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by cosine: queries [M, D] -> (scores [M, k'], ids [M, k']), k' = min(k, size)."""
+    def search(self, queries: np.ndarray, k: int, before: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by cosine: queries [M, D] -> (scores [M, k'], ids [M, k']), k' = min(k, searched).
+        ``before``: only keyframes with ids below it are searched (the index skips the others, so a
+        robot's own recent keyframes cost nothing: ids follow time)."""
+        from vpr_ros.mapping.index import search_params
+
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.model.descriptor_dim:
             raise MapError(f"search: queries {list(q.shape)} do not have dimension {self.model.descriptor_dim}")
-        k = min(k, len(self))
+        n = len(self) if before is None else max(0, min(before, len(self)))
+        k = min(k, n)
         if k == 0:
             return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
-        scores, ids = self.index.search(q, k)
-        return scores, ids
+        if n == len(self):
+            return self.index.search(q, k)
+        return self.index.search(q, k, params=search_params(self.index, n))
 
     def check_model(self, model: ModelIdentity, where: str = "map") -> None:
         """Raise MapError listing every difference if the map was built by another model."""

@@ -34,9 +34,9 @@ from vpr_ros.debug_view import keyframe_image, side_by_side
 from vpr_ros.errors import ConfigError, VprError
 from vpr_ros.frame_slots import LatestFrameSlots
 from vpr_ros.localization import LocalizationResult, Localizer
-from vpr_ros.loop_closure import STATUS_CODES
 from vpr_ros.mapping.map_store import ModelIdentity, VprMap
 from vpr_ros.ros.conversions import image_to_rgb, pose_msg, rgb_to_image, sec_to_stamp, stamp_to_sec, table
+from vpr_ros.ros.loop_output import describe_closure, publish_loop
 from vpr_ros.ros.markers import keyframe_markers, match_markers
 from vpr_ros.ros.node_base import (VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
                                    sibling_topic)
@@ -47,15 +47,6 @@ from vpr_ros.runtime.factory import open_backend
 
 MATCH_COLUMNS = ("t_query", "t_db", "db_id", "rank", "score", "verified",
                  "x", "y", "z", "qx", "qy", "qz", "qw", "local_score")
-# Relative pose: the query robot's pose in the matched keyframe's robot frame, from geometric
-# verification (metric with keyframe depth: method 3 'pnp'; rotation + unit direction from the
-# essential matrix: method 2, translation variance 1e4); identity when unverified (method 0).
-# Covariance diagonal over (x, y, z, roll, pitch, yaw) from the inliers, or the score-based one.
-LOOP_COLUMNS = ("t_query", "t_match", "match_id", "status", "score", "streak",
-                "rel_x", "rel_y", "rel_z", "rel_qx", "rel_qy", "rel_qz", "rel_qw",
-                "cov_x", "cov_y", "cov_z", "cov_roll", "cov_pitch", "cov_yaw", "inliers", "method")
-METHOD_CODES = {"": 0.0, "fundamental": 1.0, "essential": 2.0, "pnp": 3.0}
-
 
 class Counters:
     """Frame statistics for /diagnostics (single writer per field)."""
@@ -111,6 +102,7 @@ class LocalizerCore(VprNodeMixin):
         node.create_service(Trigger, "vpr/reload_map", self._on_reload)
         node.create_service(Trigger, "vpr/save_map", self._on_save)
         self._rate_window: deque[tuple[float, int, int, int]] = deque(maxlen=30)
+        self._refusals_since_summary, self._last_refusal_summary = 0, time.monotonic()
         node.create_timer(self.cfg.diagnostics_period, self._publish_diagnostics)
         self.live = LiveParameters(node, LOCALIZER_SECTIONS, self.cfgs, self._apply_parameters)
 
@@ -335,28 +327,20 @@ class LocalizerCore(VprNodeMixin):
             self.safe_publish(self.pub_pose, msg)
 
         if r.loop is not None:
-            lp = r.loop
-            v = lp.verification
-            rel = r.relative if lp.publish and r.relative is not None else (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
-            if lp.publish and r.relative_covariance is not None:
-                diag = [float(r.relative_covariance[i, i]) for i in range(6)]
-            else:
-                diag = [r.covariance[i * 7] for i in range(6)]
-            inliers = float(v.inliers) if v is not None else 0.0
-            method = METHOD_CODES.get(v.method, 0.0) if v is not None and lp.publish else 0.0
-            self.safe_publish(self.pub_loop_table, table(LOOP_COLUMNS, [(
-                lp.t_query, lp.t_match, lp.db_id, STATUS_CODES[lp.status], lp.score, lp.streak,
-                *rel, *diag, inliers, method)]))
-            if v is not None and not v.verified:
-                self.counters.loops_refused += 1
-                self.say("info", f"loop closure candidate t_query={lp.t_query:.3f} -> keyframe {lp.db_id} refused: "
-                                 f"{v.reason}")
-            if lp.publish:
-                self.safe_publish(self.pub_loops, Float64MultiArray(data=[lp.t_query, lp.t_match]))
+            lp, v = r.loop, r.loop.verification
+            if publish_loop(self, self.pub_loop_table, self.pub_loops, r):
                 self.counters.loop_closures += 1
-                how = (f", {v.method} {v.inliers} inliers" + (", metric" if v.metric else "")) if v is not None else ""
-                self.say("info", f"loop closure: t_query={lp.t_query:.3f} t_match={lp.t_match:.3f} "
-                                 f"(keyframe {lp.db_id}, score {lp.score:.3f}{how})")
+                self.say("info", f"loop closure: {describe_closure(r)}")
+            elif v is not None and not v.verified:
+                self.counters.loops_refused += 1
+                self.say("debug", f"loop closure candidate t_query={lp.t_query:.3f} -> keyframe {lp.db_id} refused: "
+                                  f"{v.reason}")
+                self._refusals_since_summary += 1
+                if self._refusals_since_summary and time.monotonic() - self._last_refusal_summary >= 10.0:
+                    self.say("info", f"{self._refusals_since_summary} loop-closure candidate(s) refused by geometric "
+                                     f"verification in the last {time.monotonic() - self._last_refusal_summary:.0f} s; "
+                                     f"last: {v.reason}")
+                    self._refusals_since_summary, self._last_refusal_summary = 0, time.monotonic()
 
     def _set_status(self, level: bytes, text: str) -> None:
         self._status = (level, text)

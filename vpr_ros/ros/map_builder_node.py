@@ -48,6 +48,7 @@ from vpr_ros.mapping.pose_pairing import NONE, READY, LivePoseTrack, StampedPose
 from vpr_ros.ros.conversions import image_to_rgb, pose_tuple, stamp_to_sec
 from vpr_ros.ros.node_base import (VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
                                    pose_qos, sibling_topic)
+from vpr_ros.ros.map_builder_slam import SlamSide
 from vpr_ros.ros.node_main import run_node
 from vpr_ros.ros.params import LiveParameters, declare_config
 from vpr_ros.runtime.base import DescriptorBackend
@@ -70,7 +71,7 @@ class _Waiting:
     deadline: float  # time.monotonic()
 
 
-class MapBuilderCore(VprNodeMixin):
+class MapBuilderCore(SlamSide, VprNodeMixin):
     """The map builder's behaviour; mixed into a plain ``Node`` (:class:`MapBuilderNode`) or a
     ``LifecycleNode`` (:data:`MapBuilderLifecycleNode`)."""
 
@@ -114,6 +115,7 @@ class MapBuilderCore(VprNodeMixin):
         self._saving = threading.Lock()
 
         node.create_service(Trigger, "vpr/save_map", self._on_save)
+        self._slam_setup()
         self.pub_diag = node.create_publisher(DiagnosticArray, self.cfg.diagnostics_topic, 10)
         node.create_timer(1.0, self._publish_diagnostics)
         node.create_timer(0.1, self._expire_waiting)
@@ -148,6 +150,7 @@ class MapBuilderCore(VprNodeMixin):
             self.say("info", f"{len(pending)} accepted keyframe(s) left pending by an earlier run: encoding them first")
             for seq in pending:
                 self._queue.put((seq, None, None, None, True))
+        self._slam_configure()
         if self.cfg.pose_source == "tf":
             self._tf = self._tf_buffer()
         self.say("info", f"model {self.backend.model_id} (weights: {self.backend.weights_source})")
@@ -177,6 +180,7 @@ class MapBuilderCore(VprNodeMixin):
             self._subs.append(node.create_subscription(NavSatFix, self.cfg.pose_topic, self._on_fix, qos))
         elif self.cfg.pose_source == "odometry":
             self._subs.append(node.create_subscription(Odometry, self.cfg.pose_topic, self._on_odom, qos))
+        self._subs += self._slam_activate()
 
     def _deactivate(self) -> None:
         self.drop_subscriptions(self._subs)
@@ -211,6 +215,8 @@ class MapBuilderCore(VprNodeMixin):
 
     def _apply_parameters(self, new: dict[str, Any], changed: set[str]) -> None:
         self.cfg, self.kf_cfg = new[""], new["keyframes"]
+        if self.closer is not None and any(n.startswith("loop_closure.") for n in changed):
+            self.closer.update_config(new["loop_closure"])
         if self.builder is not None and any(n.startswith("keyframes.") for n in changed):
             with self._lock:
                 self.builder.selector.cfg = self.kf_cfg
@@ -352,7 +358,8 @@ class MapBuilderCore(VprNodeMixin):
         if not self._check_frame(sample.frame):
             return
         try:
-            kf = Keyframe(stamp=w.t, pose=sample.pose, camera=w.camera, frame_id=w.msg.header.frame_id, gps=sample.gps)
+            kf = Keyframe(stamp=w.t, pose=sample.pose, camera=w.camera, frame_id=w.msg.header.frame_id, gps=sample.gps,
+                          session=builder.session)
         except VprError as exc:
             self._error(str(exc))
             return
@@ -434,8 +441,13 @@ class MapBuilderCore(VprNodeMixin):
             if frame is None:  # left by an earlier run
                 frame = builder.map.read_pending(seq)
             desc, feats = builder.encode_frame(frame)
+            self._slam_check(desc, feats, frame)  # closes loops against the keyframes before this one
+            kf = frame.keyframe
+            if kf.session == builder.session:  # in the map's frame once the session is aligned
+                kf.pose = self._slam_pose(kf.pose)  # type: ignore[assignment]
             with self._lock:
-                builder.add_encoded(desc, [frame.keyframe], feats, pending=[seq])
+                builder.add_encoded(desc, [kf], feats, pending=[seq])
+            self._slam_added(kf)
             self.store_error = ""
         except ImageError as exc:
             self._error(f"keyframe {seq} dropped: its image cannot be used: {exc}")
@@ -472,8 +484,11 @@ class MapBuilderCore(VprNodeMixin):
             depth_msg = self._depth_msg_for(kf.camera, kf.stamp, msg) if intr else None
             depth = depth_msg.depth_metres() if depth_msg is not None else None
             desc, [feats] = builder.encode([rgb], [depth], intr)
+            kf.pose = self._slam_pose(kf.pose)  # type: ignore[assignment]
             with self._lock:
                 added = builder.consider_novel(desc, kf, feats)
+            if added is not None:
+                self._slam_added(kf)
             self.keyframes += added is not None
         except ImageError as exc:
             self._error(f"frame from '{kf.camera}' skipped: {exc}")
@@ -574,6 +589,7 @@ class MapBuilderCore(VprNodeMixin):
                   "cameras_with_intrinsics": ",".join(sorted(self.intrinsics)),
                   "pending": self._queue.unfinished_tasks, "left_pending": self.left_pending,
                   "generation": self.builder.map.manifest.generation if self.builder is not None else 0,
+                  "session": self.builder.session if self.builder is not None else -1, **self._slam_diagnostics(),
                   "model_id": b.model_id if b else ""}
         self.publish_status(self.pub_diag, "map_builder", level, msg, b.model_id if b else "", values)
 

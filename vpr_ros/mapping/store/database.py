@@ -5,7 +5,8 @@ Tables (every row carries ``crc``, :func:`~vpr_ros.mapping.store.records.row_crc
     meta            key -> JSON value: format_version, store_id, model, map_frame, source, metric,
                     created, local_features, index_type, index (snapshot file, kind, count, sha256),
                     count (keyframes), generation (committed changes)
-    keyframes       id, stamp, camera, frame_id, pose, GPS, image_ref, session, descriptor (float32)
+    keyframes       id, stamp, camera, frame_id, pose, GPS, image_ref, session, descriptor (float32) and
+                    its own CRC32 (so that a pose update rewrites the row's crc without the descriptor)
     local_features  id, kind, size, keypoints, descriptors, 3-D points, intrinsics
     pending         seq, header (keyframe + image fields, JSON), image bytes, depth bytes
 
@@ -24,6 +25,7 @@ import os
 import sqlite3
 import threading
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
@@ -41,7 +43,8 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 2
 
 KEYFRAME_COLUMNS = ("id", "stamp", "camera", "frame_id", "x", "y", "z", "qx", "qy", "qz", "qw",
-                    "lat", "lon", "alt", "image_ref", "session", "descriptor")
+                    "lat", "lon", "alt", "image_ref", "session", "descriptor", "descriptor_crc")
+_KF_META = 16  # columns before the descriptor: what a pose update rewrites (with the row's crc)
 FEATURE_COLUMNS = ("id", "kind", "width", "height", "n", "dim", "dtype", "keypoints", "descriptors", "points3d",
                    "intrinsics")
 FEATURE_DTYPES = {"uint8": np.uint8, "float32": np.float32, "float16": np.float16}
@@ -51,7 +54,8 @@ _SCHEMA = (
     "CREATE TABLE keyframes (id INTEGER PRIMARY KEY, stamp REAL NOT NULL, camera TEXT NOT NULL, "
     "frame_id TEXT NOT NULL, x REAL NOT NULL, y REAL NOT NULL, z REAL NOT NULL, qx REAL NOT NULL, "
     "qy REAL NOT NULL, qz REAL NOT NULL, qw REAL NOT NULL, lat REAL, lon REAL, alt REAL, "
-    "image_ref TEXT NOT NULL, session INTEGER NOT NULL, descriptor BLOB NOT NULL, crc INTEGER NOT NULL)",
+    "image_ref TEXT NOT NULL, session INTEGER NOT NULL, descriptor BLOB NOT NULL, descriptor_crc INTEGER NOT NULL, "
+    "crc INTEGER NOT NULL)",
     "CREATE TABLE local_features (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, width INTEGER NOT NULL, "
     "height INTEGER NOT NULL, n INTEGER NOT NULL, dim INTEGER NOT NULL, dtype TEXT NOT NULL, "
     "keypoints BLOB NOT NULL, descriptors BLOB NOT NULL, points3d BLOB, intrinsics BLOB, crc INTEGER NOT NULL)",
@@ -106,12 +110,18 @@ def connect_ro(path: Path) -> sqlite3.Connection:
 
 
 # ---------------------------------------------------------------------------- rows
-def keyframe_row(kf: "Keyframe", descriptor: np.ndarray) -> tuple:
+def keyframe_meta(kf: "Keyframe") -> tuple:
+    """The keyframe columns before the descriptor."""
     gps = kf.gps if kf.gps else (None, None, None)
-    values = (int(kf.id), float(kf.stamp), kf.camera, kf.frame_id, *(float(v) for v in kf.pose),
-              *(None if v is None else float(v) for v in gps), kf.image_ref, int(kf.session),
-              np.ascontiguousarray(descriptor, np.float32).tobytes())
-    return (*values, row_crc(values))
+    return (int(kf.id), float(kf.stamp), kf.camera, kf.frame_id, *(float(v) for v in kf.pose),
+            *(None if v is None else float(v) for v in gps), kf.image_ref, int(kf.session))
+
+
+def keyframe_row(kf: "Keyframe", descriptor: np.ndarray) -> tuple:
+    meta = keyframe_meta(kf)
+    blob = np.ascontiguousarray(descriptor, np.float32).tobytes()
+    dcrc = zlib.crc32(blob)
+    return (*meta, blob, dcrc, row_crc((*meta, dcrc)))
 
 
 def features_row(i: int, f: "LocalFeatures") -> tuple:
@@ -264,11 +274,14 @@ def _read(con: sqlite3.Connection, path: Path, verify_features: bool) -> Snapsho
         i = len(keyframes)
         if row[0] != i:
             raise MapError(f"{path}: keyframe ids are not contiguous at row {i} (id {row[0]!r})")
-        _check_crc(row, path, f"keyframe {i}")
+        _check_crc((*row[:_KF_META], row[_KF_META + 1], row[-1]), path, f"keyframe {i}")
         if i >= n:
             raise MapError(f"{path}: more keyframes than the metadata's count {n}")
-        blob = row[16]
-        if not isinstance(blob, bytes) or len(blob) != 4 * dim:
+        blob = row[_KF_META]
+        if not isinstance(blob, bytes) or zlib.crc32(blob) != row[_KF_META + 1]:
+            raise MapError(f"{path}: keyframe {i}: descriptor fails its checksum (the file is corrupt; restore it "
+                           "from a copy, or remove the map and rebuild it)")
+        if len(blob) != 4 * dim:
             raise MapError(f"{path}: keyframe {i}: descriptor is not {dim} float32 values")
         d = np.frombuffer(blob, np.float32)
         if not np.isfinite(d).all():
@@ -470,6 +483,27 @@ class StoreWriter:
 
         self._transaction("store keyframes", body, {**(meta or {}), "count": self.count + len(rows)})
         self.count += len(rows)
+
+    def update_poses(self, keyframes: Sequence["Keyframe"], meta: dict[str, Any] | None = None) -> None:
+        """Rewrite the poses of stored keyframes (their other columns and the descriptor stay) and
+        ``meta``, in one transaction."""
+        rows = []
+        for kf in keyframes:
+            values = keyframe_meta(kf)
+            rows.append((*values[4:11], values[0]))
+
+        def body(con: sqlite3.Connection) -> None:
+            for pose_and_id in rows:
+                i = pose_and_id[-1]
+                old = con.execute(f"SELECT {','.join(KEYFRAME_COLUMNS[:_KF_META])}, descriptor_crc FROM keyframes "
+                                  "WHERE id = ?", (i,)).fetchone()
+                if old is None:
+                    raise MapError(f"{self.path}: no stored keyframe {i} to move")
+                new = (*old[:4], *pose_and_id[:7], *old[11:_KF_META])
+                con.execute("UPDATE keyframes SET x=?, y=?, z=?, qx=?, qy=?, qz=?, qw=?, crc=? WHERE id=?",
+                            (*pose_and_id[:7], row_crc((*new, old[_KF_META])), i))
+
+        self._transaction("update keyframe poses", body, meta)
 
     def set_meta(self, values: dict[str, Any]) -> None:
         self._transaction("update the map metadata", lambda con: None, values)

@@ -1,0 +1,147 @@
+"""Loop closure while mapping, in the core: a rendered drive with revisits in one session (SIFT
+features and 3-D points from depth, the tiny random network for the global descriptor), the
+exclusion of a session's own recent keyframes by id range, prior-map closures, session alignment
+and keyframe poses that follow a SLAM back end's optimised path. Through the real node:
+test_slam_ros.py."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from vpr_ros.config import KeyframeConfig, LiveLoopConfig, VerificationConfig
+from vpr_ros.errors import MapError
+from vpr_ros.geometry import compose, inverse, planar_pose
+from vpr_ros.mapping.builder import MapBuilder
+from vpr_ros.mapping.live_loops import LiveLoopCloser
+from vpr_ros.mapping.map_store import Keyframe, VprMap
+
+LIVE = LiveLoopConfig(enabled=True, score_threshold=-1.0)  # the random network's scores mean little: geometry decides
+
+
+@pytest.fixture(scope="module")
+def drive():
+    from vpr_ros.demo.slam_drive import slam_drive
+
+    return slam_drive(places=20, laps=3)
+
+
+def run_session(backend, drive, frames, vmap=None, poses=None):
+    """Map ``frames`` of the drive with live loop closure (as the map builder node does per keyframe);
+    returns (builder, [(frame index, LiveClosure)])."""
+    b = MapBuilder(backend, KeyframeConfig(min_distance=0.5), base=vmap, intrinsics=drive.intrinsics)
+    if b.map.manifest.index_type == "flat":
+        b.map.reindex("hnsw")
+    closer = LiveLoopCloser(backend, b.map, LIVE, VerificationConfig(), b.session)
+    out = []
+    for i in frames:
+        kf = Keyframe(drive.stamps[i], (poses or drive.odometry)[i], session=b.session)
+        desc, feats = b.encode([drive.images[i]], [drive.depths[i]], drive.intrinsics)
+        c = closer.check(desc, feats[0], kf, drive.intrinsics)
+        if c is not None:
+            out.append((i, c))
+        b.add_encoded(desc, [kf], feats)
+        closer.added(kf)
+    return b, out
+
+
+def test_every_closure_of_a_session_revisits_and_recent_keyframes_are_never_searched(tiny_backend, drive):
+    b, results = run_session(tiny_backend, drive, range(len(drive.images)))
+    published = [(i, c) for i, c in results if c.publish_pair]
+    assert len(published) >= 10  # lap 2 revisits lap 0
+    for i, c in published:
+        lp, j = c.result.loop, c.result.loop.db_id
+        assert drive.laps[i] == 2 and drive.laps[j] == 0
+        assert np.linalg.norm(np.subtract(drive.truth[i][:3], drive.truth[j][:3])) < 1.5  # precision 1.00
+        assert lp.t_query == drive.stamps[i] and lp.t_match == drive.stamps[j]
+        true_rel = compose(inverse(drive.truth[j]), drive.truth[i])
+        assert np.linalg.norm(np.subtract(c.result.relative[:3], true_rel[:3])) < 0.1  # metric (PnP on depth)
+    for i, c in results:  # only keyframes at least exclude_recent (30 s) older were ever candidates
+        assert all(drive.stamps[i] - m.keyframe.stamp >= LIVE.exclude_recent for m in c.result.matches)
+    assert not [c for i, c in results if drive.laps[i] < 2 and c.publish_pair]
+
+
+def test_the_exclusion_window_is_an_id_range_inside_the_search():
+    from vpr_ros.mapping.map_store import ModelIdentity
+
+    vmap = VprMap.create(ModelIdentity("m", "ab" * 32, 56, 8))
+    x = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    vmap.add(x, [Keyframe(float(i), planar_pose(i, 0)) for i in range(50)])
+    for kind in ("flat", "hnsw"):
+        vmap.reindex(kind)
+        _, ids = vmap.search(x[45:], 5, before=30)
+        assert ids.max() < 30 and ids.shape == (5, 5)
+        assert vmap.search(x[:1], 5, before=0)[1].shape == (1, 0)
+
+
+def test_closures_with_a_prior_map_are_marked_and_never_sent_as_pairs(tiny_backend, drive, tmp_path):
+    lap0 = [i for i, lap in enumerate(drive.laps) if lap == 0]
+    lap2 = [i for i, lap in enumerate(drive.laps) if lap == 2]
+    first, _ = run_session(tiny_backend, drive, lap0)
+    first.save(tmp_path / "map")
+    vmap = VprMap.open_writer(tmp_path / "map")
+    b, results = run_session(tiny_backend, drive, lap2, vmap=vmap)
+    assert b.session == 1
+    verified = [c for i, c in results if c.result.loop is not None and c.result.loop.publish]
+    assert len(verified) >= 10 and all(c.prior and not c.publish_pair for c in verified)
+    b.save()
+    vmap.close()
+    assert VprMap.load(tmp_path / "map").sessions() == {0: len(lap0), 1: len(lap2)}
+
+
+def test_a_second_session_in_another_odometry_frame_is_aligned(tiny_backend, drive, tmp_path):
+    """Session 0 in the map frame; session 1 drives the same place with odometry in its own frame
+    (a transform away); its verified metric closures say where that frame is: within 5 cm and 1 deg."""
+    from vpr_ros.mapping.sessions import align_session, closure_estimate
+
+    lap0 = [i for i, lap in enumerate(drive.laps) if lap == 0]
+    lap2 = [i for i, lap in enumerate(drive.laps) if lap == 2]
+    first, _ = run_session(tiny_backend, drive, lap0, poses=drive.truth)
+    T_true = compose(planar_pose(3.0, -2.0, 0.7), (0.0, 0.0, 0.2, 0.0, 0.0, 0.0, 1.0))
+    in_b = {i: compose(inverse(T_true), drive.truth[i]) for i in lap2}  # session 1's own odometry frame
+    _, results = run_session(tiny_backend, drive, lap2, vmap=first.map, poses=[in_b.get(i, p) for i, p in
+                                                                                 enumerate(drive.truth)])
+    estimates = [closure_estimate(in_b[i], c.result.matches[0].keyframe.pose, c.result.relative)
+                 for i, c in results if c.result.loop is not None and c.result.loop.publish and c.result.relative]
+    a = align_session(estimates)
+    assert a.ok and a.inliers >= 3, a
+    err = compose(inverse(T_true), a.transform)
+    print(f"aligned from {a.inliers} of {a.closures} closures: {np.linalg.norm(err[:3]) * 100:.2f} cm, "
+          f"{math.degrees(2 * math.acos(min(1.0, abs(err[6])))):.3f} deg from the true transform")
+    assert np.linalg.norm(err[:3]) < 0.05
+    assert math.degrees(2 * math.acos(min(1.0, abs(err[6])))) < 1.0
+    # closures that disagree (a wrong match among them, or too few): no transform, with the reason
+    bad = [compose(planar_pose(5.0 * k, 0.0, 0.5 * k), e) for k, e in enumerate(estimates[:4])]
+    refused = align_session(bad)
+    assert not refused.ok and "disagree" in refused.reason
+    assert "needed" in align_session(estimates[:2]).reason
+
+
+def test_keyframe_poses_follow_an_optimised_path(tiny_backend, drive, tmp_path):
+    from vpr_ros.mapping.reanchor import reanchor
+
+    lap0 = [i for i, lap in enumerate(drive.laps) if lap == 0][:8]
+    b, _ = run_session(tiny_backend, drive, lap0)
+    b.save(tmp_path / "map")
+    vmap = VprMap.open_writer(tmp_path / "map")
+    # the back end's path (moved and turned), sampled at some keyframe stamps and between others;
+    # it ends half a second before the last keyframe
+    T = planar_pose(0.5, -0.2, 0.05)
+    stamps = [0.0, 0.5, 1.5, 2.0, 3.0, 3.5, 4.5, 5.0, 6.0, 6.5]
+    path = [compose(T, planar_pose(s, 0.0, 0.0)) for s in stamps]
+    r = reanchor(vmap.keyframes, stamps, path, max_gap=1.0)
+    assert r.unreached == 0 and r.how == {"exact": 5, "interpolated": 2, "nearest": 1}
+    vmap.update_poses(r.poses, "map_optimized")
+    vmap.close()
+    back = VprMap.load(tmp_path / "map")
+    assert back.manifest.map_frame == "map_optimized"
+    for k in back.keyframes:  # exactly the path's pose at the keyframe's stamp (interpolated between samples)
+        t = min(k.stamp, stamps[-1])
+        assert np.allclose(k.pose, compose(T, planar_pose(t, 0.0, 0.0)), atol=1e-9), (k.id, k.pose)
+    for bad, why in (([float("nan")] * 7, "non-finite"), ([0, 0, 0, 0, 0, 0, 5.0], "norm 5.0000")):
+        with pytest.raises(MapError, match=why):
+            reanchor(back.keyframes, [0.0, 1.0], [bad, bad], 1.0)
+    far = reanchor(back.keyframes, [1e6, 1e6 + 1], [path[0], path[1]], 1.0)
+    assert far.unreached == len(back.keyframes) and not far.poses

@@ -1,0 +1,60 @@
+"""Keyframe poses that follow the SLAM back end (ROS-free): given its optimised trajectory (the
+poses of its own keyframes, e.g. LIO-SAM's ``nav_msgs/Path``), every map keyframe takes the pose
+at its stamp — the path pose with that stamp, else interpolated between the two around it (no
+more than ``max_gap`` s apart), else the nearest within ``max_gap`` s. Keyframes the path does
+not reach keep their pose and are counted."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from vpr_ros.errors import MapError
+from vpr_ros.mapping.map_store import Keyframe, finite
+from vpr_ros.mapping.pose_pairing import LivePoseTrack, StampedPose
+
+#: |q| may differ from 1 by this much (rounding in the publisher) before a path is refused
+QUATERNION_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Reanchoring:
+    """New poses by keyframe id, and the keyframes the path did not reach."""
+
+    poses: dict[int, tuple[float, ...]]
+    unreached: int
+    how: dict[str, int]
+
+
+def check_path(stamps: Sequence[float], poses: Sequence[Sequence[float]], where: str) -> None:
+    """Refuse a path with non-finite values, non-unit quaternions or an empty pose list."""
+    if not stamps:
+        raise MapError(f"{where}: the path has no poses")
+    for k, (t, p) in enumerate(zip(stamps, poses)):
+        if not finite(t) or len(p) != 7 or not all(finite(v) for v in p):
+            raise MapError(f"{where}: pose {k} (stamp {t!r}) has non-finite values: {list(p)}")
+        norm = math.sqrt(sum(v * v for v in p[3:]))
+        if abs(norm - 1.0) > QUATERNION_TOLERANCE:
+            raise MapError(f"{where}: pose {k} (stamp {t:.3f}) has an orientation quaternion of norm {norm:.4f}, "
+                           "not a unit quaternion")
+
+
+def reanchor(keyframes: Sequence[Keyframe], stamps: Sequence[float], poses: Sequence[Sequence[float]],
+             max_gap: float, where: str = "path") -> Reanchoring:
+    """New poses for ``keyframes`` from a trajectory (``stamps`` [M] s, ``poses`` [M, 7]); see the
+    module docstring. Raises MapError for a path that :func:`check_path` refuses."""
+    check_path(stamps, poses, where)
+    track = LivePoseTrack(history=len(stamps))
+    for t, p in zip(stamps, poses):
+        track.add(StampedPose(float(t), tuple(float(v) for v in p)))  # type: ignore[arg-type]
+    out: dict[int, tuple[float, ...]] = {}
+    how: dict[str, int] = {}
+    unreached = 0
+    for kf in keyframes:
+        found = track.lookup(kf.stamp, max_gap, max_gap, final=True)
+        if found.sample is None:
+            unreached += 1
+            continue
+        out[kf.id] = found.sample.pose
+        how[found.how] = how.get(found.how, 0) + 1
+    return Reanchoring(out, unreached, how)
