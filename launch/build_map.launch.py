@@ -2,7 +2,9 @@
 
     ros2 launch vpr_ros build_map.launch.py map_dir:=/path/to/new_map camera_topic:=/camera/image_raw
 
-Save at any time with: ros2 service call /vpr/save_map std_srvs/srv/Trigger
+With a SLAM back end (LIO-SAM): ... loop_closure:=true optimized_path_topic:=/lio_sam/mapping/path
+Index snapshot at any time: ros2 service call /vpr/save_map std_srvs/srv/Trigger (keyframes are on
+disk as they are accepted)
 Without ros2 launch, the same graph: vpr_ros_launch build_map --map-dir ... --camera-topic ...
 """
 from vpr_ros.launch_graph import build_map_graph
@@ -20,6 +22,10 @@ ARGUMENTS = [
     ("lifecycle", "false", "Start the managed (lifecycle) variant of the node instead."),
     ("autostart", "true", "With lifecycle:=true, configure and activate it right away (false: leave it "
                           "to your lifecycle manager or 'ros2 lifecycle set')."),
+    ("loop_closure", "false", "Close loops while mapping: verified [t_cur, t_pre] pairs of this session on "
+                              "vpr/loop_closures for a SLAM back end (LIO-SAM's lio_loop/loop_closure_detection)."),
+    ("optimized_path_topic", "", "nav_msgs/Path of the SLAM back end's optimised keyframes (e.g. "
+                                 "lio_sam/mapping/path): keyframe poses follow it (empty: keep the params_file value)."),
 ]
 
 

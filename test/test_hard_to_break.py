@@ -276,3 +276,55 @@ def test_a_truncated_image_is_found_before_the_network_runs(tmp_path, tiny_param
     err = capsys.readouterr().err
     assert last.name in err and "truncated JPEG" in err
     assert not (tmp_path / "cache").exists()  # nothing was described: the check came first
+
+
+@pytest.mark.ros
+def test_bad_poses_are_refused_where_they_enter_and_the_map_builder_keeps_building(rclpy_context, tmp_path,
+                                                                                  traversals):
+    """Trial cases: a NaN quaternion in Odometry (ZeroDivisionError in slerp, the node died), an
+    orientation (0,0,0,0) or of norm 5 (stored as is), a NaN first NavSatFix (poisoned the GPS
+    origin: NaN poses ever after), and a NO_FIX fix followed by an image without a pose (two
+    warnings of different throttle periods from one call site: rclpy raised ValueError)."""
+    from nav_msgs.msg import Odometry
+    from sensor_msgs.msg import NavSatFix, NavSatStatus
+
+    from test_nodes import feeding_map_builder, odometry, until
+    from vpr_ros.ros.conversions import rgb_to_image, sec_to_stamp
+
+    first = traversals[0]
+    with feeding_map_builder(tmp_path / "odom_map", "bad_odom_feeder", Odometry, "odom", max_pose_wait=0.5,
+                             **{"keyframes.min_distance": 0.5}) as (node, _, pub_img, pub_odom):
+        for t, q in ((10.0, (float("nan"), 0.0, 0.0, 1.0)), (11.0, (0.0, 0.0, 0.0, 0.0)), (12.0, (0.0, 0.0, 0.0, 5.0))):
+            od = odometry(t, (0.0, 0.0, 0.0, *q))
+            pub_odom.publish(od)
+        assert until(lambda: node.bad_poses == 3)
+        for k in range(3):  # good poses afterwards: every image becomes a keyframe
+            pub_odom.publish(odometry(20.0 + k, first.poses[k]))
+            pub_img.publish(rgb_to_image(first.images[k], 20.0 + k))
+        assert until(lambda: node.keyframes == 3)
+        assert "not finite with a unit quaternion" in node.last_error
+    assert all(abs(sum(v * v for v in k.pose[3:]) - 1.0) < 1e-6 for k in VprMap.load(tmp_path / "odom_map").keyframes)
+
+    with feeding_map_builder(tmp_path / "gps_map", "bad_gps_feeder", NavSatFix, "fix", pose_source="navsatfix",
+                             pose_topic="fix", max_pose_wait=0.2, **{"keyframes.min_distance": 0.5}) as (
+            node, _, pub_img, pub_fix):
+        nofix = NavSatFix(latitude=48.0, longitude=11.0, altitude=500.0)
+        nofix.status.status = NavSatStatus.STATUS_NO_FIX
+        nofix.header.stamp = sec_to_stamp(5.0)
+        pub_fix.publish(nofix)
+        pub_img.publish(rgb_to_image(first.images[0], 5.5))  # no pose for it: a warning of another throttle
+        assert until(lambda: node.skipped_no_pose == 1)
+        nan = NavSatFix(latitude=float("nan"), longitude=11.0, altitude=500.0)
+        nan.status.status = NavSatStatus.STATUS_FIX
+        nan.header.stamp = sec_to_stamp(6.0)
+        pub_fix.publish(nan)
+        assert until(lambda: node.bad_poses == 1)
+        for k in range(3):
+            fix = NavSatFix(latitude=48.0 + k / 111_319.49, longitude=11.0, altitude=500.0)
+            fix.status.status = NavSatStatus.STATUS_FIX
+            fix.header.stamp = sec_to_stamp(10.0 + k)
+            pub_fix.publish(fix)
+            pub_img.publish(rgb_to_image(first.images[k], 10.0 + k))
+        assert until(lambda: node.keyframes == 3)
+    norths = [round(k.pose[1], 3) for k in VprMap.load(tmp_path / "gps_map").keyframes]
+    assert norths == [0.0, 1.0, 2.0]  # the origin is the first good fix, not the NaN one

@@ -23,7 +23,7 @@ COMMON = {"map_dir", "params_file", "backend", "camera_topic", "namespace", "use
           "lifecycle", "autostart"}
 EXPECTED_ARGS = {
     "localize.launch.py": ("localize_graph", COMMON),
-    "build_map.launch.py": ("build_map_graph", COMMON | {"odom_topic"}),
+    "build_map.launch.py": ("build_map_graph", COMMON | {"odom_topic", "loop_closure", "optimized_path_topic"}),
 }
 
 

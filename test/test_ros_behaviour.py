@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -328,7 +329,7 @@ def test_no_accepted_keyframe_is_lost_on_signals(rclpy_context, tmp_path, traver
     if signals != [signal.SIGKILL]:
         assert proc.returncode == 0, text[-3000:]
         after = text[text.find("finishing:"):] if "finishing:" in text else text
-        assert "[ERROR]" not in after and "Traceback" not in text, after[-3000:]
+        assert "[ERROR]" not in after and "Traceback" not in text, text[-8000:]
     stopped = VprMap.load(map_dir)
     if len(signals) == 1 and signals[0] != signal.SIGKILL:
         assert stopped.pending == 0 and len(stopped) >= reported, text[-3000:]  # drained before exit

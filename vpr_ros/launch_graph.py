@@ -18,7 +18,8 @@ EXECUTABLES = {
     "map_builder_lifecycle": ("vpr_ros.ros.map_builder_node", "main_lifecycle"),
 }
 #: Seconds ros2 launch waits after SIGINT before SIGTERM, and after SIGTERM before SIGKILL, for
-#: the map builder: enough to encode a full queue of keyframes and save (its own budget is 25 s).
+#: the map builder: time to encode what is pending (what it cannot finish stays on disk for its
+#: next start: nothing accepted depends on these numbers).
 MAP_BUILDER_SHUTDOWN_TIMEOUTS = (30, 10)
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 
@@ -121,14 +122,19 @@ def localize_graph(map_dir: str = "", params_file: str = "", backend: str = "",
 def build_map_graph(map_dir: str = "", params_file: str = "", backend: str = "",
                     camera_topic: str = "image", odom_topic: str = "odom",
                     namespace: str = "", use_sim_time: Any = "false", log_level: str = "info",
-                    lifecycle: Any = "false", autostart: Any = "true") -> list[NodeSpec]:
-    """build_map.launch.py: one map_builder node, given time to save its map on shutdown."""
+                    lifecycle: Any = "false", autostart: Any = "true", loop_closure: Any = "false",
+                    optimized_path_topic: str = "") -> list[NodeSpec]:
+    """build_map.launch.py: one map_builder node, given time to encode what is pending on shutdown;
+    ``loop_closure`` turns on live loop closure (``loop_closure.enabled``) and
+    ``optimized_path_topic`` the poses that follow a SLAM back end's path (empty: params file)."""
     c = _common(use_sim_time, log_level, lifecycle, autostart)
     remaps = _camera_remaps(camera_topic)
     if odom_topic and odom_topic != "odom":
         remaps += (("odom", odom_topic),)
+    slam: dict[str, Any] = {"loop_closure.enabled": True} if as_bool(loop_closure, "loop_closure") else {}
     return [NodeSpec("map_builder", "map_builder", namespace, params_file,
-                     {**_overrides(map_dir=map_dir, backend=backend), **c["sim"]}, remaps,
+                     {**_overrides(map_dir=map_dir, backend=backend, optimized_path_topic=optimized_path_topic),
+                      **slam, **c["sim"]}, remaps,
                      lifecycle=c["lifecycle"], autostart=c["autostart"], log_level=c["log_level"],
                      shutdown_timeouts=MAP_BUILDER_SHUTDOWN_TIMEOUTS)]
 

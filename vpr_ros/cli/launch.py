@@ -21,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="", help="inference backend (overrides the params file)")
     ap.add_argument("--camera-topic", default="image", help="camera image topic to remap 'image' to")
     ap.add_argument("--odom-topic", default="odom", help="odometry topic (build_map only)")
+    ap.add_argument("--loop-closure", action="store_true",
+                    help="build_map: close loops while mapping (vpr/loop_closures for a SLAM back end)")
+    ap.add_argument("--optimized-path-topic", default="",
+                    help="build_map: nav_msgs/Path of the SLAM back end's optimised keyframes; poses follow it")
     ap.add_argument("--namespace", default="", help="namespace of the nodes")
     ap.add_argument("--use-sim-time", action="store_true", help="use /clock as the nodes' time")
     ap.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log level of the nodes")
@@ -33,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
                   use_sim_time=str(a.use_sim_time), log_level=a.log_level, lifecycle=str(a.lifecycle),
                   autostart=str(not a.no_autostart))
     if a.graph == "build_map":
-        kwargs["odom_topic"] = a.odom_topic
+        kwargs.update(odom_topic=a.odom_topic, loop_closure=str(a.loop_closure),
+                      optimized_path_topic=a.optimized_path_topic)
+    elif a.loop_closure or a.optimized_path_topic:
+        ap.error("--loop-closure and --optimized-path-topic apply to build_map")
     specs = GRAPHS[a.graph](**kwargs)
     for s in specs:
         print(f"[vpr_ros_launch] starting {s.name}: {' '.join(s.command())}", flush=True)

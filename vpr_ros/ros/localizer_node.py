@@ -99,11 +99,11 @@ class LocalizerCore(VprNodeMixin):
         self.pub_diag = node.create_publisher(DiagnosticArray, self.cfg.diagnostics_topic, 10)
         self.pub_markers = node.create_publisher(MarkerArray, "vpr/markers", 10)
         self.pub_debug = node.create_publisher(Image, "vpr/debug_image", 2)
-        node.create_service(Trigger, "vpr/reload_map", self._on_reload)
-        node.create_service(Trigger, "vpr/save_map", self._on_save)
+        node.create_service(Trigger, "vpr/reload_map", self.guarded(self._on_reload, service=True))
+        node.create_service(Trigger, "vpr/save_map", self.guarded(self._on_save, service=True))
         self._rate_window: deque[tuple[float, int, int, int]] = deque(maxlen=30)
         self._refusals_since_summary, self._last_refusal_summary = 0, time.monotonic()
-        node.create_timer(self.cfg.diagnostics_period, self._publish_diagnostics)
+        node.create_timer(self.cfg.diagnostics_period, self.guarded(self._publish_diagnostics))
         self.live = LiveParameters(node, LOCALIZER_SECTIONS, self.cfgs, self._apply_parameters)
 
     def _configure(self) -> None:
@@ -132,7 +132,8 @@ class LocalizerCore(VprNodeMixin):
         infos = per_camera(self.cfg.camera_info_topics, self.cfg.camera_topics,
                            lambda c: sibling_topic(node.resolve_topic_name(c), "camera_info"))
         for camera, topic in infos.items():
-            self._subs.append(node.create_subscription(CameraInfo, topic, lambda m, c=camera: self._on_info(c, m), 5))
+            self._subs.append(node.create_subscription(CameraInfo, topic, self.guarded(
+                lambda m, c=camera: self._on_info(c, m)), 5))
         suffix = "/compressed" if self.cfg.transport == "compressed" else ""
         self.say("info", "listening on " + ", ".join(node.resolve_topic_name(t) + suffix
                                                      for t in self.cfg.camera_topics))

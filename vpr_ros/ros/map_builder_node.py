@@ -24,6 +24,7 @@ cannot be read, or one of another model, is refused at start, never replaced.
 """
 from __future__ import annotations
 
+import math
 import queue
 import signal
 import threading
@@ -45,6 +46,7 @@ from vpr_ros.mapping.builder import MapBuilder
 from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
 from vpr_ros.mapping.store.pending import PendingFrame, RawImage
 from vpr_ros.mapping.pose_pairing import NONE, READY, LivePoseTrack, StampedPose
+from vpr_ros.mapping.reanchor import QUATERNION_TOLERANCE
 from vpr_ros.ros.conversions import image_to_rgb, pose_tuple, stamp_to_sec
 from vpr_ros.ros.node_base import (VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
                                    pose_qos, sibling_topic)
@@ -103,6 +105,7 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         self.left_pending = 0  # accepted keyframes whose encoding failed; they stay on disk for the next start
         self.store_error = ""  # the last failed commit (ERROR on /diagnostics until a commit succeeds)
         self.interpolated = 0
+        self.bad_poses = 0  # pose samples refused (non-finite, not a unit quaternion, not on Earth)
         self.intrinsics: dict[str, Any] = {}  # camera -> CameraIntrinsics from its CameraInfo
         self._depths: dict[str, deque] = {}  # camera -> recent (stamp, depth message)
         self.with_depth = self.depth_rejected = 0
@@ -114,13 +117,13 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         self._abandon = threading.Event()  # a second signal: stop encoding, leave the rest on disk
         self._saving = threading.Lock()
 
-        node.create_service(Trigger, "vpr/save_map", self._on_save)
+        node.create_service(Trigger, "vpr/save_map", self.guarded(self._on_save, service=True))
         self._slam_setup()
         self.pub_diag = node.create_publisher(DiagnosticArray, self.cfg.diagnostics_topic, 10)
-        node.create_timer(1.0, self._publish_diagnostics)
-        node.create_timer(0.1, self._expire_waiting)
+        node.create_timer(1.0, self.guarded(self._publish_diagnostics))
+        node.create_timer(0.1, self.guarded(self._expire_waiting))
         if self.cfg.autosave_period > 0:
-            node.create_timer(self.cfg.autosave_period, self._autosave)
+            node.create_timer(self.cfg.autosave_period, self.guarded(self._autosave))
         self.live = LiveParameters(node, MAP_BUILDER_SECTIONS, self.cfgs, self._apply_parameters)
 
     def _configure(self) -> None:
@@ -168,18 +171,19 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         infos = per_camera(self.cfg.camera_info_topics, self.cfg.camera_topics,
                            lambda c: sibling_topic(node.resolve_topic_name(c), "camera_info"))
         for camera, topic in infos.items():
-            self._subs.append(node.create_subscription(CameraInfo, topic, lambda m, c=camera: self._on_info(c, m), 5))
+            self._subs.append(node.create_subscription(CameraInfo, topic, self.guarded(
+                lambda m, c=camera: self._on_info(c, m)), 5))
         depths = per_camera(self.cfg.depth_topics, self.cfg.camera_topics, lambda c: "")
         for camera, topic in depths.items():
             if topic:
                 self._depths[camera] = deque(maxlen=30)
-                self._subs.append(node.create_subscription(Image, topic, lambda m, c=camera: self._depths[c].append(
-                    (stamp_to_sec(m.header.stamp), m)), image_qos(self.cfg.qos, IMAGE_QUEUE_DEPTH)))
+                self._subs.append(node.create_subscription(Image, topic, self.guarded(lambda m, c=camera: self._depths[
+                    c].append((stamp_to_sec(m.header.stamp), m))), image_qos(self.cfg.qos, IMAGE_QUEUE_DEPTH)))
         qos = pose_qos(self.cfg.pose_qos)
         if self.cfg.pose_source == "navsatfix":
-            self._subs.append(node.create_subscription(NavSatFix, self.cfg.pose_topic, self._on_fix, qos))
+            self._subs.append(node.create_subscription(NavSatFix, self.cfg.pose_topic, self.guarded(self._on_fix), qos))
         elif self.cfg.pose_source == "odometry":
-            self._subs.append(node.create_subscription(Odometry, self.cfg.pose_topic, self._on_odom, qos))
+            self._subs.append(node.create_subscription(Odometry, self.cfg.pose_topic, self.guarded(self._on_odom), qos))
         self._subs += self._slam_activate()
 
     def _deactivate(self) -> None:
@@ -232,6 +236,11 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
             self.say("warning", "NavSatFix without a fix ignored", throttle=5.0)
             return
         gps = (msg.latitude, msg.longitude, msg.altitude)
+        if not all(math.isfinite(v) for v in gps) or not (-90.0 <= gps[0] <= 90.0 and -180.0 <= gps[1] <= 180.0):
+            self.bad_poses += 1
+            self._error(f"NavSatFix at {stamp_to_sec(msg.header.stamp):.3f} refused: latitude, longitude, altitude "
+                        f"{gps} are not a position on Earth")
+            return
         if self._gps_origin is None:
             self._gps_origin = gps
             self.say("info", f"GPS origin of the map frame: lat {gps[0]:.7f}, lon {gps[1]:.7f}, alt {gps[2]:.1f}")
@@ -240,6 +249,15 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
                                    self.cfg.map_frame))
 
     def _add_pose(self, sample: StampedPose) -> None:
+        """A pose sample, refused (counted, reported) unless finite with a unit quaternion: one bad
+        sample would otherwise poison every interpolation across it."""
+        p = sample.pose
+        norm = math.sqrt(sum(v * v for v in p[3:])) if all(math.isfinite(v) for v in p) else math.nan
+        if not math.isfinite(sample.t) or not abs(norm - 1.0) <= QUATERNION_TOLERANCE:
+            self.bad_poses += 1
+            self._error(f"pose at {sample.t:.3f} refused: {list(p)} is not finite with a unit quaternion "
+                        f"(|q| = {norm:.4f})")
+            return
         with self._pair_lock:
             self._track.add(sample)
         self._resolve_waiting(final=False)
@@ -584,6 +602,7 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         values = {"map_dir": self.cfg.map_dir, "keyframes": n, "keyframes_accepted": self.accepted,
                   "images_received": self.images, "images_without_pose": self.skipped_no_pose,
                   "images_waiting_for_pose": len(self._waiting), "poses_interpolated": self.interpolated,
+                  "poses_refused": self.bad_poses,
                   "keyframes_dropped": self.dropped, "errors": self.errors,
                   "keyframes_with_depth": self.with_depth, "depth_images_rejected": self.depth_rejected,
                   "cameras_with_intrinsics": ",".join(sorted(self.intrinsics)),

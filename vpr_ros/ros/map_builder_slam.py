@@ -76,7 +76,7 @@ class SlamSide:
         node: Any = self
         if not node.cfg.optimized_path_topic:
             return []
-        return [node.create_subscription(Path, node.cfg.optimized_path_topic, self._on_path, 5)]
+        return [node.create_subscription(Path, node.cfg.optimized_path_topic, node.guarded(self._on_path), 5)]
 
     def _slam_pose(self, pose: tuple[float, ...]) -> tuple[float, ...]:
         """A keyframe pose of this session in the map frame (once the session is aligned)."""

@@ -109,21 +109,46 @@ class VprNodeMixin:
             said[key] = now
         if self.context_ok():
             lg = node.get_logger()  # rclpy also fixes the severity per call site: one line for each
-            if level == "info":
-                lg.info(text)
-            elif level == "debug":
-                lg.debug(text)
-            elif level == "warning":
-                lg.warning(text)
-            else:
-                lg.error(text)
-        elif level != "debug":
+            try:
+                if level == "info":
+                    lg.info(text)
+                elif level == "debug":
+                    lg.debug(text)
+                elif level == "warning":
+                    lg.warning(text)
+                else:
+                    lg.error(text)
+                return
+            except Exception:  # noqa: BLE001 - the context went down between the check and the call
+                pass
+        if level != "debug":
             print(f"[{level.upper()}] [{time.time():.6f}] [{node.get_name()}]: {text}", file=sys.stderr, flush=True)
+
+    def guarded(self, fn: Callable[..., Any], service: bool = False) -> Callable[..., Any]:
+        """``fn`` as a ROS callback that never raises into the executor: an unexpected error is
+        logged and counted as the node's error (dropped once ROS has shut down); a ``service``
+        callback then answers ``success: false`` with the reason."""
+        def call(*args: Any) -> Any:
+            try:
+                return fn(*args)
+            except Exception as exc:  # noqa: BLE001 - one bad message or moment must not end the node
+                what = f"{getattr(fn, '__name__', 'callback')} failed: {type(exc).__name__}: {exc}"
+                if self.context_ok():
+                    error = getattr(self, "_error", None)
+                    error(what) if error is not None else self.say("error", what)
+                if service and len(args) > 1:
+                    resp = args[1]
+                    resp.success, resp.message = False, what
+                    return resp
+                return None
+        call.__name__ = getattr(fn, "__name__", "callback")
+        return call
 
     def subscribe_cameras(self, topics: Iterable[str], transport: str, qos: QoSProfile,
                           callback: Callable[[str, Any], None]) -> list[Any]:
         """One subscription per camera: ``<topic>`` (Image) or ``<topic>/compressed`` (CompressedImage)."""
         node: Any = self
+        callback = self.guarded(callback)
         subs = []
         for topic in topics:
             if transport == "compressed":
