@@ -18,7 +18,7 @@ from nav_msgs.msg import Odometry, Path  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
-from vpr_ros.geometry import quat_to_matrix  # noqa: E402
+from vpr_ros.demo.pose_graph import LioSamStyleBackEnd  # noqa: E402
 from vpr_ros.mapping.map_store import VprMap  # noqa: E402
 from vpr_ros.ros.conversions import pose_msg, rgb_to_image, sec_to_stamp  # noqa: E402
 
@@ -26,81 +26,6 @@ from test_nodes import Spinning, odometry, overrides, until  # noqa: E402
 from test_verification_ros import camera_info, depth_msg  # noqa: E402
 
 pytestmark = pytest.mark.ros
-
-#: LIO-SAM's historyKeyframeSearchTimeDiff (params.yaml): pairs closer in time are ignored
-HISTORY_TIME_DIFF = 30.0
-
-
-def pose3(p):
-    return gtsam.Pose3(gtsam.Rot3(quat_to_matrix(p[3:])), gtsam.Point3(*p[:3]))
-
-
-class LioSamStyleBackEnd:
-    """The part of LIO-SAM's mapOptimization that consumes external loop closures: its own
-    keyframes (stamp -> key), odometry factors, and for each ``[t_cur, t_pre]``: loopKeyCur = the
-    earliest keyframe with time >= t_cur found scanning back from the newest (default: the newest),
-    loopKeyPre = the last keyframe with time <= t_pre scanning from the first (default: the first);
-    pairs closer than 30 s or mapping to one keyframe are ignored. Where LIO-SAM runs ICP between the
-    two keyframes' scans for the relative pose, this stand-in uses the relative pose and covariance
-    that vpr_ros verified (the table row of the same pair)."""
-
-    def __init__(self, first_pose) -> None:
-        self.isam = gtsam.ISAM2()
-        self.times: list[float] = []
-        self.loops: list[tuple[int, int]] = []
-        self.estimate = None
-        self._first = first_pose
-
-    def add_keyframe(self, t: float, increment=None) -> None:
-        graph, values = gtsam.NonlinearFactorGraph(), gtsam.Values()
-        k = len(self.times)
-        if k == 0:
-            graph.add(gtsam.PriorFactorPose3(0, pose3(self._first), gtsam.noiseModel.Isotropic.Sigma(6, 1e-4)))
-            values.insert(0, pose3(self._first))
-        else:
-            noise = gtsam.noiseModel.Diagonal.Sigmas(np.full(6, 0.02))
-            graph.add(gtsam.BetweenFactorPose3(k - 1, k, pose3(increment), noise))
-            values.insert(k, self.estimate.atPose3(k - 1).compose(pose3(increment)))
-        self.times.append(t)
-        self.isam.update(graph, values)
-        self.estimate = self.isam.calculateEstimate()
-
-    def keys_of(self, t_cur: float, t_pre: float) -> tuple[int, int] | None:
-        if abs(t_cur - t_pre) < HISTORY_TIME_DIFF or len(self.times) < 2:
-            return None
-        cur = len(self.times) - 1
-        for i in range(len(self.times) - 1, -1, -1):
-            if self.times[i] >= t_cur:
-                cur = i
-            else:
-                break
-        pre = 0
-        for i in range(len(self.times)):
-            if self.times[i] <= t_pre:
-                pre = i
-            else:
-                break
-        return None if cur == pre else (cur, pre)
-
-    def add_loop(self, t_cur: float, t_pre: float, row: dict) -> tuple[int, int] | None:
-        keys = self.keys_of(t_cur, t_pre)
-        if keys is None or keys[0] in {c for c, _ in self.loops}:
-            return None
-        cur, pre = keys
-        rel = (row["rel_x"], row["rel_y"], row["rel_z"], row["rel_qx"], row["rel_qy"], row["rel_qz"], row["rel_qw"])
-        var = [row["cov_roll"], row["cov_pitch"], row["cov_yaw"], row["cov_x"], row["cov_y"], row["cov_z"]]
-        noise = gtsam.noiseModel.Diagonal.Variances(np.maximum(var, 1e-6))
-        graph = gtsam.NonlinearFactorGraph()
-        graph.add(gtsam.BetweenFactorPose3(pre, cur, pose3(rel), noise))
-        self.isam.update(graph, gtsam.Values())
-        self.isam.update()
-        self.estimate = self.isam.calculateEstimate()
-        self.loops.append(keys)
-        return keys
-
-    def positions(self) -> np.ndarray:
-        return np.array([self.estimate.atPose3(k).translation() for k in range(len(self.times))])
-
 
 @pytest.fixture(scope="module")
 def drive():

@@ -10,7 +10,8 @@ closures it published (geometrically verified, with a metric relative pose), the
 ``/vpr/pose`` against the true poses and per-frame latency, with a PNG plot.
 
 ``--dataset PATH`` uses a real folder pair instead (``ref/`` = map, ``query/`` = live,
-``ground_truth.csv`` as in VPR-Bench), e.g. ``../shared/data/corridor``.
+``ground_truth.csv`` as in VPR-Bench), e.g. ``../shared/data/corridor``. ``--slam`` shows live loop
+closure for a SLAM back end instead (:mod:`vpr_ros.cli.demo_slam`).
 """
 from __future__ import annotations
 
@@ -100,6 +101,14 @@ def _isolated_ros_env() -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.slam:
+        from vpr_ros.cli.demo_slam import run_slam
+
+        model_cfg = model_config_from("", args.params_file, weights=args.weights, backbone=args.backbone)
+        if not model_cfg.weights:
+            print("[demo] WEIGHTS: random initialisation: the global descriptor means little; the closures come "
+                  "from SIFT re-ranking and geometric verification")
+        return run_slam(args, model_cfg)
     if args.dataset:
         data = folder_data(args.dataset)
     elif args.scene == "street":
@@ -272,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params-file", default="", help="localizer params YAML whose model.* settings to use")
     ap.add_argument("--backend", default="auto", help="inference backend")
     ap.add_argument("--frame-timeout", type=float, default=60.0, help="seconds to wait for each answer")
+    ap.add_argument("--slam", action="store_true",
+                    help="live loop closure instead: one session with revisits through the map_builder node, the "
+                         "closures fed to a LIO-SAM-style pose graph (writes slam.png)")
+    ap.add_argument("--slam-rate", type=float, default=2.0, help="--slam: frames per second sent to the node")
     args = ap.parse_args(argv)
     try:
         return run(args)

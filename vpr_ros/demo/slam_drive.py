@@ -51,7 +51,9 @@ def slam_drive(places: int = 20, laps: int = 3, drift_deg: float = 0.6, seed: in
     sideways with small heading and pitch jitter), odd laps back (-x, a little to the left)."""
     scene = scene or Scene.corridor(length=places + 8.0, seed=seed)
     rng = np.random.default_rng(seed + 7)
-    images, depths, stamps, truth, lap_of = [], [], [], [], []
+    images, depths, truth = [], [], []
+    stamps: list[float] = []
+    lap_of: list[int] = []
     for lap in range(laps):
         for i in range(places):
             if lap % 2 == 0:

@@ -271,10 +271,13 @@ class LocalizerCore(VprNodeMixin):
             camera, (msg, received) = item
             try:
                 self._process(camera, msg, received)
-            except VprError as exc:
-                self._error(f"frame from '{camera}' skipped: {exc}")
             except Exception as exc:  # noqa: BLE001 - one bad frame must not kill the node
-                self._error(f"frame from '{camera}' failed unexpectedly: {type(exc).__name__}: {exc}")
+                if self._stop.is_set() or not self.context_ok():
+                    continue  # ROS went down under this frame (publishers invalid): a shutdown, not a failure
+                if isinstance(exc, VprError):
+                    self._error(f"frame from '{camera}' skipped: {exc}")
+                else:
+                    self._error(f"frame from '{camera}' failed unexpectedly: {type(exc).__name__}: {exc}")
 
     def _process(self, camera: str, msg: Image | CompressedImage, received: float) -> None:
         localizer = self.localizer
