@@ -296,11 +296,16 @@ def test_every_byte_class_flipped_is_detected_or_harmless(tmp_path, sealed_map):
 
 
 # ---------------------------------------------------------------------------- errors and refusals
-def test_unreadable_maps_are_refused_never_replaced(tmp_path, sealed_map):
-    future = tmp_path / "future"
-    shutil.copytree(sealed_map, future)
-    mf = future / "manifest.yaml"
+def future_format_copy(src: Path, dst: Path) -> Path:
+    """A copy of the map ``src`` whose manifest claims format version 3 (a newer vpr_ros's)."""
+    shutil.copytree(src, dst)
+    mf = dst / "manifest.yaml"
     mf.write_text(yaml.safe_dump({**yaml.safe_load(mf.read_text()), "format_version": 3}))
+    return dst
+
+
+def test_unreadable_maps_are_refused_never_replaced(tmp_path, sealed_map):
+    future = future_format_copy(sealed_map, tmp_path / "future")
     truncated = tmp_path / "truncated"
     shutil.copytree(sealed_map, truncated)
     store = next(truncated.glob("map-*.sqlite"))

@@ -246,6 +246,22 @@ def _write_params(path, **values):
     return path
 
 
+def _builder_feeder(name: str):
+    """A node publishing images and odometry to a map builder process, collecting its diagnostics;
+    returns (node, image publisher, odometry publisher, diagnostics statuses)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from nav_msgs.msg import Odometry
+    from sensor_msgs.msg import Image
+
+    client = rclpy.create_node(name)
+    pub_img = client.create_publisher(Image, "image", 50)
+    pub_odom = client.create_publisher(Odometry, "odom", 50)
+    diags: list = []
+    client.create_subscription(DiagnosticArray, "/diagnostics",
+                               lambda m: diags.extend(st for st in m.status if st.name.endswith("map_builder")), 20)
+    return client, pub_img, pub_odom, diags
+
+
 SIGNAL_CASES = {  # what is sent, to whom: the node alone, or its whole process group (systemctl stop)
     "SIGINT": ([signal.SIGINT], False), "SIGTERM": ([signal.SIGTERM], False),
     "SIGINT-then-SIGTERM": ([signal.SIGINT, signal.SIGTERM], False),  # ros2 launch's escalation
@@ -261,10 +277,6 @@ def test_no_accepted_keyframe_is_lost_on_signals(rclpy_context, tmp_path, traver
     keyframe it reported as accepted is in the map, encoded at once (SIGINT, SIGTERM: it drains
     without a time limit) or after the next start (a second signal, SIGKILL: they waited on disk;
     `vpr_ros_build_map --finish` encodes them here, as the node's next start would)."""
-    from diagnostic_msgs.msg import DiagnosticArray
-    from nav_msgs.msg import Odometry
-    from sensor_msgs.msg import Image
-
     from vpr_ros.cli.build_map import main as build_map
 
     signals, to_group = SIGNAL_CASES[case]
@@ -288,14 +300,9 @@ def test_no_accepted_keyframe_is_lost_on_signals(rclpy_context, tmp_path, traver
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    client = rclpy.create_node("signal_feeder")
+    client, pub_img, pub_odom, diags = _builder_feeder("signal_feeder")
     n, stamps = 24, [200.0 + 0.1 * k for k in range(24)]
     try:
-        pub_img = client.create_publisher(Image, "image", 50)
-        pub_odom = client.create_publisher(Odometry, "odom", 50)
-        diags: list = []
-        client.create_subscription(DiagnosticArray, "/diagnostics",
-                                   lambda m: diags.extend(st for st in m.status if st.name.endswith("map_builder")), 20)
         assert until(lambda: pub_img.get_subscription_count() and pub_odom.get_subscription_count()
                      and diags, timeout=120, spin=client), "".join(lines)[-3000:]
         first = traversals[0]
@@ -381,12 +388,11 @@ def _start(module: str, params, **popen) -> tuple[subprocess.Popen, list[str]]:
 def test_map_builder_refuses_maps_it_cannot_read_or_may_not_write(tmp_path, built_map):
     """Started on a map of a future format, or on a map another process is writing, the map
     builder exits with the reason (code 2) and every file stays as it was."""
-    future = tmp_path / "future"
     import shutil
 
-    shutil.copytree(built_map, future)
-    mf = future / "manifest.yaml"
-    mf.write_text(yaml.safe_dump({**yaml.safe_load(mf.read_text()), "format_version": 3}))
+    from test_map_durability import future_format_copy
+
+    future = future_format_copy(built_map, tmp_path / "future")
     busy = tmp_path / "busy"
     shutil.copytree(built_map, busy)
     holder = VprMap.open_writer(busy)
@@ -413,9 +419,7 @@ def test_map_builder_keeps_running_and_every_keyframe_when_writes_fail(rclpy_con
     and the map holds exactly the keyframes it reported as accepted, with no stray file."""
     import resource
 
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-    from nav_msgs.msg import Odometry
-    from sensor_msgs.msg import Image
+    from diagnostic_msgs.msg import DiagnosticStatus
     from std_srvs.srv import Trigger
 
     map_dir = tmp_path / "map"
@@ -425,14 +429,9 @@ def test_map_builder_keeps_running_and_every_keyframe_when_writes_fail(rclpy_con
                               "keyframes.max_interval": 0.01, "index.index_type": "hnsw",
                               **{f"model.{k}": v for k, v in TINY_MODEL.items()}})
     proc, lines = _start("vpr_ros.ros.map_builder_node", params)
-    client = rclpy.create_node("full_disk_feeder")
+    client, pub_img, pub_odom, diags = _builder_feeder("full_disk_feeder")
     first = traversals[0]
     try:
-        pub_img = client.create_publisher(Image, "image", 50)
-        pub_odom = client.create_publisher(Odometry, "odom", 50)
-        diags: list = []
-        client.create_subscription(DiagnosticArray, "/diagnostics",
-                                   lambda m: diags.extend(st for st in m.status if st.name.endswith("map_builder")), 20)
         assert until(lambda: pub_img.get_subscription_count() and pub_odom.get_subscription_count() and diags,
                      timeout=120, spin=client), "".join(lines)[-3000:]
 

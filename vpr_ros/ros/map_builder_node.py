@@ -91,7 +91,9 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         self.backend: DescriptorBackend | None = None
         self.builder: MapBuilder | None = None
         self._subs: list[Any] = []
-        self._lock = threading.Lock()       # builder + map
+        self._lock = threading.Lock()       # the map (index, keyframes): encoder thread and saves
+        self._select_lock = threading.Lock()  # keyframe selection and the pose frame: image callbacks
+        # (separate, so that an index snapshot, which holds _lock, never holds up an image callback)
         self._pair_lock = threading.Lock()  # pose track + waiting images
         self._queue: queue.Queue = queue.Queue()  # (seq, PendingFrame | None, msg, Keyframe, keyframe?)
         self._track = LivePoseTrack()
@@ -222,7 +224,7 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         if self.closer is not None and any(n.startswith("loop_closure.") for n in changed):
             self.closer.update_config(new["loop_closure"])
         if self.builder is not None and any(n.startswith("keyframes.") for n in changed):
-            with self._lock:
+            with self._select_lock:
                 self.builder.selector.cfg = self.kf_cfg
         self.say("info", "parameters set: " + ", ".join(sorted(changed)))
 
@@ -381,7 +383,7 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         except VprError as exc:
             self._error(str(exc))
             return
-        with self._lock:
+        with self._select_lock:
             keyframe = builder.selector.offer(w.t, kf.pose)
         if not keyframe:
             if self.kf_cfg.novelty_threshold > 0 and self._queue.unfinished_tasks == 0:
@@ -400,7 +402,7 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
                 self._store_failed(f"keyframe at {w.t:.3f} from '{w.camera}' {reason}")
         if reason:
             self.dropped += 1
-            with self._lock:  # forget it, so the next frame can become the keyframe instead
+            with self._select_lock:  # forget it, so the next frame can become the keyframe instead
                 builder.selector.undo()
             return
         self.accepted += 1
@@ -411,7 +413,7 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         builder = self.builder
         if builder is None:
             return False
-        with self._lock:
+        with self._select_lock:
             vmap = builder.map
             if not self._pose_frame:
                 if len(vmap) and vmap.manifest.map_frame != frame:
@@ -503,7 +505,7 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
             depth = depth_msg.depth_metres() if depth_msg is not None else None
             desc, [feats] = builder.encode([rgb], [depth], intr)
             kf.pose = self._slam_pose(kf.pose)  # type: ignore[assignment]
-            with self._lock:
+            with self._lock, self._select_lock:
                 added = builder.consider_novel(desc, kf, feats)
             if added is not None:
                 self._slam_added(kf)
