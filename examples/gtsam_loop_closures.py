@@ -34,7 +34,8 @@ def run(a: argparse.Namespace) -> dict[str, float]:
 
     from vpr_ros.config import KeyframeConfig, LocalizerConfig, ModelConfig, VerificationConfig
     from vpr_ros.demo.scene3d import Scene, corridor_traversals
-    from vpr_ros.geometry import compose, inverse, matrix_to_quat, planar_pose, quat_to_matrix
+    from vpr_ros.demo.slam_drive import drifting_odometry
+    from vpr_ros.geometry import compose, planar_pose, quat_to_matrix
     from vpr_ros.localization import Localizer
     from vpr_ros.mapping.builder import MapBuilder
     from vpr_ros.mapping.map_store import Keyframe
@@ -50,15 +51,7 @@ def run(a: argparse.Namespace) -> dict[str, float]:
     back = [compose(p, planar_pose(0.0, 0.0, math.pi)) for p in lap1.poses[::-1]]
     truth = list(lap1.poses) + back + list(lap3.poses)
     # odometry: true increments with noise and a heading bias (drift)
-    odo = [truth[0]]
-    increments = []
-    for i in range(1, len(truth)):
-        inc = compose(inverse(truth[i - 1]), truth[i])
-        dist = float(np.linalg.norm(inc[:2]))
-        yaw = math.radians(a.drift_deg) * max(dist, 0.3) + rng.normal(0, 0.002)
-        noisy = compose(inc, planar_pose(rng.normal(0, 0.01 * dist), rng.normal(0, 0.01 * dist), yaw))
-        increments.append(noisy)
-        odo.append(compose(odo[-1], noisy))
+    odo, increments = drifting_odometry(truth, a.drift_deg, rng)
 
     with open_backend("auto", ModelConfig(backbone=a.backbone)) as backend:
         vcfg = VerificationConfig()

@@ -74,6 +74,15 @@ def loop_closure_run(backend, first, second, positives, cfg):
     return published, correct, decisions
 
 
+def test_one_frame_stamped_in_the_future_does_not_silence_loop_closures():
+    """Trial case: a frame stamped 2e9 s was published; the rate limiter kept its stamp and every
+    later closure stayed a 'rate limited' candidate for good."""
+    det = LoopClosureDetector(score_threshold=0.5, min_time_separation=30, consistency=1, window=2, max_rate=1.0)
+    assert det.update(2e9, 0.0, 5, 0.9).status == VERIFIED  # the bad stamp (it did match)
+    later = [det.update(100.0 + k, 0.0, 5, 0.9).status for k in range(3)]
+    assert later == [VERIFIED, VERIFIED, VERIFIED] and det.stamps_back == 1
+
+
 def test_loop_closures_from_real_descriptors_of_the_demo_traversals(tiny_backend):
     """The demo's two procedural traversals (60 places, seed 7, positives within 2 m) described by
     the tiny random-weight network: every published closure obeys the rules, and precision and

@@ -51,6 +51,7 @@ class LoopClosureDetector:
         self._last_id: int | None = None
         self.last_published: float | None = None
         self.published = 0
+        self.stamps_back = 0  # queries stamped before the last published closure (clock jump, bad stamp)
         self.refused = 0  # passed the temporal rules but not the geometric verification
 
     def reset(self) -> None:
@@ -78,6 +79,11 @@ class LoopClosureDetector:
         self._last_id = db_id
         if self._streak < self.consistency:
             return decide(CANDIDATE, "waiting for temporal consistency")
+        if self.last_published is not None and t_query < self.last_published:
+            # time went back (a bag restarted, /clock reset) or the last closure came from a frame with a
+            # wrong future stamp: forget it, or that stamp would rate-limit every closure from now on
+            self.stamps_back += 1
+            self.last_published = None
         if self.last_published is not None and t_query - self.last_published < self.min_period:
             return decide(CANDIDATE, "rate limited")
         if verify is not None:

@@ -375,6 +375,7 @@ class LocalizerCore(VprNodeMixin):
             "inference_ms_mean": f"{mean(c.inference_ms):.2f}",
             "latency_ms_mean": f"{mean(c.latency_ms):.2f}",
             "loop_closures": c.loop_closures, "loop_closures_refused_by_geometry": c.loops_refused,
+            "frames_stamped_before_the_last_closure": loc.loops.stamps_back if loc else 0,
             "cameras_with_intrinsics": ",".join(sorted(self.intrinsics)), "last_error": c.last_error,
         }
         self.publish_status(self.pub_diag, "localizer", level, text, b.model_id if b else "", values)
