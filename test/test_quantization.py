@@ -125,3 +125,27 @@ def test_cpu_target_leaves_attention_products_in_float(fp32_graph):
     weights = {i.name for i in graph.initializer}
     assert names and len(names) < len(matmuls)
     assert not any(set(n.input) & weights for n in matmuls if n.name in names)
+
+
+def test_fp32_then_int8_evaluations_of_one_model_do_not_share_cached_descriptors(fp32_graph, tmp_path):
+    """Trial case: the descriptor cache was keyed by the model alone, so an INT8 evaluation after an
+    FP32 one reported the FP32 numbers. Now each run's descriptors are its own."""
+    from vpr_ros.datasets import read_eval_dataset
+    from vpr_ros.eval_run import load_or_describe
+    from vpr_ros.export.accuracy_gate import gate_images
+    from vpr_ros.export.quantize import quantize_int8
+    from vpr_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    from test_evaluation import make_gmberton
+
+    data = read_eval_dataset(make_gmberton(tmp_path / "data"))
+    images, _ = gate_images(size=56, count=16)
+    q = quantize_int8(fp32_graph, tmp_path / "q.onnx", [images[:8], images[8:]], "minmax", "cpu")
+    cache = tmp_path / "cache"
+    with OnnxRuntimeBackend(fp32_graph) as f, OnnxRuntimeBackend(q) as b:
+        db32, _, cached32, _ = load_or_describe(f, data, 4, cache, False)
+        db8, _, cached8, _ = load_or_describe(b, data, 4, cache, False)
+        assert not cached32 and not cached8  # the INT8 run computed its own
+        direct = load_or_describe(b, data, 4, None, False)[0]
+    assert np.array_equal(db8, direct) and not np.array_equal(db8, db32)
+    assert len(list(cache.iterdir())) == 2

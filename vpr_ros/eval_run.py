@@ -78,10 +78,12 @@ def describe_images(backend: DescriptorBackend, paths: Sequence[Path], batch_siz
 
 
 def cache_key(backend: DescriptorBackend, dataset: EvalDataset, batch_size: int = 0) -> str:
-    """Depends on the model (id, weights, input size), on every image file (name, size, mtime)
-    and, for batch-dependent models, on the batch size."""
+    """Depends on the model (id, weights, input size), on how it runs (backend, precision, INT8
+    mode, graph file content: :meth:`DescriptorBackend.numerics`), on every image file (name, size,
+    mtime) and, for batch-dependent models, on the batch size."""
     batch = "" if backend.batch_independent else f"|batch={batch_size}"
-    h = hashlib.sha256(f"{backend.model_id}|{backend.weights_sha256}|{backend.input_size}{batch}".encode())
+    h = hashlib.sha256(f"{backend.model_id}|{backend.weights_sha256}|{backend.input_size}{batch}|"
+                       f"{backend.numerics()}".encode())
     fingerprint_files(dataset.database, h)
     h.update(b"|queries|")
     return fingerprint_files(dataset.queries, h).hexdigest()[:20]

@@ -82,3 +82,20 @@ class DescriptorBackend(abc.ABC):
         """Identity for logs, manifests and diagnostics."""
         return {"backend": self.name, "model_id": self.model_id, "weights": self.weights_source,
                 "input_size": self.input_size, "descriptor_dim": self.descriptor_dim, "pca_id": self.pca_id}
+
+    def numerics(self) -> str:
+        """Everything that decides the descriptors' values beside the model's identity (backend,
+        device, precision, INT8 mode, and the content of the graph or engine file it runs): caches of
+        descriptors are keyed by it, so an FP32 and an INT8 run of one model never share one."""
+        import json
+        from pathlib import Path
+
+        d = self.describe()
+        path = getattr(self, "path", None)
+        if path is not None and Path(path).is_file():
+            if getattr(self, "_graph_sha", None) is None:
+                from vpr_ros.export.graph_io import file_sha256
+
+                self._graph_sha = file_sha256(path)
+            d["graph_sha256"] = self._graph_sha
+        return json.dumps(d, sort_keys=True, default=str)
