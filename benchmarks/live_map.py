@@ -49,9 +49,7 @@ def descriptors(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def measure(n: int, d: int, new: int, exclude: int, tmp: Path) -> dict[str, float]:
     import faiss
 
-    from vpr_ros.config import IndexConfig
     from vpr_ros.geometry import planar_pose
-    from vpr_ros.mapping.index import build_index
     from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
     from vpr_ros.mapping.store.pending import PendingFrame, RawImage
 
@@ -60,9 +58,8 @@ def measure(n: int, d: int, new: int, exclude: int, tmp: Path) -> dict[str, floa
     model = ModelIdentity("bench", "ab" * 32, 224, d)
     t0 = time.perf_counter()
     m = VprMap.create(model)
+    m.reindex("hnsw")  # the index grows online from the first keyframe, as in live mode
     m.add(base, [Keyframe(float(i), planar_pose(i, 0.0)) for i in range(n)])
-    m.index = build_index(base, "hnsw", IndexConfig())
-    m.manifest.index_type = "hnsw"
     m.save(tmp / f"map-{n}-{d}")  # one transaction, with an HNSW snapshot
     del m
     vmap = VprMap.open_writer(tmp / f"map-{n}-{d}", model, durable=True)  # as the node opens it

@@ -77,14 +77,18 @@ def kind_of(index: object) -> str:
     return type(index).__name__
 
 
-def all_vectors(index: object) -> np.ndarray:
-    """Every stored vector [N, D] (exact for flat/HNSW/IVF-flat; PQ gives its approximation)."""
+def all_vectors(index: object, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Stored vectors start..stop-1 [n, D], all by default (exact for flat/HNSW/IVF-flat; PQ gives
+    its approximation)."""
     import faiss
 
     n = index.ntotal  # type: ignore[attr-defined]
+    stop = n if stop is None else min(stop, n)
     if isinstance(index, faiss.IndexIVF):
         index.make_direct_map()
-    return index.reconstruct_n(0, n) if n else np.zeros((0, index.d), np.float32)  # type: ignore[attr-defined]
+    if stop <= start:
+        return np.zeros((0, index.d), np.float32)  # type: ignore[attr-defined]
+    return index.reconstruct_n(start, stop - start)  # type: ignore[attr-defined]
 
 
 def set_search_params(index: object, cfg: IndexConfig) -> None:

@@ -315,7 +315,7 @@ class VprMap:
         for i, pose in poses.items():
             if not 0 <= int(i) < len(self.keyframes):
                 raise MapError(f"update_poses: no keyframe {i} (the map has {len(self.keyframes)})")
-            moved.append(replace(self.keyframes[int(i)], pose=tuple(float(v) for v in pose)))  # validated
+            moved.append(replace(self.keyframes[int(i)], pose=tuple(float(v) for v in pose)))  # type: ignore[arg-type]
         frame = map_frame if map_frame is not None else self.manifest.map_frame
         if self.writer is not None:
             stored = [kf for kf in moved if kf.id < self._stored]
@@ -363,11 +363,12 @@ class VprMap:
                 out[i] = f
         return out
 
-    def descriptors(self) -> np.ndarray:
-        """Every descriptor [N, D] (exact for flat / HNSW / IVF; IVF-PQ gives its approximation)."""
+    def descriptors(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Descriptors of ids start..stop-1 [n, D] (exact for flat / HNSW / IVF; IVF-PQ gives its
+        approximation); all by default."""
         from vpr_ros.mapping.index import all_vectors
 
-        return all_vectors(self.index)
+        return all_vectors(self.index, start, stop)
 
     def reindex(self, kind: str, cfg: "IndexConfig | None" = None) -> None:
         """Rebuild the search index as ``kind`` ('flat', 'hnsw', 'ivf', 'ivfpq') from the stored vectors."""
@@ -392,7 +393,7 @@ class VprMap:
             return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
         if n == len(self):
             return self.index.search(q, k)
-        return self.index.search(q, k, params=search_params(self.index, n))
+        return self.index.search(q, k, params=search_params(self.index, n))  # type: ignore[call-overload]
 
     def check_model(self, model: ModelIdentity, where: str = "map") -> None:
         """Raise MapError listing every difference if the map was built by another model."""
@@ -487,10 +488,9 @@ class VprMap:
         meta = {"local_features": self.manifest.local_features, "map_frame": self.manifest.map_frame,
                 "index_type": self.manifest.index_type}
         if self._stored < n or self._done_pending:
-            new = self.keyframes[self._stored:]
-            vectors = self.descriptors()[self._stored:] if new else np.zeros((0, self.model.descriptor_dim), np.float32)
+            new, first = self.keyframes[self._stored:], self._stored
             feats = {i: f for i, f in self._features.items() if i >= self._stored}
-            w.commit(new, vectors, feats, self._done_pending, meta)
+            w.commit(new, lambda a, b: self.descriptors(first + a, first + b), feats, self._done_pending, meta)
         elif any(getattr(w.manifest, k) != v for k, v in meta.items()):
             w.set_meta(meta)
         w.manifest = replace(w.manifest, local_features=self.manifest.local_features,
@@ -514,13 +514,12 @@ class VprMap:
         tmp = root / f".{name}.tmp-{os.getpid()}"
         manifest = replace(self.manifest, store_id=store_id, count=0, generation=0, format_version=FORMAT_VERSION)
         feats = self.all_features()
-        vectors = self.descriptors()
         keyframes = [replace(kf) for kf in self.keyframes]
         try:
             db.StoreWriter.create(tmp, manifest)
             w = db.StoreWriter(root, tmp)
             try:
-                w.commit(keyframes, vectors, feats, (), {"local_features": self.manifest.local_features})
+                w.commit(keyframes, self.descriptors, feats, (), {"local_features": self.manifest.local_features})
                 if self.manifest.index_type != "flat" and len(self):
                     w.write_index(self.index, self.manifest.index_type)
                 w.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -625,13 +624,12 @@ class VprMap:
                 raise MapError(f"{store}: the store named by the manifest is missing")
             con = db.connect_ro(store)
             try:
-                snap = db.read_snapshot(store, verify_features, con=con)
-                index, notes = db.load_index(root, snap)
+                snap = db.read_snapshot(root, store, verify_features, con=con)
             except BaseException:
                 con.close()
                 raise
-            vmap = cls(snap.manifest, index, snap.keyframes)
-            vmap.notes, vmap.pending = [*snap.notes, *notes], snap.pending
+            vmap = cls(snap.manifest, snap.index, snap.keyframes)
+            vmap.notes, vmap.pending = snap.notes, snap.pending
             vmap._db, vmap._db_where = con, str(store)
             vmap._origin = (snap.manifest.store_id, snap.manifest.generation)
         vmap.root, vmap._stored = root, len(vmap)

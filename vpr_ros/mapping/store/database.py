@@ -213,13 +213,14 @@ def manifest_meta(m: "Manifest") -> dict[str, Any]:
 # ---------------------------------------------------------------------------- reading
 @dataclass
 class Snapshot:
-    """One consistent generation of a map database, read in one transaction."""
+    """One consistent generation of a map database, read in one transaction, with its search
+    index (from the index snapshot file when that is valid, extended with the keyframes after it;
+    else built from the stored descriptors, which are the source of truth)."""
 
     path: Path
     manifest: "Manifest"
     keyframes: list["Keyframe"]
-    descriptors: np.ndarray              # float32 [N, D]
-    index_entry: dict[str, Any] | None   # the index snapshot this generation names (None: none)
+    index: Any
     pending: int
     features: int                        # keyframes with local features (all verified when asked)
     notes: list[str] = field(default_factory=list)
@@ -238,15 +239,17 @@ def read_meta(path: Path) -> "Manifest":
         con.close()
 
 
-def read_snapshot(path: Path, verify_features: bool = True, con: sqlite3.Connection | None = None) -> Snapshot:
+def read_snapshot(root: Path, path: Path, verify_features: bool = True,
+                  con: sqlite3.Connection | None = None) -> Snapshot:
     """Read every keyframe and descriptor of one generation, checking every checksum (and, with
-    ``verify_features``, every stored local-feature row) and the database's structure."""
+    ``verify_features``, every stored local-feature row) and the database's structure, and make its
+    search index. Memory: the index, plus the descriptors its snapshot file lacks while reading."""
     own = con is None
     con = con or connect_ro(path)
     try:
         con.execute("BEGIN")  # one snapshot for everything below
         try:
-            return _read(con, path, verify_features)
+            return _read(con, root, path, verify_features)
         finally:
             con.execute("ROLLBACK")
     except sqlite3.Error as exc:
@@ -258,16 +261,45 @@ def read_snapshot(path: Path, verify_features: bool = True, con: sqlite3.Connect
             con.close()
 
 
-def _read(con: sqlite3.Connection, path: Path, verify_features: bool) -> Snapshot:
-    from vpr_ros.mapping.map_store import Keyframe
-
+def _read(con: sqlite3.Connection, root: Path, path: Path, verify_features: bool) -> Snapshot:
     meta = _meta_value(con, path)
     manifest = manifest_of(meta, path)
-    n, dim = manifest.count, manifest.model.descriptor_dim
     check = con.execute("PRAGMA quick_check").fetchall()
     if check != [("ok",)]:
         raise MapError(f"{path}: the database structure is damaged ({'; '.join(str(r[0]) for r in check[:3])})")
-    descriptors = np.empty((n, dim), np.float32)
+    entry = meta["index"] if isinstance(meta["index"], dict) else None
+    kind, notes = manifest.index_type, []
+    index = None
+    if kind != "flat" and entry is not None:
+        index, why = _index_from_file(root, entry, kind, manifest)
+        if index is None:
+            notes.append(f"index snapshot {entry.get('file')!r} {why}: rebuilt the '{kind}' index from the "
+                         "stored descriptors")
+    first = int(index.ntotal) if index is not None else 0  # type: ignore[attr-defined]
+    keyframes, tail = _read_keyframes(con, path, manifest, first)
+    features = 0
+    if verify_features:
+        cur = con.execute(f"SELECT {','.join(FEATURE_COLUMNS)}, crc FROM local_features ORDER BY id")
+        for row in _rows(cur):
+            _check_crc(row, path, f"local features of keyframe {row[0]!r}")
+            if not (isinstance(row[0], int) and 0 <= row[0] < len(keyframes)):
+                raise MapError(f"{path}: local features of a keyframe the map does not hold (id {row[0]!r})")
+            features_from_row(row, f"{path}: keyframe {row[0]}")
+            features += 1
+    else:
+        features = int(con.execute("SELECT COUNT(*) FROM local_features").fetchone()[0])
+    pending = int(con.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
+    index = _complete_index(index, tail, kind, entry, len(keyframes), notes)
+    return Snapshot(path, manifest, keyframes, index, pending, features, notes)
+
+
+def _read_keyframes(con: sqlite3.Connection, path: Path, manifest: "Manifest",
+                    keep_from: int) -> tuple[list["Keyframe"], np.ndarray]:
+    """Every keyframe (all checked), and the descriptors [N - keep_from, D] of ids >= keep_from."""
+    from vpr_ros.mapping.map_store import Keyframe
+
+    n, dim = manifest.count, manifest.model.descriptor_dim
+    tail = np.empty((max(0, n - keep_from), dim), np.float32)
     keyframes: list[Keyframe] = []
     cur = con.execute(f"SELECT {','.join(KEYFRAME_COLUMNS)}, crc FROM keyframes ORDER BY id")
     for row in _rows(cur):
@@ -286,7 +318,8 @@ def _read(con: sqlite3.Connection, path: Path, verify_features: bool) -> Snapsho
         d = np.frombuffer(blob, np.float32)
         if not np.isfinite(d).all():
             raise MapError(f"{path}: keyframe {i}: descriptor has NaN or infinite values")
-        descriptors[i] = d
+        if i >= keep_from:
+            tail[i - keep_from] = d
         gps = None if row[11] is None else (float(row[11]), float(row[12]), float(row[13]))
         try:
             keyframes.append(Keyframe(stamp=float(row[1]), pose=tuple(float(v) for v in row[4:11]),  # type: ignore[arg-type]
@@ -296,20 +329,28 @@ def _read(con: sqlite3.Connection, path: Path, verify_features: bool) -> Snapsho
             raise MapError(f"{path}: keyframe {i}: {exc}") from None
     if len(keyframes) != n:
         raise MapError(f"{path}: the metadata counts {n} keyframes but the table holds {len(keyframes)}")
-    features = 0
-    if verify_features:
-        cur = con.execute(f"SELECT {','.join(FEATURE_COLUMNS)}, crc FROM local_features ORDER BY id")
-        for row in _rows(cur):
-            _check_crc(row, path, f"local features of keyframe {row[0]!r}")
-            if not (isinstance(row[0], int) and 0 <= row[0] < n):
-                raise MapError(f"{path}: local features of a keyframe the map does not hold (id {row[0]!r})")
-            features_from_row(row, f"{path}: keyframe {row[0]}")
-            features += 1
+    return keyframes, tail
+
+
+def _complete_index(index: Any, tail: np.ndarray, kind: str, entry: dict[str, Any] | None, n: int,
+                    notes: list[str]) -> Any:
+    """The snapshot's index extended with the keyframes after it, or one built from them all."""
+    from vpr_ros.config import IndexConfig
+    from vpr_ros.mapping.index import build_index, set_search_params
+
+    if index is not None:
+        if len(tail):
+            index.add(tail)
     else:
-        features = int(con.execute("SELECT COUNT(*) FROM local_features").fetchone()[0])
-    pending = int(con.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
-    entry = meta["index"] if isinstance(meta["index"], dict) else None
-    return Snapshot(path, manifest, keyframes, descriptors, entry, pending, features)
+        if kind != "flat" and entry is None and n:
+            notes.append(f"no '{kind}' index snapshot yet: built from the stored descriptors")
+        try:
+            index = build_index(tail, kind, IndexConfig())
+        except MapError:  # too few keyframes to train IVF: search exactly until there are enough
+            index = build_index(tail, "flat", IndexConfig())
+            notes.append(f"'{kind}' needs more keyframes to train; searching exactly meanwhile")
+    set_search_params(index, IndexConfig())
+    return index
 
 
 def _rows(cur: sqlite3.Cursor) -> Iterator[tuple]:
@@ -342,36 +383,9 @@ def feature_bytes(con: sqlite3.Connection, lock: threading.Lock, where: str) -> 
     return int(row[0] or 0), int(row[1] or 0)
 
 
-def load_index(root: Path, snap: Snapshot) -> tuple[Any, list[str]]:
-    """The search index of ``snap``: its snapshot file if valid (then extended with the keyframes
-    added after it), else built from the stored descriptors. Returns (index, notes)."""
-    from vpr_ros.config import IndexConfig
-    from vpr_ros.mapping.index import build_index, kind_of, set_search_params
-
-    kind, n = snap.manifest.index_type, len(snap.keyframes)
-    entry, notes = snap.index_entry, []
-    index = None
-    if kind != "flat" and entry is not None:
-        index, why = _index_from_file(root, entry, kind, snap)
-        if index is None:
-            notes.append(f"index snapshot {entry.get('file')!r} {why}: rebuilt the '{kind}' index from the "
-                         "stored descriptors")
-    if index is None:
-        if kind != "flat" and entry is None and n:
-            notes.append(f"no '{kind}' index snapshot yet: built from the stored descriptors")
-        try:
-            index = build_index(snap.descriptors, kind, IndexConfig())
-        except MapError:  # too few keyframes to train IVF: search exactly until there are enough
-            index = build_index(snap.descriptors, "flat", IndexConfig())
-            notes.append(f"'{kind}' needs more keyframes to train; searching exactly meanwhile")
-    elif index.ntotal < n:  # type: ignore[attr-defined]
-        index.add(snap.descriptors[index.ntotal:])  # type: ignore[attr-defined]
-    set_search_params(index, IndexConfig())
-    assert kind_of(index) in (kind, "flat")
-    return index, notes
-
-
-def _index_from_file(root: Path, entry: dict[str, Any], kind: str, snap: Snapshot) -> tuple[Any, str]:
+def _index_from_file(root: Path, entry: dict[str, Any], kind: str, manifest: "Manifest") -> tuple[Any, str]:
+    """The index snapshot named by ``entry`` if it is intact (sha256, read as a stream: no second
+    copy in memory) and fits the map, else (None, why)."""
     import faiss
 
     from vpr_ros.mapping.index import kind_of
@@ -382,20 +396,25 @@ def _index_from_file(root: Path, entry: dict[str, Any], kind: str, snap: Snapsho
         return None, "is described wrongly"
     if "/" in name or name.startswith("."):
         return None, "has a bad name"
+    path = root / name
+    h = hashlib.sha256()
     try:
-        data = (root / name).read_bytes()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
     except FileNotFoundError:
         return None, "is missing (a newer save replaced it)"
     except OSError as exc:
         return None, f"is unreadable ({exc.strerror or exc})"
-    if hashlib.sha256(data).hexdigest() != sha:
+    if h.hexdigest() != sha:
         return None, "fails its sha256 (corrupt)"
     try:
-        index = faiss.deserialize_index(np.frombuffer(data, np.uint8))
-    except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError with its own text
-        return None, f"cannot be read by faiss ({str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''})"
-    if kind_of(index) != kind or index.d != snap.manifest.model.descriptor_dim or index.ntotal != count \
-            or count > len(snap.keyframes):
+        index = faiss.read_index(str(path))
+    except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError with its own text (or the file went)
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        return None, f"cannot be read by faiss ({first})"
+    if kind_of(index) != kind or index.d != manifest.model.descriptor_dim or index.ntotal != count \
+            or count > manifest.count:
         return None, "does not fit the map"
     return index, ""
 
@@ -465,24 +484,30 @@ class StoreWriter:
             if new_generation:
                 self.generation += 1
 
-    def commit(self, keyframes: Sequence["Keyframe"], descriptors: np.ndarray,
+    def commit(self, keyframes: Sequence["Keyframe"], descriptors: "np.ndarray | Callable[[int, int], np.ndarray]",
                features: dict[int, "LocalFeatures"], done_pending: Iterable[int] = (),
                meta: dict[str, Any] | None = None) -> None:
-        """Store keyframes (ids follow the stored count) with their descriptors [N, D] and local
-        features, delete the pending frames they came from, update ``meta``: one transaction."""
-        rows = [keyframe_row(kf, d) for kf, d in zip(keyframes, descriptors)]
-        if rows and rows[0][0] != self.count:
-            raise MapError(f"{self.path}: keyframe {rows[0][0]} does not follow the {self.count} stored")
-        frows = [features_row(i, f) for i, f in sorted(features.items())]
+        """Store keyframes (ids follow the stored count) with their descriptors [N, D] (an array, or a
+        function giving rows a..b of it) and local features, delete the pending frames they came
+        from, update ``meta``: one transaction."""
+        n = len(keyframes)
+        if n and keyframes[0].id != self.count:
+            raise MapError(f"{self.path}: keyframe {keyframes[0].id} does not follow the {self.count} stored")
         done = [(int(s),) for s in done_pending]
+        get = descriptors if callable(descriptors) else (lambda a, b: descriptors[a:b])  # type: ignore[index]
 
         def body(con: sqlite3.Connection) -> None:
-            con.executemany(f"INSERT INTO keyframes VALUES ({','.join('?' * (len(KEYFRAME_COLUMNS) + 1))})", rows)
-            con.executemany(f"INSERT INTO local_features VALUES ({','.join('?' * (len(FEATURE_COLUMNS) + 1))})", frows)
+            for a in range(0, n, 1024):  # in chunks: a whole map is never copied at once
+                b = min(n, a + 1024)
+                rows = [keyframe_row(kf, d) for kf, d in zip(keyframes[a:b], get(a, b))]
+                con.executemany(f"INSERT INTO keyframes VALUES ({','.join('?' * (len(KEYFRAME_COLUMNS) + 1))})", rows)
+            for i, f in sorted(features.items()):
+                con.execute(f"INSERT INTO local_features VALUES ({','.join('?' * (len(FEATURE_COLUMNS) + 1))})",
+                            features_row(i, f))
             con.executemany("DELETE FROM pending WHERE seq = ?", done)
 
-        self._transaction("store keyframes", body, {**(meta or {}), "count": self.count + len(rows)})
-        self.count += len(rows)
+        self._transaction("store keyframes", body, {**(meta or {}), "count": self.count + n})
+        self.count += n
 
     def update_poses(self, keyframes: Sequence["Keyframe"], meta: dict[str, Any] | None = None) -> None:
         """Rewrite the poses of stored keyframes (their other columns and the descriptor stay) and
@@ -581,10 +606,22 @@ class StoreWriter:
 
         count = int(index.ntotal)
         name = f"index-{self.manifest.store_id}-{uuid.uuid4().hex[:8]}.faiss"
-        data = faiss.serialize_index(index).tobytes()
         target = self.root / name
-        write_file_atomic(target, data)
-        entry = {"file": name, "kind": kind, "count": count, "sha256": hashlib.sha256(data).hexdigest()}
+        tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
+        try:  # written by faiss itself and hashed as a stream: no copy of a large index in memory
+            faiss.write_index(index, str(tmp))
+            h = hashlib.sha256()
+            with open(tmp, "rb+") as fh:
+                while chunk := fh.read(1 << 24):
+                    h.update(chunk)
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+            fsync_dir(self.root)
+        except Exception as exc:  # noqa: BLE001 - OSError, or faiss's RuntimeError for a failed write
+            raise MapError(f"{target}: cannot write the index snapshot ({getattr(exc, 'strerror', None) or exc})") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        entry = {"file": name, "kind": kind, "count": count, "sha256": h.hexdigest()}
         previous = self.index_entry
         try:
             self._transaction("record the index snapshot", lambda con: None, {"index": entry, "index_type": kind})

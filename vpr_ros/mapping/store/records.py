@@ -25,10 +25,10 @@ def row_crc(values: Iterable[object]) -> int:
         elif t is int:
             parts += (_INT, _pack_q(v))  # type: ignore[arg-type]
         elif t is str:
-            b = v.encode("utf-8", "surrogatepass")  # type: ignore[union-attr]
+            b = v.encode("utf-8", "surrogatepass")  # type: ignore[union-attr,attr-defined]
             parts += (_TEXT, _pack_Q(len(b)), b)
         elif t is bytes or t is bytearray or t is memoryview:
-            b = bytes(v)  # type: ignore[arg-type]
+            b = bytes(v)  # type: ignore[arg-type,call-overload]
             parts += (_BLOB, _pack_Q(len(b)), b)
         elif v is None:
             parts.append(_NULL)
