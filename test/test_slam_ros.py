@@ -187,3 +187,44 @@ def test_keyframe_poses_follow_the_back_ends_path_on_disk_and_in_vpr_pose(rclpy_
     finally:
         s.stop()
     assert math.isfinite(vmap.keyframes[0].pose[0])
+
+
+def test_a_new_session_on_a_saved_map_is_aligned_through_the_node(rclpy_context, tmp_path, drive, tiny_backend):
+    """Session 0: the first lap, in the map frame. The node starts on that map (session 1) and drives
+    the third lap with odometry in a frame of its own; its verified metric closures with session 0
+    (marked prior, not sent as pairs) align it: every keyframe of session 1 ends up within 5 cm of the
+    truth in the map frame."""
+    from vpr_ros.config import KeyframeConfig
+    from vpr_ros.geometry import compose, inverse, planar_pose
+    from vpr_ros.mapping.builder import MapBuilder
+    from vpr_ros.mapping.map_store import Keyframe
+    from vpr_ros.ros.map_builder_node import MapBuilderNode
+
+    lap0 = [i for i, lap in enumerate(drive.laps) if lap == 0]
+    lap2 = [i for i, lap in enumerate(drive.laps) if lap == 2]
+    first = MapBuilder(tiny_backend, KeyframeConfig(min_distance=0.5), intrinsics=drive.intrinsics)
+    for i in lap0:
+        desc, feats = first.encode([drive.images[i]], [drive.depths[i]], drive.intrinsics)
+        first.add_encoded(desc, [Keyframe(drive.stamps[i], drive.truth[i])], feats)
+    first.map.set_map_frame("odom")  # the frame the second session's odometry messages name
+    first.save(tmp_path / "map")
+    T = compose(planar_pose(4.0, -1.5, 0.6), (0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 1.0))  # session 1's frame in the map's
+    node = MapBuilderNode(backend=tiny_backend, parameter_overrides=overrides(
+        map_dir=str(tmp_path / "map"), qos="reliable", pose_qos="reliable", autosave_period=0.0, max_pose_wait=30.0,
+        depth_topics=["depth"], **{"keyframes.min_distance": 0.5, "loop_closure.enabled": True,
+                                   "loop_closure.score_threshold": -1.0}))
+    s = Spinning(node)
+    try:
+        f = Feeder(node, "session_feeder")
+        f.camera(drive.intrinsics)
+        for i in lap2:
+            f.frame(drive.images[i], drive.depths[i], drive.stamps[i] + 1000.0, compose(inverse(T), drive.truth[i]))
+        assert node.alignment is not None and node.alignment.ok, node.alignment
+        assert not f.pairs and node.loops_prior >= 3  # closures with session 0: never pairs
+        f.close()
+    finally:
+        s.stop()
+    vmap = VprMap.load(tmp_path / "map")
+    assert vmap.sessions() == {0: len(lap0), 1: len(lap2)}
+    for k, i in zip([k for k in vmap.keyframes if k.session == 1], lap2):
+        assert np.linalg.norm(np.subtract(k.pose[:3], drive.truth[i][:3])) < 0.05, (k.id, k.pose, drive.truth[i])
