@@ -7,7 +7,7 @@ PACKAGE = "vpr_ros"
 
 setup(
     name=PACKAGE,
-    version="0.3.0",
+    version="0.4.0",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),

@@ -2,4 +2,4 @@
 
 The core (everything outside ``vpr_ros.ros``) is importable without ROS; see README.md.
 """
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -197,12 +197,13 @@ class LocalizerCore(VprNodeMixin):
                 what = str(exc) if isinstance(exc, VprError) else f"unexpected {type(exc).__name__}: {exc}"
                 self._set_status(DiagnosticStatus.ERROR, f"map not loaded: {what}{kept}")
                 return False
+            # the status goes with the swap: a later load (or a failed one) always reports last
+            note = self.localizer.map_note
+            self._set_status(DiagnosticStatus.WARN if note else DiagnosticStatus.OK,
+                             f"map with {len(vmap)} keyframes loaded from {map_dir}" + (f"; {note}" if note else ""))
             self.loaded_map_dir = str(map_dir)
             self.counters.map_loads += 1
         self._publish_keyframes(vmap)
-        note = self.localizer.map_note
-        self._set_status(DiagnosticStatus.WARN if note else DiagnosticStatus.OK,
-                         f"map with {len(vmap)} keyframes loaded from {map_dir}" + (f"; {note}" if note else ""))
         return True
 
     def _on_reload(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
