@@ -263,7 +263,7 @@ def _builder_feeder(name: str):
 
 
 SIGNAL_CASES = {  # what is sent, to whom: the node alone, or its whole process group (systemctl stop)
-    "SIGINT": ([signal.SIGINT], False), "SIGTERM": ([signal.SIGTERM], False),
+    "SIGINT": ([signal.SIGINT], False),
     "SIGINT-then-SIGTERM": ([signal.SIGINT, signal.SIGTERM], False),  # ros2 launch's escalation
     "SIGTERM-to-the-group": ([signal.SIGTERM], True), "SIGKILL-to-the-group": ([signal.SIGKILL], True),
 }
