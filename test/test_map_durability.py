@@ -76,7 +76,7 @@ print("open", flush=True)
 commits = 0
 while True:
     commits += 1
-    if i < 300 or sys.argv[2] == "flat":
+    if i < 150 or sys.argv[2] == "flat":
         w.add(vec(i)[None], [kf(i)])
         print(f"committed {i}", flush=True)
         i += 1
@@ -273,8 +273,8 @@ def test_every_byte_class_flipped_is_detected_or_harmless(tmp_path, sealed_map):
     for name in sorted(p.name for p in sealed_map.iterdir()):
         if name == "writer.lock":
             continue
-        for pos in _flip_positions(sealed_map / name):
-            for bit in (0x01, 0x80):
+        for k, pos in enumerate(_flip_positions(sealed_map / name)):
+            for bit in (0x01 << (k % 8),):  # one bit per position, cycling through the bit places
                 d = tmp_path / f"case-{refused + repaired + harmless}"
                 shutil.copytree(sealed_map, d)
                 f = d / name
