@@ -35,6 +35,7 @@ from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from nav_msgs.msg import Odometry
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, NavSatFix, NavSatStatus
 from std_srvs.srv import Trigger
@@ -119,7 +120,9 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         self._abandon = threading.Event()  # a second signal: stop encoding, leave the rest on disk
         self._saving = threading.Lock()
 
-        node.create_service(Trigger, "vpr/save_map", self.guarded(self._on_save, service=True))
+        # a group of its own: an index snapshot on request never holds up the image callbacks
+        node.create_service(Trigger, "vpr/save_map", self.guarded(self._on_save, service=True),
+                            callback_group=MutuallyExclusiveCallbackGroup())
         self._slam_setup()
         self.pub_diag = node.create_publisher(DiagnosticArray, self.cfg.diagnostics_topic, 10)
         node.create_timer(1.0, self.guarded(self._publish_diagnostics))

@@ -7,7 +7,7 @@ import threading
 from typing import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
 from vpr_ros.errors import VprError
@@ -31,7 +31,14 @@ def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
     code = 0
     try:
         node = make()
-        rclpy.spin(node)
+        # two threads: callbacks of the node's default group still run one at a time, and one in a
+        # group of its own (the map builder's save service) does not hold them up
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        try:
+            executor.spin()
+        finally:
+            executor.shutdown(timeout_sec=0)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except VprError as exc:
