@@ -11,7 +11,9 @@ CORE_MODULES = [
     "vpr_ros.mapping.builder", "vpr_ros.mapping.keyframes", "vpr_ros.runtime.base",
     "vpr_ros.runtime.preprocess", "vpr_ros.runtime.factory", "vpr_ros.runtime.torch_backend",
     "vpr_ros.model.factory", "vpr_ros.demo.synthetic", "vpr_ros.cli.demo", "vpr_ros.cli.launch",
-    "vpr_ros.cli.build_map",
+    "vpr_ros.cli.build_map", "vpr_ros.cli.demo_slam", "vpr_ros.mapping.live_loops", "vpr_ros.mapping.sessions",
+    "vpr_ros.mapping.reanchor", "vpr_ros.mapping.store.database", "vpr_ros.demo.slam_drive",
+    "vpr_ros.demo.pose_graph",
 ]
 
 

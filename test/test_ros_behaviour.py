@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 
 from vpr_ros.mapping.map_store import VprMap  # noqa: E402
-from vpr_ros.ros.conversions import rgb_to_image, sec_to_stamp  # noqa: E402
+from vpr_ros.ros.conversions import rgb_to_image  # noqa: E402
 from vpr_ros.ros.player import QueryPlayer  # noqa: E402
 from vpr_ros.runtime.base import DescriptorBackend  # noqa: E402
 

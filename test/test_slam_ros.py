@@ -20,7 +20,7 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from vpr_ros.demo.pose_graph import LioSamStyleBackEnd  # noqa: E402
 from vpr_ros.mapping.map_store import VprMap  # noqa: E402
-from vpr_ros.ros.conversions import pose_msg, rgb_to_image, sec_to_stamp  # noqa: E402
+from vpr_ros.ros.conversions import pose_msg, read_table, rgb_to_image, sec_to_stamp  # noqa: E402
 
 from test_nodes import Spinning, odometry, overrides, until  # noqa: E402
 from test_verification_ros import camera_info, depth_msg  # noqa: E402
@@ -56,10 +56,7 @@ class Feeder:
 
         def table(m):
             self.decisions += 1
-            labels = m.layout.dim[1].label.split(",")
-            for r in np.asarray(m.data).reshape(-1, len(labels)):
-                row = dict(zip(labels, r))
-                self.rows[round(row["t_query"], 6)] = row
+            self.rows.update((round(r["t_query"], 6), r) for r in read_table(m))
         self.n.create_subscription(Float64MultiArray, "vpr/loop_closure_table", table, 50)
         pubs = [self.pub_img, self.pub_depth, self.pub_info, self.pub_odom] + ([self.pub_path] if path_topic else [])
         assert until(lambda: all(p.get_subscription_count() for p in pubs), spin=self.n)

@@ -12,7 +12,7 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from vpr_ros.geometry import compose, inverse  # noqa: E402
 from vpr_ros.mapping.map_store import VprMap  # noqa: E402
-from vpr_ros.ros.conversions import rgb_to_image, sec_to_stamp  # noqa: E402
+from vpr_ros.ros.conversions import rgb_to_image  # noqa: E402
 from vpr_ros.ros.player import QueryPlayer  # noqa: E402
 
 from test_nodes import Spinning, odometry, overrides, until  # noqa: E402
@@ -27,11 +27,9 @@ def camera_info(cam) -> CameraInfo:
 
 
 def depth_msg(depth: np.ndarray, t: float) -> Image:
-    h, w = depth.shape
-    msg = Image(height=h, width=w, encoding="32FC1", is_bigendian=0, step=w * 4)
-    msg.header.stamp = sec_to_stamp(t)
-    msg.data = np.ascontiguousarray(depth, np.float32).tobytes()
-    return msg
+    from vpr_ros.ros.conversions import depth_to_image
+
+    return depth_to_image(depth, t)
 
 
 @pytest.fixture(scope="module")

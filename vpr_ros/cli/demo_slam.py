@@ -11,8 +11,8 @@ errors and draws the trajectories with the loop edges (``demo_output/slam.png``)
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +23,11 @@ CAMERA = "camera/image"
 
 
 def run_slam(args: argparse.Namespace, model_cfg: Any) -> int:
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from nav_msgs.msg import Odometry
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import CameraInfo, Image
-    from std_msgs.msg import Float64MultiArray
-
     from vpr_ros.cli.demo import _isolated_ros_env
     from vpr_ros.demo.pose_graph import LioSamStyleBackEnd
     from vpr_ros.demo.slam_drive import slam_drive
     from vpr_ros.launch_graph import build_map_graph, start_graph, stop_graph
-    from vpr_ros.ros.conversions import pose_msg, rgb_to_image, sec_to_stamp
-    from vpr_ros.ros.player import camera_info_msg
+    from vpr_ros.ros.drive_player import play_drive
 
     out = Path(args.output).resolve()
     places = max(16, args.places // 2)
@@ -53,82 +45,31 @@ def run_slam(args: argparse.Namespace, model_cfg: Any) -> int:
     out.mkdir(parents=True, exist_ok=True)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     env = _isolated_ros_env()
-    import os
-
     os.environ.update(env)
     specs = build_map_graph(params_file=str(params_file), camera_topic=CAMERA, loop_closure="true")
     print(f"[demo] starting map_builder node (ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']})")
     procs = start_graph(specs, env=env, log_dir=str(out / "logs"))
-    rclpy.init()
-    pairs: list[tuple[float, float, int]] = []
-    rows: dict[float, dict] = {}
-    diags: list[dict] = []
     back_end = LioSamStyleBackEnd(drive.odometry[0])
     used: list[tuple[int, int, int]] = []
+    taken = [0]
+
+    def after_frame(k: int, log: Any) -> None:  # the back end: its own keyframe, then its loop thread
+        back_end.add_keyframe(drive.stamps[k], drive.increments[k - 1] if k else None)
+        taken[0] = _use(log.pairs, taken[0], log.rows, back_end, used)
+        print(f"\r[demo] drove {k + 1}/{len(drive.images)} m, {len(log.pairs)} loop closures received", end="",
+              flush=True)
+
     try:
-        n = rclpy.create_node("vpr_slam_demo")
-        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        pub_img = n.create_publisher(Image, CAMERA, reliable)
-        pub_depth = n.create_publisher(Image, "camera/depth", reliable)
-        pub_odom = n.create_publisher(Odometry, "odom", reliable)
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
-        pub_info = n.create_publisher(CameraInfo, "camera/camera_info", latched)
-        sent = [0]
-        n.create_subscription(Float64MultiArray, "vpr/loop_closures", lambda m: pairs.append((m.data[0], m.data[1],
-                                                                                            sent[0])), 50)
-
-        def table(m: Any) -> None:
-            labels = m.layout.dim[1].label.split(",")
-            for r in np.asarray(m.data).reshape(-1, len(labels)):
-                row = dict(zip(labels, r))
-                rows[round(row["t_query"], 6)] = row
-        n.create_subscription(Float64MultiArray, "vpr/loop_closure_table", table, 50)
-        n.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diags.extend(
-            {kv.key: kv.value for kv in st.values} for st in m.status if st.name.endswith("map_builder")), 20)
-
-        def spin_for(seconds: float, until: Any = None) -> bool:
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                rclpy.spin_once(n, timeout_sec=0.02)
-                if until is not None and until():
-                    return True
-            return until is None or bool(until())
-
-        if not spin_for(120.0, lambda: pub_img.get_subscription_count() and pub_odom.get_subscription_count()
-                        and diags):
-            print(f"[demo] ERROR: the map builder did not come up; see {out / 'logs' / 'map_builder.log'}")
-            return 1
-        pub_info.publish(camera_info_msg(drive.intrinsics))
-        spin_for(0.5)
-        taken = 0
-        for k, (img, depth, t) in enumerate(zip(drive.images, drive.depths, drive.stamps)):
-            back_end.add_keyframe(t, drive.increments[k - 1] if k else None)
-            od = Odometry()
-            od.header.stamp, od.header.frame_id = sec_to_stamp(t), "odom"
-            od.pose.pose = pose_msg(drive.odometry[k])
-            pub_odom.publish(od)
-            h, w = depth.shape
-            dm = Image(height=h, width=w, encoding="32FC1", is_bigendian=0, step=w * 4)
-            dm.header.stamp = sec_to_stamp(t)
-            dm.data = np.ascontiguousarray(depth, np.float32).tobytes()
-            pub_depth.publish(dm)
-            spin_for(0.05)
-            pub_img.publish(rgb_to_image(img, t))
-            sent[0] = k + 1
-            spin_for(1.0 / args.slam_rate)
-            taken = _use(pairs, taken, rows, back_end, used)
-            print(f"\r[demo] drove {k + 1}/{len(drive.images)} m, {len(pairs)} loop closures received", end="",
-                  flush=True)
-        print()
-        spin_for(args.frame_timeout * 4, lambda: diags and int(diags[-1].get("keyframes", 0)) >= len(drive.images)
-                 and int(diags[-1].get("pending", 1)) == 0)
-        spin_for(1.0)
-        _use(pairs, taken, rows, back_end, used)
-        n.destroy_node()
+        log = play_drive(drive.images, drive.depths, drive.stamps, drive.odometry, drive.intrinsics, CAMERA,
+                         "camera/depth", args.slam_rate, args.frame_timeout * 4, after_frame)
     finally:
-        rclpy.try_shutdown()
         stop_graph(procs, [s.shutdown_timeouts for s in specs])
-    return _report(drive, pairs, used, back_end, out)
+    print()
+    if not log.came_up:
+        print(f"[demo] ERROR: the map builder did not come up; see {out / 'logs' / 'map_builder.log'}")
+        return 1
+    _use(log.pairs, taken[0], log.rows, back_end, used)
+    return _report(drive, log.pairs, used, back_end, out)
 
 
 def _use(pairs: list, taken: int, rows: dict, back_end: Any, used: list) -> int:

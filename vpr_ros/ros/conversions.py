@@ -87,3 +87,12 @@ def read_table(msg: Float64MultiArray) -> list[dict[str, float]]:
     cols = msg.layout.dim[1].label.split(",")
     data = list(msg.data)
     return [dict(zip(cols, data[i:i + len(cols)])) for i in range(0, len(data), len(cols))]
+
+
+def depth_to_image(depth: np.ndarray, stamp: float) -> Image:
+    """Depth in metres float32 [H, W] -> sensor_msgs/Image ('32FC1')."""
+    h, w = depth.shape
+    msg = Image(height=h, width=w, encoding="32FC1", is_bigendian=0, step=w * 4)
+    msg.header.stamp = sec_to_stamp(stamp)
+    msg.data = np.ascontiguousarray(depth, np.float32).tobytes()
+    return msg
