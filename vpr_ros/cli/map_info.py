@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from vpr_ros.mapping.map_store import VprMap
 
-        vmap = VprMap.load(a.map_dir)
+        vmap = VprMap.load(a.map_dir, check_structure=True)
     except VprError as exc:
         print(f"vpr_ros_map_info: error: {exc}", file=sys.stderr)
         return 2

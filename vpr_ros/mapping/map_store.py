@@ -575,14 +575,17 @@ class VprMap:
         return db.read_meta(root / d["store"])
 
     @classmethod
-    def load(cls, map_dir: str | Path, expect: ModelIdentity | None = None, verify_features: bool = True) -> "VprMap":
+    def load(cls, map_dir: str | Path, expect: ModelIdentity | None = None, verify_features: bool = True,
+             check_structure: bool = False) -> "VprMap":
         """Load one consistent generation and validate every checksum; with ``expect``, refuse a
-        map from another model. Needs no lock: a writer may be adding to the map meanwhile."""
+        map from another model; ``check_structure``: SQLite's quick_check too (see
+        :func:`~vpr_ros.mapping.store.database.read_snapshot`). Needs no lock: a writer may be
+        adding to the map meanwhile."""
         root = Path(map_dir)
         while True:
             text, d = read_manifest_file(root)
             try:
-                vmap = cls._read(root, d, verify_features)
+                vmap = cls._read(root, d, verify_features, check_structure)
                 break
             except MapError:
                 try:  # the map was replaced between reading the manifest and its files: read again
@@ -598,7 +601,7 @@ class VprMap:
         return vmap
 
     @classmethod
-    def _read(cls, root: Path, d: dict[str, Any], verify_features: bool) -> "VprMap":
+    def _read(cls, root: Path, d: dict[str, Any], verify_features: bool, check_structure: bool = False) -> "VprMap":
         if d["format_version"] == 1:
             manifest = legacy.manifest_v1(d, str(root / MANIFEST))
             index, keyframes, kf_path = legacy.load_v1(root, manifest)
@@ -624,7 +627,7 @@ class VprMap:
                 raise MapError(f"{store}: the store named by the manifest is missing")
             con = db.connect_ro(store)
             try:
-                snap = db.read_snapshot(root, store, verify_features, con=con)
+                snap = db.read_snapshot(root, store, verify_features, con=con, check_structure=check_structure)
             except BaseException:
                 con.close()
                 raise
@@ -682,7 +685,7 @@ class VprMap:
             raise MapError(f"{store}: the store named by the manifest is missing")
         writer = db.StoreWriter(root, store)
         try:
-            vmap = cls._read(root, d, verify_features=True)
+            vmap = cls._read(root, d, verify_features=True, check_structure=True)
             if model is not None:
                 vmap.check_model(model, where=str(root))
         except BaseException:

@@ -240,16 +240,19 @@ def read_meta(path: Path) -> "Manifest":
 
 
 def read_snapshot(root: Path, path: Path, verify_features: bool = True,
-                  con: sqlite3.Connection | None = None) -> Snapshot:
+                  con: sqlite3.Connection | None = None, check_structure: bool = False) -> Snapshot:
     """Read every keyframe and descriptor of one generation, checking every checksum (and, with
     ``verify_features``, every stored local-feature row) and the database's structure, and make its
-    search index. Memory: the index, plus the descriptors its snapshot file lacks while reading."""
+    search index. Memory: the index, plus the descriptors its snapshot file lacks while reading.
+    ``check_structure`` adds SQLite's quick_check (one more pass over the file): for a writer, whose
+    next commit must not land in a damaged page list, and for vpr_ros_map_info; a reader's content is
+    covered by the row checksums alone."""
     own = con is None
     con = con or connect_ro(path)
     try:
         con.execute("BEGIN")  # one snapshot for everything below
         try:
-            return _read(con, root, path, verify_features)
+            return _read(con, root, path, verify_features, check_structure)
         finally:
             con.execute("ROLLBACK")
     except sqlite3.Error as exc:
@@ -261,12 +264,14 @@ def read_snapshot(root: Path, path: Path, verify_features: bool = True,
             con.close()
 
 
-def _read(con: sqlite3.Connection, root: Path, path: Path, verify_features: bool) -> Snapshot:
+def _read(con: sqlite3.Connection, root: Path, path: Path, verify_features: bool, check_structure: bool) -> Snapshot:
     meta = _meta_value(con, path)
     manifest = manifest_of(meta, path)
-    check = con.execute("PRAGMA quick_check").fetchall()
-    if check != [("ok",)]:
-        raise MapError(f"{path}: the database structure is damaged ({'; '.join(str(r[0]) for r in check[:3])})")
+    if check_structure:
+        check = con.execute("PRAGMA quick_check").fetchall()
+        if check != [("ok",)]:
+            raise MapError(f"{path}: the database structure is damaged "
+                           f"({'; '.join(str(r[0]) for r in check[:3])})")
     entry = meta["index"] if isinstance(meta["index"], dict) else None
     kind, notes = manifest.index_type, []
     index = None
