@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _build(cfg: dict, a: argparse.Namespace) -> int:  # type: ignore[type-arg]
-    from vpr_ros.mapping.map_store import MANIFEST, ModelIdentity, hold_writer_lock
+    from vpr_ros.mapping.map_store import MANIFEST, ModelIdentity, hold_writer_lock, is_temporary
+    from vpr_ros.mapping.store.lock import LOCK_FILE
     from vpr_ros.runtime.factory import open_backend
 
     source, root = Path(a.source), Path(a.map_dir)
@@ -145,7 +146,7 @@ def _build(cfg: dict, a: argparse.Namespace) -> int:  # type: ignore[type-arg]
             lock.release()
         if created and root.is_dir() and not (root / MANIFEST).exists():
             for f in root.iterdir():  # a failed first build leaves no directory behind
-                if f.name == "writer.lock" or (f.name.startswith(".") and ".tmp-" in f.name):
+                if f.name == LOCK_FILE or is_temporary(f.name):
                     f.unlink(missing_ok=True)
             if not any(root.iterdir()):
                 root.rmdir()

@@ -54,12 +54,8 @@ class LiveLoopCloser:
         self.cfg = cfg
         self.session = session
         self.localizer = Localizer(backend, vmap, cfg.localizer(), verification, allow_empty=True)
-        self._first = self._session_start(vmap)
+        self._first = len(vmap)         # id of this session's first keyframe
         self._stamps: list[float] = []  # running maximum of this session's keyframe stamps, by id
-
-    @staticmethod
-    def _session_start(vmap: "VprMap") -> int:
-        return len(vmap)
 
     def update_config(self, cfg: LiveLoopConfig, verification: VerificationConfig | None = None) -> None:
         self.cfg = cfg

@@ -205,7 +205,7 @@ def _manifest_text(store: str) -> str:
                           sort_keys=False)
 
 
-def _stray(name: str) -> bool:
+def is_temporary(name: str) -> bool:
     """Files a killed writer can leave behind: temporaries of any kind."""
     return name.startswith(".") and ".tmp-" in name
 
@@ -436,10 +436,7 @@ class VprMap:
             return root
         if self.writer is not None:
             raise MapError(f"save: this map is open for writing in {self.root}, not {root}")
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise MapError(f"{root}: cannot create the map directory ({exc.strerror or exc})") from None
+        _make_dir(root)
         held = lock if lock is not None else WriterLock(root)
         try:
             self._save_locked(root, replace_existing)
@@ -646,10 +643,7 @@ class VprMap:
         map, or creates an empty map when there is none and ``model`` is given. A map that cannot
         be read is refused, never replaced; one of another ``model`` too."""
         root = Path(map_dir)
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise MapError(f"{root}: cannot create the map directory ({exc.strerror or exc})") from None
+        _make_dir(root)
         lock = WriterLock(root)
         try:
             vmap = cls._open_locked(root, model, map_frame, source)
@@ -662,7 +656,7 @@ class VprMap:
     @classmethod
     def _open_locked(cls, root: Path, model: ModelIdentity | None, map_frame: str, source: str) -> "VprMap":
         for f in root.iterdir():
-            if _stray(f.name) and f.is_file():
+            if is_temporary(f.name) and f.is_file():
                 f.unlink(missing_ok=True)  # only the lock holder writes temporaries: these are a dead writer's
         if not (root / MANIFEST).exists():
             if model is None:
@@ -744,11 +738,15 @@ def hold_writer_lock(map_dir: str | Path) -> WriterLock:
     """Take ``map_dir``'s writer lock for a longer job (an offline build that saves at its end);
     MapError naming the holder if another process writes the map. Creates the directory."""
     root = Path(map_dir)
+    _make_dir(root)
+    return WriterLock(root)
+
+
+def _make_dir(root: Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MapError(f"{root}: cannot create the map directory ({exc.strerror or exc})") from None
-    return WriterLock(root)
 
 
 def writer_holder(map_dir: str | Path) -> str:
