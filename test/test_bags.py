@@ -99,7 +99,7 @@ def test_bad_bags_give_clear_errors_and_keep_the_old_map(tmp_path, traversals, p
     assert "unsupported image encoding 'yuv_weird'" in capsys.readouterr().err
     nan = write_bag(tmp_path / "nan", traversals[0], nan_at=5)
     assert build_map([str(nan), "--image-topic", "/camera/image_raw", *common]) == 2
-    assert "NaN" in capsys.readouterr().err
+    assert "non-finite values" in capsys.readouterr().err
     assert build_map([str(tmp_path / "nope.mcap"), "--image-topic", "/x", *common]) == 2
     after = VprMap.load(out)  # failed builds lost nothing
     assert after.manifest.generation == before.manifest.generation and len(after) == len(before)

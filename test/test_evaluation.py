@@ -105,36 +105,74 @@ def test_malformed_layouts_raise_clear_errors(tmp_path):
         read_eval_dataset(tmp_path / "nothing_here")
 
 
-def test_pca_from_the_covariance_matches_the_full_svd():
+@pytest.mark.parametrize("n", [3000, 40], ids=["covariance (N >= D)", "Gram matrix (N < D)"])
+def test_pca_fit_matches_the_full_svd_through_either_eigenproblem(n):
     """Same components (up to sign) and explained variance as an SVD of the centred data, on a
-    matrix with a known, well-separated spectrum; the memory estimate favours the covariance."""
+    matrix with a known, well-separated spectrum, whether the fit solves D x D or N x N; the
+    memory estimate takes the smaller one."""
     rng = np.random.default_rng(3)
-    n, d, k = 3000, 64, 8
+    d, k = 64, 8
     basis, _ = np.linalg.qr(rng.normal(size=(d, d)))
     scales = np.geomspace(10.0, 0.1, d)
     x = ((rng.normal(size=(n, d)) * scales) @ basis.T + 5.0).astype(np.float32)
-    pca = Pca.fit(x, k, chunk=700)  # several chunks, one partial
+    steps: list[str] = []
+    pca = Pca.fit(x, k, model_id="m-1", chunk=700, progress=steps.append)  # several chunks, one partial
+    assert steps and ("Gram" in steps[0]) == (n < d) and pca.model_id == "m-1"
     centred = x.astype(np.float64) - x.astype(np.float64).mean(0)
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
     cos = np.abs((pca.components.astype(np.float64) * vt[:k].T).sum(0))
     assert cos.min() > 0.9999
     np.testing.assert_allclose(pca.explained, (s**2 / (s**2).sum())[:k], rtol=1e-4)
-    mem = Pca.fit_memory_bytes(20000, 10752)
-    assert mem["covariance"] < mem["full_svd"] / 2
+    assert np.allclose(pca.components.T @ pca.components, np.eye(k), atol=1e-5)
+    small, large = Pca.fit_memory_bytes(92, 10752), Pca.fit_memory_bytes(20000, 10752)
+    assert small["eigenproblem"] < 2**30 / 10 and large["eigenproblem"] < large["full_svd"] / 2
 
 
 def test_pca_fit_apply_save_load(tmp_path):
     x = np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32)
-    pca = Pca.fit(x, 4)
+    pca = Pca.fit(x, 4, model_id="d2vpr-x")
     assert np.allclose(pca.components.T @ pca.components, np.eye(4), atol=1e-5)
     y = pca.apply(x)
     assert y.shape == (50, 4) and np.allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
     pca.save(tmp_path / "p.npz")
     back = Pca.load(tmp_path / "p.npz")
-    assert back.pca_id == pca.pca_id and np.allclose(back.apply(x), y)
+    assert back.pca_id == pca.pca_id and back.model_id == "d2vpr-x" and np.allclose(back.apply(x), y)
     (tmp_path / "bad.npz").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="bad.npz"):
         Pca.load(tmp_path / "bad.npz")
+
+
+def _pca_file(path, **arrays):
+    base = dict(mean=np.zeros(8, np.float32), components=np.eye(8, 2, dtype=np.float32),
+                explained=np.full(2, 0.5, np.float32))
+    np.savez(path, **{**base, **arrays})
+    return path
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(components=np.full((8, 2), np.nan, np.float32)), "'components' contains NaN"),
+    (dict(mean=np.full(8, np.inf, np.float32)), "'mean' contains NaN or infinite"),
+    (dict(components=np.zeros((8, 0), np.float32), explained=np.zeros(0, np.float32)), "to 0 dimensions"),
+    (dict(components=np.ones((8, 2), np.int64)), "'components' is int64, not floating point"),
+    (dict(components=np.ones((8, 2), np.float32)), "not unit vectors"),
+    (dict(mean=np.zeros(7, np.float32)), "shapes do not fit"),
+])
+def test_pca_files_are_validated_when_read(tmp_path, arrays, message):
+    with pytest.raises(CheckpointError, match=message):
+        Pca.load(_pca_file(tmp_path / "p.npz", **arrays))
+
+
+def test_pca_of_another_model_or_size_and_npy_files_are_refused(tmp_path):
+    np.save(tmp_path / "p.npy", np.zeros(8, np.float32))
+    with pytest.raises(CheckpointError, match=r"p.npy: not a PCA file: a single array \(.npy\)"):
+        Pca.load(tmp_path / "p.npy")
+    pca = Pca.fit(np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32), 2, model_id="model-a")
+    with pytest.raises(CheckpointError, match="fitted on the descriptors of model-a, not of model-b"):
+        pca.check_fits(8, "model-b", "p.npz")
+    with pytest.raises(CheckpointError, match="reduces 8-d descriptors but model model-a gives 16-d"):
+        pca.check_fits(16, "model-a", "p.npz")
+    pca.check_fits(8, "model-a", "p.npz")
+    Pca.load(_pca_file(tmp_path / "old.npz")).check_fits(8, "model-b", "old.npz")  # pre-v0.4 file: size only
 
 
 def test_eval_command_end_to_end_with_cache_and_pca(tmp_path, capsys):

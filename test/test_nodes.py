@@ -214,7 +214,10 @@ def test_diagnostics_are_absolute_under_a_namespace(rclpy_context, built_map):
         got = []
         client = rclpy.create_node("diag_listener")
         client.create_subscription(DiagnosticArray, "/diagnostics", got.append, 10)
-        assert until(lambda: any(st.name == "localizer: localizer" for m in got for st in m.status), spin=client)
+        # the status is named after the node's full name: localizers in two namespaces never share one
+        assert until(lambda: any(st.name == "/robot1/localizer: localizer" for m in got for st in m.status), spin=client)
+        st = next(st for m in got for st in m.status if st.name == "/robot1/localizer: localizer")
+        assert {kv.key: kv.value for kv in st.values}["lifecycle_state"] == "unmanaged"
         client.destroy_node()
     finally:
         s.stop()

@@ -239,6 +239,9 @@ class VerificationConfig:
                        "SelaVPR-style; coarse keypoints at patch centres) or 'none' (no re-ranking, no "
                        "geometric verification).")
     max_features: int = _f(500, "Most local features per image (SIFT: 136 bytes each stored).", lo=50, hi=20000)
+    max_side: int = _f(1600, "SIFT/ORB features are detected on the image shrunk to this long side (px; keypoints "
+                       "stay in the camera's pixels): bounds the time and memory of one frame whatever its size.",
+                       lo=64, hi=16384)
     rerank: str = _f("auto", "Re-rank the global top rerank_top_k by local matching: 'classical' (inliers of "
                      "a robust fundamental matrix between stored and query SIFT/ORB features), 'dense' (mutual "
                      "nearest neighbours of dense features; needs features 'dense'), 'auto' (the one that goes "
@@ -262,6 +265,7 @@ class VerificationConfig:
         if self.rerank == "classical" and self.features == "dense":
             raise ConfigError("rerank: 'classical' needs features 'sift' or 'orb' (features is 'dense': use rerank 'dense')")
         _positive("max_features", self.max_features)
+        _range("max_side", self.max_side, 64, 16384)
         _positive("rerank_top_k", self.rerank_top_k)
         _range("ratio", self.ratio, 0.1, 1.0)
         _range("min_inliers", self.min_inliers, 6, 10**6)
@@ -404,11 +408,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; raise ConfigError naming the file on any problem."""
+    from vpr_ros.files import read_text
+
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: file not found") from None
+        data = yaml.safe_load(read_text(p, "YAML file", ConfigError))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: invalid YAML: {exc}") from None
     if data is None:

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from vpr_ros.errors import DatasetError, ImageError
+from vpr_ros.files import read_text
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -19,9 +21,21 @@ def list_images(folder: Path) -> list[Path]:
     """Sorted image files of a folder; DatasetError if missing or empty."""
     if not folder.is_dir():
         raise DatasetError(f"{folder}: folder not found")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder.iterdir())
     if not files:
         raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def image_files(candidates: Iterable[Path]) -> list[Path]:
+    """The sorted candidates with an image suffix, each checked to be a regular file before anything
+    opens it (a FIFO named like an image would block a reader forever; a link loop or a device
+    fails obscurely): DatasetError naming the first such entry."""
+    from vpr_ros.files import check_readable_file
+
+    files = sorted(p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES)
+    for f in files:
+        check_readable_file(f, "image", DatasetError)
     return files
 
 
@@ -83,7 +97,7 @@ def read_vpr_bench(root: str | Path) -> FolderPair:
     seen: dict[int, int] = {}
     notes: list[str] = []
     try:
-        rows = list(csv.reader(gt_path.read_text(encoding="utf-8").splitlines()))
+        rows = list(csv.reader(read_text(gt_path, "ground truth table", DatasetError).splitlines()))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{gt_path}: not a CSV text file ({exc})") from None
     first = 1
@@ -133,7 +147,8 @@ def read_poses_csv(path: str | Path) -> dict[str, tuple[float, float, float, flo
     if not p.is_file():
         raise DatasetError(f"{p}: poses file not found")
     out: dict[str, tuple[float, float, float, float]] = {}
-    with p.open(newline="") as fh:
+    first_row: dict[str, int] = {}
+    with io.StringIO(read_text(p, "poses file", DatasetError), newline="") as fh:
         reader = csv.DictReader(fh)
         missing = {"image", "x", "y"} - set(reader.fieldnames or [])
         if missing:
@@ -146,7 +161,11 @@ def read_poses_csv(path: str | Path) -> dict[str, tuple[float, float, float, flo
                 raise DatasetError(f"{p}: row {row_no} has a non-numeric value: {row}") from None
             if not all(np.isfinite(vals)):
                 raise DatasetError(f"{p}: row {row_no} has NaN/inf values: {row}")
+            if row["image"] in out:
+                raise DatasetError(f"{p}: row {row_no} gives a second pose for image '{row['image']}' "
+                                   f"(first at row {first_row[row['image']]}); list each image once")
             out[row["image"]] = vals
+            first_row[row["image"]] = row_no
     return out
 
 

@@ -8,6 +8,23 @@ import numpy as np
 
 Pose = tuple[float, float, float, float, float, float, float]
 
+#: |q| may differ from 1 by this much (rounding in the publisher) before a pose is refused
+QUATERNION_TOLERANCE = 1e-3
+
+
+def pose_problem(t: float, pose: Sequence[float]) -> str | None:
+    """Why a stamped pose (t s, (x, y, z, qx, qy, qz, qw)) cannot be used, or None: every value
+    finite and the quaternion of unit norm within :data:`QUATERNION_TOLERANCE` (a NaN, a
+    (0, 0, 0, 0) or a |q| = 5 orientation would poison every interpolation across it)."""
+    if len(pose) != 7:
+        return f"{len(pose)} values, not 7 (x y z qx qy qz qw)"
+    if not math.isfinite(t) or not all(math.isfinite(v) for v in pose):
+        return f"non-finite values (stamp {t!r}, pose {list(pose)})"
+    norm = math.sqrt(sum(v * v for v in pose[3:]))
+    if abs(norm - 1.0) > QUATERNION_TOLERANCE:
+        return f"orientation quaternion of norm {norm:.4f}, not a unit quaternion"
+    return None
+
 
 def yaw_quaternion(yaw: float) -> tuple[float, float, float, float]:
     """Quaternion (qx, qy, qz, qw) of a rotation by ``yaw`` radians about z."""

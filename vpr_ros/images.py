@@ -124,6 +124,32 @@ def check_image_bytes(fmt: str, raw: bytes) -> None:
         raise ImageError(f"truncated JPEG: {len(raw)} bytes with no end-of-image marker (format '{fmt}')")
     if raw[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in raw[-16:]:
         raise ImageError(f"truncated PNG: {len(raw)} bytes with no IEND chunk (format '{fmt}')")
+    size = encoded_size(raw)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise ImageError(f"image too large: its header says {size[1]}x{size[0]}, over {MAX_PIXELS} pixels "
+                         f"(format '{fmt}', {len(raw)} bytes); refused before decoding")
+
+
+def encoded_size(raw: bytes) -> tuple[int, int] | None:
+    """(height, width) from the header of a JPEG, PNG, BMP or WebP (VP8/VP8L/VP8X) file, None for
+    other or unreadable data: read before decoding, so a small file that expands to gigabytes (a
+    'PNG bomb') is refused without allocating."""
+    if raw[:2] == b"\xff\xd8":
+        return jpeg_size(raw)
+    if raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR" and len(raw) >= 24:
+        return int.from_bytes(raw[20:24], "big"), int.from_bytes(raw[16:20], "big")
+    if raw[:2] == b"BM" and len(raw) >= 26:
+        return abs(int.from_bytes(raw[22:26], "little", signed=True)), int.from_bytes(raw[18:22], "little", signed=True)
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP" and len(raw) >= 30:
+        chunk = raw[12:16]
+        if chunk == b"VP8X":
+            return 1 + int.from_bytes(raw[27:30], "little"), 1 + int.from_bytes(raw[24:27], "little")
+        if chunk == b"VP8L" and len(raw) >= 25:
+            bits = int.from_bytes(raw[21:25], "little")
+            return 1 + ((bits >> 14) & 0x3FFF), 1 + (bits & 0x3FFF)
+        if chunk == b"VP8 ":
+            return int.from_bytes(raw[28:30], "little") & 0x3FFF, int.from_bytes(raw[26:28], "little") & 0x3FFF
+    return None
 
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}

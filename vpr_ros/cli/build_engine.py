@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
+from vpr_ros.cli import EXPECTED_ERRORS, report_error
 from vpr_ros.errors import VprError
 
 
@@ -56,9 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                                        a.device, gate, a.rebuild) as b:
             print(f"vpr_ros_build_engine: {b.engine_path} (sidecar {b.engine_path.with_suffix('.json')})")
         return 0
-    except (VprError, KeyError) as exc:
-        print(f"vpr_ros_build_engine: error: {exc}", file=sys.stderr)
-        return 2
+    except EXPECTED_ERRORS as exc:
+        return report_error("vpr_ros_build_engine", exc)
 
 
 if __name__ == "__main__":

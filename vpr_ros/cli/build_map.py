@@ -13,7 +13,8 @@ from pathlib import Path
 
 from vpr_ros.config import MAP_BUILDER_SECTIONS, load_node_config
 from vpr_ros.datasets import list_images, read_poses_csv, read_rgb, utm_from_name
-from vpr_ros.errors import DatasetError, VprError
+from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.errors import DatasetError
 from vpr_ros.geometry import planar_pose
 from vpr_ros.mapping.builder import MapBuilder
 from vpr_ros.mapping.map_store import Keyframe, VprMap
@@ -84,9 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         if not a.source:
             raise DatasetError("give a source folder or bag (or --finish)")
         return _build(cfg, a)
-    except VprError as exc:
-        print(f"vpr_ros_build_map: error: {exc}", file=sys.stderr)
-        return 2
+    except EXPECTED_ERRORS as exc:
+        return report_error("vpr_ros_build_map", exc)
 
 
 def _build(cfg: dict, a: argparse.Namespace) -> int:  # type: ignore[type-arg]

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from vpr_ros.config import model_config_from
-from vpr_ros.errors import VprError
+from vpr_ros.cli import EXPECTED_ERRORS, report_error
 from vpr_ros.model.convert import LAYOUTS
 
 
@@ -32,9 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         path = write_weights(model, a.to, a.output)
         print(f"vpr_ros_convert_weights: {cfg.weights} -> {path} ({a.to}: {LAYOUTS[a.to]}); model {info.model_id}")
         return 0
-    except VprError as exc:
-        print(f"vpr_ros_convert_weights: error: {exc}", file=sys.stderr)
-        return 2
+    except EXPECTED_ERRORS as exc:
+        return report_error("vpr_ros_convert_weights", exc)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import argparse
 import csv
 import os
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 import yaml
 
 from vpr_ros.config import KeyframeConfig, model_config_from
-from vpr_ros.errors import VprError
+from vpr_ros.cli import EXPECTED_ERRORS, report_error
 from vpr_ros.evaluation import positives_within, recall_at_n
 from vpr_ros.geometry import planar_pose
 from vpr_ros.launch_graph import localize_graph, start_graph, stop_graph
@@ -288,9 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return run(args)
-    except VprError as exc:
-        print(f"vpr_ros_demo: error: {exc}", file=sys.stderr)
-        return 2
+    except EXPECTED_ERRORS as exc:
+        return report_error("vpr_ros_demo", exc)
     except KeyboardInterrupt:
         return 130
 

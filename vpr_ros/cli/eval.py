@@ -8,12 +8,12 @@ second evaluation with another PCA or threshold does not run the network again.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from vpr_ros.config import model_config_from
 from vpr_ros.datasets import LAYOUTS, read_eval_dataset
-from vpr_ros.errors import DatasetError, VprError
+from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.errors import DatasetError
 
 
 def default_cache_dir() -> Path:
@@ -87,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         from vpr_ros.pca import Pca
         from vpr_ros.runtime.factory import open_backend
 
-        pca = Pca.load(a.pca) if a.pca else None
+        pca = Pca.load(a.pca) if a.pca else None  # a bad file stops here, before the model is built
         with open_backend(a.backend, cfg, a.device, batch_dependent_ok=True) as backend:
+            if pca is not None:
+                pca.check_fits(backend.descriptor_dim, backend.model_id, a.pca)
             title = f"{backend.model_id} ({backend.weights_source})" + (f" + {pca.pca_id}" if pca else "")
             print(f"[eval] model {title} on '{backend.name}'")
             if not backend.batch_independent:
@@ -127,9 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         files = write_outputs(result, dataset, Path(a.output), title, summary)
         print(f"[eval] wrote {', '.join(str(f) for f in files)}")
         return 0
-    except VprError as exc:
-        print(f"vpr_ros_eval: error: {exc}", file=sys.stderr)
-        return 2
+    except EXPECTED_ERRORS as exc:
+        return report_error("vpr_ros_eval", exc)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,11 @@
 """``vpr_ros_export``: export the model to ONNX (BatchNorm folded, PCA baked in, fixed input
-size, dynamic batch, opset 17) and check it against PyTorch with ONNX Runtime."""
+size, dynamic batch, opset 18) and check it against PyTorch with ONNX Runtime."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 from vpr_ros.config import model_config_from
-from vpr_ros.errors import VprError
+from vpr_ros.cli import EXPECTED_ERRORS, report_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,10 +24,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vpr_ros_export: wrote {info.path} ({info.metadata['vpr_ros.model_id']}, "
               f"{info.metadata['vpr_ros.descriptor_dim']}-d); ONNX Runtime vs PyTorch max |diff| "
               f"{info.max_abs_diff:.2e}")
-        return 0 if info.max_abs_diff <= 1e-4 else 1
-    except VprError as exc:
-        print(f"vpr_ros_export: error: {exc}", file=sys.stderr)
-        return 2
+        return 0
+    except EXPECTED_ERRORS as exc:
+        return report_error("vpr_ros_export", exc)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from vpr_ros.cli import EXPECTED_ERRORS, report_error
 from vpr_ros.errors import VprError
 
 
@@ -59,9 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             attach_to_model_yaml(Path(a.model_config), out)
             print(f"[vpr_ros_fit_pca] {a.model_config} now applies it (model.pca)")
         return 0
-    except VprError as exc:
-        print(f"[vpr_ros_fit_pca] error: {exc}", file=sys.stderr)
-        return 2
+    except EXPECTED_ERRORS as exc:
+        return report_error("vpr_ros_fit_pca", exc)
 
 
 if __name__ == "__main__":

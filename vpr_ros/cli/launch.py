@@ -8,6 +8,8 @@ import argparse
 import signal
 import time
 
+from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.config import read_yaml
 from vpr_ros.launch_graph import GRAPHS, LOG_LEVELS, default_params_file, start_graph, stop_graph
 
 DEFAULT_PARAMS = {"localize": "localizer.yaml", "build_map": "map_builder.yaml"}
@@ -41,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
                       optimized_path_topic=a.optimized_path_topic)
     elif a.loop_closure or a.optimized_path_topic:
         ap.error("--loop-closure and --optimized-path-topic apply to build_map")
-    specs = GRAPHS[a.graph](**kwargs)
+    try:
+        read_yaml(kwargs["params_file"])  # a missing or broken file stops here, not in every node
+        specs = GRAPHS[a.graph](**kwargs)
+    except EXPECTED_ERRORS as exc:
+        return report_error("vpr_ros_launch", exc)
     for s in specs:
         print(f"[vpr_ros_launch] starting {s.name}: {' '.join(s.command())}", flush=True)
     procs = start_graph(specs)

@@ -3,12 +3,11 @@ the database structure, the index snapshot) — the writer lock holder and the p
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from vpr_ros.errors import VprError
+from vpr_ros.cli import EXPECTED_ERRORS, report_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,9 +18,8 @@ def main(argv: list[str] | None = None) -> int:
         from vpr_ros.mapping.map_store import VprMap
 
         vmap = VprMap.load(a.map_dir, check_structure=True)
-    except VprError as exc:
-        print(f"vpr_ros_map_info: error: {exc}", file=sys.stderr)
-        return 2
+    except EXPECTED_ERRORS as exc:
+        return report_error("vpr_ros_map_info", exc)
     m = vmap.manifest
     root = Path(a.map_dir)
     from vpr_ros.mapping.map_store import writer_holder

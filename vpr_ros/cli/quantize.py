@@ -5,9 +5,9 @@ Runtime's fast integer form). Set ``model.onnx`` to the result to run it."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from vpr_ros.cli import EXPECTED_ERRORS, report_error
 from vpr_ros.errors import VprError
 
 
@@ -71,9 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vpr_ros_quantize: wrote {out} ({a.target}, {a.method}, {len(calib_paths)} calibration images); "
               f"gate passed: {result.summary()}")
         return 0
-    except VprError as exc:
-        print(f"vpr_ros_quantize: error: {exc}", file=sys.stderr)
-        return 2
+    except EXPECTED_ERRORS as exc:
+        return report_error("vpr_ros_quantize", exc)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from vpr_ros.errors import VprError
+from vpr_ros.cli import EXPECTED_ERRORS, report_error
 
 if TYPE_CHECKING:
     from vpr_ros.training.distributed import DistInfo
@@ -49,6 +49,7 @@ def train_command(stage: str, prog: str, description: str, argv: list[str] | Non
 
     args = list(sys.argv[1:] if argv is None else argv)
     dist = distributed.DistInfo()
+    created: Path | None = None  # the run folder this call made
     try:
         dist = distributed.from_environment()
         if not dist.main:
@@ -61,6 +62,7 @@ def train_command(stage: str, prog: str, description: str, argv: list[str] | Non
             settings = load_settings(stage, a.config or default_train_config(stage), a.overrides)
             distributed.start(dist, resolve_device(settings.train.device, dist))
             run = _new_run_dir(a.run_dir, settings.train.output_root, stage, dist)
+            created = run.path
             checkpoint = None
         trainer = Trainer(settings, run, checkpoint, progress=not a.no_progress, dist=dist)
         if dist.main:
@@ -76,15 +78,16 @@ def train_command(stage: str, prog: str, description: str, argv: list[str] | Non
     except FileExistsError as exc:
         print(f"[{prog}] error: run folder already exists: {exc.filename}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except VprError as exc:
-        print(f"[{prog}] error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except EXPECTED_ERRORS as exc:
+        return report_error(prog, exc)
     except FloatingPointError as exc:
         print(f"[{prog}] training diverged: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         if "run" in locals() and dist.main:
             run.close()
+            if created is not None and created.is_dir() and not any(created.iterdir()):
+                created.rmdir()  # a refused start leaves nothing that would block the retry
         distributed.stop(dist)
     if not dist.main:
         return EXIT_OK

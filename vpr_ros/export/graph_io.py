@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vpr_ros import __version__
 from vpr_ros.config import IMAGENET_MEAN, IMAGENET_STD
+from vpr_ros.errors import EngineBuildError
 
 INPUT, OUTPUT, LOCAL_OUTPUT = "images", "descriptors", "local_features"
 OPSET = 18  # the torch.export-based (dynamo) exporter's minimum; TensorRT 10 parses it
@@ -30,12 +31,48 @@ REQUIRED = ("model_id", "weights_sha256", "weights_source", "input_size", "descr
 
 
 def read_identity(meta: dict[str, str], source: str) -> dict[str, str]:
-    """The vpr_ros identity fields of a graph's metadata; KeyError text names what is missing."""
+    """The vpr_ros identity fields of a graph's metadata, with ``input_size`` and ``descriptor_dim``
+    checked to be positive integers; EngineBuildError names what is missing or wrong."""
     missing = [k for k in REQUIRED if _PREFIX + k not in meta]
     if missing:
-        raise KeyError(f"{source}: not a vpr_ros export (metadata lacks {', '.join(_PREFIX + k for k in missing)}); "
-                       "re-export it with vpr_ros_export")
-    return {k: meta[_PREFIX + k] for k in REQUIRED}
+        raise EngineBuildError(f"{source}: not a vpr_ros export (metadata lacks "
+                               f"{', '.join(_PREFIX + k for k in missing)}); re-export it with vpr_ros_export")
+    ident = {k: meta[_PREFIX + k] for k in REQUIRED}
+    for key, low in (("input_size", 14), ("descriptor_dim", 1)):
+        value = ident[key].strip()
+        if not value.isdigit() or int(value) < low:
+            raise EngineBuildError(f"{source}: metadata {_PREFIX}{key} is {ident[key]!r}, not an integer >= {low}; "
+                                   "the file is damaged or not a vpr_ros export (re-export it with vpr_ros_export)")
+    return ident
+
+
+def check_graph_io(source: str, inputs: list[tuple[str, str, list]], outputs: list[tuple[str, str, list]],
+                   ident: dict[str, str]) -> None:
+    """Refuse at load a graph whose inputs/outputs contradict its metadata (it would fail, or give
+    another network's numbers, at the first frame). ``inputs``/``outputs``: (name, element type as
+    ONNX Runtime spells it, e.g. 'tensor(float)', shape with ints or dimension names)."""
+    size, dim = int(ident["input_size"]), int(ident["descriptor_dim"])
+    if [i[0] for i in inputs] != [INPUT]:
+        raise EngineBuildError(f"{source}: graph inputs are {[i[0] for i in inputs]}, expected ['{INPUT}'] "
+                               "(not a vpr_ros export, or edited)")
+    _, dtype, shape = inputs[0]
+    if dtype != "tensor(float)":
+        raise EngineBuildError(f"{source}: input '{INPUT}' is {dtype}, expected tensor(float) (float32 images)")
+    if len(shape) != 4 or [d for d in shape[1:]] != [3, size, size]:
+        raise EngineBuildError(f"{source}: input '{INPUT}' has shape {shape}, expected [batch, 3, {size}, {size}] "
+                               f"(metadata input_size {size})")
+    named = {o[0]: o for o in outputs}
+    if OUTPUT not in named:
+        raise EngineBuildError(f"{source}: graph has no '{OUTPUT}' output (outputs: {sorted(named)})")
+    _, dtype, shape = named[OUTPUT]
+    if dtype != "tensor(float)" or len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != dim):
+        raise EngineBuildError(f"{source}: output '{OUTPUT}' is {dtype} {shape}, expected tensor(float) "
+                               f"[batch, {dim}] (metadata descriptor_dim {dim})")
+    if LOCAL_OUTPUT in named:
+        _, dtype, shape = named[LOCAL_OUTPUT]
+        if dtype != "tensor(float)" or len(shape) != 3:
+            raise EngineBuildError(f"{source}: output '{LOCAL_OUTPUT}' is {dtype} {shape}, expected tensor(float) "
+                                   "[batch, patches, channels]")
 
 
 def file_sha256(path: str | Path) -> str:

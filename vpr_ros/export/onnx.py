@@ -20,9 +20,10 @@ from torch import Tensor, nn
 from vpr_ros.config import ModelConfig, batch_dependent_refusal
 from vpr_ros.errors import ConfigError, EngineBuildError
 from vpr_ros.export.graph_io import INPUT, LOCAL_OUTPUT, OPSET, OUTPUT, metadata_of
+from vpr_ros.files import fsync_dir, temporary_name
 from vpr_ros.model.pooling import l2n
 from vpr_ros.model.student import LOCAL_DIM, PlaceModel
-from vpr_ros.pca import Pca
+from vpr_ros.pca import Pca, load_pca_for
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class ExportGraph(nn.Module):
         return d if local is None else (d, local)
 
 
+PARITY_TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| of an accepted export
+
+
 def export_onnx(cfg: ModelConfig, path: str | Path, check_batch: int = 2) -> ExportInfo:
     """Build ``cfg``'s model (weights, PCA), fold BatchNorm, export, check, and compare with
     ONNX Runtime on random inputs. The file is written atomically."""
@@ -68,12 +72,15 @@ def export_onnx(cfg: ModelConfig, path: str | Path, check_batch: int = 2) -> Exp
         raise ConfigError("cannot export: " + batch_dependent_refusal(cfg))
     model, info = build_model(cfg)
     model.fold_batchnorm()
-    pca = Pca.load(cfg.pca) if cfg.pca else None
+    pca = load_pca_for(cfg.pca, info.descriptor_dim, info.model_id)
     graph = ExportGraph(model, info.descriptor_dim, pca).eval()
     s = cfg.input_size
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EngineBuildError(f"{path.parent}: cannot create the output folder ({exc.strerror or exc})") from None
+    tmp = temporary_name(path)
     try:
         outputs = [OUTPUT, LOCAL_OUTPUT] if graph.has_local else [OUTPUT]
         _export_dynamo(graph, s, tmp, outputs)
@@ -87,12 +94,19 @@ def export_onnx(cfg: ModelConfig, path: str | Path, check_batch: int = 2) -> Exp
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         diff = _parity(graph, tmp, s, check_batch)
-        os.replace(tmp, path)
     except Exception as exc:  # exporter/checker errors come in many types
+        tmp.unlink(missing_ok=True)
         raise EngineBuildError(f"ONNX export of {info.model_id} to {path} failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        if not np.isfinite(diff) or diff > PARITY_TOLERANCE:  # checked before anything is replaced
+            raise EngineBuildError(f"ONNX export of {info.model_id}: ONNX Runtime and PyTorch differ by {diff:.3g} "
+                                   f"(> {PARITY_TOLERANCE:g}, or not finite); {path} was left as it was")
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise EngineBuildError(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return ExportInfo(path, meta, diff)
 
 
@@ -132,4 +146,6 @@ def _parity(graph: nn.Module, path: Path, size: int, batch: int) -> float:
     refs = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     outs = sess.run([o.name for o in sess.get_outputs()], {INPUT: x.numpy()})
+    if not all(np.isfinite(o).all() for o in outs):
+        return float("nan")
     return float(max(np.abs(o - r).max() for o, r in zip(outs, refs)))

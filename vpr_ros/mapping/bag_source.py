@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import csv
-import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 
 from vpr_ros.errors import DatasetError, ImageError, MapError, VprError
+from vpr_ros.files import read_text
+from vpr_ros.geometry import pose_problem
 from vpr_ros.images import compressed_to_rgb, depth_to_metres, raw_to_rgb
 from vpr_ros.mapping.map_store import Keyframe
 
@@ -50,8 +52,9 @@ class PoseTrack:
         self.poses = [poses[i] for i in order]
         self.source = source
         for t, p in zip(self.stamps, self.poses):
-            if not all(math.isfinite(v) for v in (t, *p)):
-                raise MapError(f"{source}: pose at stamp {t} has NaN/inf values")
+            problem = pose_problem(t, p)
+            if problem:
+                raise MapError(f"{source}: pose at stamp {t} has {problem}")
 
     def __len__(self) -> int:
         return len(self.stamps)
@@ -72,7 +75,7 @@ def read_trajectory(path: str | Path) -> PoseTrack:
         raise DatasetError(f"{p}: trajectory file not found")
     stamps: list[float] = []
     poses: list[Pose7] = []
-    text = p.read_text().splitlines()
+    text = read_text(p, "trajectory file", DatasetError).splitlines()
     is_csv = bool(text) and text[0].replace(" ", "").lower().startswith(("stamp,", "t,", "time,"))
     rows = list(csv.reader(text[1:])) if is_csv else [ln.split() for ln in text if ln.strip() and not ln.startswith("#")]
     for row_no, row in enumerate(rows, start=2 if is_csv else 1):
@@ -82,6 +85,12 @@ def read_trajectory(path: str | Path) -> PoseTrack:
             raise DatasetError(f"{p}: line {row_no} is not numeric: {row}") from None
         if len(vals) != 8:
             raise DatasetError(f"{p}: line {row_no} has {len(vals)} values, expected 8 (t x y z qx qy qz qw)")
+        problem = pose_problem(vals[0], vals[1:])
+        if problem:
+            raise DatasetError(f"{p}: line {row_no} has {problem}")
+        if stamps and vals[0] <= stamps[-1]:
+            raise DatasetError(f"{p}: line {row_no} has stamp {vals[0]!r}, not after the previous one "
+                               f"({stamps[-1]!r}): a trajectory lists each stamp once, in time order")
         stamps.append(vals[0])
         poses.append(tuple(vals[1:]))  # type: ignore[arg-type]
     if not stamps:
@@ -121,14 +130,27 @@ def _decoder(msg: Any, bag: Path, topic: str, t: float) -> Callable[[], np.ndarr
     return decode
 
 
+@contextmanager
+def _reading(bag: Path) -> Iterator[None]:
+    """Whatever a damaged bag makes the reader raise (truncated or garbage files, a broken
+    metadata.yaml, bad compression, undecodable messages) becomes one DatasetError naming it."""
+    try:
+        yield
+    except VprError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - rosbags, sqlite3, yaml, zstd and struct raise their own types
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise DatasetError(f"{bag}: cannot read the bag ({type(exc).__name__}: {first})") from None
+
+
 def bag_camera_info(bag: str | Path, topic: str) -> "CameraIntrinsics":
     """The intrinsics of the first sensor_msgs/CameraInfo message on ``topic`` (a static camera)."""
-    from rosbags.highlevel import AnyReader, AnyReaderError
+    from rosbags.highlevel import AnyReader
 
     from vpr_ros.verification.features import CameraIntrinsics
 
     bag = Path(bag)
-    try:
+    with _reading(bag):
         with AnyReader([bag]) as reader:
             conns = _connections(reader, topic, ("sensor_msgs/msg/CameraInfo",), bag, "camera info")
             for conn, _, raw in reader.messages(connections=conns):
@@ -137,8 +159,6 @@ def bag_camera_info(bag: str | Path, topic: str) -> "CameraIntrinsics":
                     return CameraIntrinsics.from_k(list(msg.k), int(msg.width), int(msg.height))
                 except VprError as exc:
                     raise DatasetError(f"{bag}: {topic}: {exc}") from None
-    except AnyReaderError as exc:
-        raise DatasetError(f"{bag}: cannot read the bag ({exc})") from None
     raise DatasetError(f"{bag}: no message on camera info topic '{topic}'")
 
 
@@ -157,7 +177,7 @@ def bag_frames(bag: str | Path, image_topic: str, pose_topic: str = "", trajecto
     """Yield (lazy image decoder, Keyframe[, lazy depth decoder or None]) for every image that has a
     pose, in bag order; with ``depth_topic``, the third element is the aligned depth image nearest in
     time (within ``max_depth_age`` s), decoded to metres only if the frame becomes a keyframe."""
-    from rosbags.highlevel import AnyReader, AnyReaderError
+    from rosbags.highlevel import AnyReader
 
     bag = Path(bag)
     stats = stats if stats is not None else BagStats()
@@ -165,7 +185,7 @@ def bag_frames(bag: str | Path, image_topic: str, pose_topic: str = "", trajecto
         raise DatasetError("give exactly one pose source: a pose topic or a trajectory file")
     if not bag.exists():
         raise DatasetError(f"{bag}: bag not found")
-    try:
+    with _reading(bag):
         with AnyReader([bag]) as reader:
             img_conns = _connections(reader, image_topic, IMAGE_TYPES, bag, "image")
             if trajectory:
@@ -211,13 +231,11 @@ def bag_frames(bag: str | Path, image_topic: str, pose_topic: str = "", trajecto
                          if near is not None and abs(depth_stamps[near] - t) <= max_depth_age else None)
                 stats.with_depth += depth is not None
                 yield _decoder(msg, bag, image_topic, t), kf, depth
-    except AnyReaderError as exc:
-        raise DatasetError(f"{bag}: cannot read the bag ({exc})") from None
 
 
 def count_messages(bag: str | Path, topic: str) -> int:
     """Number of messages on ``topic`` (for progress bars)."""
     from rosbags.highlevel import AnyReader
 
-    with AnyReader([Path(bag)]) as reader:
+    with _reading(Path(bag)), AnyReader([Path(bag)]) as reader:
         return sum(c.msgcount for c in reader.connections if c.topic == topic)

@@ -58,6 +58,32 @@ MANIFEST = "manifest.yaml"
 READABLE_VERSIONS = (1, FORMAT_VERSION)
 
 
+#: one network through different backends/precisions gives probe cosines >= 0.99 (FP32/FP16 ~ 1.0,
+#: INT8 ~ 0.995); networks with other weights give far less (measured in test_hard_to_break)
+PROBE_MIN_COSINE = 0.9
+
+
+def encode_probe(desc: np.ndarray) -> str:
+    """[D] float -> base64 of float16 (2 bytes per dimension)."""
+    import base64
+
+    return base64.b64encode(np.asarray(desc, np.float16).tobytes()).decode("ascii")
+
+
+def probe_cosine(a: str, b: str) -> float:
+    """Cosine of two encoded probe descriptors (nan when unreadable or of different sizes)."""
+    import base64
+    import binascii
+
+    try:
+        x, y = (np.frombuffer(base64.b64decode(t, validate=True), np.float16).astype(np.float64) for t in (a, b))
+    except (binascii.Error, ValueError):
+        return math.nan
+    if x.shape != y.shape or not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return math.nan
+    return float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-12))
+
+
 @dataclass(frozen=True)
 class ModelIdentity:
     """What a descriptor depends on; a map only works with the model that built it."""
@@ -69,19 +95,30 @@ class ModelIdentity:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     pca_id: str = ""
+    #: the network's descriptor of a fixed probe input (base64 float16; '' in maps before v0.4): the
+    #: metadata says which network, the probe checks that the graph really computes its descriptors
+    probe: str = field(default="", compare=False, repr=False)
 
     @classmethod
     def of_backend(cls, backend: Any) -> "ModelIdentity":
-        """Identity of an open DescriptorBackend."""
+        """Identity of an open DescriptorBackend (with its probe descriptor, one forward pass, memoised)."""
+        probe = backend.probe() if hasattr(backend, "probe") else None
         return cls(backend.model_id, backend.weights_sha256, backend.input_size, backend.descriptor_dim,
-                   pca_id=getattr(backend, "pca_id", ""))
+                   pca_id=getattr(backend, "pca_id", ""), probe=encode_probe(probe) if probe is not None else "")
 
     def differences(self, other: "ModelIdentity") -> list[str]:
-        """Human-readable list of fields that differ (empty when compatible)."""
+        """Human-readable list of fields that differ (empty when compatible), and a probe descriptor
+        that another network computed (cosine below :data:`PROBE_MIN_COSINE`)."""
         a, b = asdict(self), asdict(other)
-        return [f"{k}: map has {a[k]!r}, model has {b[k]!r}" for k in a
-                if (tuple(a[k]) if isinstance(a[k], (list, tuple)) else a[k])
-                != (tuple(b[k]) if isinstance(b[k], (list, tuple)) else b[k])]
+        out = [f"{k}: map has {a[k]!r}, model has {b[k]!r}" for k in a if k != "probe"
+               and (tuple(a[k]) if isinstance(a[k], (list, tuple)) else a[k])
+               != (tuple(b[k]) if isinstance(b[k], (list, tuple)) else b[k])]
+        if not out and self.probe and other.probe:
+            cos = probe_cosine(self.probe, other.probe)
+            if not cos >= PROBE_MIN_COSINE:
+                out.append(f"probe descriptor: cosine {cos:.3f} < {PROBE_MIN_COSINE} between the map's network and "
+                           "this one, although their metadata agree (the graph's metadata is not its network's)")
+        return out
 
 
 @dataclass
@@ -134,7 +171,7 @@ class Manifest:
             raise MapError(f"{source}: field 'model' has unknown {sorted(set(m) - known)} or lacks "
                            f"{sorted(required - set(m))} keys")
         _check_types(source, "model", m, {"model_id": str, "weights_sha256": str, "input_size": int,
-                                           "descriptor_dim": int, "pca_id": str})
+                                           "descriptor_dim": int, "pca_id": str, "probe": str})
         for key in ("mean", "std"):
             v = m.get(key, (0.0, 0.0, 0.0))
             if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(finite(x) for x in v)):

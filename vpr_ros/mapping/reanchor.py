@@ -5,16 +5,14 @@ more than ``max_gap`` s apart), else the nearest within ``max_gap`` s. Keyframes
 not reach keep their pose and are counted."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 from vpr_ros.errors import MapError
-from vpr_ros.mapping.map_store import Keyframe, finite
+from vpr_ros.geometry import pose_problem
+from vpr_ros.mapping.map_store import Keyframe
 from vpr_ros.mapping.pose_pairing import LivePoseTrack, StampedPose
 
-#: |q| may differ from 1 by this much (rounding in the publisher) before a path is refused
-QUATERNION_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -31,12 +29,9 @@ def check_path(stamps: Sequence[float], poses: Sequence[Sequence[float]], where:
     if not stamps:
         raise MapError(f"{where}: the path has no poses")
     for k, (t, p) in enumerate(zip(stamps, poses)):
-        if not finite(t) or len(p) != 7 or not all(finite(v) for v in p):
-            raise MapError(f"{where}: pose {k} (stamp {t!r}) has non-finite values: {list(p)}")
-        norm = math.sqrt(sum(v * v for v in p[3:]))
-        if abs(norm - 1.0) > QUATERNION_TOLERANCE:
-            raise MapError(f"{where}: pose {k} (stamp {t:.3f}) has an orientation quaternion of norm {norm:.4f}, "
-                           "not a unit quaternion")
+        problem = pose_problem(t, p)
+        if problem:
+            raise MapError(f"{where}: pose {k} (stamp {t!r}) has {problem}")
 
 
 def reanchor(keyframes: Sequence[Keyframe], stamps: Sequence[float], poses: Sequence[Sequence[float]],

@@ -10,6 +10,7 @@ numpy types are allowed to the weights-only unpickler under their numpy 1.x and 
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Mapping
 
@@ -20,6 +21,7 @@ from vpr_ros.errors import CheckpointError
 
 _WRAPPERS = ("model_state_dict", "state_dict", "model")
 #: names listed per category in a load error before "... and N more".
+log = logging.getLogger(__name__)
 _LIST_AT_MOST = 8
 
 
@@ -85,7 +87,13 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> 
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                         for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or mismatched:
+    # a float parameter from an integer or bool tensor (or the reverse) is another file, not a cast
+    wrong_type = sorted(f"{k}: file {str(state[k].dtype).replace('torch.', '')} vs model "
+                        f"{str(own[k].dtype).replace('torch.', '')}" for k in set(own) & set(state)
+                        if state[k].is_floating_point() != own[k].is_floating_point() or state[k].is_complex())
+    nonfinite = sorted(k for k in set(own) & set(state) if state[k].is_floating_point()
+                       and not bool(torch.isfinite(state[k]).all()))
+    if missing or unexpected or mismatched or wrong_type or nonfinite:
         parts = []
         if missing:
             parts.append(f"missing keys ({len(missing)}): {_listed(missing)}")
@@ -93,7 +101,16 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> 
             parts.append(f"unexpected keys ({len(unexpected)}): {_listed(unexpected)}")
         if mismatched:
             parts.append(f"shape mismatches ({len(mismatched)}): {_listed(mismatched)}")
+        if wrong_type:
+            parts.append(f"dtype mismatches ({len(wrong_type)}): {_listed(wrong_type)}")
+        if nonfinite:
+            parts.append(f"NaN or infinite values in ({len(nonfinite)}): {_listed(nonfinite)}")
         raise CheckpointError(f"{source}: weights do not fit the model: " + " | ".join(parts))
+    wide = sorted(k for k in set(own) & set(state) if state[k].is_floating_point() and state[k].dtype != own[k].dtype)
+    if wide:
+        log.info("%s: %d float tensors stored as %s are converted to %s (e.g. %s)", source, len(wide),
+                 str(state[wide[0]].dtype).replace("torch.", ""), str(own[wide[0]].dtype).replace("torch.", ""),
+                 wide[0])
     module.load_state_dict(dict(state), strict=True)
 
 

@@ -38,7 +38,7 @@ from vpr_ros.mapping.map_store import ModelIdentity, VprMap
 from vpr_ros.ros.conversions import image_to_rgb, pose_msg, rgb_to_image, sec_to_stamp, stamp_to_sec, table
 from vpr_ros.ros.loop_output import describe_closure, publish_loop
 from vpr_ros.ros.markers import keyframe_markers, match_markers
-from vpr_ros.ros.node_base import (VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
+from vpr_ros.ros.node_base import (PROBLEM_WINDOW, VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
                                    sibling_topic)
 from vpr_ros.ros.node_main import run_node
 from vpr_ros.ros.params import LiveParameters, declare_config
@@ -103,7 +103,7 @@ class LocalizerCore(VprNodeMixin):
         node.create_service(Trigger, "vpr/save_map", self.guarded(self._on_save, service=True))
         self._rate_window: deque[tuple[float, int, int, int]] = deque(maxlen=30)
         self._refusals_since_summary, self._last_refusal_summary = 0, time.monotonic()
-        node.create_timer(self.cfg.diagnostics_period, self.guarded(self._publish_diagnostics))
+        self.steady_timer(self.cfg.diagnostics_period, self._publish_diagnostics)
         self.live = LiveParameters(node, LOCALIZER_SECTIONS, self.cfgs, self._apply_parameters)
 
     def _configure(self) -> None:
@@ -358,8 +358,12 @@ class LocalizerCore(VprNodeMixin):
         t0, r0, p0, d0 = self._rate_window[0]
         dt = max(now - t0, 1e-9)
         level, text = self._status
-        if level == DiagnosticStatus.OK and c.errors and c.last_error:
-            level, text = DiagnosticStatus.WARN, f"{c.errors} frame(s) failed; last: {c.last_error}"
+        age = self.problem_age((c.errors,))
+        if level == DiagnosticStatus.OK and age is not None:
+            if age < PROBLEM_WINDOW:
+                level, text = DiagnosticStatus.WARN, f"{c.errors} frame(s) failed; last {age:.0f} s ago: {c.last_error}"
+            else:
+                text = f"{text}; {c.errors} frame(s) failed, none in the last {age:.0f} s"
         mean = (lambda q: sum(q) / len(q) if q else 0.0)
         b = self.backend
         loc = self.localizer
@@ -390,8 +394,8 @@ class LocalizerCore(VprNodeMixin):
 class LocalizerNode(LocalizerCore, Node):
     """The localizer, configured and active from construction (``ros2 run vpr_ros localizer``)."""
 
-    def __init__(self, backend: DescriptorBackend | None = None, **kwargs: Any) -> None:
-        plain_init(self, "localizer", backend, kwargs)
+    def __init__(self, backend: DescriptorBackend | None = None, background: bool = False, **kwargs: Any) -> None:
+        plain_init(self, "localizer", backend, kwargs, background)
 
 
 #: The managed variant (``ros2 run vpr_ros localizer_lifecycle``; ``lifecycle:=true`` in the launch file).
@@ -400,7 +404,7 @@ LocalizerLifecycleNode = lifecycle_class(LocalizerCore, "localizer")
 
 def main(args: list[str] | None = None) -> int:
     """Console script ``localizer`` (``ros2 run vpr_ros localizer``)."""
-    return run_node(LocalizerNode, "localizer", args)
+    return run_node(lambda: LocalizerNode(background=True), "localizer", args)
 
 
 def main_lifecycle(args: list[str] | None = None) -> int:

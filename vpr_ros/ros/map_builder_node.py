@@ -42,14 +42,13 @@ from std_srvs.srv import Trigger
 
 from vpr_ros.config import MAP_BUILDER_SECTIONS, KeyframeConfig, MapBuilderConfig, ModelConfig
 from vpr_ros.errors import ConfigError, ImageError, MapError, VprError
-from vpr_ros.geometry import enu_from_geodetic
+from vpr_ros.geometry import enu_from_geodetic, pose_problem
 from vpr_ros.mapping.builder import MapBuilder
 from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
 from vpr_ros.mapping.store.pending import PendingFrame, RawImage
 from vpr_ros.mapping.pose_pairing import NONE, READY, LivePoseTrack, StampedPose
-from vpr_ros.mapping.reanchor import QUATERNION_TOLERANCE
 from vpr_ros.ros.conversions import image_to_rgb, pose_tuple, stamp_to_sec
-from vpr_ros.ros.node_base import (VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
+from vpr_ros.ros.node_base import (PROBLEM_WINDOW, VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
                                    pose_qos, sibling_topic)
 from vpr_ros.ros.map_builder_slam import SlamSide
 from vpr_ros.ros.node_main import run_node
@@ -125,10 +124,10 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
                             callback_group=MutuallyExclusiveCallbackGroup())
         self._slam_setup()
         self.pub_diag = node.create_publisher(DiagnosticArray, self.cfg.diagnostics_topic, 10)
-        node.create_timer(1.0, self.guarded(self._publish_diagnostics))
-        node.create_timer(0.1, self.guarded(self._expire_waiting))
+        self.steady_timer(1.0, self._publish_diagnostics)
+        self.steady_timer(0.1, self._expire_waiting)
         if self.cfg.autosave_period > 0:
-            node.create_timer(self.cfg.autosave_period, self.guarded(self._autosave))
+            self.steady_timer(self.cfg.autosave_period, self._autosave)
         self.live = LiveParameters(node, MAP_BUILDER_SECTIONS, self.cfgs, self._apply_parameters)
 
     def _configure(self) -> None:
@@ -256,12 +255,10 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
     def _add_pose(self, sample: StampedPose) -> None:
         """A pose sample, refused (counted, reported) unless finite with a unit quaternion: one bad
         sample would otherwise poison every interpolation across it."""
-        p = sample.pose
-        norm = math.sqrt(sum(v * v for v in p[3:])) if all(math.isfinite(v) for v in p) else math.nan
-        if not math.isfinite(sample.t) or not abs(norm - 1.0) <= QUATERNION_TOLERANCE:
+        problem = pose_problem(sample.t, sample.pose)
+        if problem:
             self.bad_poses += 1
-            self._error(f"pose at {sample.t:.3f} refused: {list(p)} is not finite with a unit quaternion "
-                        f"(|q| = {norm:.4f})")
+            self._error(f"pose at {sample.t:.3f} refused: {problem}")
             return
         with self._pair_lock:
             self._track.add(sample)
@@ -595,12 +592,15 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         return resp
 
     def _publish_diagnostics(self) -> None:
-        level = DiagnosticStatus.WARN if self.errors or self.skipped_no_pose else DiagnosticStatus.OK
-        if self.store_error:
-            level = DiagnosticStatus.ERROR
         n = len(self.builder.map) if self.builder is not None else 0
-        msg = self.store_error or self.last_error or ("images without a pose were skipped" if self.skipped_no_pose
-                                                      else f"{n} keyframes")
+        age = self.problem_age((self.errors, self.skipped_no_pose, self.bad_poses))
+        recent = age is not None and age < PROBLEM_WINDOW
+        level = DiagnosticStatus.WARN if recent else DiagnosticStatus.OK
+        what = self.last_error or "images without a pose were skipped"
+        msg = (f"{n} keyframes; last problem {age:.0f} s ago: {what}" if recent else
+               f"{n} keyframes" + (f"; no problem in the last {age:.0f} s (last: {what})" if age is not None else ""))
+        if self.store_error:
+            level, msg = DiagnosticStatus.ERROR, self.store_error
         if self.builder is None:
             level, msg = DiagnosticStatus.WARN, "not configured"
         b = self.backend
@@ -627,8 +627,8 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
 class MapBuilderNode(MapBuilderCore, Node):
     """The map builder, configured and active from construction (``ros2 run vpr_ros map_builder``)."""
 
-    def __init__(self, backend: DescriptorBackend | None = None, **kwargs: Any) -> None:
-        plain_init(self, "map_builder", backend, kwargs)
+    def __init__(self, backend: DescriptorBackend | None = None, background: bool = False, **kwargs: Any) -> None:
+        plain_init(self, "map_builder", backend, kwargs, background)
 
 
 #: The managed variant (``ros2 run vpr_ros map_builder_lifecycle``; ``lifecycle:=true``).
@@ -648,7 +648,7 @@ def _finish(node: Any) -> None:
 
 def main(args: list[str] | None = None) -> int:
     """Console script ``map_builder`` (``ros2 run vpr_ros map_builder``); saves the map on exit."""
-    return run_node(MapBuilderNode, "map_builder", args, before_destroy=_finish)
+    return run_node(lambda: MapBuilderNode(background=True), "map_builder", args, before_destroy=_finish)
 
 
 def main_lifecycle(args: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import threading
 import time
 import weakref
 from typing import Any, Callable, Iterable
@@ -18,6 +19,8 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from vpr_ros.errors import VprError
 
+#: s: a WARN for failed frames or refused input clears this long after the last one
+PROBLEM_WINDOW = 30.0
 LEVEL_NAMES = {DiagnosticStatus.OK: "OK", DiagnosticStatus.WARN: "WARN", DiagnosticStatus.ERROR: "ERROR"}
 
 
@@ -164,14 +167,52 @@ class VprNodeMixin:
             node.destroy_subscription(s)
         subs.clear()
 
+    def problem_age(self, counts: tuple[int, ...]) -> float | None:
+        """Seconds since any of ``counts`` (failure counters) last grew, as seen by successive calls
+        (None: never). A WARN for failed frames or refused input lasts :data:`PROBLEM_WINDOW` s after
+        the last one, then clears (the counters and the last message stay in the values)."""
+        d = self.__dict__
+        now = time.monotonic()
+        if counts != d.get("_problem_counts", tuple(0 for _ in counts)):
+            d["_problem_counts"], d["_problem_at"] = counts, now
+        at = d.get("_problem_at")
+        return None if at is None else now - at
+
+    def lifecycle_state(self) -> str:
+        """The managed node's state label ('unconfigured', 'inactive', 'active', ...), or 'unmanaged'."""
+        machine = getattr(self, "_state_machine", None)
+        if machine is None:
+            return "unmanaged"
+        try:
+            return str(machine.current_state[1])
+        except Exception:  # noqa: BLE001 - rclpy internals differ between distributions
+            return "unknown"
+
+    def sim_time_without_clock(self) -> bool:
+        """use_sim_time is true and no /clock message has arrived (ROS time still 0)."""
+        node: Any = self
+        try:
+            sim = bool(node.get_parameter("use_sim_time").value)
+        except Exception:  # noqa: BLE001 - parameter not declared (never on rclpy nodes)
+            return False
+        return sim and node.get_clock().now().nanoseconds == 0
+
     def publish_status(self, pub: Any, kind: str, level: bytes, message: str, hardware_id: str,
                        values: dict[str, Any]) -> None:
-        """One DiagnosticArray with one status named '<node>: <kind>'; nothing after shutdown."""
+        """One DiagnosticArray with one status named '<fully qualified node name>: <kind>' (two
+        nodes in different namespaces never share a name), the lifecycle state among its values, and
+        a WARN while use_sim_time waits for /clock; nothing after shutdown."""
         node: Any = self
         if not self.context_ok():
             return
-        st = DiagnosticStatus(level=level, name=f"{node.get_name()}: {kind}", message=message,
+        if startup_running(self):
+            level, message = max(level, DiagnosticStatus.WARN), "starting: opening the model (a first start exports it)"
+        if self.sim_time_without_clock():
+            message = "use_sim_time is true but no /clock has arrived (is the bag played with --clock?); " + message
+            level = max(level, DiagnosticStatus.WARN)
+        st = DiagnosticStatus(level=level, name=f"{node.get_fully_qualified_name()}: {kind}", message=message,
                               hardware_id=hardware_id)
+        values = {"lifecycle_state": self.lifecycle_state(), **values}
         st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = node.get_clock().now().to_msg()
@@ -179,6 +220,14 @@ class VprNodeMixin:
             pub.publish(arr)
         except Exception:  # noqa: BLE001 - the context went down between the check and the call
             pass
+
+    def steady_timer(self, period: float, callback: Callable[[], Any], **kwargs: Any) -> Any:
+        """A timer on the steady clock: it fires whatever ROS time does (with use_sim_time and no
+        /clock, a ROS-time timer never would: no diagnostics, no warning)."""
+        from rclpy.clock import Clock, ClockType
+
+        node: Any = self
+        return node.create_timer(period, self.guarded(callback), clock=Clock(clock_type=ClockType.STEADY_TIME), **kwargs)
 
     def safe_publish(self, pub: Any, msg: Any) -> None:
         """Publish unless the context has shut down (worker threads race the shutdown)."""
@@ -199,10 +248,14 @@ def lifecycle_class(core: type, lifecycle_name: str) -> type:
     ``_cleanup()`` (release everything ``_configure`` made) and ``_shutdown()``. The plain node
     runs setup, configure and activate in its constructor; this one on transitions.
     """
-    from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+    from rclpy.callback_groups import ReentrantCallbackGroup
+    from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, TransitionCallbackReturn
 
-    def __init__(self: Any, backend: Any = None, **kwargs: Any) -> None:
-        LifecycleNode.__init__(self, lifecycle_name, **kwargs)
+    def __init__(self: Any, backend: Any = None, background: bool = False, **kwargs: Any) -> None:
+        # the lifecycle services in a group of their own: while a transition loads a model (minutes
+        # on a first export), get_state and the parameter services (default group) still answer
+        Node.__init__(self, lifecycle_name, **kwargs)
+        LifecycleNodeMixin.__init__(self, enable_communication_interface=True, callback_group=ReentrantCallbackGroup())
         self._injected_backend = backend
         attach_core_logs(self)
         self._setup()
@@ -233,18 +286,56 @@ def lifecycle_class(core: type, lifecycle_name: str) -> type:
     return type(f"{core.__name__.removesuffix('Core')}LifecycleNode", (core, LifecycleNode), body)
 
 
-def plain_init(node: Any, name: str, backend: Any, kwargs: dict[str, Any]) -> None:
-    """Constructor body of the plain (unmanaged) variant: setup, configure, activate."""
+def plain_init(node: Any, name: str, backend: Any, kwargs: dict[str, Any], background: bool = False) -> None:
+    """Constructor body of the plain (unmanaged) variant: setup, configure, activate.
+
+    ``background`` (the node executables): configure and activate run on a thread of their own
+    once the node spins, so parameter services answer and SIGINT stops the node at once while the
+    model is exported or loaded; a VprError there ends the node (exit code 2, see run_node)."""
     Node.__init__(node, name, **kwargs)
     node._injected_backend = backend
     attach_core_logs(node)
     node._setup()
+    node.startup_error = None
+    node.startup_cancelled = threading.Event()
+    if background:
+        node._startup = threading.Thread(target=_start_up, args=(node,), name="vpr-startup", daemon=True)
+        node._startup.start()
+        return
     try:
         node._configure()
         node._activate()
     except BaseException:
         node._cleanup()
         raise
+
+
+def _start_up(node: Any) -> None:
+    """Body of the start-up thread: configure + activate; on failure record it and shut the
+    node's context down (run_node reports it); abandoned quietly when the node stops meanwhile."""
+    try:
+        node.say("info", "starting: opening the model (a first start may export it; the node answers meanwhile)")
+        node._configure()
+        if node.startup_cancelled.is_set():
+            node._cleanup()
+            return
+        node._activate()
+        node.say("info", "started")
+    except BaseException as exc:  # noqa: BLE001 - reported by run_node
+        if node.startup_cancelled.is_set():
+            return
+        node.startup_error = exc
+        try:
+            node._cleanup()
+        except Exception:  # noqa: BLE001 - the first error is the one to report
+            pass
+        node.context.try_shutdown()
+
+
+def startup_running(node: Any) -> bool:
+    """The background start-up thread is still at work."""
+    t = getattr(node, "_startup", None)
+    return t is not None and t.is_alive()
 
 
 LEVEL_OK, LEVEL_WARN, LEVEL_ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR

@@ -11,6 +11,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
 from vpr_ros.errors import VprError
+from vpr_ros.ros.node_base import startup_running
 
 
 def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
@@ -56,9 +57,21 @@ def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
         for sig in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
                 signal.signal(sig, signal.SIG_IGN)  # the cleanup below must not be cut short
+        error = getattr(node, "startup_error", None)
+        if isinstance(error, VprError):
+            print(f"{name}: {error}", file=sys.stderr)
+            code = 2
+        elif error is not None:
+            print(f"{name}: start-up failed unexpectedly: {type(error).__name__}: {error}", file=sys.stderr)
+            code = 1
+        if node is not None and startup_running(node):
+            # stopped while the model is still being exported or loaded: leave that thread (a daemon)
+            # behind instead of waiting for it; it cleans up after itself, temporaries go at the next start
+            node.startup_cancelled.set()
+            node = None
         if node is not None:
             try:
-                if before_destroy is not None:
+                if before_destroy is not None and error is None:
                     before_destroy(node)
             except VprError as exc:
                 print(f"{name}: {exc}", file=sys.stderr)

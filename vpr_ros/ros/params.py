@@ -16,6 +16,9 @@ from rclpy.parameter import Parameter
 from vpr_ros.config import from_dict
 from vpr_ros.errors import ConfigError, VprError
 
+#: parameters rclpy declares on every node and handles itself (use_sim_time: the clock source)
+ROS_OWNED = frozenset({"use_sim_time", "start_type_description_service"})
+
 #: apply(new configs by section, changed parameter names) -> None, or raise VprError to refuse
 Apply = Callable[[dict[str, Any], set[str]], None]
 
@@ -87,6 +90,8 @@ class LiveParameters:
     def _on_set(self, params: list[Parameter]) -> SetParametersResult:
         changes: dict[str, dict[str, Any]] = {}
         for p in params:
+            if p.name in ROS_OWNED:
+                continue  # rclpy's own (use_sim_time switches the clock itself)
             if p.name not in self._fields:
                 return SetParametersResult(successful=False, reason=f"unknown parameter '{p.name}'")
             prefix, f = self._fields[p.name]
@@ -95,6 +100,7 @@ class LiveParameters:
             changes.setdefault(prefix, {})[f.name] = _plain(p.value)
         if not changes:
             return SetParametersResult(successful=True)
+        params = [p for p in params if p.name not in ROS_OWNED]
         try:
             new = dict(self.current)
             for prefix, fields in changes.items():

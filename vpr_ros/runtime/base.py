@@ -69,6 +69,16 @@ class DescriptorBackend(abc.ABC):
         """Called only when :attr:`has_local` is true."""
         raise NotImplementedError
 
+    def probe(self) -> np.ndarray:
+        """The descriptor [D] of a fixed pseudo-random input (seeded; the same on every machine), the
+        network's functional fingerprint that maps store beside its identity. Memoised."""
+        cached = getattr(self, "_probe", None)
+        if cached is None:
+            s = self.input_size
+            x = np.random.default_rng(20260501).normal(0.0, 1.0, (1, 3, s, s)).astype(np.float32)
+            cached = self._probe = self.infer(x)[0]
+        return cached  # type: ignore[no-any-return]
+
     def close(self) -> None:
         """Release resources (idempotent)."""
 

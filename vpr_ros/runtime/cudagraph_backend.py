@@ -57,7 +57,7 @@ class CudaGraphBackend(DescriptorBackend):
             raise ConfigError(batch_dependent_refusal(cfg))
         from vpr_ros.model.factory import build_model
         from vpr_ros.model.student import PlaceModel
-        from vpr_ros.pca import Pca
+        from vpr_ros.pca import load_pca_for
 
         self._torch = torch
         self.device = torch.device(device)
@@ -68,7 +68,7 @@ class CudaGraphBackend(DescriptorBackend):
         model.fold_batchnorm()
         self.model = model.to(self.device, self.dtype)
         self._local = type(model).forward_local is not PlaceModel.forward_local
-        self.pca = Pca.load(cfg.pca) if cfg.pca else None
+        self.pca = load_pca_for(cfg.pca, info.descriptor_dim, info.model_id)
         self._graphs: dict[int, tuple[Any, Any, Any, Any]] = {}  # bucket -> (graph, input, desc, local)
         self._lock = threading.Lock()
         super().__init__(info.model_id, info.weights_sha256, info.weights_source, info.input_size,

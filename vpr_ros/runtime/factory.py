@@ -14,13 +14,15 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
 from vpr_ros.config import BACKENDS, GpuOptions, ModelConfig, batch_dependent_refusal
-from vpr_ros.errors import BackendUnavailable, CheckpointError, ConfigError
+from vpr_ros.errors import BackendUnavailable, CheckpointError, ConfigError, EngineBuildError
 from vpr_ros.export.graph_io import file_sha256
+from vpr_ros.files import remove_stale_temporaries
 from vpr_ros.runtime.base import DescriptorBackend
 
 log = logging.getLogger(__name__)
@@ -68,9 +70,13 @@ def onnx_for(cfg: ModelConfig, cache_dir: str | Path | None = None) -> Path:
         raise BackendUnavailable(f"no ONNX file for this model and no torch to export one ({exc}); "
                                  "set model.onnx to a file made by vpr_ros_export") from None
     with exclusive(path.with_name(path.name + ".lock"), f"another process is exporting {path.name}; waiting for it"):
+        for stale in remove_stale_temporaries(path.parent):
+            log.info("removed %s (left by a process stopped mid-export)", stale)
         if not path.is_file():  # nodes started together export a model once
-            log.info("exporting %s to %s (once; cached)", cfg.arch, path)
+            log.info("exporting %s to %s (once, cached; about a minute on 2 CPU cores)", cfg.arch, path)
+            t0 = time.monotonic()
             export_onnx(cfg, path)
+            log.info("exported %s in %.0f s", path.name, time.monotonic() - t0)
     return path
 
 
@@ -143,6 +149,10 @@ def open_backend(name: str, cfg: ModelConfig, device: str = "cpu",
         try:
             backend = _open(cand, cfg, device, cache_dir, gpu=gpu)
         except BackendUnavailable as exc:
+            reasons.append(f"{cand}: {exc}")
+            continue
+        except EngineBuildError as exc:  # a failed export, build, load or accuracy gate: the next one
+            log.warning("backend 'auto': '%s' failed (%s); falling back", cand, exc)
             reasons.append(f"{cand}: {exc}")
             continue
         log.info("backend 'auto' chose '%s' on %s%s", cand, device,

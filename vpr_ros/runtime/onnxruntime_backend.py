@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from vpr_ros.errors import BackendUnavailable, EngineBuildError
-from vpr_ros.export.graph_io import INPUT, LOCAL_OUTPUT, OUTPUT, read_identity
+from vpr_ros.export.graph_io import INPUT, LOCAL_OUTPUT, OUTPUT, check_graph_io, read_identity
 from vpr_ros.runtime.base import DescriptorBackend
 
 
@@ -68,10 +68,9 @@ class OnnxRuntimeBackend(DescriptorBackend):
             # on the CPU (16-bit saturation without VNNI); TensorRT accumulates in int32 exactly
             opts.add_session_config_entry("session.disable_quant_qdq", "1")
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        try:
-            ident = read_identity(meta, str(path))
-        except KeyError as exc:
-            raise EngineBuildError(str(exc).strip("'\"")) from None
+        ident = read_identity(meta, str(path))
+        check_graph_io(str(path), [(i.name, i.type, list(i.shape)) for i in self.session.get_inputs()],
+                       [(o.name, o.type, list(o.shape)) for o in self.session.get_outputs()], ident)
         self.path = path
         self.providers = self.session.get_providers()
         self._local = LOCAL_OUTPUT in {o.name for o in self.session.get_outputs()}

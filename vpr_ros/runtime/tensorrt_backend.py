@@ -87,10 +87,7 @@ class TensorRTBackend(DescriptorBackend):
         from vpr_ros.runtime.factory import default_cache_dir
 
         meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-        try:
-            ident = read_identity(meta, str(onnx_path))
-        except KeyError as exc:
-            raise EngineBuildError(str(exc).strip("'\"")) from None
+        ident = read_identity(meta, str(onnx_path))
         index = device_index(device)
 
         def gate(candidate: Path) -> str:

@@ -32,9 +32,9 @@ class TorchBackend(DescriptorBackend):
         self.batch_independent = model.batch_independent
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        from vpr_ros.pca import Pca
+        from vpr_ros.pca import load_pca_for
 
-        self.pca = Pca.load(cfg.pca) if cfg.pca else None
+        self.pca = load_pca_for(cfg.pca, info.descriptor_dim, info.model_id)
         super().__init__(info.model_id, info.weights_sha256, info.weights_source, info.input_size,
                          self.pca.out_dim if self.pca else info.descriptor_dim,
                          self.pca.pca_id if self.pca else "")

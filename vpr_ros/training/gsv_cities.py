@@ -8,6 +8,8 @@ Every problem raises DatasetError naming the file and row, before any training s
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
-from vpr_ros.datasets import IMAGE_SUFFIXES, EvalDataset
+from vpr_ros.datasets import IMAGE_SUFFIXES, EvalDataset, image_files
 from vpr_ros.errors import DatasetError
+from vpr_ros.files import read_text
 
 GSV_COLUMNS = ("place_id", "year", "month", "northdeg", "city_id", "lat", "lon", "panoid")
 _INT_COLUMNS = ("place_id", "year", "month", "northdeg")
@@ -57,18 +60,20 @@ def _check_row(csv_path: Path, line: int, row: dict[str, str]) -> None:
     for col in _INT_COLUMNS:
         try:
             int(float(row[col]))
-        except ValueError:
+        except (ValueError, OverflowError):  # 'x', 'nan', 'inf'
             raise DatasetError(f"{csv_path}: row {line}: column '{col}' is not a number: {row[col]!r}") from None
     for col in _FLOAT_COLUMNS:
         try:
-            float(row[col])
+            ok = math.isfinite(float(row[col]))
         except ValueError:
-            raise DatasetError(f"{csv_path}: row {line}: column '{col}' is not a number: {row[col]!r}") from None
+            ok = False
+        if not ok:
+            raise DatasetError(f"{csv_path}: row {line}: column '{col}' is not a finite number: {row[col]!r}")
 
 
 def _read_city(root: Path, csv_path: Path, check_images: bool) -> list[tuple[int, Path, int]]:
     """(place_id, image path, CSV line) of every row of one city's CSV."""
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    with io.StringIO(read_text(csv_path, "GSV-Cities table", DatasetError), newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [c for c in GSV_COLUMNS if c not in header]
@@ -143,7 +148,7 @@ def read_image_folders(folders: Sequence[str | Path]) -> list[Path]:
     for folder in map(Path, folders):
         if not folder.is_dir():
             raise DatasetError(f"{folder}: image folder not found")
-        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = image_files(folder.rglob("*"))
         if not found:
             raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder or below")
         out.extend(found)

@@ -43,10 +43,11 @@ def fit_pca(model: ModelConfig, paths: list[Path], cfg: PcaConfig, progress: boo
         if cfg.dim > backend.descriptor_dim:
             raise ConfigError(f"pca.dim={cfg.dim} exceeds the model's {backend.descriptor_dim}-d descriptor")
         desc = describe_images(backend, sample, cfg.batch_size, progress, "training images")
+        model_id = backend.model_id
     mem = Pca.fit_memory_bytes(*desc.shape)
-    log.info("PCA from the covariance of %d x %d descriptors: %.2f GiB working memory (a full SVD would take "
-             "%.2f GiB)", desc.shape[0], desc.shape[1], mem["covariance"] / 2**30, mem["full_svd"] / 2**30)
-    return Pca.fit(desc, cfg.dim)
+    log.info("PCA of %d x %d descriptors: %.2f GiB working memory (a full SVD would take %.2f GiB)",
+             desc.shape[0], desc.shape[1], mem["eigenproblem"] / 2**30, mem["full_svd"] / 2**30)
+    return Pca.fit(desc, cfg.dim, model_id=model_id, progress=lambda step: log.info("PCA: %s", step))
 
 
 def attach_to_model_yaml(model_yaml: Path, pca_file: Path) -> None:

@@ -93,7 +93,7 @@ class Verifier:
             if local is None:
                 raise ValueError("dense features need the network's local output for the image")
             return dense_features(local, (rgb.shape[1], rgb.shape[0]))
-        return extract_classical(rgb, self.cfg.features, self.cfg.max_features)
+        return extract_classical(rgb, self.cfg.features, self.cfg.max_features, self.cfg.max_side)
 
     def rerank_score(self, q: LocalFeatures, k: LocalFeatures) -> int:
         """Classical: inliers of a robust fundamental matrix (or homography) between the matched

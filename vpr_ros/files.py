@@ -1,0 +1,135 @@
+"""Files the package reads and writes: regular-file checks before opening, atomic replacement.
+
+Every file the package writes (ONNX graphs, engines, PCA, weights, caches, maps) goes to a
+temporary name beside its target, is checked, and only then renamed over it: a failure (full
+disk, bad content, a signal) leaves the previous good file as it was.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from vpr_ros.errors import VprError
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temporary_name(path: Path) -> Path:
+    """A hidden name beside ``path`` unique to this process (same filesystem, so rename is atomic)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextmanager
+def replaced_atomically(path: Path, error: type[VprError] = VprError) -> Iterator[Path]:
+    """Yield a temporary path to write; when the block succeeds it is fsynced and renamed over
+    ``path``; when it raises, the temporary is removed and ``path`` is untouched. OS errors become
+    ``error`` naming ``path``."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise error(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def check_readable_file(path: Path, what: str, error: type[VprError] = VprError) -> Path:
+    """Refuse, before opening, what would hang or fail obscurely: missing files, symlink loops,
+    FIFOs, devices, sockets and folders (a FIFO named like an image blocks ``open`` forever)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise error(f"{path}: {what} is a symbolic link loop") from None
+        if exc.errno == errno.ENOENT:
+            raise error(f"{path}: {what} not found") from None
+        raise error(f"{path}: {what} cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise error(f"{path}: {what} is {kind}, not a regular file")
+    return Path(path)
+
+
+def is_regular_file(path: Path) -> bool:
+    """True for a regular file reachable without a loop (FIFOs, devices, dangling links: False)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def read_text(path: Path, what: str, error: type[VprError] = VprError) -> str:
+    """The UTF-8 text of a regular file (a UTF-8 BOM is dropped); a file in another encoding is
+    refused naming the line and byte, not decoded to something else."""
+    check_readable_file(path, what, error)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: {what} cannot be read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise error(f"{path}: {what} is not UTF-8 text (line {line}, byte {data[exc.start]:#04x}); "
+                    "save it as UTF-8") from None
+
+
+_TEMPORARY = re.compile(r"^\..+\.(?:tmp|candidate)-(\d+)(?:\.\w+)?$")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries (``.<name>.tmp-<pid>``, ``.<name>.candidate-<pid>``) that processes
+    no longer running left in ``folder`` (a node killed mid-export or mid-build); returns them."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for f in entries:
+        m = _TEMPORARY.match(f.name)
+        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        try:
+            f.unlink()
+            removed.append(f)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
