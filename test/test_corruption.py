@@ -233,3 +233,65 @@ def test_pose_and_trajectory_files(text):
                 pass
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@FUZZ
+@given(cut=st.floats(0.0, 1.0), flips=st.lists(st.tuples(st.floats(0.0, 1.0, exclude_max=True), st.integers(1, 255)),
+                                                max_size=6), as_text=st.booleans())
+def test_pca_files(cut, flips, as_text):
+    """A PCA file truncated, bit-flipped (any byte, headers included) or replaced by text loads as a
+    valid PCA (finite, unit-norm components of matching shapes) or is a CheckpointError."""
+    from vpr_ros.errors import CheckpointError
+    from vpr_ros.pca import Pca
+
+    root = Path(tempfile.mkdtemp(prefix="vpr_fuzz_pca_"))
+    try:
+        Pca.fit(np.random.default_rng(0).normal(size=(30, 12)).astype(np.float32), 4, model_id="m").save(root / "p.npz")
+        data = bytearray((root / "p.npz").read_bytes())
+        data = data[: max(0, int(len(data) * cut))] if cut < 0.98 else data
+        for where, xor in flips:
+            if data:
+                data[int(where * len(data))] ^= xor
+        (root / "p.npz").write_bytes(bytes(data) if not as_text else bytes(data).decode("latin-1").encode())
+        try:
+            pca = Pca.load(root / "p.npz")
+        except CheckpointError:
+            return
+        y = pca.apply(np.ones((2, pca.in_dim), np.float32))
+        assert np.isfinite(pca.components).all() and y.shape == (2, pca.out_dim)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@FUZZ
+@given(head=st.sampled_from([b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", b"\xff\xd8\xff\xc0", b"BM", b"RIFF\x00\x00\x00\x00WEBPVP8X",
+                             b"RIFF\x00\x00\x00\x00WEBPVP8L", b""]), tail=st.binary(max_size=60))
+def test_image_headers(head, tail):
+    """The header reader behind the size limit never fails on any bytes: a size or None."""
+    from vpr_ros.images import encoded_size
+
+    size = encoded_size(head + tail)
+    assert size is None or (len(size) == 2 and all(isinstance(v, int) and v >= 0 for v in size))
+    try:
+        compressed_to_rgb("png", head + tail)
+    except ImageError:
+        pass
+
+
+@FUZZ
+@given(values=st.dictionaries(st.sampled_from(["model_id", "weights_sha256", "weights_source", "input_size",
+                                               "descriptor_dim", "pca_id", "other"]), st.text(max_size=8), max_size=7),
+       dims=st.lists(st.one_of(st.integers(-1, 300), st.text(max_size=5)), max_size=5))
+def test_graph_metadata_and_shapes(values, dims):
+    """Whatever a graph's metadata and input shape say, opening it checks them: the identity or an
+    EngineBuildError, never a ValueError from int('abc')."""
+    from vpr_ros.errors import EngineBuildError
+    from vpr_ros.export.graph_io import check_graph_io, read_identity
+
+    try:
+        ident = read_identity({f"vpr_ros.{k}": v for k, v in values.items()}, "g.onnx")
+        check_graph_io("g.onnx", [("images", "tensor(float)", dims)], [("descriptors", "tensor(float)", ["b", 8])], ident)
+    except EngineBuildError:
+        return
+    size = int(ident["input_size"])
+    assert size >= 14 and len(dims) == 4 and dims[1:] == [3, size, size]

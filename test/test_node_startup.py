@@ -160,3 +160,26 @@ def test_a_warning_for_failed_frames_clears_once_they_stop(monkeypatch):
     now[0] += PROBLEM_WINDOW
     assert m.problem_age((1,)) > PROBLEM_WINDOW  # cause gone: OK again
     assert m.problem_age((2,)) == 0.0  # a new failure: WARN again
+
+
+def test_a_frame_stamped_far_ahead_of_the_clock_is_counted_and_changes_nothing(rclpy_context, built_map, traversals):
+    """Trial case: one frame stamped 2e9 s switched loop closures off for good. Now it is refused
+    where it enters (counted on /diagnostics) and the next frames are answered as before."""
+    from vpr_ros.ros.localizer_node import LocalizerNode
+    from vpr_ros.ros.player import QueryPlayer
+
+    node = LocalizerNode(parameter_overrides=overrides(map_dir=str(built_map), qos="reliable", score_threshold=0.0))
+    s = Spinning(node)
+    try:
+        p = QueryPlayer("image")
+        assert p.wait_for_localizer(20)
+        img = traversals[0].images
+        future = 2e9  # the trial's stamp: years ahead of any clock this test runs under
+        p.send(img[1], future)
+        assert until(lambda: node.counters.stamps_ahead == 1, spin=p)
+        assert "ahead of the node's clock" in node.counters.last_error
+        assert p.play([img[2], img[3]], [100.0, 101.0], timeout=20) == 2
+        assert p.log.tables[101.0][0]["db_id"] == 3 and future not in p.log.tables
+        p.destroy_node()
+    finally:
+        s.stop()

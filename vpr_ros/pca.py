@@ -125,8 +125,11 @@ class Pca:
             with f:
                 arrays = {k: f[k] for k in ("mean", "components", "explained")}
                 model_id = str(f["model_id"]) if "model_id" in f.files else ""
-        except (OSError, KeyError, ValueError, EOFError) as exc:
-            raise CheckpointError(f"{path}: not a PCA file (needs mean, components, explained): {exc}") from None
+        except CheckpointError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - zipfile, zlib, numpy's format reader raise many types
+            raise CheckpointError(f"{path}: not a PCA file (needs mean, components, explained): "
+                                  f"{type(exc).__name__}: {exc}") from None
         for key, arr in arrays.items():
             if arr.dtype.kind != "f":
                 raise CheckpointError(f"{path}: PCA '{key}' is {arr.dtype}, not floating point")

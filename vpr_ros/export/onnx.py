@@ -117,6 +117,7 @@ def _export_dynamo(graph: nn.Module, size: int, path: Path, outputs: list[str]) 
     fuse the graph themselves when they load it."""
     import contextlib
     import io
+    import warnings
 
     import logging
 
@@ -126,7 +127,9 @@ def _export_dynamo(graph: nn.Module, size: int, path: Path, outputs: list[str]) 
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping torchvision::nms"
     try:
-        with torch.no_grad(), contextlib.redirect_stdout(quiet):
+        with torch.no_grad(), contextlib.redirect_stdout(quiet), warnings.catch_warnings():
+            # torch's own exporter trips its own deprecation (pytree LeafSpec): nothing the user can act on
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
             program = torch.onnx.export(graph, (torch.zeros(2, 3, size, size),), input_names=[INPUT],
                                         output_names=outputs, dynamic_shapes=({0: batch},), opset_version=OPSET,
                                         dynamo=True, optimize=False, verify=False, external_data=False)

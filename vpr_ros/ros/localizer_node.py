@@ -38,7 +38,7 @@ from vpr_ros.mapping.map_store import ModelIdentity, VprMap
 from vpr_ros.ros.conversions import image_to_rgb, pose_msg, rgb_to_image, sec_to_stamp, stamp_to_sec, table
 from vpr_ros.ros.loop_output import describe_closure, publish_loop
 from vpr_ros.ros.markers import keyframe_markers, match_markers
-from vpr_ros.ros.node_base import (PROBLEM_WINDOW, VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
+from vpr_ros.ros.node_base import (PROBLEM_WINDOW, STAMP_AHEAD_TOLERANCE, VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
                                    sibling_topic)
 from vpr_ros.ros.node_main import run_node
 from vpr_ros.ros.params import LiveParameters, declare_config
@@ -55,6 +55,7 @@ class Counters:
         self.processed = 0
         self.errors = 0
         self.last_error = ""
+        self.stamps_ahead = 0  # frames refused for a stamp far ahead of the node's clock
         self.latency_ms: deque[float] = deque(maxlen=100)   # receive -> published
         self.inference_ms: deque[float] = deque(maxlen=100)
         self.loop_closures = 0
@@ -284,8 +285,12 @@ class LocalizerCore(VprNodeMixin):
         localizer = self.localizer
         if localizer is None:
             raise VprError("no map loaded yet (see the ERROR on diagnostics)")
-        rgb = image_to_rgb(msg)
         stamp = stamp_to_sec(msg.header.stamp)
+        ahead = self.stamp_ahead(stamp)
+        if ahead > STAMP_AHEAD_TOLERANCE:  # it would hold the loop-closure rate limiter until it resets
+            self.counters.stamps_ahead += 1
+            raise VprError(f"stamped {ahead:.0f} s ahead of the node's clock (the camera's clock is wrong?); not used")
+        rgb = image_to_rgb(msg)
         intr = self.intrinsics.get(camera)
         if intr is not None and (intr.width, intr.height) != (rgb.shape[1], rgb.shape[0]):
             self.say("warning", f"CameraInfo of '{camera}' is {intr.width}x{intr.height} but its images are "
@@ -381,6 +386,7 @@ class LocalizerCore(VprNodeMixin):
             "latency_ms_mean": f"{mean(c.latency_ms):.2f}",
             "loop_closures": c.loop_closures, "loop_closures_refused_by_geometry": c.loops_refused,
             "frames_stamped_before_the_last_closure": loc.loops.stamps_back if loc else 0,
+            "frames_stamped_ahead_of_the_clock": c.stamps_ahead,
             "cameras_with_intrinsics": ",".join(sorted(self.intrinsics)), "last_error": c.last_error,
         }
         self.publish_status(self.pub_diag, "localizer", level, text, b.model_id if b else "", values)

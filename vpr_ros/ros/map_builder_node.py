@@ -48,7 +48,7 @@ from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
 from vpr_ros.mapping.store.pending import PendingFrame, RawImage
 from vpr_ros.mapping.pose_pairing import NONE, READY, LivePoseTrack, StampedPose
 from vpr_ros.ros.conversions import image_to_rgb, pose_tuple, stamp_to_sec
-from vpr_ros.ros.node_base import (PROBLEM_WINDOW, VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
+from vpr_ros.ros.node_base import (PROBLEM_WINDOW, STAMP_AHEAD_TOLERANCE, VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
                                    pose_qos, sibling_topic)
 from vpr_ros.ros.map_builder_slam import SlamSide
 from vpr_ros.ros.node_main import run_node
@@ -256,6 +256,9 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         """A pose sample, refused (counted, reported) unless finite with a unit quaternion: one bad
         sample would otherwise poison every interpolation across it."""
         problem = pose_problem(sample.t, sample.pose)
+        ahead = self.stamp_ahead(sample.t) if problem is None else 0.0
+        if ahead > STAMP_AHEAD_TOLERANCE:  # one sample from the future would stay the newest for good
+            problem = f"stamped {ahead:.0f} s ahead of the node's clock (the sender's clock is wrong?)"
         if problem:
             self.bad_poses += 1
             self._error(f"pose at {sample.t:.3f} refused: {problem}")

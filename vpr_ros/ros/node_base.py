@@ -21,6 +21,9 @@ from vpr_ros.errors import VprError
 
 #: s: a WARN for failed frames or refused input clears this long after the last one
 PROBLEM_WINDOW = 30.0
+#: s: a message stamped further ahead of the node's clock is refused (a broken clock on the sender;
+#: past stamps are normal: a bag replayed without use_sim_time)
+STAMP_AHEAD_TOLERANCE = 60.0
 LEVEL_NAMES = {DiagnosticStatus.OK: "OK", DiagnosticStatus.WARN: "WARN", DiagnosticStatus.ERROR: "ERROR"}
 
 
@@ -187,6 +190,12 @@ class VprNodeMixin:
             return str(machine.current_state[1])
         except Exception:  # noqa: BLE001 - rclpy internals differ between distributions
             return "unknown"
+
+    def stamp_ahead(self, stamp: float) -> float:
+        """Seconds ``stamp`` lies ahead of the node's clock (0 while use_sim_time waits for /clock)."""
+        node: Any = self
+        now = node.get_clock().now().nanoseconds * 1e-9
+        return 0.0 if now == 0.0 else stamp - now
 
     def sim_time_without_clock(self) -> bool:
         """use_sim_time is true and no /clock message has arrived (ROS time still 0)."""
