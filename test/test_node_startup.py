@@ -36,6 +36,29 @@ def _held_export_lock(cache):
     return fh, onnx
 
 
+def _start_configure(client, fqn: str) -> list:
+    """Request 'configure' and wait until the node reports 'configuring'; a request sent before DDS
+    matched the server is lost, so it is sent again while the node is still unconfigured. Returns
+    the futures of the requests (the last one is the one answered)."""
+    from lifecycle_msgs.srv import ChangeState
+
+    from vpr_ros.ros.lifecycle_client import TRANSITIONS, state_of
+
+    change = client.create_client(ChangeState, f"{fqn}/change_state")
+    assert change.wait_for_service(timeout_sec=60)
+    req = ChangeState.Request()
+    req.transition.id = TRANSITIONS["configure"]
+    futures, seen = [change.call_async(req)], []
+
+    def configuring() -> bool:
+        seen.append(state_of(client, fqn, 5))
+        if seen[-1] == "unconfigured":
+            futures.append(change.call_async(req))
+        return seen[-1] == "configuring"
+    assert until(configuring, spin=client, timeout=60), seen[-5:]
+    return futures
+
+
 def _get_parameter(client, fqn: str, name: str):
     cli = client.create_client(GetParameters, f"{fqn}/get_parameters")
     try:
@@ -84,10 +107,8 @@ def test_a_node_exporting_its_model_answers_services_reports_it_and_stops_on_sig
 
 def test_lifecycle_configure_while_exporting_leaves_get_state_and_parameters_answering(rclpy_context, tmp_path,
                                                                                         built_map):
-    from lifecycle_msgs.srv import ChangeState
-
     from vpr_ros.config import ModelConfig
-    from vpr_ros.ros.lifecycle_client import TRANSITIONS, state_of
+    from vpr_ros.ros.lifecycle_client import state_of
     from vpr_ros.ros.localizer_node import LocalizerLifecycleNode
     from vpr_ros.runtime.factory import onnx_for
 
@@ -98,18 +119,13 @@ def test_lifecycle_configure_while_exporting_leaves_get_state_and_parameters_ans
     s = Spinning(node)
     client = rclpy.create_node("lifecycle_probe")
     try:
-        change = client.create_client(ChangeState, "/localizer/change_state")
-        assert change.wait_for_service(timeout_sec=30)
-        req = ChangeState.Request()
-        req.transition.id = TRANSITIONS["configure"]
-        configuring = change.call_async(req)
-        assert until(lambda: state_of(client, "/localizer", 5) == "configuring", spin=client, timeout=60)
+        futures = _start_configure(client, "/localizer")
         assert _get_parameter(client, "/localizer", "backend").string_value == "onnxruntime"
-        assert not configuring.done()
+        assert state_of(client, "/localizer", 5) == "configuring"  # get_state answers during the transition
         shutil.copyfile(onnx_for(ModelConfig(**TINY_MODEL)), onnx)  # the "other process" finishes its export
         lock.close()
-        rclpy.spin_until_future_complete(client, configuring, timeout_sec=120)
-        assert configuring.done() and configuring.result().success
+        assert until(lambda: any(f.done() and f.result().success for f in futures), spin=client, timeout=120)
+        assert state_of(client, "/localizer", 5) == "inactive"
         got: list = []
         client.create_subscription(DiagnosticArray, "/diagnostics", got.append, 10)
         assert until(lambda: any(st.name == "/localizer: localizer" for m in got for st in m.status), spin=client)
@@ -183,3 +199,25 @@ def test_a_frame_stamped_far_ahead_of_the_clock_is_counted_and_changes_nothing(r
         p.destroy_node()
     finally:
         s.stop()
+
+
+def test_sigint_during_a_lifecycle_configure_that_exports_stops_the_process(rclpy_context, tmp_path, built_map):
+    cache = tmp_path / "cache"
+    lock, _ = _held_export_lock(cache)
+    params = _write_params(tmp_path / "p.yaml", map_dir=str(built_map), backend="onnxruntime",
+                           engine_cache_dir=str(cache), **{f"model.{k}": v for k, v in TINY_MODEL.items()})
+    proc = subprocess.Popen([sys.executable, "-c", "from vpr_ros.ros.localizer_node import main_lifecycle; "
+                             "raise SystemExit(main_lifecycle())", "--ros-args", "--params-file", str(params)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    client = rclpy.create_node("lifecycle_sigint_probe")
+    try:
+        _start_configure(client, "/localizer")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)  # the held export never finishes: it must not be waited for
+    finally:
+        client.destroy_node()
+        if proc.poll() is None:
+            proc.kill()
+        lock.close()
+    text = out.decode()
+    assert proc.returncode == 0 and "stopped during 'configure'" in text and "Traceback" not in text, text[-3000:]

@@ -271,11 +271,14 @@ def lifecycle_class(core: type, lifecycle_name: str) -> type:
 
     def _transition(step: str) -> Callable[[Any, Any], Any]:
         def handler(self: Any, state: Any) -> Any:
+            self.transition_running = step  # run_node does not wait for it when the node is stopped
             try:
                 getattr(self, f"_{step}")()
             except VprError as exc:
                 self.say("error", f"{step} failed: {exc}")
                 return TransitionCallbackReturn.FAILURE
+            finally:
+                self.transition_running = ""
             return TransitionCallbackReturn.SUCCESS
         handler.__name__ = f"on_{step}"
         return handler
@@ -342,9 +345,10 @@ def _start_up(node: Any) -> None:
 
 
 def startup_running(node: Any) -> bool:
-    """The background start-up thread is still at work."""
+    """The background start-up thread, or a lifecycle transition (e.g. a configure exporting the
+    model), is still at work."""
     t = getattr(node, "_startup", None)
-    return t is not None and t.is_alive()
+    return (t is not None and t.is_alive()) or bool(getattr(node, "transition_running", ""))
 
 
 LEVEL_OK, LEVEL_WARN, LEVEL_ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR

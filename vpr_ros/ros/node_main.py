@@ -1,6 +1,7 @@
 """The shared ``main()`` of the node executables: init, spin, clean shutdown, exit code."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -39,7 +40,8 @@ def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
         try:
             executor.spin()
         finally:
-            executor.shutdown(timeout_sec=0)
+            if not getattr(node, "transition_running", ""):  # its pool would wait for a running transition
+                executor.shutdown(timeout_sec=0)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except VprError as exc:
@@ -65,9 +67,16 @@ def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
             print(f"{name}: start-up failed unexpectedly: {type(error).__name__}: {error}", file=sys.stderr)
             code = 1
         if node is not None and startup_running(node):
-            # stopped while the model is still being exported or loaded: leave that thread (a daemon)
-            # behind instead of waiting for it; it cleans up after itself, temporaries go at the next start
-            node.startup_cancelled.set()
+            # stopped while the model is still being exported or loaded: do not wait for it (its
+            # temporaries are removed by the next start). A plain node's start-up thread is a daemon
+            # and cleans up after itself; a lifecycle transition runs on an executor thread, which
+            # the interpreter would join at exit, so the process ends here.
+            if getattr(node, "startup_cancelled", None) is not None:
+                node.startup_cancelled.set()
+            if getattr(node, "transition_running", ""):
+                print(f"{name}: stopped during '{node.transition_running}'", file=sys.stderr, flush=True)
+                sys.stdout.flush()
+                os._exit(code)
             node = None
         if node is not None:
             try:
