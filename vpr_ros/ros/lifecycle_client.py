@@ -23,18 +23,47 @@ def _call(client_node: Node, client, request, timeout: float):  # type: ignore[n
     return future.result()
 
 
+#: transition -> (state it starts from, state it is carried out in, state it ends in)
+STATES = {"configure": ("unconfigured", "configuring", "inactive"), "activate": ("inactive", "activating", "active"),
+          "deactivate": ("active", "deactivating", "inactive"), "cleanup": ("inactive", "cleaningup", "unconfigured"),
+          "shutdown": ("unconfigured", "shuttingdown", "finalized")}
+_RETRY_EVERY = 5.0  # s without an answer before the node's state is asked
+
+
 def change_states(client_node: Node, node_fqn: str, transitions: Sequence[str], timeout: float = 60.0) -> tuple[bool, str]:
-    """Request each transition in turn; returns (all succeeded, state label or what failed)."""
+    """Request each transition in turn; returns (all succeeded, state label or what failed).
+
+    A service request or its response can be lost while DDS is still matching the client with the
+    server (a busy machine makes that window long): without an answer within a few seconds the
+    node's state is asked; the transition counts as done once the node is in its end state, is
+    waited for while the node is carrying it out, and is requested again while the node is still
+    in its start state. ``timeout`` bounds each transition."""
+    import time
+
     change = client_node.create_client(ChangeState, f"{node_fqn}/change_state")
     try:
         for name in transitions:
+            start, during, end = STATES[name]
             req = ChangeState.Request()
             req.transition.id = TRANSITIONS[name]
-            res = _call(client_node, change, req, timeout)
-            if res is None:
-                return False, f"{node_fqn}: no answer to '{name}' within {timeout:.0f} s"
-            if not res.success:
-                return False, f"{node_fqn}: transition '{name}' failed (see the node's log)"
+            deadline = time.monotonic() + timeout
+            if not change.wait_for_service(timeout_sec=timeout):
+                return False, f"{node_fqn}: no change_state service within {timeout:.0f} s"
+            futures = [change.call_async(req)]
+            while True:
+                rclpy.spin_until_future_complete(client_node, futures[-1], timeout_sec=_RETRY_EVERY)
+                answered = [f.result() for f in futures if f.done() and f.result() is not None]
+                if any(r.success for r in answered):
+                    break
+                state = state_of(client_node, node_fqn, _RETRY_EVERY)
+                if state == end:
+                    break
+                if answered and state != during:
+                    return False, f"{node_fqn}: transition '{name}' failed (see the node's log)"
+                if time.monotonic() > deadline:
+                    return False, f"{node_fqn}: no answer to '{name}' within {timeout:.0f} s (state '{state}')"
+                if state == start:
+                    futures.append(change.call_async(req))
         return True, state_of(client_node, node_fqn, timeout)
     finally:
         client_node.destroy_client(change)
