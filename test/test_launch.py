@@ -20,7 +20,7 @@ from vpr_ros.launch_graph import GRAPHS, build_map_graph, localize_graph
 from conftest import REPO, TINY_MODEL
 
 COMMON = {"map_dir", "params_file", "backend", "camera_topic", "namespace", "use_sim_time", "log_level",
-          "lifecycle", "autostart"}
+          "lifecycle", "autostart", "transport", "weights"}
 EXPECTED_ARGS = {
     "localize.launch.py": ("localize_graph", COMMON),
     "build_map.launch.py": ("build_map_graph", COMMON | {"odom_topic", "loop_closure", "optimized_path_topic"}),

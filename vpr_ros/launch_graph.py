@@ -111,11 +111,13 @@ def _common(use_sim_time: Any, log_level: str, lifecycle: Any, autostart: Any) -
 
 def localize_graph(map_dir: str = "", params_file: str = "", backend: str = "",
                    camera_topic: str = "image", namespace: str = "", use_sim_time: Any = "false",
-                   log_level: str = "info", lifecycle: Any = "false", autostart: Any = "true") -> list[NodeSpec]:
+                   log_level: str = "info", lifecycle: Any = "false", autostart: Any = "true",
+                   transport: str = "", weights: str = "") -> list[NodeSpec]:
     """localize.launch.py: one localizer node (empty arguments keep the params file's values)."""
     c = _common(use_sim_time, log_level, lifecycle, autostart)
     return [NodeSpec("localizer", "localizer", namespace, params_file,
-                     {**_overrides(map_dir=map_dir, backend=backend), **c["sim"]}, _camera_remaps(camera_topic),
+                     {**_overrides(map_dir=map_dir, backend=backend, transport=transport,
+                                   **{"model.weights": weights}), **c["sim"]}, _camera_remaps(camera_topic),
                      lifecycle=c["lifecycle"], autostart=c["autostart"], log_level=c["log_level"])]
 
 
@@ -123,7 +125,7 @@ def build_map_graph(map_dir: str = "", params_file: str = "", backend: str = "",
                     camera_topic: str = "image", odom_topic: str = "odom",
                     namespace: str = "", use_sim_time: Any = "false", log_level: str = "info",
                     lifecycle: Any = "false", autostart: Any = "true", loop_closure: Any = "false",
-                    optimized_path_topic: str = "") -> list[NodeSpec]:
+                    optimized_path_topic: str = "", transport: str = "", weights: str = "") -> list[NodeSpec]:
     """build_map.launch.py: one map_builder node, given time to encode what is pending on shutdown;
     ``loop_closure`` turns on live loop closure (``loop_closure.enabled``) and
     ``optimized_path_topic`` the poses that follow a SLAM back end's path (empty: params file)."""
@@ -133,7 +135,8 @@ def build_map_graph(map_dir: str = "", params_file: str = "", backend: str = "",
         remaps += (("odom", odom_topic),)
     slam: dict[str, Any] = {"loop_closure.enabled": True} if as_bool(loop_closure, "loop_closure") else {}
     return [NodeSpec("map_builder", "map_builder", namespace, params_file,
-                     {**_overrides(map_dir=map_dir, backend=backend, optimized_path_topic=optimized_path_topic),
+                     {**_overrides(map_dir=map_dir, backend=backend, optimized_path_topic=optimized_path_topic,
+                                   transport=transport, **{"model.weights": weights}),
                       **slam, **c["sim"]}, remaps,
                      lifecycle=c["lifecycle"], autostart=c["autostart"], log_level=c["log_level"],
                      shutdown_timeouts=MAP_BUILDER_SHUTDOWN_TIMEOUTS)]

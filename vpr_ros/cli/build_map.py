@@ -8,12 +8,14 @@ either ``--pose-topic`` (Odometry / PoseStamped / PoseWithCovarianceStamped) or
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from vpr_ros.config import MAP_BUILDER_SECTIONS, load_node_config
 from vpr_ros.datasets import list_images, read_poses_csv, read_rgb, utm_from_name
 from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli.model_args import add_model_args, model_with_args, warn_if_random
 from vpr_ros.errors import DatasetError
 from vpr_ros.geometry import planar_pose
 from vpr_ros.mapping.builder import MapBuilder
@@ -75,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
                     "with the keyframes' local features, for geometric verification)")
     ap.add_argument("--depth-topic", default="", help="bag: depth image aligned to the camera (16UC1 mm or 32FC1 m): "
                     "keyframes store 3-D points, verified loop closures get a metric relative pose")
+    add_model_args(ap)
     a = ap.parse_args(argv)
     try:
         cfg = load_node_config(a.params_file or None, "map_builder", MAP_BUILDER_SECTIONS)
+        cfg["model"] = model_with_args(cfg["model"], a)
+        cfg[""] = dataclasses.replace(cfg[""], **{k: getattr(a, k) for k in ("backend", "device") if getattr(a, k)})
         if a.finish:
             if a.source or a.append:
                 raise DatasetError("--finish takes only --map-dir (and --params-file for the model)")
@@ -110,6 +115,7 @@ def _build(cfg: dict, a: argparse.Namespace) -> int:  # type: ignore[type-arg]
     base = None
     try:
         with open_backend(cfg[""].backend, cfg["model"], cfg[""].device, cfg[""].engine_cache_dir or None) as backend:
+            warn_if_random("vpr_ros_build_map", backend)
             if a.append:  # the writer lock from now on; the additions are one transaction at the end
                 base = VprMap.open_writer(root, ModelIdentity.of_backend(backend), durable=False)
             else:
@@ -161,6 +167,7 @@ def _finish(cfg: dict, root: Path) -> int:  # type: ignore[type-arg]
 
     VprMap.read_manifest(root)
     with open_backend(cfg[""].backend, cfg["model"], cfg[""].device, cfg[""].engine_cache_dir or None) as backend:
+        warn_if_random("vpr_ros_build_map", backend)
         vmap = VprMap.open_writer(root, ModelIdentity.of_backend(backend), durable=True)
         try:
             builder = MapBuilder(backend, cfg["keyframes"], base=vmap, index=cfg["index"],

@@ -27,6 +27,7 @@ import yaml
 
 from vpr_ros.config import KeyframeConfig, model_config_from
 from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli.model_args import add_model_args, model_with_args
 from vpr_ros.evaluation import positives_within, recall_at_n
 from vpr_ros.geometry import planar_pose
 from vpr_ros.launch_graph import localize_graph, start_graph, stop_graph
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if args.slam:
         from vpr_ros.cli.demo_slam import run_slam
 
-        model_cfg = model_config_from("", args.params_file, weights=args.weights, backbone=args.backbone)
+        model_cfg = model_with_args(model_config_from("", args.params_file), args)
         if not model_cfg.weights:
             print("[demo] WEIGHTS: random initialisation: the global descriptor means little; the closures come "
                   "from SIFT re-ranking and geometric verification")
@@ -114,12 +115,12 @@ def run(args: argparse.Namespace) -> int:
         data = synthetic_data(args.places, args.seed)
     else:
         data = scene_data(args.places, args.seed)
-    model_cfg = model_config_from("", args.params_file, weights=args.weights, backbone=args.backbone)
+    model_cfg = model_with_args(model_config_from("", args.params_file), args)
     print(f"[demo] data: {data.name}")
 
     from vpr_ros.runtime.factory import open_backend
 
-    with open_backend(args.backend, model_cfg, "cpu") as backend:
+    with open_backend(args.backend, model_cfg, args.device) as backend:
         print(f"[demo] model: {backend.model_id} on backend '{backend.name}'")
         if backend.weights_source.startswith("random"):
             print("[demo] WEIGHTS: random initialisation (no pretrained weights ship with vpr_ros). "
@@ -275,16 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default="demo_output", help="output directory (map, plot, CSV, logs)")
     ap.add_argument("--places", type=int, default=40, help="places (1 m apart) in the generated data")
     ap.add_argument("--seed", type=int, default=7, help="seed of the generated data")
-    ap.add_argument("--weights", default="", help="weights file for the model (default: random init)")
-    ap.add_argument("--backbone", default="", help="backbone preset (default: vits14)")
     ap.add_argument("--params-file", default="", help="localizer params YAML whose model.* settings to use")
-    ap.add_argument("--backend", default="auto", help="inference backend")
+    add_model_args(ap)
     ap.add_argument("--frame-timeout", type=float, default=60.0, help="seconds to wait for each answer")
     ap.add_argument("--slam", action="store_true",
                     help="live loop closure instead: one session with revisits through the map_builder node, the "
                          "closures fed to a LIO-SAM-style pose graph (writes slam.png)")
     ap.add_argument("--slam-rate", type=float, default=2.0, help="--slam: frames per second sent to the node")
     args = ap.parse_args(argv)
+    args.backend, args.device = args.backend or "auto", args.device or "cpu"
     try:
         return run(args)
     except EXPECTED_ERRORS as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 from vpr_ros.config import model_config_from
 from vpr_ros.datasets import LAYOUTS, read_eval_dataset
 from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli.model_args import add_model_args, model_with_args, warn_if_random
 from vpr_ros.errors import DatasetError
 
 
@@ -46,15 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layout", choices=LAYOUTS, default="auto")
     ap.add_argument("--radius", type=_positive_float, default=25.0, help="gmberton: positives within this many metres")
     ap.add_argument("--tolerance", type=int, default=2, help="sequence: positives within +- this many frames")
-    ap.add_argument("--model-config", default="", help="a models/*.yaml file (its model: section)")
     ap.add_argument("--params-file", default="", help="params YAML whose model.* section to use")
-    ap.add_argument("--arch", default="", help="override model.arch")
-    ap.add_argument("--backbone", default="", help="override model.backbone")
-    ap.add_argument("--weights", default="", help="override model.weights")
-    ap.add_argument("--compat", action="store_true", help="official D2-VPR aggregator behaviour")
-    ap.add_argument("--encoder", default="", help="override model.encoder (self_enhanced | none | cross_image)")
-    ap.add_argument("--backend", default="auto", help="inference backend")
-    ap.add_argument("--device", default="cpu", help="torch device")
+    add_model_args(ap)
     ap.add_argument("--batch-size", type=_positive_int, default=16)
     ap.add_argument("--pca", default="", help="PCA file (.npz from training) applied to the descriptors")
     ap.add_argument("--rerank", choices=("none", "classical", "dense"), default="none",
@@ -69,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default="eval_output", help="where results.json, CSVs and eval.png go")
     a = ap.parse_args(argv)
     try:
-        cfg = model_config_from(a.model_config, a.params_file, arch=a.arch, backbone=a.backbone,
-                                weights=a.weights, encoder=a.encoder, compat=a.compat)
+        cfg = model_with_args(model_config_from("", a.params_file), a)
+        a.backend, a.device = a.backend or "auto", a.device or "cpu"
         from vpr_ros.eval_run import check_output_dir, evaluate, write_outputs
 
         check_output_dir(Path(a.output))
@@ -97,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[eval] NOTE: this model's cross-image encoder makes each descriptor depend on the "
                       f"other {a.batch_size - 1} images of its batch (--batch-size), as in the official "
                       "evaluation; it cannot be used for maps")
-            if backend.weights_source.startswith("random"):
-                print("[eval] WARNING: random weights - these numbers say nothing about the method")
+            warn_if_random("vpr_ros_eval", backend)
             vcfg = None
             if a.rerank != "none":  # a setting the backend cannot serve stops here, before the long work
                 from vpr_ros.config import VerificationConfig

@@ -3,23 +3,26 @@ size, dynamic batch, opset 18) and check it against PyTorch with ONNX Runtime.""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from vpr_ros.config import model_config_from
 from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli.model_args import RANDOM_WEIGHTS_WARNING, add_model_args, model_with_args
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vpr_ros_export", description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", required=True, help="ONNX file to write")
-    ap.add_argument("--model-config", default="", help="a models/*.yaml file")
     ap.add_argument("--params-file", default="", help="params YAML whose model.* section to use")
-    ap.add_argument("--weights", default="")
     ap.add_argument("--pca", default="", help="PCA .npz to bake into the graph")
+    add_model_args(ap, backend=False)
     a = ap.parse_args(argv)
     try:
-        cfg = model_config_from(a.model_config, a.params_file, weights=a.weights, pca=a.pca)
+        cfg = model_with_args(model_config_from("", a.params_file, pca=a.pca), a)
         from vpr_ros.export.onnx import export_onnx
 
+        if not cfg.weights:
+            print(f"vpr_ros_export: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr, flush=True)
         info = export_onnx(cfg, a.output)
         print(f"vpr_ros_export: wrote {info.path} ({info.metadata['vpr_ros.model_id']}, "
               f"{info.metadata['vpr_ros.descriptor_dim']}-d); ONNX Runtime vs PyTorch max |diff| "

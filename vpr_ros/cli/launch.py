@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params-file", default="", help="ROS parameters YAML (default: config/ of the package)")
     ap.add_argument("--backend", default="", help="inference backend (overrides the params file)")
     ap.add_argument("--camera-topic", default="image", help="camera image topic to remap 'image' to")
+    ap.add_argument("--transport", default="", choices=("", "raw", "compressed"),
+                    help="image transport (overrides the params file)")
+    ap.add_argument("--weights", default="", help="model weights file (overrides the params file's model.weights)")
     ap.add_argument("--odom-topic", default="odom", help="odometry topic (build_map only)")
     ap.add_argument("--loop-closure", action="store_true",
                     help="build_map: close loops while mapping (vpr/loop_closures for a SLAM back end)")
@@ -36,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     kwargs = dict(map_dir=a.map_dir, params_file=a.params_file or default_params_file(DEFAULT_PARAMS[a.graph]),
                   backend=a.backend, camera_topic=a.camera_topic, namespace=a.namespace,
+                  transport=a.transport, weights=a.weights,
                   use_sim_time=str(a.use_sim_time), log_level=a.log_level, lifecycle=str(a.lifecycle),
                   autostart=str(not a.no_autostart))
     if a.graph == "build_map":

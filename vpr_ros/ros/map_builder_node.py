@@ -161,6 +161,9 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         if self.cfg.pose_source == "tf":
             self._tf = self._tf_buffer()
         self.say("info", f"model {self.backend.model_id} (weights: {self.backend.weights_source})")
+        if self.backend.weights_source.startswith("random"):
+            self.say("warning", "running with RANDOM weights: the map's descriptors are meaningless for real use; "
+                                "set model.weights (see README, 'Pretrained weights')")
         self._stop.clear()
         self._abandon.clear()
         self._finished = False
