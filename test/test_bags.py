@@ -142,3 +142,19 @@ def test_bag_with_camera_info_and_depth_stores_3d_points(tmp_path, params, capsy
     assert build_map([str(path), "--map-dir", str(tmp_path / "m2"), "--image-topic", "/cam/image",
                       "--pose-topic", "/odom", "--depth-topic", "/cam/depth", "--params-file", params]) == 2
     assert "--depth-topic needs --camera-info-topic" in capsys.readouterr().err
+
+
+def test_build_map_takes_the_model_flags_of_every_command_and_warns_about_random_weights(tmp_path, capsys):
+    """--model-config / --backbone / --backend as on vpr_ros_eval (one set of flags), overriding
+    the params file; a random network says so."""
+    import yaml
+
+    from test_evaluation import make_gmberton
+
+    data = make_gmberton(tmp_path / "city", n=3)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({"model": dict(TINY_MODEL)}))
+    assert build_map([str(data / "database"), "--map-dir", str(tmp_path / "map"), "--model-config",
+                      str(tmp_path / "tiny.yaml"), "--backend", "torch"]) == 0
+    assert "WARNING: random weights" in capsys.readouterr().err
+    model = VprMap.load(tmp_path / "map").manifest.model
+    assert model.model_id.startswith(f"d2vpr-{TINY_MODEL['backbone']}-{TINY_MODEL['input_size']}-")
