@@ -1,6 +1,7 @@
 """Evaluation: metrics on hand-computed cases, dataset readers, malformed layouts, the command."""
 from __future__ import annotations
 
+import csv
 import json
 
 import cv2
@@ -221,3 +222,12 @@ def test_eval_reranks_with_local_features(tmp_path, capsys, mode):
     rr = res["rerank"]
     assert set(rr["recall_before"]) == {"R@1", "R@5", "R@10", "R@20"} and rr["recall_after"] == res["recall"]
     assert 0 <= rr["verified_top1_correct"] <= rr["verified_top1"] <= 6
+    # every output says which ranking it shows, carries the local score, and the settings to reproduce it
+    assert res["ranking"].startswith("re-ranked by") and rr["score"] in ("inliers", "mutual nearest neighbours")
+    assert res["settings"]["radius_m"] == 25.0 and res["settings"]["rerank"] == mode
+    assert res["settings"]["model"]["input_size"] == TINY_MODEL["input_size"] and rr["pr_auc_local"] is not None
+    rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
+    assert len(rows) == 6 and all(r["ranking"] == f"reranked_{'dense' if mode == 'dense' else 'sift'}" for r in rows)
+    assert all(r["top1_local_score"] != "" and float(r["top1_global_score"]) <= 1.0 for r in rows)
+    curves = {r["curve"] for r in csv.DictReader((tmp_path / "out" / "pr_curve.csv").open())}
+    assert curves == {"global", f"reranked_{'dense' if mode == 'dense' else 'sift'}"}

@@ -237,6 +237,14 @@ class RerankSummary:
     verified_correct: int
     queries_with_positives: int
     ms_per_query: float
+    local_scores: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # [Q, K] of the re-ranked order
+    pr_global: "PrCurve | None" = None   # PR of the global top-1 scores (the ranking before)
+    pr_local: "PrCurve | None" = None    # PR of the re-ranked top-1's local score
+    min_score: int = 0                   # the threshold that made a top-1 'verified'
+
+    @property
+    def score_unit(self) -> str:
+        return "mutual nearest neighbours" if self.features == "dense" else "inliers"
 
     @property
     def precision(self) -> float:
@@ -291,7 +299,8 @@ def rerank(result: EvalResult, dataset: EvalDataset, cfg: "VerificationConfig", 
         it = tqdm(it, desc=f"re-ranking top-{k} ({cfg.features})", unit="query")
     t0 = time.perf_counter()
     verified = correct = 0
-    ranked = result.ranked.copy()
+    ranked, scores = result.ranked.copy(), result.scores.copy()
+    local_scores = np.full((len(dataset.queries), k), np.nan)
     try:
         for qi in it:
             fq = features_of(dataset.queries[qi])
@@ -299,6 +308,8 @@ def rerank(result: EvalResult, dataset: EvalDataset, cfg: "VerificationConfig", 
             local = [verifier.rerank_score(fq, db_features(c)) for c in cands]  # type: ignore[arg-type]
             order = sorted(range(len(cands)), key=lambda j: (-local[j], j))
             ranked[qi, :len(cands)] = [cands[j] for j in order]
+            scores[qi, :len(cands)] = [result.scores[qi, j] for j in order]  # each id keeps its own global score
+            local_scores[qi, :len(cands)] = [local[j] for j in order]
             if cands and local[order[0]] >= cfg.min_inliers:
                 verified += 1
                 correct += cands[order[0]] in dataset.positives[qi]
@@ -306,73 +317,120 @@ def rerank(result: EvalResult, dataset: EvalDataset, cfg: "VerificationConfig", 
         if progress:
             it.close()  # type: ignore[attr-defined]
     seconds = time.perf_counter() - t0
-    result.ranked = ranked
+    pr_global = result.pr
+    result.ranked, result.scores = ranked, scores
     result.recalls = recall_at_n(ranked, dataset.positives, RECALL_NS)
+    has_pos = np.array([bool(p) for p in dataset.positives])
+    top1_ok = np.array([int(r[0]) in p for r, p in zip(ranked, dataset.positives)])
+    pr_local = precision_recall(np.nan_to_num(local_scores[:, 0], nan=-1.0) if k else np.zeros(len(ranked)),
+                                top1_ok, has_pos)
     return RerankSummary(cfg.features, k, before, dict(result.recalls), verified, correct,
-                         sum(1 for p in dataset.positives if p), seconds * 1e3 / max(1, len(dataset.queries)))
+                         int(has_pos.sum()), seconds * 1e3 / max(1, len(dataset.queries)),
+                         local_scores, pr_global, pr_local, cfg.min_inliers)
 
 
 def write_outputs(result: EvalResult, dataset: EvalDataset, out: Path, title: str,
-                  reranked: RerankSummary | None = None) -> list[Path]:
-    """results.json, predictions.csv, pr_curve.csv and eval.png in ``out``."""
+                  reranked: RerankSummary | None = None, settings: dict | None = None) -> list[Path]:
+    """results.json, predictions.csv, pr_curve.csv and eval.png in ``out``. Each says which ranking
+    it shows ('global', or re-ranked by local features: then the local score of every top-1 and the
+    PR curve of those scores beside the global one); ``settings`` (dataset, model, backend, radius /
+    tolerance, re-ranking...) go into results.json so a result can be reproduced from its files."""
     check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
+    ranking = "global" if reranked is None else f"re-ranked by {reranked.features} {reranked.score_unit}"
     summary = {
         "dataset": dataset.name, "layout": dataset.layout, "database": len(dataset.database),
-        "queries": len(dataset.queries), "model": title,
+        "queries": len(dataset.queries), "model": title, "ranking": ranking,
         "recall": {f"R@{n}": v for n, v in result.recalls.items()},
         "pr_auc": result.pr.auc, "recall_at_100_precision": result.pr.recall_at_100_precision,
+        "pr_of": "global top-1 cosine similarity",
         "timings": result.timings, "descriptors_from_cache": result.cached,
+        "settings": settings or {},
     }
     if reranked is not None:
+        pl = reranked.pr_local
         summary["rerank"] = {
-            "features": reranked.features, "top_k": reranked.top_k,
+            "features": reranked.features, "top_k": reranked.top_k, "score": reranked.score_unit,
+            "verified_if_score_at_least": reranked.min_score,
             "recall_before": {f"R@{n}": v for n, v in reranked.recalls_before.items()},
             "recall_after": {f"R@{n}": v for n, v in reranked.recalls_after.items()},
             "verified_top1": reranked.verified, "verified_top1_correct": reranked.verified_correct,
             "loop_closure_precision": reranked.precision, "loop_closure_recall": reranked.recall,
+            "pr_auc_local": pl.auc if pl else None,
+            "recall_at_100_precision_local": pl.recall_at_100_precision if pl else None,
             "ms_per_query": reranked.ms_per_query}
     (out / "results.json").write_text(json.dumps(_json_safe(summary), indent=1, allow_nan=False))
     with (out / "predictions.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["query", "query_image", "top1_db_id", "top1_image", "top1_score", "correct", "top5_db_ids"])
+        w.writerow(["query", "query_image", "top1_db_id", "top1_image", "top1_global_score", "top1_local_score",
+                    "correct", "ranking", "top5_db_ids"])
+        rank_name = "global" if reranked is None else f"reranked_{reranked.features}"
         for i, (row, sc) in enumerate(zip(result.ranked, result.scores)):
             top = int(row[0])
             if top < 0:  # no result for this query
-                w.writerow([i, dataset.queries[i].name, "", "", "", 0, ""])
+                w.writerow([i, dataset.queries[i].name, "", "", "", "", 0, rank_name, ""])
                 continue
-            w.writerow([i, dataset.queries[i].name, top, dataset.database[top].name,
-                        f"{sc[0]:.6f}", int(top in dataset.positives[i]), " ".join(str(int(r)) for r in row[:5] if r >= 0)])
+            local = ""
+            if reranked is not None and reranked.local_scores.size and np.isfinite(reranked.local_scores[i, 0]):
+                local = f"{reranked.local_scores[i, 0]:g}"
+            w.writerow([i, dataset.queries[i].name, top, dataset.database[top].name, f"{sc[0]:.6f}", local,
+                        int(top in dataset.positives[i]), rank_name, " ".join(str(int(r)) for r in row[:5] if r >= 0)])
     with (out / "pr_curve.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["threshold", "precision", "recall"])
-        w.writerows(zip(result.pr.thresholds, result.pr.precision, result.pr.recall))
-    return [out / "results.json", out / "predictions.csv", out / "pr_curve.csv", plot(result, dataset, out / "eval.png", title)]
+        w.writerow(["curve", "threshold", "precision", "recall"])
+        curves = [("global", result.pr if reranked is None else reranked.pr_global)]
+        if reranked is not None:
+            curves.append((f"reranked_{reranked.features}", reranked.pr_local))
+        for name, pr in curves:
+            if pr is not None:
+                w.writerows((name, *r) for r in zip(pr.thresholds, pr.precision, pr.recall))
+    return [out / "results.json", out / "predictions.csv", out / "pr_curve.csv",
+            plot(result, dataset, out / "eval.png", title, reranked=reranked)]
 
 
-def plot(result: EvalResult, dataset: EvalDataset, path: Path, title: str, examples: int = 4) -> Path:
-    """PR curve, Recall@N, and example query / top-1 pairs (green = correct, red = wrong)."""
+def plot(result: EvalResult, dataset: EvalDataset, path: Path, title: str, examples: int = 4,
+         reranked: RerankSummary | None = None) -> Path:
+    """PR curves (global, and re-ranked local scores when re-ranked), Recall@N (before and after
+    re-ranking, values on the bars), and example query / top-1 pairs framed green (a correct
+    match) or red (a wrong one), with a legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    fig = plt.figure(figsize=(14, 6.5))
-    grid = fig.add_gridspec(2, 2 + examples)
+    fig = plt.figure(figsize=(15, 6))
+    grid = fig.add_gridspec(2, 2 + examples, width_ratios=[1.25, 1.25] + [1] * examples)
     ax = fig.add_subplot(grid[:, 0])
-    ax.plot(result.pr.recall, result.pr.precision, lw=1.5)
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02),
-           title=f"PR of top-1 (AUC {result.pr.auc:.3f})")
+    global_pr = result.pr if reranked is None else reranked.pr_global
+    if global_pr is not None:
+        ax.plot(global_pr.recall, global_pr.precision, lw=1.5, label=f"global cosine (AUC {global_pr.auc:.3f})")
+    if reranked is not None and reranked.pr_local is not None:
+        ax.plot(reranked.pr_local.recall, reranked.pr_local.precision, lw=1.5,
+                label=f"re-ranked, {reranked.score_unit} (AUC {reranked.pr_local.auc:.3f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title="PR of the top-1 match")
+    ax.legend(loc="lower left", fontsize=8)
     ax2 = fig.add_subplot(grid[:, 1])
     ns = list(result.recalls)
-    ax2.bar([f"R@{n}" for n in ns], [result.recalls[n] for n in ns], color="tab:blue")
-    ax2.set(ylim=(0, 1), title="Recall@N")
+    x = np.arange(len(ns))
+    if reranked is None:
+        groups = [("global", result.recalls, "tab:blue")]
+    else:
+        groups = [("global", reranked.recalls_before, "tab:gray"),
+                  (f"re-ranked ({reranked.features})", reranked.recalls_after, "tab:blue")]
+    width = 0.8 / len(groups)
+    for g, (name, rec, colour) in enumerate(groups):
+        bars = ax2.bar(x + (g - (len(groups) - 1) / 2) * width, [rec[n] for n in ns], width, color=colour, label=name)
+        ax2.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+    ax2.set_xticks(x, [f"R@{n}" for n in ns])
+    ax2.set(ylim=(0, 1.1), ylabel="fraction of queries", title="Recall@N")
+    ax2.legend(loc="upper left", fontsize=8)
     picks = np.linspace(0, len(dataset.queries) - 1, examples).astype(int)
     for j, qi in enumerate(picks):
         top = int(result.ranked[qi, 0])
         ok = top in dataset.positives[qi]
         for r, (img_path, label) in enumerate(((dataset.queries[qi], f"query {qi}"),
-                                               (dataset.database[top], f"top-1 db {top}"))):
+                                               (dataset.database[top], f"top-1: db {top}"))):
             a = fig.add_subplot(grid[r, 2 + j])
             a.imshow(read_rgb(img_path))
             a.set_title(label, fontsize=8)
@@ -382,8 +440,13 @@ def plot(result: EvalResult, dataset: EvalDataset, path: Path, title: str, examp
                 for s in a.spines.values():
                     s.set_edgecolor("tab:green" if ok else "tab:red")
                     s.set_linewidth(4)
-    fig.suptitle(f"{dataset.name}: {title}", fontsize=10)
-    fig.tight_layout()
+    fig.legend(handles=[Patch(edgecolor="tab:green", facecolor="none", lw=3, label="top-1 correct"),
+                        Patch(edgecolor="tab:red", facecolor="none", lw=3, label="top-1 wrong")],
+               loc="lower right", ncol=2, fontsize=8, frameon=False)
+    ranking = "global ranking" if reranked is None else f"re-ranked top-{reranked.top_k} by {reranked.features}"
+    fig.suptitle(f"{dataset.name} ({len(dataset.database)} database, {len(dataset.queries)} queries): {title}; "
+                 f"{ranking}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

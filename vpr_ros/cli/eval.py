@@ -8,10 +8,13 @@ second evaluation with another PCA or threshold does not run the network again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 from pathlib import Path
 
 from vpr_ros.config import model_config_from
 from vpr_ros.datasets import LAYOUTS, read_eval_dataset
+from vpr_ros import __version__
 from vpr_ros.cli import EXPECTED_ERRORS, report_error
 from vpr_ros.cli.model_args import add_model_args, model_with_args, warn_if_random
 from vpr_ros.errors import DatasetError
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
         pca = Pca.load(a.pca) if a.pca else None  # a bad file stops here, before the model is built
         with open_backend(a.backend, cfg, a.device, batch_dependent_ok=True) as backend:
+            backend_name = backend.name
             if pca is not None:
                 pca.check_fits(backend.descriptor_dim, backend.model_id, a.pca)
             title = f"{backend.model_id} ({backend.weights_source})" + (f" + {pca.pca_id}" if pca else "")
@@ -111,15 +115,30 @@ def main(argv: list[str] | None = None) -> int:
 
                 print("[eval] global: " + "   ".join(f"R@{n} {v:.3f}" for n, v in result.recalls.items()))
                 summary = rerank(result, dataset, vcfg, progress=True, backend=backend)
-                what = "mutual nearest neighbours" if vcfg.features == "dense" else "inliers"
+                what = summary.score_unit
                 print(f"[eval] re-ranked top-{summary.top_k} by {vcfg.features} {what} ({summary.ms_per_query:.1f} ms/query):")
-                print(f"[eval] verified top-1 (score >= {vcfg.min_inliers}): {summary.verified} of "
+                print(f"[eval] verified top-1 ({what} >= {vcfg.min_inliers}): {summary.verified} of "
                       f"{len(dataset.queries)} queries, precision {summary.precision:.3f}, recall {summary.recall:.3f}")
-        print("[eval] " + "   ".join(f"R@{n} {v:.3f}" for n, v in result.recalls.items()))
+                if summary.verified >= 0.95 * len(dataset.queries) and len(dataset.queries) >= 10:
+                    print(f"[eval] NOTE: {summary.verified} of {len(dataset.queries)} top-1 matches reach {vcfg.min_inliers} "
+                          f"{what}: the threshold separates nothing here; raise --min-inliers (dense scores count "
+                          "mutual nearest neighbours of every patch, far more than geometric inliers)")
+        print("[eval] " + ("re-ranked: " if summary is not None else "")
+              + "   ".join(f"R@{n} {v:.3f}" for n, v in result.recalls.items()))
         print(f"[eval] PR AUC {result.pr.auc:.3f}   recall at 100% precision {result.pr.recall_at_100_precision:.3f}"
               " (of the global top-1 scores)")
+        if summary is not None and summary.pr_local is not None:
+            print(f"[eval] PR AUC {summary.pr_local.auc:.3f}   recall at 100% precision "
+                  f"{summary.pr_local.recall_at_100_precision:.3f} (of the re-ranked top-1's {summary.score_unit})")
         print("[eval] timings: " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
-        files = write_outputs(result, dataset, Path(a.output), title, summary)
+        settings = {
+            "dataset_path": str(Path(a.dataset).resolve()), "layout": a.layout, "radius_m": a.radius,
+            "tolerance_frames": a.tolerance, "model": dataclasses.asdict(cfg), "backend": backend_name,
+            "device": a.device, "batch_size": a.batch_size, "pca": str(Path(a.pca).resolve()) if a.pca else "",
+            "rerank": a.rerank, "rerank_top_k": a.rerank_top_k, "features": a.features, "min_inliers": a.min_inliers,
+            "command": "vpr_ros_eval " + " ".join(sys.argv[1:] if argv is None else argv),
+            "vpr_ros_version": __version__}
+        files = write_outputs(result, dataset, Path(a.output), title, summary, settings)
         print(f"[eval] wrote {', '.join(str(f) for f in files)}")
         return 0
     except EXPECTED_ERRORS as exc:
