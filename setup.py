@@ -41,6 +41,7 @@ setup(
             "vpr_ros_build_engine = vpr_ros.cli.build_engine:main",
             "vpr_ros_quantize = vpr_ros.cli.quantize:main",
             "vpr_ros_map_info = vpr_ros.cli.map_info:main",
+            "vpr_ros_localize = vpr_ros.cli.localize:main",
             "vpr_ros_distill = vpr_ros.cli.distill:main",
             "vpr_ros_finetune = vpr_ros.cli.finetune:main",
             "vpr_ros_train_joint = vpr_ros.cli.train_joint:main",

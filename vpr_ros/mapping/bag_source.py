@@ -239,3 +239,19 @@ def count_messages(bag: str | Path, topic: str) -> int:
 
     with _reading(Path(bag)), AnyReader([Path(bag)]) as reader:
         return sum(c.msgcount for c in reader.connections if c.topic == topic)
+
+
+def bag_images(bag: str | Path, image_topic: str) -> Iterator[tuple[Callable[[], np.ndarray], float, str]]:
+    """Yield (lazy RGB decoder, stamp s, frame_id) of every image on ``image_topic``, in bag order
+    (no pose needed: offline localisation)."""
+    from rosbags.highlevel import AnyReader
+
+    bag = Path(bag)
+    if not bag.exists():
+        raise DatasetError(f"{bag}: bag not found")
+    with _reading(bag):
+        with AnyReader([bag]) as reader:
+            for conn, _, raw in reader.messages(connections=_connections(reader, image_topic, IMAGE_TYPES, bag, "image")):
+                msg = reader.deserialize(raw, conn.msgtype)
+                t = _stamp(msg)
+                yield _decoder(msg, bag, image_topic, t), t, msg.header.frame_id

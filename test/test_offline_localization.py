@@ -1,0 +1,67 @@
+"""vpr_ros_localize: a bag or folder replayed offline against a map through the node's Localizer,
+with per-frame rows, a summary and a plot (the threshold-tuning workflow)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import yaml
+
+from vpr_ros.cli.build_map import main as build_map
+from vpr_ros.cli.localize import main as localize
+
+from conftest import TINY_MODEL
+from test_bags import write_bag
+
+
+def _params(tmp_path, node: str) -> str:
+    p = tmp_path / f"{node}.yaml"
+    p.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "backend": "torch", **{f"model.{k}": v for k, v in TINY_MODEL.items()}}}}))
+    return str(p)
+
+
+def test_a_bag_replayed_against_its_own_map_finds_every_frame_and_reports_decisions(tmp_path, traversals, capsys):
+    first, second = traversals
+    map_bag = write_bag(tmp_path / "map_bag", first)
+    query_bag = write_bag(tmp_path / "query_bag", first)  # the same drive again: every place is in the map
+    assert build_map([str(map_bag), "--map-dir", str(tmp_path / "map"), "--image-topic", "/camera/image_raw",
+                      "--pose-topic", "/odom", "--params-file", _params(tmp_path, "builder")]) == 0
+    out = tmp_path / "out"
+    args = [str(query_bag), "--map-dir", str(tmp_path / "map"), "--image-topic", "/camera/image_raw",
+            "--pose-topic", "/odom", "--params-file", _params(tmp_path, "loc"), "--output", str(out), "--no-progress",
+            "--correct-within", "1.5", "--set", "score_threshold=0.0"]
+    assert localize(args) == 0
+    text = capsys.readouterr().out
+    rows = list(csv.DictReader((out / "localization.csv").open()))
+    assert len(rows) == len(first.images) and f"{len(rows)}/{len(rows)} frames answered" in text
+    assert all(r["top1_db_id"] != "" and r["truth_x"] != "" and r["position_error_m"] != "" for r in rows)
+    assert {r["loop_status"] for r in rows} <= {"verified", "candidate", "rejected"}
+    res = json.loads((out / "results.json").read_text())
+    assert res["summary"]["frames"] == len(rows) and res["settings"]["localizer"]["score_threshold"] == 0.0
+    assert res["summary"]["top1_correct"] == 1.0 and res["summary"]["position_error_m"]["median"] < 1e-6
+    assert (out / "localize.png").stat().st_size > 10_000
+    # another drive: a stricter threshold, set on the command line like any parameter, accepts fewer frames
+    other = [str(write_bag(tmp_path / "other_bag", second)), *args[1:]]
+    assert localize(other) == 0
+    loose = json.loads((out / "results.json").read_text())["summary"]
+    assert localize(other[:-1] + ["score_threshold=0.999"]) == 0
+    strict = json.loads((out / "results.json").read_text())["summary"]
+    assert strict["accepted"] < loose["accepted"] == loose["answered"]
+    assert localize(args[:-1] + ["score_threshold=7"]) == 2  # out of range: the node's own check
+    assert "score_threshold" in capsys.readouterr().err
+
+
+def test_a_folder_without_ground_truth_is_localized_too(tmp_path, traversals):
+    from test_evaluation import make_gmberton
+
+    data = make_gmberton(tmp_path / "city", n=4)
+    assert build_map([str(data / "database"), "--map-dir", str(tmp_path / "map"), "--params-file",
+                      _params(tmp_path, "b")]) == 0
+    (tmp_path / "q").mkdir()
+    for i, f in enumerate(sorted((data / "queries").iterdir())):
+        (tmp_path / "q" / f"frame{i:03d}.jpg").write_bytes(f.read_bytes())  # names without coordinates
+    assert localize([str(tmp_path / "q"), "--map-dir", str(tmp_path / "map"), "--params-file", _params(tmp_path, "l"),
+                     "--output", str(tmp_path / "out"), "--no-progress"]) == 0
+    rows = list(csv.DictReader((tmp_path / "out" / "localization.csv").open()))
+    assert len(rows) == 4 and all(r["truth_x"] == "" and r["top1_db_id"] != "" for r in rows)
