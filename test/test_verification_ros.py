@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
+from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
 
 from vpr_ros.geometry import compose, inverse  # noqa: E402
 from vpr_ros.mapping.map_store import VprMap  # noqa: E402
@@ -24,6 +27,14 @@ def camera_info(cam) -> CameraInfo:
     msg = CameraInfo(width=cam.width, height=cam.height)
     msg.k = [cam.fx, 0.0, cam.cx, 0.0, cam.fy, cam.cy, 0.0, 0.0, 1.0]
     return msg
+
+
+def _trigger(node, client):
+    assert client.wait_for_service(timeout_sec=20)
+    fut = client.call_async(Trigger.Request())
+    rclpy.spin_until_future_complete(node, fut, timeout_sec=20)
+    assert fut.done()
+    return fut.result()
 
 
 def depth_msg(depth: np.ndarray, t: float) -> Image:
@@ -83,10 +94,13 @@ def test_metric_loop_closures_through_the_nodes(rclpy_context, tmp_path, drives)
     assert np.isfinite(f.points3d).all(axis=1).mean() > 0.9
 
     loc = LocalizerNode(parameter_overrides=overrides(map_dir=str(map_dir), qos="reliable", score_threshold=-1.0,
-                                                     temporal_consistency=1, max_loop_closure_rate=100.0))
+                                                     temporal_consistency=1, max_loop_closure_rate=100.0,
+                                                     **{"initial_pose.enabled": True}))
     s = Spinning(loc)
     try:
         p = QueryPlayer("image")
+        initial: list = []
+        p.create_subscription(PoseWithCovarianceStamped, "/initialpose", initial.append, 10)  # as AMCL does
         info = p.create_publisher(CameraInfo, "camera_info", 5)
         assert p.wait_for_localizer(20)
         assert until(lambda: info.get_subscription_count() > 0, spin=p)
@@ -103,6 +117,25 @@ def test_metric_loop_closures_through_the_nodes(rclpy_context, tmp_path, drives)
             assert np.linalg.norm(np.array([r["rel_x"], r["rel_y"], r["rel_z"]]) - true_rel[:3]) < 0.1
             pose = p.log.poses[round(r["t_query"], 6)].pose.pose.position
             assert np.linalg.norm(np.array([pose.x, pose.y, pose.z]) - true_pose[round(r["t_query"], 6)][:3]) < 0.1
+        # Nav2 relocalisation: mode 'once' sent exactly one initial pose, from a verified metric match
+        assert until(lambda: len(initial) == 1, spin=p) and loc.counters.initial_poses == 1
+        msg = initial[0]
+        t = round(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, 6)
+        assert msg.header.frame_id == "map" and t in true_pose
+        pos = msg.pose.pose.position
+        assert np.linalg.norm(np.array([pos.x, pos.y, pos.z]) - true_pose[t][:3]) < 0.1
+        cov = np.array(msg.pose.covariance).reshape(6, 6)
+        assert 0 < cov[0, 0] <= 0.5 ** 2 and 0 < cov[1, 1] <= 0.5 ** 2 and np.allclose(cov, cov.T)
+        # the confidence gate: with max_position_sigma 0 nothing qualifies, even when armed
+        trigger = p.create_client(Trigger, "vpr/relocalize")
+        assert loc.set_parameters([Parameter("initial_pose.max_position_sigma", value=0.0)])[0].successful
+        assert _trigger(p, trigger).success
+        assert p.play(second.images[:3], [s_ + 1000.0 for s_ in second.stamps[:3]], timeout=30) == 3
+        assert loc.counters.initial_poses == 1
+        # armed again with a usable gate: the next verified metric pose is sent
+        assert loc.set_parameters([Parameter("initial_pose.max_position_sigma", value=0.5)])[0].successful
+        assert p.play(second.images[:3], [s_ + 2000.0 for s_ in second.stamps[:3]], timeout=30) == 3
+        assert until(lambda: len(initial) == 2, spin=p) and loc.counters.initial_poses == 2
         p.destroy_node()
     finally:
         s.stop()

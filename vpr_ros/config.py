@@ -553,8 +553,32 @@ class LiveLoopConfig:
                                camera_pose_in_base=list(self.camera_pose_in_base))
 
 
+@dataclass(frozen=True)
+class InitialPoseConfig:
+    """Relocalisation for Nav2 (``initial_pose.*``): the localizer publishes a verified metric pose
+    as AMCL's initial pose (a kidnapped or freshly booted robot)."""
+
+    enabled: bool = _f(False, "Publish geometry/PoseWithCovarianceStamped on initial_pose.topic from a match verified "
+                       "with a metric relative pose (PnP on keyframe depth) whose position sigma is within "
+                       "max_position_sigma. Opt-in.", live=True)
+    topic: str = _f("/initialpose", "Topic of the initial pose (AMCL's, absolute by default).")
+    mode: str = _f("once", "'once': the first qualifying pose after start, then again after each vpr/relocalize "
+                   "call; 'always': every qualifying pose, at most one per min_interval s.", live=True)
+    max_position_sigma: float = _f(0.5, "Largest position standard deviation (m, from the covariance) a published "
+                                   "pose may have.", live=True, lo=0.0, hi=1e6)
+    min_interval: float = _f(5.0, "Seconds (frame stamps) between two published poses in mode 'always'.", live=True,
+                             lo=0.0, hi=1e9)
+
+    def __post_init__(self) -> None:
+        _choice("mode", self.mode, ("once", "always"))
+        _range("max_position_sigma", self.max_position_sigma, 0.0, 1e6)
+        _range("min_interval", self.min_interval, 0.0, 1e9)
+        if not self.topic:
+            raise ConfigError("topic: must not be empty")
+
+
 LOCALIZER_SECTIONS: dict[str, type] = {"": LocalizerConfig, "model": ModelConfig,
-                                       "verification": VerificationConfig}
+                                       "verification": VerificationConfig, "initial_pose": InitialPoseConfig}
 MAP_BUILDER_SECTIONS: dict[str, type] = {"": MapBuilderConfig, "model": ModelConfig,
                                          "verification": VerificationConfig,
                                          "keyframes": KeyframeConfig, "index": IndexConfig,

@@ -54,6 +54,7 @@ class LocalizationResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     relative: tuple[float, ...] | None = None      # verified query pose in the keyframe's base frame
     relative_covariance: np.ndarray | None = None  # 6x6 of ``relative``
+    metric: bool = False                # ``pose`` is the robot's own, from a verified metric match (PnP)
 
 
 def pose_covariance(score: float, position_sigma: float) -> list[float]:
@@ -240,6 +241,7 @@ class Localizer:
         pose = top.keyframe.pose if accepted else None
         covariance = pose_covariance(top.score, cfg.position_sigma)
         relative = rel_cov = None
+        metric = False
         v = loop.verification if loop is not None and loop.verification is not None else v_pose
         if v is not None and v.verified and v.pose is not None:
             cam = tuple(cfg.camera_pose_in_base)
@@ -247,10 +249,11 @@ class Localizer:
             Ad = adjoint(cam)
             rel_cov = Ad @ v.covariance @ Ad.T
             if v.metric:  # the robot's own pose, not just the keyframe's
+                metric = True
                 pose = compose(top.keyframe.pose, relative)
                 Ad_k = adjoint(top.keyframe.pose)
                 covariance = [float(c) for c in (Ad_k @ rel_cov @ Ad_k.T).ravel()]
         return LocalizationResult(
             stamp=stamp, camera=camera, matches=matches, accepted=accepted, pose=pose,
             covariance=covariance, loop=loop, timings_ms=timings, relative=relative,
-            relative_covariance=rel_cov)
+            relative_covariance=rel_cov, metric=metric and pose is not None)

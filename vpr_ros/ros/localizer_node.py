@@ -14,6 +14,7 @@ the other parameters are read-only. ``localizer_lifecycle`` is the managed varia
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -56,6 +57,7 @@ class Counters:
         self.errors = 0
         self.last_error = ""
         self.stamps_ahead = 0  # frames refused for a stamp far ahead of the node's clock
+        self.initial_poses = 0  # poses sent to initial_pose.topic
         self.latency_ms: deque[float] = deque(maxlen=100)   # receive -> published
         self.inference_ms: deque[float] = deque(maxlen=100)
         self.loop_closures = 0
@@ -102,6 +104,9 @@ class LocalizerCore(VprNodeMixin):
         self.pub_debug = node.create_publisher(Image, "vpr/debug_image", 2)
         node.create_service(Trigger, "vpr/reload_map", self.guarded(self._on_reload, service=True))
         node.create_service(Trigger, "vpr/save_map", self.guarded(self._on_save, service=True))
+        node.create_service(Trigger, "vpr/relocalize", self.guarded(self._on_relocalize, service=True))
+        self.pub_initial = node.create_publisher(PoseWithCovarianceStamped, self.cfgs["initial_pose"].topic, 10)
+        self._initial_armed, self._initial_last = True, -math.inf  # 'once': armed at start and by vpr/relocalize
         self._rate_window: deque[tuple[float, int, int, int]] = deque(maxlen=30)
         self._refusals_since_summary, self._last_refusal_summary = 0, time.monotonic()
         self.steady_timer(self.cfg.diagnostics_period, self._publish_diagnostics)
@@ -319,6 +324,7 @@ class LocalizerCore(VprNodeMixin):
     # ------------------------------------------------------------------ output
     def _publish(self, r: LocalizationResult, stamp: Any) -> None:
         frame = self.cfg.map_frame
+        self._maybe_initial_pose(r, stamp)  # first: decided by the time the frame's table is out
         rows = [(r.stamp, m.keyframe.stamp, m.db_id, m.rank, m.score,
                  float(m.rank == 0 and r.loop is not None and r.loop.publish), *m.keyframe.pose, m.local_score)
                 for m in r.matches]
@@ -351,6 +357,41 @@ class LocalizerCore(VprNodeMixin):
                                      f"verification in the last {time.monotonic() - self._last_refusal_summary:.0f} s; "
                                      f"last: {v.reason}")
                     self._refusals_since_summary, self._last_refusal_summary = 0, time.monotonic()
+
+    def _maybe_initial_pose(self, r: LocalizationResult, stamp: Any) -> None:
+        """Nav2 relocalisation: a verified metric pose within the confidence gate goes to
+        initial_pose.topic (AMCL's /initialpose), once per arming or at most every min_interval."""
+        ip = self.cfgs["initial_pose"]
+        if not ip.enabled or not r.metric or r.pose is None:
+            return
+        sigma = math.sqrt(max(r.covariance[0], r.covariance[7]))
+        if not sigma <= ip.max_position_sigma:
+            self.say("debug", f"initial pose not sent: position sigma {sigma:.2f} m > {ip.max_position_sigma} m")
+            return
+        if ip.mode == "once" and not self._initial_armed:
+            return
+        if ip.mode == "always" and r.stamp - self._initial_last < ip.min_interval:
+            return
+        msg = PoseWithCovarianceStamped()
+        msg.header.stamp, msg.header.frame_id = stamp, self.cfg.map_frame
+        msg.pose.pose = pose_msg(r.pose)
+        msg.pose.covariance = r.covariance
+        self.safe_publish(self.pub_initial, msg)
+        self._initial_armed, self._initial_last = False, r.stamp
+        self.counters.initial_poses += 1
+        self.say("info", f"initial pose sent on {ip.topic}: x {r.pose[0]:.2f} y {r.pose[1]:.2f} in "
+                         f"'{self.cfg.map_frame}' (sigma {sigma:.2f} m, keyframe {r.matches[0].db_id})")
+
+    def _on_relocalize(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
+        """Arm initial_pose: the next verified metric pose within the gate is sent (mode 'once')."""
+        if not self.cfgs["initial_pose"].enabled:
+            resp.success, resp.message = False, "initial_pose.enabled is false: set it to true first"
+            return resp
+        self._initial_armed = True
+        resp.success = True
+        resp.message = (f"armed: the next verified metric pose within {self.cfgs['initial_pose'].max_position_sigma} m "
+                        f"goes to {self.cfgs['initial_pose'].topic}")
+        return resp
 
     def _set_status(self, level: bytes, text: str) -> None:
         self._status = (level, text)
@@ -386,7 +427,7 @@ class LocalizerCore(VprNodeMixin):
             "latency_ms_mean": f"{mean(c.latency_ms):.2f}",
             "loop_closures": c.loop_closures, "loop_closures_refused_by_geometry": c.loops_refused,
             "frames_stamped_before_the_last_closure": loc.loops.stamps_back if loc else 0,
-            "frames_stamped_ahead_of_the_clock": c.stamps_ahead,
+            "frames_stamped_ahead_of_the_clock": c.stamps_ahead, "initial_poses_sent": c.initial_poses,
             "cameras_with_intrinsics": ",".join(sorted(self.intrinsics)), "last_error": c.last_error,
         }
         self.publish_status(self.pub_diag, "localizer", level, text, b.model_id if b else "", values)
