@@ -65,3 +65,28 @@ def test_a_folder_without_ground_truth_is_localized_too(tmp_path, traversals):
                      "--output", str(tmp_path / "out"), "--no-progress"]) == 0
     rows = list(csv.DictReader((tmp_path / "out" / "localization.csv").open()))
     assert len(rows) == 4 and all(r["truth_x"] == "" and r["top1_db_id"] != "" for r in rows)
+
+
+def test_map_info_draws_the_map_with_sessions_revisit_edges_and_thumbnails(tmp_path, capsys):
+    from vpr_ros.cli.map_info import main as map_info
+    from vpr_ros.mapping.map_plot import revisit_edges
+    from vpr_ros.mapping.map_store import VprMap
+    from test_evaluation import make_gmberton
+
+    data = make_gmberton(tmp_path / "city", n=5)
+    params = _params(tmp_path, "b")
+    assert build_map([str(data / "database"), "--map-dir", str(tmp_path / "map"), "--params-file", params]) == 0
+    poses = tmp_path / "later.csv"  # a second session, 100 s later, over the same places
+    poses.write_text("image,x,y,yaw,stamp\n" + "".join(
+        f"{f.name},{f.name.split('@')[1]},{f.name.split('@')[2]},0,{100 + i}\n"
+        for i, f in enumerate(sorted((data / "queries").iterdir()))))
+    assert build_map([str(data / "queries"), "--map-dir", str(tmp_path / "map"), "--params-file", params,
+                      "--poses", str(poses), "--append"]) == 0
+    capsys.readouterr()
+    assert map_info([str(tmp_path / "map"), "--plot", str(tmp_path / "map.png"), "--edge-score", "-1",
+                     "--thumbnails", "4"]) == 0
+    out = capsys.readouterr().out
+    vmap = VprMap.load(tmp_path / "map")
+    edges = revisit_edges(vmap, -1.0, 30.0)  # every second-session keyframe has older ones to match
+    assert len(edges) == 5 and all(vmap.keyframes[j].session == 0 < vmap.keyframes[i].session for i, j, _ in edges)
+    assert f"({len(edges)} revisit edges)" in out and (tmp_path / "map.png").stat().st_size > 20_000

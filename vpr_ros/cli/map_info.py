@@ -13,6 +13,14 @@ from vpr_ros.cli import EXPECTED_ERRORS, report_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vpr_ros_map_info", description=__doc__.split("\n\n")[0])
     ap.add_argument("map_dir")
+    ap.add_argument("--plot", default="", metavar="PNG", help="draw the map top-down into this PNG: keyframes "
+                    "coloured by session, revisit edges, thumbnails with --thumbnails")
+    ap.add_argument("--edge-score", type=float, default=0.8,
+                    help="--plot: draw an edge from a keyframe to its best match among keyframes at least "
+                         "--edge-gap s older when their cosine reaches this")
+    ap.add_argument("--edge-gap", type=float, default=30.0, help="--plot: seconds between revisit edge ends")
+    ap.add_argument("--thumbnails", type=int, default=0, help="--plot: show up to this many keyframe images "
+                    "(maps built from image folders; bag images are not stored)")
     a = ap.parse_args(argv)
     try:
         from vpr_ros.mapping.map_store import VprMap
@@ -64,7 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(f.stat().st_size for f in vmap.files)
         print(f"  size          {total / max(1, len(vmap)) / 1024:.1f} KiB per keyframe on disk (all files)")
     print("  files         " + ", ".join(f"{f.name} {f.stat().st_size / 1e6:.2f} MB" for f in vmap.files))
-    vmap.close()
+    try:
+        if a.plot and len(vmap):
+            from vpr_ros.mapping.map_plot import plot_map
+
+            out, n_edges = plot_map(vmap, Path(a.plot), f"{root.name}: {len(vmap)} keyframes", a.edge_score,
+                                    a.edge_gap, a.thumbnails)
+            print(f"  plot          {out} ({n_edges} revisit edges)")
+    except EXPECTED_ERRORS as exc:
+        return report_error("vpr_ros_map_info", exc)
+    finally:
+        vmap.close()
     return 0
 
 
