@@ -14,6 +14,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", sorted(glob("launch/*.launch.py"))),
         (f"share/{PACKAGE}/config", sorted(glob("config/*.yaml"))),
+        (f"share/{PACKAGE}/rviz", sorted(glob("rviz/*.rviz"))),
         (f"share/{PACKAGE}/models", sorted(glob("models/*.yaml")) + ["models/README.md"]),
     ],
     install_requires=["setuptools"],

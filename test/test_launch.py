@@ -20,7 +20,7 @@ from vpr_ros.launch_graph import GRAPHS, build_map_graph, localize_graph
 from conftest import REPO, TINY_MODEL
 
 COMMON = {"map_dir", "params_file", "backend", "camera_topic", "namespace", "use_sim_time", "log_level",
-          "lifecycle", "autostart", "transport", "weights"}
+          "lifecycle", "autostart", "transport", "weights", "rviz"}
 EXPECTED_ARGS = {
     "localize.launch.py": ("localize_graph", COMMON),
     "build_map.launch.py": ("build_map_graph", COMMON | {"odom_topic", "loop_closure", "optimized_path_topic"}),
@@ -131,3 +131,18 @@ def test_launch_free_entry_point_runs_the_lifecycle_graph(tmp_path, built_map, t
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out.decode()[-2000:]
     assert b"/localizer: active" in out and b"localizer_lifecycle" not in out.split(b"starting")[0]
+
+
+def test_rviz_config_shows_the_vpr_topics_and_rviz_true_starts_it():
+    from vpr_ros.launch_graph import default_rviz_config
+
+    cfg = yaml.safe_load(open(default_rviz_config()))
+    displays = {d["Name"]: d for d in cfg["Visualization Manager"]["Displays"]}
+    topics = {d["Topic"]["Value"] for d in displays.values() if "Topic" in d}
+    assert {"/vpr/map_keyframes", "/vpr/markers", "/vpr/pose", "/vpr/debug_image"} <= topics
+    assert cfg["Visualization Manager"]["Global Options"]["Fixed Frame"] == "map"
+    assert displays["Map keyframes"]["Topic"]["Durability Policy"] == "Transient Local"  # the node latches it
+    for graph in ("localize", "build_map"):
+        assert [s.package for s in GRAPHS[graph]()] == ["vpr_ros"]
+        specs = GRAPHS[graph](rviz="true")
+        assert specs[-1].command()[:3] == ["rviz2", "-d", default_rviz_config()]

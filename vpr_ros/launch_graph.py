@@ -39,6 +39,7 @@ class NodeSpec:
     autostart: bool = False          # lifecycle: configure and activate it right after start
     log_level: str = "info"
     shutdown_timeouts: tuple[int, int] = (5, 5)  # ros2 launch: SIGINT -> SIGTERM -> SIGKILL (s)
+    arguments: tuple[str, ...] = ()  # command-line arguments of a node of another package (rviz2 -d ...)
 
     @property
     def program(self) -> str:
@@ -67,7 +68,10 @@ class NodeSpec:
         return args
 
     def command(self) -> list[str]:
-        """Full command line (this Python interpreter, the node's entry point)."""
+        """Full command line (this Python interpreter, the node's entry point; another package's
+        executable, e.g. rviz2, by its name)."""
+        if self.package != "vpr_ros":
+            return [self.executable, *self.arguments, "--ros-args", "-r", f"__node:={self.name}"]
         module, func = EXECUTABLES[self.program]
         return [sys.executable, "-c", f"from {module} import {func}; raise SystemExit({func}())",
                 *self.ros_args()]
@@ -112,20 +116,22 @@ def _common(use_sim_time: Any, log_level: str, lifecycle: Any, autostart: Any) -
 def localize_graph(map_dir: str = "", params_file: str = "", backend: str = "",
                    camera_topic: str = "image", namespace: str = "", use_sim_time: Any = "false",
                    log_level: str = "info", lifecycle: Any = "false", autostart: Any = "true",
-                   transport: str = "", weights: str = "") -> list[NodeSpec]:
-    """localize.launch.py: one localizer node (empty arguments keep the params file's values)."""
+                   transport: str = "", weights: str = "", rviz: Any = "false") -> list[NodeSpec]:
+    """localize.launch.py: one localizer node (empty arguments keep the params file's values), and
+    RViz with the package's configuration when ``rviz``."""
     c = _common(use_sim_time, log_level, lifecycle, autostart)
-    return [NodeSpec("localizer", "localizer", namespace, params_file,
+    return _with_rviz([NodeSpec("localizer", "localizer", namespace, params_file,
                      {**_overrides(map_dir=map_dir, backend=backend, transport=transport,
                                    **{"model.weights": weights}), **c["sim"]}, _camera_remaps(camera_topic),
-                     lifecycle=c["lifecycle"], autostart=c["autostart"], log_level=c["log_level"])]
+                     lifecycle=c["lifecycle"], autostart=c["autostart"], log_level=c["log_level"])], rviz, namespace)
 
 
 def build_map_graph(map_dir: str = "", params_file: str = "", backend: str = "",
                     camera_topic: str = "image", odom_topic: str = "odom",
                     namespace: str = "", use_sim_time: Any = "false", log_level: str = "info",
                     lifecycle: Any = "false", autostart: Any = "true", loop_closure: Any = "false",
-                    optimized_path_topic: str = "", transport: str = "", weights: str = "") -> list[NodeSpec]:
+                    optimized_path_topic: str = "", transport: str = "", weights: str = "",
+                    rviz: Any = "false") -> list[NodeSpec]:
     """build_map.launch.py: one map_builder node, given time to encode what is pending on shutdown;
     ``loop_closure`` turns on live loop closure (``loop_closure.enabled``) and
     ``optimized_path_topic`` the poses that follow a SLAM back end's path (empty: params file)."""
@@ -134,30 +140,45 @@ def build_map_graph(map_dir: str = "", params_file: str = "", backend: str = "",
     if odom_topic and odom_topic != "odom":
         remaps += (("odom", odom_topic),)
     slam: dict[str, Any] = {"loop_closure.enabled": True} if as_bool(loop_closure, "loop_closure") else {}
-    return [NodeSpec("map_builder", "map_builder", namespace, params_file,
+    return _with_rviz([NodeSpec("map_builder", "map_builder", namespace, params_file,
                      {**_overrides(map_dir=map_dir, backend=backend, optimized_path_topic=optimized_path_topic,
                                    transport=transport, **{"model.weights": weights}),
                       **slam, **c["sim"]}, remaps,
                      lifecycle=c["lifecycle"], autostart=c["autostart"], log_level=c["log_level"],
-                     shutdown_timeouts=MAP_BUILDER_SHUTDOWN_TIMEOUTS)]
+                     shutdown_timeouts=MAP_BUILDER_SHUTDOWN_TIMEOUTS)], rviz, namespace)
+
+
+def rviz_spec(namespace: str = "") -> NodeSpec:
+    """RViz 2 with the package's ``rviz/vpr_ros.rviz`` (map keyframes, matches, pose, debug image)."""
+    return NodeSpec("rviz2", "rviz2", namespace, package="rviz2", arguments=("-d", default_rviz_config()))
+
+
+def _with_rviz(specs: list[NodeSpec], rviz: Any, namespace: str) -> list[NodeSpec]:
+    return specs + [rviz_spec(namespace)] if as_bool(rviz, "rviz") else specs
 
 
 GRAPHS = {"localize": localize_graph, "build_map": build_map_graph}
 
 
-def default_params_file(name: str) -> str:
-    """Path of ``config/<name>`` from the installed share directory or the source tree."""
+def default_params_file(name: str, folder: str = "config") -> str:
+    """Path of ``<folder>/<name>`` (config/ by default) from the installed share directory or the
+    source tree."""
     from pathlib import Path
 
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        p = Path(get_package_share_directory("vpr_ros")) / "config" / name
+        p = Path(get_package_share_directory("vpr_ros")) / folder / name
         if p.is_file():
             return str(p)
     except Exception:  # noqa: BLE001 - not installed as a ROS package: use the source tree
         pass
-    return str(Path(__file__).resolve().parent.parent / "config" / name)
+    return str(Path(__file__).resolve().parent.parent / folder / name)
+
+
+def default_rviz_config() -> str:
+    """The package's RViz configuration (``rviz/vpr_ros.rviz``)."""
+    return default_params_file("vpr_ros.rviz", "rviz")
 
 
 def start_graph(specs: list[NodeSpec], env: dict[str, str] | None = None,

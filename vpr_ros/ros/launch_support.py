@@ -39,6 +39,9 @@ def to_actions(spec: NodeSpec) -> list[Any]:
     shutdown escalation times as :meth:`NodeSpec.command`."""
     from launch_ros.actions import LifecycleNode, LifecycleTransition, Node
 
+    if spec.package != "vpr_ros":  # another package's node (rviz2): its name, namespace and arguments only
+        return [Node(package=spec.package, executable=spec.executable, name=spec.name, namespace=spec.namespace,
+                     arguments=list(spec.arguments), output="screen")]
     params: list[Any] = [p for p in (spec.params_file, spec.overrides) if p]
     kwargs = dict(package=spec.package, executable=spec.program, name=spec.name, namespace=spec.namespace,
                   parameters=params, remappings=list(spec.remappings), output="screen", emulate_tty=True,
