@@ -158,3 +158,45 @@ def test_build_map_takes_the_model_flags_of_every_command_and_warns_about_random
     assert "WARNING: random weights" in capsys.readouterr().err
     model = VprMap.load(tmp_path / "map").manifest.model
     assert model.model_id.startswith(f"d2vpr-{TINY_MODEL['backbone']}-{TINY_MODEL['input_size']}-")
+
+
+@pytest.mark.ros
+def test_offline_and_node_builders_make_the_same_map_from_one_bag(tmp_path, traversals, rclpy_context):
+    """The bag's messages fed to a map_builder node and the bag given to vpr_ros_build_map give the
+    same map: same frame (the odometry's 'odom'), same keyframes (choice and stamps), same poses."""
+    from nav_msgs.msg import Odometry
+    from rosbags.highlevel import AnyReader
+
+    from test_nodes import feeding_map_builder, odometry, until
+    from vpr_ros.ros.conversions import rgb_to_image
+
+    first = traversals[0]
+    bag = write_bag(tmp_path / "bag", first)
+    p = tmp_path / "p.yaml"
+    keyframes = {"keyframes.min_distance": 1.5}  # not every frame: the choice itself is compared
+    p.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"backend": "torch", **keyframes,
+                                                             **{f"model.{k}": v for k, v in TINY_MODEL.items()}}}}))
+    assert build_map([str(bag), "--map-dir", str(tmp_path / "offline"), "--image-topic", "/camera/image_raw",
+                      "--pose-topic", "/odom", "--params-file", str(p)]) == 0
+    with AnyReader([bag]) as reader:  # the bag's own messages, in bag order
+        msgs = [(c.topic, reader.deserialize(raw, c.msgtype)) for c, _, raw in reader.messages()]
+    with feeding_map_builder(tmp_path / "online", "bag_feeder", Odometry, "odom", max_pose_wait=30.0,
+                             backend="torch", **keyframes) as (node, _, pub_img, pub_odom):
+        for topic, m in msgs:
+            t = m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
+            if topic == "/odom":
+                p_ = m.pose.pose
+                pub_odom.publish(odometry(t, (p_.position.x, p_.position.y, p_.position.z, p_.orientation.x,
+                                              p_.orientation.y, p_.orientation.z, p_.orientation.w), m.header.frame_id))
+            else:
+                pub_img.publish(rgb_to_image(np.asarray(m.data, np.uint8).reshape(m.height, m.width, 3), t,
+                                             m.header.frame_id))
+        n_images = sum(topic != "/odom" for topic, _ in msgs)
+        assert until(lambda: node.images == n_images and not node._waiting and node._queue.unfinished_tasks == 0,
+                     timeout=120)
+    offline, online = VprMap.load(tmp_path / "offline"), VprMap.load(tmp_path / "online")
+    assert offline.manifest.map_frame == online.manifest.map_frame == "odom"
+    assert 1 < len(offline) < len(first.images) and len(online) == len(offline)
+    assert [k.stamp for k in online.keyframes] == pytest.approx([k.stamp for k in offline.keyframes], abs=1e-6)
+    assert np.abs(online.poses() - offline.poses()).max() < 1e-6
+    assert [k.frame_id for k in online.keyframes] == [k.frame_id for k in offline.keyframes]  # the camera's frame

@@ -131,7 +131,15 @@ def _build(cfg: dict, a: argparse.Namespace) -> int:  # type: ignore[type-arg]
                 intrinsics = bag_camera_info(source, a.camera_info_topic)
                 print(f"vpr_ros_build_map: camera fx {intrinsics.fx:.1f} fy {intrinsics.fy:.1f} "
                       f"cx {intrinsics.cx:.1f} cy {intrinsics.cy:.1f} ({intrinsics.width}x{intrinsics.height})")
-            builder = MapBuilder(backend, cfg["keyframes"], map_frame=cfg[""].map_frame,
+            map_frame = cfg[""].map_frame
+            if is_bag and a.pose_topic:  # the frame the poses are in, as the map_builder node takes it
+                from vpr_ros.mapping.bag_source import bag_pose_frame
+
+                map_frame = bag_pose_frame(source, a.pose_topic) or map_frame
+                if base is not None and len(base) and base.manifest.map_frame != map_frame:
+                    raise DatasetError(f"{source}: poses on {a.pose_topic} are in frame '{map_frame}', the map in "
+                                       f"{root} is in '{base.manifest.map_frame}'; nothing added")
+            builder = MapBuilder(backend, cfg["keyframes"], map_frame=map_frame,
                                  source=f"vpr_ros_build_map {a.source}", base=base,
                                  index=cfg["index"], verification=cfg["verification"], intrinsics=intrinsics)
             if is_bag:

@@ -255,3 +255,16 @@ def bag_images(bag: str | Path, image_topic: str) -> Iterator[tuple[Callable[[],
                 msg = reader.deserialize(raw, conn.msgtype)
                 t = _stamp(msg)
                 yield _decoder(msg, bag, image_topic, t), t, msg.header.frame_id
+
+
+def bag_pose_frame(bag: str | Path, pose_topic: str) -> str:
+    """``header.frame_id`` of the first message on ``pose_topic`` ('' if none says one): the frame of
+    a map built from it, as the map_builder node takes it from the same messages."""
+    from rosbags.highlevel import AnyReader
+
+    bag = Path(bag)
+    with _reading(bag):
+        with AnyReader([bag]) as reader:
+            for conn, _, raw in reader.messages(connections=_connections(reader, pose_topic, POSE_TYPES, bag, "pose")):
+                return str(reader.deserialize(raw, conn.msgtype).header.frame_id)
+    return ""
