@@ -355,3 +355,18 @@ def test_no_command_prints_a_traceback_for_a_read_only_style_failure(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vpr_ros.cli.map_info", str(tmp_path / "f" / "map")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "f/map" in r.stderr, r.stderr
+
+
+def test_a_pickled_object_file_is_refused_without_torchs_advice_to_unpickle_it(tmp_path):
+    import torch
+
+    from vpr_ros.model.checkpoints import read_state_dict
+
+    torch.save({"state_dict": {"a": torch.zeros(2)}, "optimizer": _Opaque()}, tmp_path / "w.pth")
+    with pytest.raises(CheckpointError) as err:
+        read_state_dict(tmp_path / "w.pth")
+    assert "never unpickles" in str(err.value) and "weights_only=False" not in str(err.value)
+
+
+class _Opaque:
+    """A class torch.load(weights_only=True) refuses (a pickled Python object)."""

@@ -221,3 +221,14 @@ def test_sigint_during_a_lifecycle_configure_that_exports_stops_the_process(rclp
         lock.close()
     text = out.decode()
     assert proc.returncode == 0 and "stopped during 'configure'" in text and "Traceback" not in text, text[-3000:]
+
+
+def test_help_describes_every_parameter_without_starting_the_node():
+    from vpr_ros.config import LOCALIZER_SECTIONS
+
+    r = subprocess.run([sys.executable, "-c", "from vpr_ros.ros.localizer_node import main; raise SystemExit(main())",
+                        "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "usage: ros2 run vpr_ros localizer" in r.stdout and "starting" not in r.stdout + r.stderr
+    for prefix, cls in LOCALIZER_SECTIONS.items():
+        for name in cls.__dataclass_fields__:
+            assert f"  {prefix + '.' if prefix else ''}{name} = " in r.stdout

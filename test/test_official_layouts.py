@@ -329,3 +329,17 @@ def test_batch_dependent_models_are_for_evaluation_only():
         open_backend("auto", teacher)
     with open_backend("auto", teacher, batch_dependent_ok=True) as b:
         assert b.name == "torch" and not b.batch_independent
+
+
+def test_files_of_data_parallel_codebases_carry_the_module_prefix_their_strict_readers_expect(tmp_path):
+    """CricaVPR's hubconf.py and SciceVPR's train_scicevpr.py (--crica_path) wrap the network in
+    torch.nn.DataParallel before load_state_dict(strict=True): every key starts with 'module.'.
+    The same file still reads back here (and in their eval.py, which strips the prefix)."""
+    cfg = ModelConfig(arch="cricavpr", backbone="vit_test_wide", input_size=56)
+    model = create(cfg)
+    out = write_weights(model, "super_cricavpr" if model.arch == "super_cricavpr" else model.arch, tmp_path / "c.pth")
+    raw = torch.load(out, weights_only=True)["model_state_dict"]
+    assert raw and all(k.startswith("module.") for k in raw)
+    assert {k[len("module."):] for k in raw} == set(official_state(model, model.arch))
+    with pytest.raises(CheckpointError, match=r"can be written as: native, cricavpr$"):  # no DINOv2 file: adapters
+        official_state(model, "d2vpr")

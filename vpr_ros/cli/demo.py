@@ -192,11 +192,12 @@ def _report(data: DemoData, log, answered: int, out: Path) -> int:  # type: igno
     print(f"[demo] loop closures published on vpr/loop_closures: {len(log.loop_closures)}"
           + (f", {sum(lc_ok)} correct (precision {np.mean(lc_ok):.2f}, recall {sum(lc_ok) / max(1, revisits):.2f} "
              f"of {revisits} revisited places)" if lc_ok else ""))
-    refused = [r for r in log.loop_table if r["status"] == -1.0 and r.get("inliers", 0) > 0]
+    diag = {kv.key: kv.value for kv in log.diagnostics[-1].status[0].values} if log.diagnostics else {}
     verified = [r for r in log.loop_table if r["status"] == 1.0 and r.get("method", 0.0) > 0]
     metric = [r for r in verified if r.get("method") == 3.0]
+    refused = diag.get("loop_closures_refused_by_geometry", "?")  # the node's own count (every reason)
     print(f"[demo] geometric verification: {len(verified)} verified ({len(metric)} with a metric relative pose "
-          f"from the keyframe's depth), {len(refused)} refused")
+          f"from the keyframe's depth), {refused} candidates refused by the localizer (too few matches or inliers)")
     if data.query_poses is not None and metric:
         truth = {round(t, 6): p for t, p in zip(data.query_stamps, data.query_poses)}
         kf = {round(t, 6): p for t, p in zip(data.map_stamps, data.map_poses)}

@@ -4,6 +4,8 @@ docs/MODEL_REPORT.md)."""
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
 
 from vpr_ros.model.report import PAPER, VARIANTS, component_rows, compute
 
@@ -12,11 +14,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vpr_ros_model_report", description=__doc__.splitlines()[0])
     ap.add_argument("--markdown", action="store_true", help="print Markdown tables")
     a = ap.parse_args(argv)
+    out = functools.partial(print, flush=True)  # every line as soon as it is known (the FLOP counts take a while)
     sep = " | " if a.markdown else "  "
-    print(("| " if a.markdown else "") + sep.join(["variant", "component", "params (M)", "paper (M)", "diff"])
+    out(("| " if a.markdown else "") + sep.join(["variant", "component", "params (M)", "paper (M)", "diff"])
           + (" |" if a.markdown else ""))
     if a.markdown:
-        print("|---|---|---:|---:|---|")
+        out("|---|---|---:|---:|---|")
     for name, cfg in VARIANTS.items():
         for r in component_rows(name, cfg):
             paper = f"{r.paper_m:.2f}" if r.paper_m else "-"
@@ -25,20 +28,22 @@ def main(argv: list[str] | None = None) -> int:
                 rel = (r.params_m - r.paper_m) / r.paper_m
                 diff = f"{rel:+.1%}" + (" (>3%, see docs)" if abs(rel) > 0.03 else "")
             cells = [r.variant, r.component, f"{r.params_m:.2f}", paper, diff]
-            print(("| " if a.markdown else "") + sep.join(cells) + (" |" if a.markdown else ""))
-    print()
-    print(("| " if a.markdown else "") + sep.join(["variant", "GMAC", "GFLOP", "paper 'GFLOPs'"]) + (" |" if a.markdown else ""))
+            out(("| " if a.markdown else "") + sep.join(cells) + (" |" if a.markdown else ""))
+    out()
+    out(("| " if a.markdown else "") + sep.join(["variant", "GMAC", "GFLOP", "paper 'GFLOPs'"]) + (" |" if a.markdown else ""))
     if a.markdown:
-        print("|---|---:|---:|---:|")
-    for name, cfg in VARIANTS.items():
+        out("|---|---:|---:|---:|")
+    for i, (name, cfg) in enumerate(VARIANTS.items()):
+        out(f"[vpr_ros_model_report] counting the operations of {name} at 224x224 ({i + 1}/{len(VARIANTS)}; "
+              "a traced forward pass, several seconds each)", file=sys.stderr)
         gmac, gflop = compute(cfg)
         paper = {"d2vpr_official": f"{PAPER['gflops_without_encoder']:.2f}",
                  "d2vpr_official_encoder": f"{PAPER['gflops_with_encoder']:.2f}"}.get(name, "-")
-        print(("| " if a.markdown else "") + sep.join([name, f"{gmac:.2f}", f"{gflop:.2f}", paper])
+        out(("| " if a.markdown else "") + sep.join([name, f"{gmac:.2f}", f"{gflop:.2f}", paper])
               + (" |" if a.markdown else ""))
         if cfg.arch == "d2vpr":
             gmac, gflop = compute(cfg, per_region=True)
-            print(("| " if a.markdown else "") + sep.join([f"{name} (official per-region aggregator)",
+            out(("| " if a.markdown else "") + sep.join([f"{name} (official per-region aggregator)",
                                                            f"{gmac:.2f}", f"{gflop:.2f}", paper])
                   + (" |" if a.markdown else ""))
     return 0

@@ -28,6 +28,7 @@ outputs stay in float. Implicit TensorRT calibration is not used anywhere.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -79,6 +80,20 @@ def is_quantized(onnx_path: str | Path) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
 
 
+@contextlib.contextmanager
+def _root_log_without(text: str) -> Iterator[None]:
+    """Drop root-logger records containing ``text`` for the block (one third-party advice line)."""
+    def keep(record: logging.LogRecord) -> bool:
+        return text not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def quantize_int8(fp32_onnx: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray],
                   method: str = "percentile", target: str = "tensorrt") -> Path:
     """Write the Q/DQ INT8 graph of ``fp32_onnx`` for ``target`` ('tensorrt' or 'cpu'),
@@ -107,16 +122,19 @@ def quantize_int8(fp32_onnx: str | Path, out_path: str | Path, calibration: Sequ
             quant_pre_process(source, str(pre), skip_symbolic_shape=True)
             source = str(pre)
         cpu = target == "cpu"
-        quantize_static(source, str(tmp), _Batches(calibration), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(QUANTIZED_OPS), per_channel=not cpu,
-                        nodes_to_exclude=activation_products(source) if cpu else [],
-                        reduce_range=cpu,  # exact on CPUs without VNNI (see the module docstring)
-                        activation_type=QuantType.QUInt8 if cpu else QuantType.QInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=calib,
-                        extra_options={"ActivationSymmetric": not cpu, "WeightSymmetric": True,
-                                       "CalibPercentile": 99.99,
-                                       # TensorRT takes float biases (no INT32 bias Q/DQ)
-                                       "QuantizeBias": cpu})
+        # ONNX Runtime advises pre-processing (on the root logger) to every caller: the CPU target does
+        # it above, the TensorRT target must not (TensorRT folds the graph itself); dropped for this call
+        with _root_log_without("pre-processing before quantization"):
+            quantize_static(source, str(tmp), _Batches(calibration), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=not cpu,
+                            nodes_to_exclude=activation_products(source) if cpu else [],
+                            reduce_range=cpu,  # exact on CPUs without VNNI (see the module docstring)
+                            activation_type=QuantType.QUInt8 if cpu else QuantType.QInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=calib,
+                            extra_options={"ActivationSymmetric": not cpu, "WeightSymmetric": True,
+                                           "CalibPercentile": 99.99,
+                                           # TensorRT takes float biases (no INT32 bias Q/DQ)
+                                           "QuantizeBias": cpu})
     except Exception as exc:  # noqa: BLE001 - the quantizer raises assorted exception types
         tmp.unlink(missing_ok=True)
         pre.unlink(missing_ok=True)

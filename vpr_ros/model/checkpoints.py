@@ -62,6 +62,11 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             obj = _torch_load(p)
     except Exception as exc:  # corrupt/truncated/foreign files raise many kinds of errors
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        if "weights_only" in str(exc) or "Weights only load failed" in first:
+            # torch's own advice (retry with weights_only=False) would run the file's pickled code
+            raise CheckpointError(f"{p}: holds Python objects beyond tensors, which vpr_ros never unpickles; "
+                                  "save its state_dict (or convert it to .safetensors) where it was made, or use "
+                                  "vpr_ros_convert_weights") from None
         raise CheckpointError(f"{p}: cannot read weights ({type(exc).__name__}: {first})") from None
     for _ in range(2):
         if isinstance(obj, dict):

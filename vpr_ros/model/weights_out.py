@@ -8,9 +8,9 @@ layout          file                                      read by
 ==============  ========================================  =========================================
 native          safetensors                               vpr_ros
 d2vpr           ``torch.save({'model_state_dict': sd})``  D2VPR eval_*_encoder.py
-cricavpr        ``torch.save({'model_state_dict': sd})``  CricaVPR eval.py (--resume)
-scicevpr        ``torch.save({'model_state_dict': sd})``  SciceVPR eval.py (--resume)
-super_cricavpr  ``torch.save({'model_state_dict': sd})``  SciceVPR train_scicevpr.py (--crica_path)
+cricavpr        ``{'model_state_dict': module.* sd}``      CricaVPR hubconf.py, eval.py (--resume)
+scicevpr        ``{'model_state_dict': module.* sd}``      SciceVPR eval.py (--resume)
+super_cricavpr  ``{'model_state_dict': module.* sd}``      SciceVPR train_scicevpr.py (--crica_path)
 dinov2          ``torch.save(sd)``                        DINOv2 hub ``load_state_dict``
 hf_dinov2       ``model.safetensors``                     transformers ``from_pretrained``
 ==============  ========================================  =========================================
@@ -28,6 +28,11 @@ from vpr_ros.model.convert import LAYOUTS, to_cricavpr, to_d2vpr, to_hf_dinov2, 
 from vpr_ros.model.student import PlaceModel
 
 State = dict[str, Tensor]
+
+#: layouts whose official code trains and saves through ``torch.nn.DataParallel``: their files carry
+#: the ``module.`` prefix, which CricaVPR's hubconf.py and SciceVPR's train_scicevpr.py
+#: (``--crica_path``) load strictly (their eval.py --resume strips it again)
+DATA_PARALLEL_LAYOUTS = ("cricavpr", "scicevpr", "super_cricavpr")
 
 
 def _backbone_only(model: PlaceModel, layout: str) -> State:
@@ -51,7 +56,7 @@ def official_state(model: PlaceModel, layout: str) -> State:
         return bb if layout == "dinov2" else to_hf_dinov2(bb)
     if layout != model.arch:
         raise CheckpointError(f"layout '{layout}' ({LAYOUTS.get(layout, 'unknown')}) does not hold a "
-                              f"'{model.arch}' model; choose '{model.arch}', 'native', 'dinov2' or 'hf_dinov2'")
+                              f"'{model.arch}' model; this model can be written as: {', '.join(writable_layouts(model))}")
     if layout == "d2vpr":
         kind = getattr(model, "encoder_kind", "")
         if kind == "self_enhanced":
@@ -59,6 +64,18 @@ def official_state(model: PlaceModel, layout: str) -> State:
                                   "encoder; only students with encoder 'none' or 'cross_image' can be written")
         return to_d2vpr(state)
     return to_cricavpr(state) if layout == "cricavpr" else to_scicevpr(state)  # scicevpr, super_cricavpr
+
+
+def writable_layouts(model: PlaceModel) -> list[str]:
+    """The layouts :func:`official_state` can write ``model`` in (what an error may suggest)."""
+    out = []
+    for layout in dict.fromkeys(("native", model.arch, "dinov2", "hf_dinov2")):
+        try:
+            official_state(model, layout)
+            out.append(layout)
+        except CheckpointError:
+            pass
+    return out
 
 
 def write_weights(model: PlaceModel, layout: str, path: str | Path) -> Path:
@@ -77,6 +94,8 @@ def write_weights(model: PlaceModel, layout: str, path: str | Path) -> Path:
         elif layout == "dinov2":
             torch.save(state, tmp)
         else:
+            if layout in DATA_PARALLEL_LAYOUTS:
+                state = {f"module.{k}": v for k, v in state.items()}
             torch.save({"model_state_dict": state}, tmp)
         os.replace(tmp, path)
     finally:

@@ -41,7 +41,7 @@ from vpr_ros.ros.loop_output import describe_closure, publish_loop
 from vpr_ros.ros.markers import keyframe_markers, match_markers
 from vpr_ros.ros.node_base import (PROBLEM_WINDOW, STAMP_AHEAD_TOLERANCE, VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
                                    sibling_topic)
-from vpr_ros.ros.node_main import run_node
+from vpr_ros.ros.node_main import node_help, run_node, wants_help
 from vpr_ros.ros.params import LiveParameters, declare_config
 from vpr_ros.runtime.base import DescriptorBackend
 from vpr_ros.runtime.factory import open_backend
@@ -451,11 +451,17 @@ LocalizerLifecycleNode = lifecycle_class(LocalizerCore, "localizer")
 
 def main(args: list[str] | None = None) -> int:
     """Console script ``localizer`` (``ros2 run vpr_ros localizer``)."""
+    if wants_help(args):
+        print(node_help("localizer", LOCALIZER_SECTIONS, "Matches camera images against a map: vpr/pose, vpr/matches, vpr/match_table, loop closures, diagnostics (README, 'localizer')."))
+        return 0
     return run_node(lambda: LocalizerNode(background=True), "localizer", args)
 
 
 def main_lifecycle(args: list[str] | None = None) -> int:
     """Console script ``localizer_lifecycle``: starts unconfigured; drive it with ``ros2 lifecycle``."""
+    if wants_help(args):
+        print(node_help("localizer_lifecycle", LOCALIZER_SECTIONS, "The managed (lifecycle) variant. Matches camera images against a map: vpr/pose, vpr/matches, vpr/match_table, loop closures, diagnostics (README, 'localizer')."))
+        return 0
     return run_node(LocalizerLifecycleNode, "localizer", args)
 
 

@@ -51,7 +51,7 @@ from vpr_ros.ros.conversions import image_to_rgb, pose_tuple, stamp_to_sec
 from vpr_ros.ros.node_base import (PROBLEM_WINDOW, STAMP_AHEAD_TOLERANCE, VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
                                    pose_qos, sibling_topic)
 from vpr_ros.ros.map_builder_slam import SlamSide
-from vpr_ros.ros.node_main import run_node
+from vpr_ros.ros.node_main import node_help, run_node, wants_help
 from vpr_ros.ros.params import LiveParameters, declare_config
 from vpr_ros.runtime.base import DescriptorBackend
 from vpr_ros.runtime.factory import open_backend
@@ -654,11 +654,17 @@ def _finish(node: Any) -> None:
 
 def main(args: list[str] | None = None) -> int:
     """Console script ``map_builder`` (``ros2 run vpr_ros map_builder``); saves the map on exit."""
+    if wants_help(args):
+        print(node_help("map_builder", MAP_BUILDER_SECTIONS, "Builds a map from camera images and poses, every accepted keyframe stored as it arrives; live loop closure for SLAM (README, 'map_builder')."))
+        return 0
     return run_node(lambda: MapBuilderNode(background=True), "map_builder", args, before_destroy=_finish)
 
 
 def main_lifecycle(args: list[str] | None = None) -> int:
     """Console script ``map_builder_lifecycle``: starts unconfigured; drive it with ``ros2 lifecycle``."""
+    if wants_help(args):
+        print(node_help("map_builder_lifecycle", MAP_BUILDER_SECTIONS, "The managed (lifecycle) variant. Builds a map from camera images and poses, every accepted keyframe stored as it arrives; live loop closure for SLAM (README, 'map_builder')."))
+        return 0
     return run_node(MapBuilderLifecycleNode, "map_builder", args, before_destroy=_finish)
 
 

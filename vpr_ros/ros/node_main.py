@@ -5,7 +5,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable
+from typing import Callable, Mapping
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -13,6 +13,31 @@ from rclpy.node import Node
 
 from vpr_ros.errors import VprError
 from vpr_ros.ros.node_base import startup_running
+
+
+def node_help(name: str, sections: Mapping[str, type], summary: str) -> str:
+    """``--help`` of a node executable: how to run it and every parameter with its default and
+    description (what ``ros2 param describe`` says once it runs)."""
+    import dataclasses
+    import textwrap
+
+    lines = [f"usage: ros2 run vpr_ros {name} [--ros-args --params-file FILE -p NAME:=VALUE -r FROM:=TO]", "",
+             summary, "", "parameters ('live': settable while running; the others at start-up):"]
+    for prefix, cls in sections.items():
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            live = " (live)" if f.metadata.get("live") else ""
+            lines.append(f"  {key} = {default!r}{live}")
+            lines += textwrap.wrap(f.metadata.get("help", ""), 96, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
+def wants_help(args: list[str] | None) -> bool:
+    """-h / --help before any --ros-args (rclpy would otherwise start the node)."""
+    argv = sys.argv[1:] if args is None else args
+    own = argv[:argv.index("--ros-args")] if "--ros-args" in argv else argv
+    return "-h" in own or "--help" in own
 
 
 def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,

@@ -150,7 +150,12 @@ def play_session(image_topic: str, images: Sequence[np.ndarray], stamps: Sequenc
             player.spin_until(lambda: False, 0.3)
         player.spin_until(lambda: player.log.keyframes is not None, 5.0)
         answered = player.play(images, stamps, timeout=frame_timeout, progress=True)
-        player.spin_until(lambda: bool(player.log.diagnostics), 2.0)
+
+        def counted_all() -> bool:  # a diagnostics message published after the last answered frame
+            d = player.log.diagnostics
+            vals = {kv.key: kv.value for kv in d[-1].status[0].values} if d else {}
+            return int(vals.get("frames_processed", -1)) >= answered
+        player.spin_until(counted_all, 5.0)
         log = player.log
         player.destroy_node()
         return log, answered
