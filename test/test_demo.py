@@ -19,6 +19,7 @@ def run_demo(tmp_path, *extra):
     return r, out
 
 
+@pytest.mark.slow
 def test_demo_on_the_rendered_corridor(tmp_path):
     """The default data: map with depth, CameraInfo published, verified metric loop closures."""
     r, out = run_demo(tmp_path, "--places", "20")
@@ -42,6 +43,7 @@ def test_demo_on_the_panoramic_street(tmp_path):
     assert "frames answered: 12/12" in r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CORRIDOR.is_dir(), reason="../shared/data/corridor not present")
 def test_demo_on_the_corridor_dataset(tmp_path):
     r, out = run_demo(tmp_path, "--dataset", str(CORRIDOR))

@@ -51,6 +51,7 @@ def nontrivial_weights(cfg: ModelConfig, tmp_path: Path) -> ModelConfig:
     return ModelConfig(**{**cfg.__dict__, "weights": str(path)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_onnx_export_parity_metadata_and_folding(name, tmp_path):
     cfg = nontrivial_weights(VARIANTS[name], tmp_path)
@@ -78,6 +79,7 @@ def test_onnx_export_parity_metadata_and_folding(name, tmp_path):
             assert np.allclose(np.linalg.norm(lo, axis=2), 1.0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_pca_is_baked_into_the_graph(tmp_path):
     cfg = VARIANTS["d2vpr"]
     with TorchBackend(cfg) as tb:

@@ -41,6 +41,7 @@ def finetune(args: list[str], processes: int) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_and_resume_in_one(gsv_small, tmp_path):
     common = ["--no-progress", *sets(f"data.gsv_root={gsv_small}", "data.cities=[]", *STUDENT,
                                      "data.places_per_batch=8", "data.val_holdout=8", "data.loader_workers=0",

@@ -58,6 +58,7 @@ def test_map_info_names_the_corruption(tmp_path, built_map, how, capsys):
     assert EXPECTED[how] in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.ros
 def test_localizer_survives_corrupt_maps_at_start_and_on_reload(rclpy_context, tmp_path, built_map, traversals):
     import rclpy

@@ -46,6 +46,7 @@ def run_session(backend, drive, frames, vmap=None, poses=None):
     return b, out
 
 
+@pytest.mark.slow
 def test_every_closure_of_a_session_revisits_and_recent_keyframes_are_never_searched(tiny_backend, drive):
     b, results = run_session(tiny_backend, drive, range(len(drive.images)))
     published = [(i, c) for i, c in results if c.publish_pair]

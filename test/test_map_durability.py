@@ -262,6 +262,7 @@ def _flip_positions(path: Path, page_size: int = 4096) -> list[int]:
     return sorted({p for p in out if p < size})
 
 
+@pytest.mark.slow
 def test_every_byte_class_flipped_is_detected_or_harmless(tmp_path, sealed_map):
     """One bit flipped at every position class of every file: the load either refuses with the
     package's MapError or returns exactly the original content (the byte carried no data, or the

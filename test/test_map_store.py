@@ -133,6 +133,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_killed_save_leaves_previous_map_loadable(tmp_path):
     """Kill a real process at random moments while it saves a large map."""
     big = ModelIdentity("test-model", "ab" * 32, 56, 256)

@@ -266,6 +266,7 @@ def test_unknown_layout_names_the_closest_and_the_first_differing_keys():
         load_state(create(ModelConfig(arch="scicevpr")), timm_like, "timm.pth")
 
 
+@pytest.mark.slow
 def test_file_of_another_architecture_points_to_its_config():
     with pytest.raises(CheckpointError, match="d2vpr_official.yaml"):
         load_state(create(ModelConfig(arch="scicevpr")), empty_state("d2vpr_no_encoder"), "release.pth")

@@ -82,6 +82,7 @@ class Feeder:
         self.n.destroy_node()
 
 
+@pytest.mark.slow
 def test_live_closures_through_the_node_feed_a_lio_sam_style_pose_graph(rclpy_context, tmp_path, drive, tiny_backend):
     from vpr_ros.ros.map_builder_node import MapBuilderNode
 
@@ -186,6 +187,7 @@ def test_keyframe_poses_follow_the_back_ends_path_on_disk_and_in_vpr_pose(rclpy_
     assert math.isfinite(vmap.keyframes[0].pose[0])
 
 
+@pytest.mark.slow
 def test_a_new_session_on_a_saved_map_is_aligned_through_the_node(rclpy_context, tmp_path, drive, tiny_backend):
     """Session 0: the first lap, in the map frame. The node starts on that map (session 1) and drives
     the third lap with odometry in a frame of its own; its verified metric closures with session 0

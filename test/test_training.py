@@ -258,6 +258,7 @@ def finetune_run(gsv, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_finetuning_raises_validation_recall(finetune_run):
     r1 = metrics(finetune_run, "val", "recall@1")
     assert r1[0][0] == 0  # the untrained model is measured first
@@ -332,6 +333,7 @@ def test_resume_refuses_a_broken_checkpoint(gsv, tmp_path, capsys):
     assert "trainer_state.pt: cannot read trainer state" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_distillation_lowers_teacher_error_with_a_disk_cache(gsv, tmp_path):
     """Image-folder distillation; the teacher runs once into the cache and is then not used."""
     from vpr_ros.cli.distill import main
@@ -439,6 +441,7 @@ def test_joint_as_scicevpr_runs_it_starts_from_the_super_cricavpr_teacher(gsv, t
 
 
 # --- PCA ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_pca_is_fitted_stored_with_the_model_and_exported(gsv, finetune_run, tmp_path):
     import shutil
 
