@@ -122,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
 
     with open_backend(args.backend, model_cfg, args.device) as backend:
         print(f"[demo] model: {backend.model_id} on backend '{backend.name}'")
+        weights_note = ("RANDOM WEIGHTS: recall means nothing" if backend.weights_source.startswith("random")
+                        else f"weights {Path(backend.weights_source).name}")
         if backend.weights_source.startswith("random"):
             print("[demo] WEIGHTS: random initialisation (no pretrained weights ship with vpr_ros). "
                   "Accuracy numbers below mean NOTHING about real performance; they only show "
@@ -164,10 +166,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"[demo] ERROR: the localizer did not come up; see {out / 'logs' / 'localizer.log'}:")
         print((out / "logs" / "localizer.log").read_text(errors="replace")[-3000:])
         return 1
-    return _report(data, log, answered, out)
+    return _report(data, log, answered, out, weights_note)
 
 
-def _report(data: DemoData, log, answered: int, out: Path) -> int:  # type: ignore[no-untyped-def]
+def _report(data: DemoData, log, answered: int, out: Path, weights_note: str = "") -> int:  # type: ignore[no-untyped-def]
     n = len(data.query_stamps)
     ranked = np.full((n, 5), -1, np.int64)
     scores = np.full(n, np.nan)
@@ -226,25 +228,30 @@ def _report(data: DemoData, log, answered: int, out: Path) -> int:  # type: igno
         for i in range(n):
             w.writerow([i, data.query_stamps[i], ranked[i, 0], scores[i],
                         int(ranked[i, 0] in data.positives[i]), latency[i]])
-    png = _plot(data, ranked, scores, latency, log, out / "demo.png")
+    png = _plot(data, ranked, scores, latency, log, out / "demo.png", weights_note)
     print(f"[demo] wrote {out / 'results.csv'} and {png}")
     return 0 if answered == n else 1
 
 
 def _plot(data: DemoData, ranked: np.ndarray, scores: np.ndarray, latency: np.ndarray,
-          log, path: Path) -> Path:  # type: ignore[no-untyped-def]
+          log, path: Path, weights_note: str = "") -> Path:  # type: ignore[no-untyped-def]
+    """Top-1 matches against the ground truth, top-1 scores with the acceptance threshold, the error
+    of /vpr/pose (where the true poses are known) and the latency distribution with its median/p95."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from vpr_ros.config import LocalizerConfig
+
     n = len(ranked)
     q = np.arange(n)
     ok = np.array([ranked[i, 0] in data.positives[i] for i in range(n)])
-    fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
+    fig, ax = plt.subplots(1, 4, figsize=(20, 4.8))
     for i, pos in enumerate(data.positives):
         if pos:
             ax[0].plot([i, i], [min(pos), max(pos)], color="0.85", lw=3, zorder=0)
+    ax[0].plot([], [], color="0.85", lw=3, label="correct keyframes (ground truth)")
     ax[0].scatter(q[ok], ranked[ok, 0], s=12, c="tab:green", label="top-1 correct")
     ax[0].scatter(q[~ok], ranked[~ok, 0], s=12, c="tab:red", label="top-1 wrong")
     q_index = {round(t, 6): i for i, t in enumerate(data.query_stamps)}
@@ -252,15 +259,40 @@ def _plot(data: DemoData, ranked: np.ndarray, scores: np.ndarray, latency: np.nd
     lc = [(q_index.get(round(a, 6), -1), m_index.get(round(b, 6), -1)) for a, b in log.loop_closures]
     if lc:
         ax[0].scatter(*zip(*lc), marker="x", s=40, c="k", label="loop closure published")
-    ax[0].set(xlabel="query frame", ylabel="matched map keyframe", title="Top-1 match (grey: ground truth)")
-    ax[0].legend(loc="upper left", fontsize=8)
-    ax[1].plot(q, scores, ".-", lw=0.8)
+    ax[0].set(xlabel="query frame", ylabel="matched map keyframe", title="Top-1 match per query")
+    ax[0].legend(loc="upper left", fontsize=7)
+    threshold = LocalizerConfig().score_threshold
+    ax[1].plot(q, scores, ".-", lw=0.8, label="top-1 cosine score")
+    ax[1].axhline(threshold, color="tab:orange", ls="--", lw=1, label=f"score_threshold {threshold} (accepted above)")
     ax[1].set(xlabel="query frame", ylabel="cosine similarity", title="Top-1 score")
-    ax[2].hist(latency[np.isfinite(latency)], bins=30, color="tab:blue")
-    ax[2].set(xlabel="ms", ylabel="frames", title="Per-frame latency (publish -> match)")
-    fig.suptitle(f"vpr_ros demo - {data.name}", fontsize=10)
+    ax[1].legend(loc="lower left", fontsize=7)
+    if data.query_poses is not None and log.poses:
+        err = np.full(n, np.nan)
+        for i, t in enumerate(data.query_stamps):
+            msg = log.poses.get(round(t, 6))
+            if msg is not None:
+                pp = msg.pose.pose.position
+                err[i] = float(np.linalg.norm(np.array([pp.x, pp.y, pp.z]) - np.array(data.query_poses[i][:3])))
+        verified_t = {round(r["t_query"], 6) for r in log.loop_table if r["status"] == 1.0 and r.get("method") == 3.0}
+        metric = np.array([round(t, 6) in verified_t for t in data.query_stamps])
+        ax[2].plot(q[~metric], err[~metric] * 100, "o", ms=3, color="tab:gray", label="keyframe's pose (not verified)")
+        ax[2].plot(q[metric], err[metric] * 100, "o", ms=4, color="tab:green", label="verified metric pose (PnP)")
+        ax[2].set(ylim=(0, None), xlabel="query frame", ylabel="position error (cm)", title="/vpr/pose error vs true pose")
+        ax[2].legend(loc="upper left", fontsize=7)
+    else:
+        ax[2].text(0.5, 0.5, "no true poses for this data", ha="center", va="center", transform=ax[2].transAxes)
+        ax[2].set(title="/vpr/pose error", xticks=[], yticks=[])
+    lat = latency[np.isfinite(latency)]
+    ax[3].hist(lat, bins=30, color="tab:blue")
+    if len(lat):
+        for v, name, style in ((np.median(lat), "median", "-"), (np.percentile(lat, 95), "p95", "--")):
+            ax[3].axvline(v, color="k", ls=style, lw=1, label=f"{name} {v:.0f} ms")
+        ax[3].legend(fontsize=7)
+    ax[3].set(xlabel="ms", ylabel="frames", title="Per-frame latency (publish -> match table)")
+    fig.suptitle(f"vpr_ros demo - {data.name}" + (f"  ({weights_note})" if weights_note else ""), fontsize=10,
+                 color="tab:red" if "RANDOM" in weights_note else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
