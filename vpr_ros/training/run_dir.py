@@ -174,7 +174,10 @@ class RunDir:
         return best
 
     def plot(self) -> Path | None:
-        """metrics.png: training loss and validation metrics against step."""
+        """metrics.png: training losses (with the reduction of the distillation MSE), validation
+        recall / cosine (left axis) and the validation distillation MSE (right axis: summed over
+        dimensions, so not comparable with a mean-reduced training loss), and the count of
+        skipped non-finite steps. Every point is marked, so a short run still shows its values."""
         rows = self.read_metrics()
         if not rows:
             return None
@@ -182,23 +185,52 @@ class RunDir:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import yaml
 
         series: dict[tuple[str, str], list[tuple[int, float]]] = {}
         for step, split, name, value in rows:
             if name in ("lr", "images_per_s", "mined_fraction", "epoch", "gpu_peak_gib"):
                 continue
             series.setdefault((split, name), []).append((step, value))
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        try:
+            cfg = yaml.safe_load((self.path / "config.yaml").read_text()) or {}
+            reduction = str(cfg.get("train", {}).get("distill_reduction", "mean"))
+        except (OSError, yaml.YAMLError, AttributeError):
+            reduction = "?"
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), gridspec_kw={"width_ratios": [1.3, 1.3, 0.7]})
+        right = None
         for (split, name), pts in sorted(series.items()):
-            ax = axes[0] if split == "train" else axes[1]
             pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if split == "val" else None, label=name)
-        axes[0].set_title("training")
-        axes[1].set_title("validation")
-        for ax in axes:
-            ax.set_xlabel("step")
-            if ax.lines:
-                ax.legend()
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            if name == "nonfinite_steps":
+                axes[2].bar(xs, ys, width=max(1, (max(xs) - min(xs)) / 50 if len(xs) > 1 else 1), color="tab:red")
+                continue
+            if split == "train":
+                label = f"{name} ({reduction}-reduced MSE)" if name == "loss_distill" else name
+                axes[0].plot(xs, ys, marker=".", label=label)
+            elif "mse" in name:
+                right = right or axes[1].twinx()
+                right.plot(xs, ys, marker="s", ls="--", color="tab:purple", label=f"{name} (sum over dims)")
+                right.set_ylabel("validation MSE (summed over dimensions)")
+            else:
+                axes[1].plot(xs, ys, marker="o", label=name)
+        axes[0].set(title="training (window means)", xlabel="step", ylabel="loss")
+        axes[1].set(title="validation", xlabel="step", ylabel="recall / cosine")
+        axes[2].set(title="skipped non-finite steps", xlabel="step", ylabel="steps per window")
+        if not axes[0].lines:
+            axes[0].text(0.5, 0.5, "no logging window completed yet", ha="center", va="center",
+                         transform=axes[0].transAxes)
+        if not axes[2].patches or not any(p.get_height() for p in axes[2].patches):
+            axes[2].text(0.5, 0.5, "none", ha="center", va="center", transform=axes[2].transAxes)
+            axes[2].set_yticks([])
+        handles, labels = axes[1].get_legend_handles_labels()
+        if right is not None:
+            h2, l2 = right.get_legend_handles_labels()
+            handles, labels = handles + h2, labels + l2
+        if handles:
+            axes[1].legend(handles, labels, fontsize=8)
+        if axes[0].lines:
+            axes[0].legend(fontsize=8)
         fig.suptitle(self.path.name)
         fig.tight_layout()
         out = self.path / "metrics.png"
