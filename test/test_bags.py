@@ -200,3 +200,52 @@ def test_offline_and_node_builders_make_the_same_map_from_one_bag(tmp_path, trav
     assert [k.stamp for k in online.keyframes] == pytest.approx([k.stamp for k in offline.keyframes], abs=1e-6)
     assert np.abs(online.poses() - offline.poses()).max() < 1e-6
     assert [k.frame_id for k in online.keyframes] == [k.frame_id for k in offline.keyframes]  # the camera's frame
+
+
+def _fix_msg(t: float, lat: float, lon: float, status: int = 0) -> object:
+    st = T["sensor_msgs/msg/NavSatStatus"](status=status, service=1)
+    return T["sensor_msgs/msg/NavSatFix"](header=header(t, "gps"), status=st, latitude=lat, longitude=lon,
+                                          altitude=500.0, position_covariance=np.zeros(9),
+                                          position_covariance_type=0)
+
+
+def _tf_msg(t: float, x: float) -> object:
+    tr = T["geometry_msgs/msg/TransformStamped"](
+        header=header(t, "map"), child_frame_id="base_link",
+        transform=T["geometry_msgs/msg/Transform"](translation=T["geometry_msgs/msg/Vector3"](x=x, y=0.0, z=0.0),
+                                                   rotation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0)))
+    return T["tf2_msgs/msg/TFMessage"](transforms=[tr])
+
+
+def test_offline_builder_takes_navsatfix_and_tf_and_interpolates_like_the_node(tmp_path, traversals, params, capsys):
+    """The pose sources the node has, offline: a NavSatFix topic (ENU from the first good fix, a
+    NO_FIX message skipped, GPS kept on the keyframes), a /tf edge, and poses at 1/4 of the image
+    rate interpolated between the poses around each image."""
+    first = traversals[0]
+    bag = tmp_path / "gps_tf"
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.SQLITE3) as w:
+        cam = w.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=TS)
+        fix = w.add_connection("/fix", "sensor_msgs/msg/NavSatFix", typestore=TS)
+        tf = w.add_connection("/tf", "tf2_msgs/msg/TFMessage", typestore=TS)
+        w.write(fix, 1, TS.serialize_cdr(_fix_msg(first.stamps[0] + 0.01, 48.0, 11.0, status=-1), "sensor_msgs/msg/NavSatFix"))
+        for i, (img, t) in enumerate(zip(first.images, first.stamps)):
+            ns = int(t * 1e9) + 5
+            if i % 4 == 0 or i == len(first.images) - 1:  # sparse poses: the images between are interpolated
+                w.write(fix, ns, TS.serialize_cdr(_fix_msg(t, 48.0 + i / 111_199.0, 11.0), "sensor_msgs/msg/NavSatFix"))
+                w.write(tf, ns, TS.serialize_cdr(_tf_msg(t, float(i)), "tf2_msgs/msg/TFMessage"))
+            w.write(cam, ns + 10, TS.serialize_cdr(image_msg(img, t + 0.25), "sensor_msgs/msg/Image"))
+    common = ["--image-topic", "/camera/image_raw", "--params-file", params]
+    assert build_map([str(bag), "--map-dir", str(tmp_path / "gps"), "--pose-topic", "/fix", *common]) == 0
+    out = capsys.readouterr().out
+    assert "1 NavSatFix message(s) without a fix or off Earth skipped" in out and "interpolated" in out
+    pose_t = [t for i, t in enumerate(first.stamps) if i % 4 == 0 or i == len(first.images) - 1]
+    pose_x = [float(i) for i in range(len(first.images)) if i % 4 == 0 or i == len(first.images) - 1]
+    gps_map = VprMap.load(tmp_path / "gps")
+    assert gps_map.manifest.map_frame == "map" and all(k.gps is not None for k in gps_map.keyframes)
+    stamps = np.array([k.stamp for k in gps_map.keyframes])
+    want = np.interp(stamps, pose_t, pose_x)  # between the poses around each image; the last: the nearest
+    assert np.abs(gps_map.poses()[:, 1] - want).max() < 0.02  # north: 1 m per frame (ENU from the first fix)
+    assert build_map([str(bag), "--map-dir", str(tmp_path / "tf"), "--tf", "map:base_link", *common]) == 0
+    tf_map = VprMap.load(tmp_path / "tf")
+    assert tf_map.manifest.map_frame == "map" and len(tf_map) == len(gps_map)
+    assert np.abs(tf_map.poses()[:, 0] - np.interp([k.stamp for k in tf_map.keyframes], pose_t, pose_x)).max() < 1e-6

@@ -260,7 +260,8 @@ def test_map_builder_node_with_navsatfix_poses(rclpy_context, tmp_path, traversa
         first = traversals[0]
         lat0, lon0 = 48.137, 11.575
         for i, (img, t) in enumerate(zip(first.images[:8], first.stamps)):
-            fix = NavSatFix(latitude=lat0 + i * 1.0 / 111_319.49, longitude=lon0, altitude=520.0)  # 1 m north per frame
+            # 1 m north per frame: one degree of latitude is about 111,200 m at 48.1 deg N (WGS84 meridian arc)
+            fix = NavSatFix(latitude=lat0 + i * 1.0 / 111_193.0, longitude=lon0, altitude=520.0)
             fix.status.status = NavSatStatus.STATUS_FIX
             fix.header.stamp = sec_to_stamp(t)
             pub_fix.publish(fix)
@@ -271,7 +272,7 @@ def test_map_builder_node_with_navsatfix_poses(rclpy_context, tmp_path, traversa
         vmap = VprMap.load(map_dir)
         norths = [round(k.pose[1], 2) for k in vmap.keyframes]
         assert norths == [0.0, 3.0, 6.0]  # metres north of the first fix, a keyframe every >= 2.5 m
-        assert vmap.keyframes[1].gps[0] == pytest.approx(lat0 + 3 / 111_319.49) and vmap.keyframes[0].gps[2] == 520.0
+        assert vmap.keyframes[1].gps[0] == pytest.approx(lat0 + 3 / 111_193.0) and vmap.keyframes[0].gps[2] == 520.0
 
 
 def test_tf_pose_source_needs_tf2_ros(rclpy_context, tmp_path):

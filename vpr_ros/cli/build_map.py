@@ -38,7 +38,8 @@ def _from_folder(folder: Path, poses_csv: str) -> list:  # type: ignore[type-arg
     return frames
 
 
-def _from_bag(builder: MapBuilder, bag: Path, a: argparse.Namespace, max_pose_age: float) -> tuple[list[int], int]:
+def _from_bag(builder: MapBuilder, bag: Path, a: argparse.Namespace, max_pose_age: float,
+              max_gap: float) -> tuple[list[int], int]:
     from vpr_ros.mapping.bag_source import BagStats, bag_frames, count_messages
 
     if not bag.exists():
@@ -46,11 +47,20 @@ def _from_bag(builder: MapBuilder, bag: Path, a: argparse.Namespace, max_pose_ag
     if not a.image_topic:
         raise DatasetError(f"{bag}: a bag needs --image-topic")
     stats = BagStats()
-    frames = bag_frames(bag, a.image_topic, a.pose_topic, a.trajectory, max_pose_age, stats, a.depth_topic)
+    frames = bag_frames(bag, a.image_topic, a.pose_topic, a.trajectory, max_pose_age, stats, a.depth_topic,
+                        max_gap=max_gap, tf=a.tf)
     ids = builder.add_many(frames, progress=True, total=count_messages(bag, a.image_topic))
     if stats.without_pose:
         print(f"vpr_ros_build_map: {stats.without_pose} of {stats.images} images had no pose within "
               f"{max_pose_age} s and were skipped")
+    if stats.interpolated:
+        print(f"vpr_ros_build_map: {stats.interpolated} of {stats.images} image poses interpolated between the poses "
+              "around their stamps")
+    if stats.gps_origin is not None:
+        print(f"vpr_ros_build_map: GPS origin of the map frame: lat {stats.gps_origin[0]:.7f}, lon "
+              f"{stats.gps_origin[1]:.7f}, alt {stats.gps_origin[2]:.1f}")
+    if stats.poses_refused:
+        print(f"vpr_ros_build_map: {stats.poses_refused} NavSatFix message(s) without a fix or off Earth skipped")
     if a.depth_topic:
         print(f"vpr_ros_build_map: {stats.with_depth} of {stats.images} images had an aligned depth image")
     return ids, stats.images
@@ -71,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finish", action="store_true",
                     help="encode the pending keyframes of --map-dir (left by a stopped map_builder node); no source")
     ap.add_argument("--image-topic", default="", help="bag: image topic (Image or CompressedImage)")
-    ap.add_argument("--pose-topic", default="", help="bag: Odometry / PoseStamped topic giving poses")
+    ap.add_argument("--pose-topic", default="", help="bag: Odometry / PoseStamped / PoseWithCovarianceStamped topic giving "
+                    "poses, or a NavSatFix topic (east-north-up metres from the first good fix, GPS kept)")
     ap.add_argument("--trajectory", default="", help="bag: TUM or CSV trajectory file instead of a pose topic")
+    ap.add_argument("--tf", default="", metavar="PARENT:CHILD",
+                    help="bag: poses from the transform PARENT -> CHILD on /tf (e.g. map:base_link) instead")
     ap.add_argument("--camera-info-topic", default="", help="bag: sensor_msgs/CameraInfo of the camera (stored "
                     "with the keyframes' local features, for geometric verification)")
     ap.add_argument("--depth-topic", default="", help="bag: depth image aligned to the camera (16UC1 mm or 32FC1 m): "
@@ -132,6 +145,8 @@ def _build(cfg: dict, a: argparse.Namespace) -> int:  # type: ignore[type-arg]
                 print(f"vpr_ros_build_map: camera fx {intrinsics.fx:.1f} fy {intrinsics.fy:.1f} "
                       f"cx {intrinsics.cx:.1f} cy {intrinsics.cy:.1f} ({intrinsics.width}x{intrinsics.height})")
             map_frame = cfg[""].map_frame
+            if is_bag and a.tf:
+                map_frame = a.tf.partition(":")[0]
             if is_bag and a.pose_topic:  # the frame the poses are in, as the map_builder node takes it
                 from vpr_ros.mapping.bag_source import bag_pose_frame
 
@@ -143,7 +158,7 @@ def _build(cfg: dict, a: argparse.Namespace) -> int:  # type: ignore[type-arg]
                                  source=f"vpr_ros_build_map {a.source}", base=base,
                                  index=cfg["index"], verification=cfg["verification"], intrinsics=intrinsics)
             if is_bag:
-                ids, n = _from_bag(builder, source, a, cfg[""].max_pose_age)
+                ids, n = _from_bag(builder, source, a, cfg[""].max_pose_age, cfg[""].max_interpolation_gap)
             else:
                 frames = _from_folder(source, a.poses)
                 n = len(frames)

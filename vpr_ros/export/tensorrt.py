@@ -119,6 +119,25 @@ def build_engine(onnx_path: Path, cache_dir: Path, precision: str = "fp16", max_
     engine_file, sidecar = spec.paths(cache_dir)
     if engine_file.is_file() and sidecar.is_file() and not rebuild:
         return engine_file
+    from vpr_ros.files import remove_stale_temporaries
+    from vpr_ros.runtime.factory import exclusive
+
+    engine_file.parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(engine_file.parent):  # a build killed mid-way (100+ MB each)
+        log.info("removed %s (left by a process stopped mid-build)", stale)
+    # one build per cache key at a time: nodes started together build once (the others wait and reuse it)
+    with exclusive(engine_file.with_name(engine_file.name + ".lock"),
+                   f"another process is building {engine_file.name}; waiting for it"):
+        if engine_file.is_file() and sidecar.is_file() and not rebuild:
+            return engine_file
+        return _build(onnx_path, spec, engine_file, sidecar, cache_dir, precision, max_batch, input_size,
+                      workspace_mib, quantized, gate)
+
+
+def _build(onnx_path: Path, spec: EngineSpec, engine_file: Path, sidecar: Path, cache_dir: Path, precision: str,
+           max_batch: int, input_size: int, workspace_mib: int, quantized: bool,
+           gate: Callable[[Path], str] | None) -> Path:
+    """Build, keep the timing cache, gate, then cache the engine (see :func:`build_engine`)."""
     builder = trt.Builder(_LOGGER)
     network, _parser = _network(builder, Path(onnx_path), strongly_typed=quantized)
     config = builder.create_builder_config()
@@ -129,6 +148,9 @@ def build_engine(onnx_path: Path, cache_dir: Path, precision: str = "fp16", max_
             raise EngineBuildError(f"TensorRT {trt.__version__} has no FP16 builder flag (removed in TensorRT 11); "
                                    "use precision fp32, or int8 with a Q/DQ graph")
         config.set_flag(fp16)
+    tf32 = getattr(trt.BuilderFlag, "TF32", None)
+    if precision == "fp32" and tf32 is not None:
+        config.clear_flag(tf32)  # fp32 means fp32: TensorRT would otherwise use TF32 tensor cores
     config.progress_monitor = BuildProgress()
     profile = builder.create_optimization_profile()
     shape = (3, input_size, input_size)
@@ -146,7 +168,8 @@ def build_engine(onnx_path: Path, cache_dir: Path, precision: str = "fp16", max_
         raise EngineBuildError(f"{onnx_path}: TensorRT {trt.__version__} failed to build a {precision} engine "
                                f"(max batch {max_batch}); see the TensorRT errors above")
     seconds = round(time.time() - t0, 1)
-    engine_file.parent.mkdir(parents=True, exist_ok=True)
+    # the timings are valid whatever the gate says: a retry (or a fallback build) does not re-time
+    _atomic_write(timing_file, bytes(config.get_timing_cache().serialize()))
     candidate = engine_file.with_name(f".{engine_file.name}.candidate-{os.getpid()}")
     candidate.write_bytes(bytes(serialized))
     try:
@@ -155,7 +178,6 @@ def build_engine(onnx_path: Path, cache_dir: Path, precision: str = "fp16", max_
         candidate.unlink(missing_ok=True)
         raise
     os.replace(candidate, engine_file)
-    _atomic_write(timing_file, bytes(config.get_timing_cache().serialize()))
     _atomic_write(sidecar, spec.sidecar(onnx=str(onnx_path), build_seconds=seconds, accuracy_gate=verdict,
                                         created=time.strftime("%Y-%m-%dT%H:%M:%S%z")).encode())
     log.info("TensorRT engine built in %.0f s and cached: %s (%s)", seconds, engine_file, verdict)

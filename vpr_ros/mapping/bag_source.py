@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,9 @@ if TYPE_CHECKING:
     from vpr_ros.verification.features import CameraIntrinsics
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
-POSE_TYPES = ("nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped")
+POSE_TYPES = ("nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped",
+              "sensor_msgs/msg/NavSatFix")
+TF_TYPES = ("tf2_msgs/msg/TFMessage",)
 
 Pose7 = tuple[float, float, float, float, float, float, float]
 
@@ -40,16 +43,22 @@ class BagStats:
     without_pose: int = 0
     with_depth: int = 0
     poses: int = 0
+    interpolated: int = 0
+    poses_refused: int = 0        # NavSatFix without a fix or not a position on Earth
+    gps_origin: tuple[float, float, float] | None = None
     cameras: set[str] = field(default_factory=set)
 
 
 class PoseTrack:
-    """Time-sorted poses with nearest-neighbour lookup."""
+    """Time-sorted poses; lookups interpolate between the two poses around a stamp (as the
+    map_builder node does), else take the nearest within ``max_age``."""
 
-    def __init__(self, stamps: list[float], poses: list[Pose7], source: str) -> None:
+    def __init__(self, stamps: list[float], poses: list[Pose7], source: str,
+                 gps: list[tuple[float, float, float] | None] | None = None) -> None:
         order = np.argsort(stamps, kind="stable")
         self.stamps = [float(stamps[i]) for i in order]
         self.poses = [poses[i] for i in order]
+        self.gps = [gps[i] for i in order] if gps is not None else [None] * len(order)
         self.source = source
         for t, p in zip(self.stamps, self.poses):
             problem = pose_problem(t, p)
@@ -59,13 +68,31 @@ class PoseTrack:
     def __len__(self) -> int:
         return len(self.stamps)
 
-    def at(self, t: float, max_age: float) -> Pose7 | None:
+    def at(self, t: float, max_age: float, max_gap: float = 0.0) -> Pose7 | None:
+        """The pose at ``t`` (see :meth:`sample`), or None."""
+        s = self.sample(t, max_age, max_gap)
+        return s[0] if s is not None else None
+
+    def sample(self, t: float, max_age: float, max_gap: float = 0.0
+               ) -> tuple[Pose7, tuple[float, float, float] | None, str] | None:
+        """(pose, GPS fix, how: 'exact' / 'interpolated' / 'nearest') at ``t``: interpolated (slerp)
+        between the poses around ``t`` when they are at most ``max_gap`` s apart, else the nearest
+        one within ``max_age`` s, else None."""
+        from vpr_ros.mapping.pose_pairing import StampedPose, interpolate
+
         i = bisect.bisect_left(self.stamps, t)
+        if i < len(self.stamps) and self.stamps[i] == t:
+            return self.poses[i], self.gps[i], "exact"
+        if 0 < i < len(self.stamps) and self.stamps[i] - self.stamps[i - 1] <= max_gap:
+            a = StampedPose(self.stamps[i - 1], self.poses[i - 1], self.gps[i - 1], "")
+            b = StampedPose(self.stamps[i], self.poses[i], self.gps[i], "")
+            m = interpolate(a, b, t)
+            return m.pose, m.gps, "interpolated"  # type: ignore[return-value]
         best = min((j for j in (i - 1, i) if 0 <= j < len(self.stamps)),
                    key=lambda j: abs(self.stamps[j] - t), default=None)
         if best is None or abs(self.stamps[best] - t) > max_age:
             return None
-        return self.poses[best]
+        return self.poses[best], self.gps[best], "nearest"
 
 
 def read_trajectory(path: str | Path) -> PoseTrack:
@@ -96,6 +123,58 @@ def read_trajectory(path: str | Path) -> PoseTrack:
     if not stamps:
         raise DatasetError(f"{p}: no poses")
     return PoseTrack(stamps, poses, str(p))
+
+
+def _topic_track(reader: Any, bag: Path, topic: str, stats: BagStats) -> PoseTrack:
+    """Poses of an Odometry / PoseStamped / PoseWithCovarianceStamped topic, or of a NavSatFix topic
+    as the map_builder node makes them: east-north-up metres from the first good fix, which (with
+    every fix) is kept as the keyframes' GPS; fixes without a fix or off Earth are skipped, counted."""
+    from vpr_ros.geometry import enu_from_geodetic
+
+    stamps: list[float] = []
+    poses: list[Pose7] = []
+    fixes: list[tuple[float, float, float] | None] = []
+    for conn, _, raw in reader.messages(connections=_connections(reader, topic, POSE_TYPES, bag, "pose")):
+        msg = reader.deserialize(raw, conn.msgtype)
+        if conn.msgtype == "sensor_msgs/msg/NavSatFix":
+            gps = (float(msg.latitude), float(msg.longitude), float(msg.altitude))
+            if msg.status.status < 0 or not all(math.isfinite(v) for v in gps) \
+                    or not (-90.0 <= gps[0] <= 90.0 and -180.0 <= gps[1] <= 180.0):
+                stats.poses_refused += 1
+                continue
+            if stats.gps_origin is None:
+                stats.gps_origin = gps
+            e, n, u = enu_from_geodetic(*gps, stats.gps_origin)
+            stamps.append(_stamp(msg))
+            poses.append((e, n, u, 0.0, 0.0, 0.0, 1.0))
+            fixes.append(gps)
+            continue
+        stamps.append(_stamp(msg))
+        poses.append(_pose_of(msg))
+        fixes.append(None)
+    return PoseTrack(stamps, poses, f"{bag}:{topic}", fixes)
+
+
+def _tf_track(reader: Any, bag: Path, pair: str) -> PoseTrack:
+    """Poses of the transform PARENT:CHILD (e.g. 'map:base_link') as published on /tf and
+    /tf_static (one direct edge of the tree, not a chain)."""
+    parent, sep, child = pair.partition(":")
+    if not sep or not parent or not child:
+        raise DatasetError(f"--tf {pair!r}: expected PARENT:CHILD, e.g. map:base_link")
+    conns = [c for c in reader.connections if c.topic in ("/tf", "/tf_static") and c.msgtype in TF_TYPES]
+    if not conns:
+        raise DatasetError(f"{bag}: no /tf or /tf_static topic (tf2_msgs/TFMessage)")
+    stamps: list[float] = []
+    poses: list[Pose7] = []
+    for conn, _, raw in reader.messages(connections=conns):
+        for tr in reader.deserialize(raw, conn.msgtype).transforms:
+            if tr.header.frame_id.lstrip("/") == parent.lstrip("/") and tr.child_frame_id.lstrip("/") == child.lstrip("/"):
+                p, q = tr.transform.translation, tr.transform.rotation
+                stamps.append(_stamp(tr))
+                poses.append((p.x, p.y, p.z, q.x, q.y, q.z, q.w))
+    if not stamps:
+        raise DatasetError(f"{bag}: no transform {parent} -> {child} on /tf or /tf_static")
+    return PoseTrack(stamps, poses, f"{bag}:/tf {parent}->{child}")
 
 
 def _stamp(msg: Any) -> float:
@@ -173,7 +252,7 @@ def _depth_decoder(msg: Any, bag: Path, topic: str) -> Callable[[], np.ndarray]:
 
 def bag_frames(bag: str | Path, image_topic: str, pose_topic: str = "", trajectory: str = "",
                max_pose_age: float = 0.5, stats: BagStats | None = None, depth_topic: str = "",
-               max_depth_age: float = 0.05) -> Iterator[tuple]:
+               max_depth_age: float = 0.05, max_gap: float = 2.0, tf: str = "") -> Iterator[tuple]:
     """Yield (lazy image decoder, Keyframe[, lazy depth decoder or None]) for every image that has a
     pose, in bag order; with ``depth_topic``, the third element is the aligned depth image nearest in
     time (within ``max_depth_age`` s), decoded to metres only if the frame becomes a keyframe."""
@@ -181,8 +260,8 @@ def bag_frames(bag: str | Path, image_topic: str, pose_topic: str = "", trajecto
 
     bag = Path(bag)
     stats = stats if stats is not None else BagStats()
-    if bool(pose_topic) == bool(trajectory):
-        raise DatasetError("give exactly one pose source: a pose topic or a trajectory file")
+    if sum(map(bool, (pose_topic, trajectory, tf))) != 1:
+        raise DatasetError("give exactly one pose source: a pose topic, a trajectory file or a TF pair")
     if not bag.exists():
         raise DatasetError(f"{bag}: bag not found")
     with _reading(bag):
@@ -190,14 +269,10 @@ def bag_frames(bag: str | Path, image_topic: str, pose_topic: str = "", trajecto
             img_conns = _connections(reader, image_topic, IMAGE_TYPES, bag, "image")
             if trajectory:
                 track = read_trajectory(trajectory)
+            elif tf:
+                track = _tf_track(reader, bag, tf)
             else:
-                pose_conns = _connections(reader, pose_topic, POSE_TYPES, bag, "pose")
-                stamps, poses = [], []
-                for conn, _, raw in reader.messages(connections=pose_conns):
-                    msg = reader.deserialize(raw, conn.msgtype)
-                    stamps.append(_stamp(msg))
-                    poses.append(_pose_of(msg))
-                track = PoseTrack(stamps, poses, f"{bag}:{pose_topic}")
+                track = _topic_track(reader, bag, pose_topic, stats)
             stats.poses = len(track)
             depth_stamps: list[float] = []
             depth_msgs: list[Any] = []
@@ -214,13 +289,15 @@ def bag_frames(bag: str | Path, image_topic: str, pose_topic: str = "", trajecto
                 msg = reader.deserialize(raw, conn.msgtype)
                 t = _stamp(msg)
                 stats.images += 1
-                pose = track.at(t, max_pose_age)
-                if pose is None:
+                found = track.sample(t, max_pose_age, max_gap)
+                if found is None:
                     stats.without_pose += 1
                     continue
+                pose, gps, how = found
+                stats.interpolated += how == "interpolated"
                 stats.cameras.add(msg.header.frame_id or image_topic)
                 kf = Keyframe(stamp=t, pose=pose, camera=image_topic, frame_id=msg.header.frame_id,
-                              image_ref=f"{bag.name}:{image_topic}@{t:.6f}")
+                              gps=gps, image_ref=f"{bag.name}:{image_topic}@{t:.6f}")
                 if not depth_topic:
                     yield _decoder(msg, bag, image_topic, t), kf
                     continue
@@ -266,5 +343,7 @@ def bag_pose_frame(bag: str | Path, pose_topic: str) -> str:
     with _reading(bag):
         with AnyReader([bag]) as reader:
             for conn, _, raw in reader.messages(connections=_connections(reader, pose_topic, POSE_TYPES, bag, "pose")):
+                if conn.msgtype == "sensor_msgs/msg/NavSatFix":
+                    return ""  # the receiver's frame: positions are in map_frame (ENU from the first fix)
                 return str(reader.deserialize(raw, conn.msgtype).header.frame_id)
     return ""
