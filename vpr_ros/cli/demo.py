@@ -145,8 +145,9 @@ def run(args: argparse.Namespace) -> int:
         **({"verification.loop_closures": "none"} if args.no_verification else {}),
         **{f"model.{k}": v for k, v in vars(model_cfg).items()}}}}
     if data.intrinsics is None and not args.no_verification:
-        print("[demo] NOTE: this dataset has no camera model, so no loop closure can be verified "
-              "geometrically (and none is published); --no-verification shows the temporal rules alone")
+        print("[demo] NOTE: this dataset has no camera model: geometric verification refuses every loop-closure "
+              "candidate (the localizer counts them, with the first reason it finds, e.g. too few matches), so "
+              "none is published; --no-verification shows the temporal rules alone")
     params_file = out / "localizer_params.yaml"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
