@@ -1,0 +1,105 @@
+"""The TensorRT path from ONNX to descriptors, on CPU stand-ins of ``tensorrt`` and ``pycuda``
+(test/fake_tensorrt.py: MOCKS at a true boundary, neither TensorRT nor a GPU exists on CI). They
+prove the glue on every commit: build (workspace, flags, profile, one build per cache key, stale
+candidates removed), timing cache kept whatever the gate says, accuracy gate before caching,
+cache reuse, batches split over the engine's maximum batch, both outputs, the fallback of
+backend 'auto' when a build fails or is refused, and a teardown that frees every allocation and
+pops the context. The numbers TensorRT computes on a real GPU are not tested here."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fake_tensorrt
+from conftest import TINY_MODEL
+
+
+@pytest.fixture()
+def trt(monkeypatch):
+    import sys
+
+    yield fake_tensorrt.install(monkeypatch)
+    sys.modules.pop("vpr_ros.export.tensorrt", None)  # imported the stand-in: not for later tests
+
+
+@pytest.fixture(scope="module")
+def onnx_graph():
+    from vpr_ros.config import ModelConfig
+    from vpr_ros.runtime.factory import onnx_for
+
+    return onnx_for(ModelConfig(**TINY_MODEL))  # the run's shared export
+
+
+def _batch(n: int, size: int = TINY_MODEL["input_size"]) -> np.ndarray:
+    return np.random.default_rng(n).normal(size=(n, 3, size, size)).astype(np.float32)
+
+
+def test_build_gate_cache_infer_and_teardown(trt, tmp_path, onnx_graph):
+    from vpr_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from vpr_ros.runtime.tensorrt_backend import TensorRTBackend
+
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    stale = engines / ".old.engine.candidate-999999999"  # left by a build killed mid-way (that pid is gone)
+    stale.write_bytes(b"x" * 1000)
+    with TensorRTBackend.from_onnx(onnx_graph, cache_dir=tmp_path, precision="fp16", max_batch=4) as b, \
+            OnnxRuntimeBackend(onnx_graph) as ref:
+        assert trt["builds"] == 1 and "FP16" in trt["flags"] and not stale.exists()
+        files = sorted(p.name for p in engines.iterdir())
+        assert any(f.endswith(".engine") for f in files) and any(f.endswith(".json") for f in files)
+        assert any(f.startswith("timing-") for f in files) and not any("candidate" in f for f in files)
+        x = _batch(11)  # 4 + 4 + 3 on an engine of max batch 4
+        before = trt["executions"]
+        assert np.abs(b.infer(x) - ref.infer(x)).max() < 1e-5 and trt["executions"] - before == 3
+        (d, local), (rd, rl) = b.infer_local(x[:5]), ref.infer_local(x[:5])
+        assert b.has_local and np.abs(local - rl).max() < 1e-5 and np.abs(d - rd).max() < 1e-5
+        assert trt["context_depth"] == 1 and trt["allocations"]
+    assert trt["allocations"] == {} and trt["context_depth"] == 0  # everything freed, context popped
+    with TensorRTBackend.from_onnx(onnx_graph, cache_dir=tmp_path, precision="fp16", max_batch=4):
+        assert trt["builds"] == 1  # the cached engine, not a second build
+    with TensorRTBackend.from_onnx(onnx_graph, cache_dir=tmp_path, precision="fp32", max_batch=4):
+        assert trt["builds"] == 2 and "TF32" not in trt["flags"]  # fp32 means fp32, not TF32
+
+
+def test_a_refused_engine_is_not_cached_but_its_timings_are_and_auto_falls_back(trt, tmp_path, onnx_graph,
+                                                                               monkeypatch, caplog):
+    import logging
+
+    from vpr_ros.config import ModelConfig
+    from vpr_ros.errors import AccuracyGateError, BackendUnavailable, EngineBuildError
+    from vpr_ros.runtime import factory
+    from vpr_ros.runtime.tensorrt_backend import TensorRTBackend
+
+    trt["corrupt_outputs"] = True  # the engine computes other descriptors: the gate must refuse it
+    with pytest.raises(AccuracyGateError, match="failed the accuracy gate"):
+        TensorRTBackend.from_onnx(onnx_graph, cache_dir=tmp_path, precision="fp16", max_batch=4)
+    engines = tmp_path / "engines"
+    assert not list(engines.glob("*.engine")) and list(engines.glob("timing-*.cache"))  # timings kept
+    assert trt["allocations"] == {} and trt["context_depth"] == 0  # the refused candidate was torn down
+    trt["corrupt_outputs"], trt["build_returns_none"] = False, True
+    with pytest.raises(EngineBuildError, match="failed to build a fp16 engine"):
+        TensorRTBackend.from_onnx(onnx_graph, cache_dir=tmp_path, precision="fp16", max_batch=4)
+    # backend 'auto' on a GPU: a failed TensorRT build is logged and the next backend is tried (here
+    # none can run: no CUDA build of torch or ONNX Runtime, so the error lists every reason)
+    monkeypatch.setattr(factory, "onnx_for", lambda cfg, cache_dir=None: onnx_graph)
+    with caplog.at_level(logging.WARNING, logger="vpr_ros.runtime.factory"):
+        with pytest.raises(BackendUnavailable) as err:
+            factory.open_backend("auto", ModelConfig(**TINY_MODEL), "cuda", cache_dir=tmp_path)
+    assert "'tensorrt' failed" in caplog.text and "falling back" in caplog.text
+    text = str(err.value)
+    assert "tensorrt:" in text and "torch_cudagraph:" in text and "onnxruntime:" in text and "torch:" in text
+
+
+def test_an_engine_file_that_cannot_be_loaded_names_the_fix(trt, tmp_path, onnx_graph):
+    import onnx
+
+    from vpr_ros.errors import EngineBuildError
+    from vpr_ros.export.graph_io import read_identity
+    from vpr_ros.runtime.tensorrt_backend import TensorRTBackend
+
+    bad = tmp_path / "other.engine"
+    bad.write_bytes(b"an engine of another TensorRT version")
+    ident = read_identity({p.key: p.value for p in onnx.load(str(onnx_graph)).metadata_props}, str(onnx_graph))
+    with pytest.raises(EngineBuildError, match="cannot load this engine .* rebuild it"):
+        TensorRTBackend(bad, ident, 4)
+    assert trt["allocations"] == {} and trt["context_depth"] == 0
