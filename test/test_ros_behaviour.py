@@ -322,8 +322,8 @@ def test_no_accepted_keyframe_is_lost_on_signals(rclpy_context, tmp_path, traver
         reported, encoded = value("keyframes_accepted"), value("keyframes")
         assert encoded < reported, (encoded, reported)  # there really is a backlog
         for i, sig in enumerate(signals):
-            if i:
-                assert finishing.wait(60), "".join(lines)[-3000:]
+            if i:  # the second signal once the node is finishing (a hang guard only: no budget on the work)
+                assert finishing.wait(240), "".join(lines)[-3000:]
             if to_group:
                 os.killpg(proc.pid, sig)
             else:

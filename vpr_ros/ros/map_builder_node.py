@@ -559,9 +559,11 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         if waiting:
             self._resolve_waiting(final=True)
         pending = self._queue.unfinished_tasks
+        # always announced (the moment a second signal stops the encoding), also when nothing is left
+        self.say("info", f"finishing: {pending} accepted keyframe(s) to encode before exit (all on disk "
+                         "already: a second Ctrl-C leaves them for the next start)" if pending else
+                 "finishing: every accepted keyframe is encoded")
         if pending:
-            self.say("info", f"finishing: {pending} accepted keyframe(s) to encode before exit (all on disk "
-                             "already: a second Ctrl-C leaves them for the next start)")
             while self._queue.unfinished_tasks and not self._abandon.is_set() and self._worker is not None \
                     and self._worker.is_alive():
                 self._abandon.wait(0.05)
