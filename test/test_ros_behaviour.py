@@ -290,7 +290,7 @@ def test_no_accepted_keyframe_is_lost_on_signals(rclpy_context, tmp_path, traver
     proc = subprocess.Popen([sys.executable, "-c", "from vpr_ros.ros.map_builder_node import main; "
                              "raise SystemExit(main())", "--ros-args", "--params-file", str(params)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"})
     lines: list[str] = []
     finishing = threading.Event()
 
@@ -381,7 +381,7 @@ def _start(module: str, params, **popen) -> tuple[subprocess.Popen, list[str]]:
     """A node process (``module``'s main) and the lines it prints, collected on a thread."""
     proc = subprocess.Popen([sys.executable, "-c", f"from {module} import main; raise SystemExit(main())",
                              "--ros-args", "--params-file", str(params)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **popen)
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}, **popen)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(r.decode(errors="replace") for r in proc.stdout), daemon=True).start()
     return proc, lines
