@@ -556,14 +556,15 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         self._finished = True
         with self._pair_lock:
             waiting = len(self._waiting)
+        pending = self._queue.unfinished_tasks
+        # announced first (from here a second signal stops the encoding), also when nothing is left
+        self.say("info", f"finishing: {pending} accepted keyframe(s) to encode before exit"
+                         + (f", {waiting} image(s) still waiting for a pose" if waiting else "")
+                         + " (accepted ones are on disk already: a second Ctrl-C leaves them for the next start)"
+                 if pending or waiting else "finishing: every accepted keyframe is encoded")
         if waiting:
             self._resolve_waiting(final=True)
-        pending = self._queue.unfinished_tasks
-        # always announced (the moment a second signal stops the encoding), also when nothing is left
-        self.say("info", f"finishing: {pending} accepted keyframe(s) to encode before exit (all on disk "
-                         "already: a second Ctrl-C leaves them for the next start)" if pending else
-                 "finishing: every accepted keyframe is encoded")
-        if pending:
+        if self._queue.unfinished_tasks:
             while self._queue.unfinished_tasks and not self._abandon.is_set() and self._worker is not None \
                     and self._worker.is_alive():
                 self._abandon.wait(0.05)
