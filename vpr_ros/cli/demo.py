@@ -276,8 +276,8 @@ def _plot(data: DemoData, ranked: np.ndarray, scores: np.ndarray, latency: np.nd
                 err[i] = float(np.linalg.norm(np.array([pp.x, pp.y, pp.z]) - np.array(data.query_poses[i][:3])))
         verified_t = {round(r["t_query"], 6) for r in log.loop_table if r["status"] == 1.0 and r.get("method") == 3.0}
         metric = np.array([round(t, 6) in verified_t for t in data.query_stamps])
-        ax[2].plot(q[~metric], err[~metric] * 100, "o", ms=3, color="tab:gray", label="keyframe's pose (not verified)")
-        ax[2].plot(q[metric], err[metric] * 100, "o", ms=4, color="tab:green", label="verified metric pose (PnP)")
+        ax[2].plot(q[~metric], err[~metric] * 100, "o", ms=3, color="tab:gray", label="other frames")
+        ax[2].plot(q[metric], err[metric] * 100, "o", ms=4, color="tab:green", label="at a published loop closure (PnP)")
         ax[2].set(ylim=(0, None), xlabel="query frame", ylabel="position error (cm)", title="/vpr/pose error vs true pose")
         ax[2].legend(loc="upper left", fontsize=7)
     else:
