@@ -178,7 +178,10 @@ class LocalizerCore(VprNodeMixin):
         self.cfg = cfg
         if self.localizer is not None:
             self.localizer.update_config(cfg, new["verification"])
-        self.say("info", "parameters set: " + ", ".join(f"{n}={getattr(cfg, n, None)!r}" for n in sorted(changed)))
+        def value(name: str) -> Any:  # 'score_threshold' or 'initial_pose.enabled'
+            section, _, key = name.rpartition(".")
+            return getattr(new.get(section, cfg), key, None)
+        self.say("info", "parameters set: " + ", ".join(f"{n}={value(n)!r}" for n in sorted(changed)))
 
     # ------------------------------------------------------------------ map
     def load_map(self, map_dir: str | None = None) -> bool:
