@@ -64,6 +64,9 @@ class _Device:
     def name(self) -> str:
         return "Fake GPU (CPU stand-in)"
 
+    def compute_capability(self) -> tuple[int, int]:
+        return (8, 7)
+
     def retain_primary_context(self) -> _Context:
         return _Context()
 

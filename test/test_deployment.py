@@ -160,8 +160,10 @@ def test_engine_cache_key_changes_with_every_dependency(tmp_path):
                 EngineSpec("a" * 64, "10.14.1", "NVIDIA H100", "fp16", 224, 8),
                 EngineSpec("a" * 64, "10.13.0", "Orin", "fp16", 224, 8),
                 EngineSpec("a" * 64, "10.13.0", "NVIDIA H100", "int8", 224, 8),
-                EngineSpec("a" * 64, "10.13.0", "NVIDIA H100", "fp16", 224, 16)]
-    assert len({base.key(), *(v.key() for v in variants)}) == 6
+                EngineSpec("a" * 64, "10.13.0", "NVIDIA H100", "fp16", 224, 16),
+                EngineSpec("a" * 64, "10.13.0", "NVIDIA H100", "fp16", 224, 8, "sm_90"),
+                EngineSpec("a" * 64, "10.13.0", "NVIDIA H100", "fp16", 224, 8, "", "workspace=1024MiB")]
+    assert len({base.key(), *(v.key() for v in variants)}) == 8
     engine, sidecar = base.paths(tmp_path)
     assert engine.parent == sidecar.parent == tmp_path / "engines" and engine.suffix == ".engine"
     assert '"precision": "fp16"' in base.sidecar(build_seconds=1.0)

@@ -1,7 +1,8 @@
 """Engine cache keys and files (no TensorRT needed: testable anywhere).
 
-An engine depends on the exact ONNX file, the TensorRT version, the GPU, the precision and
-the optimisation profile; all of them form the key, so a changed driver stack or GPU never
+An engine depends on the exact ONNX file, the TensorRT version, the GPU (name and compute
+capability), the precision, the optimisation profile and the builder settings; all of them form
+the key, so a changed driver stack or GPU never
 loads a stale engine. Each engine has a JSON sidecar describing it.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ class EngineSpec:
     precision: str
     input_size: int
     max_batch: int
+    compute_capability: str = ""   # 'sm_87' (all Orin modules report the name 'Orin')
+    builder: str = ""              # builder settings that change the engine (workspace, strongly typed)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]

@@ -1,7 +1,8 @@
 """Build TensorRT engines from vpr_ros ONNX exports (FP32 / FP16 / explicit INT8), gated, cached.
 
 Engines are cached outside the map, in ``<cache>/engines/<key>.engine`` with a JSON sidecar,
-keyed by sha256(ONNX) + TensorRT version + GPU name + precision + optimisation profile, so a
+keyed by sha256(ONNX) + TensorRT version + GPU name and compute capability + precision +
+optimisation profile + builder settings (workspace, strong typing, TF32), so a
 new driver, GPU or TensorRT never picks up a stale engine. A timing cache
 (``<cache>/engines/timing-<trt>-<gpu>.cache``) makes rebuilds fast.
 
@@ -115,7 +116,11 @@ def build_engine(onnx_path: Path, cache_dir: Path, precision: str = "fp16", max_
                           "vpr_ros_quantize and set model.onnx to it")
     if quantized and precision != "int8":
         raise ConfigError(f"{onnx_path} is an INT8 (Q/DQ) graph: use precision int8 with it")
-    spec = EngineSpec(file_sha256(onnx_path), trt.__version__, gpu_name(device), precision, input_size, max_batch)
+    from vpr_ros.runtime.tensorrt_backend import cuda_compute_capability
+
+    spec = EngineSpec(file_sha256(onnx_path), trt.__version__, gpu_name(device), precision, input_size, max_batch,
+                      cuda_compute_capability(device),
+                      f"workspace={workspace_mib}MiB,strongly_typed={quantized},tf32={precision != 'fp32'}")
     engine_file, sidecar = spec.paths(cache_dir)
     if engine_file.is_file() and sidecar.is_file() and not rebuild:
         return engine_file

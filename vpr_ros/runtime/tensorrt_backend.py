@@ -62,6 +62,18 @@ def cuda_device_name(device: int = 0) -> str:
     return str(cuda.Device(device).name())
 
 
+def cuda_compute_capability(device: int = 0) -> str:
+    """'sm_<major><minor>' of CUDA device ``device`` ('' when the driver does not say)."""
+    import pycuda.driver as cuda
+
+    cuda.init()
+    try:
+        major, minor = cuda.Device(device).compute_capability()
+    except Exception:  # noqa: BLE001 - an old or stand-in driver
+        return ""
+    return f"sm_{major}{minor}"
+
+
 def _plain(exc: BaseException, what: str) -> VprError:
     """A CUDA / TensorRT exception as one line (our own errors pass through)."""
     if isinstance(exc, VprError):
