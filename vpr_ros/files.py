@@ -17,16 +17,20 @@ from typing import Iterator
 from vpr_ros.errors import VprError
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (best effort where directories cannot be opened)."""
+def fsync_dir(folder: Path, strict: bool = False) -> None:
+    """Make a rename in ``folder`` durable. ``strict`` (the map store): an OSError is raised;
+    otherwise best effort, for filesystems whose directories cannot be opened or synced."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
+        if strict:
+            raise
         return
     try:
         os.fsync(fd)
     except OSError:
-        pass
+        if strict:
+            raise
     finally:
         os.close(fd)
 
@@ -37,10 +41,10 @@ def temporary_name(path: Path) -> Path:
 
 
 @contextmanager
-def replaced_atomically(path: Path, error: type[VprError] = VprError) -> Iterator[Path]:
+def replaced_atomically(path: Path, error: type[VprError] = VprError, strict: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; when the block succeeds it is fsynced and renamed over
-    ``path``; when it raises, the temporary is removed and ``path`` is untouched. OS errors become
-    ``error`` naming ``path``."""
+    ``path`` (the folder fsynced too, see :func:`fsync_dir` for ``strict``); when it raises, the
+    temporary is removed and ``path`` is untouched. OS errors become ``error`` naming ``path``."""
     path = Path(path)
     tmp = temporary_name(path)
     try:
@@ -49,7 +53,7 @@ def replaced_atomically(path: Path, error: type[VprError] = VprError) -> Iterato
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        fsync_dir(path.parent, strict)
     except OSError as exc:
         raise error(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from vpr_ros.errors import MapError
+from vpr_ros.files import fsync_dir as files_fsync_dir
+from vpr_ros.files import replaced_atomically
 from vpr_ros.mapping.store.pending import PendingFrame
 from vpr_ros.mapping.store.records import row_crc
 
@@ -657,25 +659,11 @@ class StoreWriter:
 
 def write_file_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary name, fsync, rename over ``path``, fsync the directory;
-    nothing is left behind on failure."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except OSError as exc:
-        raise MapError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    nothing is left behind on failure (MapError naming ``path``)."""
+    with replaced_atomically(path, MapError, strict=True) as tmp:
+        tmp.write_bytes(data)
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """A rename in ``path`` made durable; failures raise (the map store relies on it)."""
+    files_fsync_dir(path, strict=True)
