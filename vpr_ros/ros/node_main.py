@@ -10,6 +10,7 @@ from typing import Callable, Mapping
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
 from vpr_ros.errors import VprError
 from vpr_ros.ros.node_base import startup_running
@@ -40,18 +41,46 @@ def wants_help(args: list[str] | None) -> bool:
     return "-h" in own or "--help" in own
 
 
+#: Longest a signal waits for the spin loop to notice it (s). The loop, not the signal handler,
+#: stops the node (see run_node).
+SIGNAL_POLL = 0.1
+
+
+def stop_requests() -> threading.Event:
+    """SIGINT and SIGTERM handlers that only set the returned event; call before ``rclpy.init``
+    with ``SignalHandlerOptions.NO``.
+
+    rclpy's own handlers wake a native thread that triggers guard conditions and shuts contexts
+    down while the main thread goes on: that thread then runs concurrently with executor and node
+    teardown, and rclpy frees the guard-condition list it walks (``unregister_sigint_guard_condition``)
+    and the guard conditions themselves without a lock — under load that ended in SIGSEGV during
+    shutdown. Chained to CPython's handler it also raises ``KeyboardInterrupt`` at any bytecode,
+    including inside message conversion. Here a signal is a flag the main thread reads; every
+    shutdown step then runs on the main thread, in order.
+    """
+    requested = threading.Event()
+
+    def request(_signum: int, _frame: object) -> None:
+        requested.set()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, request)
+    return requested
+
+
 def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
              before_destroy: Callable[[Node], None] | None = None) -> int:
     """Spin the node built by ``make`` until Ctrl-C / SIGTERM / shutdown; returns an exit code.
 
     A VprError during start-up (bad parameters, unreadable map) is printed and gives 2.
-    ``before_destroy`` runs on the way out (e.g. the map builder's final save); from then on
-    SIGINT and SIGTERM (a second Ctrl-C, ros2 launch's escalation) no longer interrupt it.
-    Nothing is published or logged to /rosout after rclpy has shut down.
+    ``before_destroy`` runs on the way out (e.g. the map builder's final save) while the context
+    is still up; further SIGINT / SIGTERM (a second Ctrl-C, ros2 launch's escalation) do not cut
+    it short (the map builder's own handlers make them stop its encoding). The context is shut
+    down last, on this thread.
     """
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit makes writes fail (a MapError), not kill the node
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    rclpy.init(args=args)
+    requested = stop_requests()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stopped = threading.Event()
     rclpy.get_default_context().on_shutdown(stopped.set)
     node = None
@@ -63,27 +92,23 @@ def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
         executor = MultiThreadedExecutor(num_threads=2)
         executor.add_node(node)
         try:
-            executor.spin()
+            while not requested.is_set() and rclpy.ok():
+                executor.spin_once(timeout_sec=SIGNAL_POLL)
         finally:
             if not getattr(node, "transition_running", ""):  # its pool would wait for a running transition
-                executor.shutdown(timeout_sec=0)
+                executor.shutdown(timeout_sec=0)  # still joins its pool: no callback runs after this
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except VprError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         code = 2
     except Exception:
-        # A signal can shut the context down between the executor's ok() check and its
-        # wait-set creation (rclpy then raises RCLError instead of ExternalShutdownException), or
-        # while a message is being taken (a RuntimeError from the bindings). Both are ordinary
-        # shutdowns: the context is, or within moments will be, shut down by the signal handler.
-        # Anything raised while the context stays alive is a bug.
+        # Something else shut the context down (a node calling rclpy.shutdown()) between the
+        # executor's ok() check and its wait-set creation: rclpy then raises RCLError instead of
+        # ExternalShutdownException. Anything raised while the context stays alive is a bug.
         if not stopped.wait(timeout=2.0) and rclpy.ok():
             raise
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
-                signal.signal(sig, signal.SIG_IGN)  # the cleanup below must not be cut short
         error = getattr(node, "startup_error", None)
         if isinstance(error, VprError):
             print(f"{name}: {error}", file=sys.stderr)
