@@ -67,6 +67,18 @@ def stop_requests() -> threading.Event:
     return requested
 
 
+def stop_executor(executor: MultiThreadedExecutor) -> None:
+    """Shut the executor down once its callbacks in flight have returned (none starts: the spin
+    loop has ended). rclpy's ``shutdown`` does not wait for them: its own wait is skipped (the
+    shutdown flag is set before it is tested), and only Kilted's override joins the thread pool,
+    so on Jazzy a callback could still run while the node is finished and destroyed. The pool is
+    rclpy's ``_executor`` attribute (Humble to Kilted); joined here if present."""
+    executor.shutdown(timeout_sec=0)
+    pool = getattr(executor, "_executor", None)
+    if pool is not None and hasattr(pool, "shutdown"):
+        pool.shutdown(wait=True)
+
+
 def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
              before_destroy: Callable[[Node], None] | None = None) -> int:
     """Spin the node built by ``make`` until Ctrl-C / SIGTERM / shutdown; returns an exit code.
@@ -96,7 +108,7 @@ def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
                 executor.spin_once(timeout_sec=SIGNAL_POLL)
         finally:
             if not getattr(node, "transition_running", ""):  # its pool would wait for a running transition
-                executor.shutdown(timeout_sec=0)  # still joins its pool: no callback runs after this
+                stop_executor(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except VprError as exc:
