@@ -1,17 +1,22 @@
-"""CPU stand-ins for ``tensorrt`` and ``pycuda.driver`` (a true boundary: neither TensorRT nor a GPU
-can exist on the CI machine). Only the API surface vpr_ros calls, with the TensorRT 10 names:
-the "engine" a build serialises is the ONNX file itself, run by ONNX Runtime when the execution
-context executes; "device memory" is host arrays addressed by integers. They count what the
-code under test does (builds, allocations, the context stack) so tests can check the glue:
-build -> timing cache -> gate -> cache -> deserialize -> batched inference -> teardown.
+"""CPU stand-ins for ``tensorrt`` and the two CUDA bindings vpr_ros can use, ``pycuda.driver`` and
+cuda-python's ``cuda.bindings.driver`` (a true boundary: neither TensorRT nor a GPU can exist on
+the CI machine). Only the API surface vpr_ros calls, with the TensorRT 10 names: the "engine" a
+build serialises is the ONNX file itself, run by ONNX Runtime when the execution context
+executes; "device memory" is host arrays addressed by integers; there are two "GPUs". They count
+what the code under test does (builds and the device they ran on, device and pinned allocations,
+each thread's context stack) so tests can check the glue: build -> timing cache -> gate -> cache
+-> deserialize -> batched inference -> teardown.
 
-``install(monkeypatch)`` puts both modules into ``sys.modules`` (and forgets vpr_ros modules that
-imported the real names) for one test."""
+``install(monkeypatch, api)`` puts the modules into ``sys.modules`` (and forgets vpr_ros modules
+that imported the real names) for one test; ``api`` is 'pycuda' or 'cuda-python' (the other
+binding is made unimportable)."""
 from __future__ import annotations
 
+import ctypes
 import enum
 import itertools
 import sys
+import threading
 import types
 from typing import Any
 
@@ -19,21 +24,63 @@ import numpy as np
 
 #: what the stand-ins observed (reset by install())
 STATS: dict[str, Any] = {}
+DEVICES = ("Fake GPU 0 (CPU stand-in)", "Fake GPU 1 (CPU stand-in)")
+_stacks = threading.local()
 
 
 def _reset() -> None:
     STATS.clear()
-    STATS.update(builds=0, allocations={}, context_depth=0, executions=0, corrupt_outputs=False,
-                 build_returns_none=False, timing_cache_written=b"")
+    STATS.update(builds=0, allocations={}, pinned={}, context_depth=0, executions=0, corrupt_outputs=False,
+                 build_returns_none=False, timing_cache_written=b"", build_device=None, stacks={})
+
+
+def _stack() -> list[int]:
+    """The calling thread's context stack (device indices), also kept in STATS by thread name."""
+    if not hasattr(_stacks, "devices"):
+        _stacks.devices = []
+        STATS["stacks"][threading.current_thread().name + f"-{threading.get_ident()}"] = _stacks.devices
+    return _stacks.devices
+
+
+def current_device() -> int | None:
+    stack = _stack()
+    return stack[-1] if stack else None
+
+
+def contexts_left() -> dict[str, list[int]]:
+    """Threads whose context stack is not empty (real pycuda aborts when such a thread ends)."""
+    return {name: list(st) for name, st in STATS["stacks"].items() if st}
+
+
+def _push(device: int) -> None:
+    _stack().append(device)
+    STATS["context_depth"] += 1
+
+
+def _pop() -> None:
+    stack = _stack()
+    assert stack, "context pop with an empty context stack"
+    stack.pop()
+    STATS["context_depth"] -= 1
+
+
+def _device_alloc(nbytes: int) -> int:
+    address = next(_addresses)
+    STATS["allocations"][address] = np.zeros(nbytes, np.uint8)
+    return address
+
+
+_addresses = itertools.count(0x1000, 0x1000)
+
+
+def _memory(address: int) -> np.ndarray:
+    return STATS["allocations"][int(address)]
 
 
 # ------------------------------------------------------------------------------ pycuda.driver
 class _Allocation:
-    _ids = itertools.count(0x1000, 0x1000)
-
     def __init__(self, nbytes: int) -> None:
-        self.address = next(self._ids)
-        STATS["allocations"][self.address] = np.zeros(nbytes, np.uint8)
+        self.address = _device_alloc(nbytes)
 
     def __int__(self) -> int:
         return self.address
@@ -42,12 +89,29 @@ class _Allocation:
         STATS["allocations"].pop(self.address)
 
 
+class _HostAllocation(bytearray):
+    """pycuda's page-locked memory: the array's ``base``, with ``free()``."""
+
+    def free(self) -> None:
+        STATS["pinned"].pop(id(self))
+
+
+def _pagelocked_empty(shape: Any, dtype: Any) -> np.ndarray:
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    mem = _HostAllocation(max(nbytes, 1))
+    STATS["pinned"][id(mem)] = nbytes
+    return np.ndarray(shape, dtype, buffer=mem)
+
+
 class _Context:
+    def __init__(self, index: int) -> None:
+        self.index = index
+
     def push(self) -> None:
-        STATS["context_depth"] += 1
+        _push(self.index)
 
     def pop(self) -> None:
-        STATS["context_depth"] -= 1
+        _pop()
 
     def detach(self) -> None:
         pass
@@ -55,20 +119,21 @@ class _Context:
 
 class _Device:
     def __init__(self, index: int) -> None:
+        assert 0 <= index < len(DEVICES), f"no device {index}"
         self.index = index
 
     @staticmethod
     def count() -> int:
-        return 1
+        return len(DEVICES)
 
     def name(self) -> str:
-        return "Fake GPU (CPU stand-in)"
+        return DEVICES[self.index]
 
     def compute_capability(self) -> tuple[int, int]:
         return (8, 7)
 
     def retain_primary_context(self) -> _Context:
-        return _Context()
+        return _Context(self.index)
 
 
 class _Stream:
@@ -89,16 +154,12 @@ class _Event:
         pass
 
 
-def _memory(address: int) -> np.ndarray:
-    return STATS["allocations"][int(address)]
-
-
-def _htod(dev: _Allocation, host: np.ndarray, stream: _Stream) -> None:
+def _htod(dev: Any, host: np.ndarray, stream: Any) -> None:
     raw = np.ascontiguousarray(host).view(np.uint8).reshape(-1)
     _memory(int(dev))[:raw.size] = raw
 
 
-def _dtoh(host: np.ndarray, dev: _Allocation, stream: _Stream) -> None:
+def _dtoh(host: np.ndarray, dev: Any, stream: Any) -> None:
     flat = host.reshape(-1).view(np.uint8)
     flat[:] = _memory(int(dev))[:flat.size]
 
@@ -110,10 +171,90 @@ def _pycuda_driver() -> types.ModuleType:
     m.Stream = _Stream
     m.Event = _Event
     m.event_flags = types.SimpleNamespace(BLOCKING_SYNC=1, DISABLE_TIMING=2)
-    m.pagelocked_empty = lambda shape, dtype: np.zeros(shape, dtype)
+    m.pagelocked_empty = _pagelocked_empty
     m.mem_alloc = _Allocation
     m.memcpy_htod_async = _htod
     m.memcpy_dtoh_async = _dtoh
+    return m
+
+
+# ------------------------------------------------------------------------------ cuda.bindings.driver
+class CUresult(enum.IntEnum):
+    CUDA_SUCCESS = 0
+    CUDA_ERROR_INVALID_VALUE = 1
+    CUDA_ERROR_INVALID_DEVICE = 101
+    CUDA_ERROR_INVALID_CONTEXT = 201
+
+
+class _CuHandle(int):
+    """cuda-python's handle types (CUdevice, CUdeviceptr, CUstream, ...) convert with int()."""
+
+
+def _cuda_bindings_driver() -> types.ModuleType:
+    ok = CUresult.CUDA_SUCCESS
+    m = types.ModuleType("cuda.bindings.driver")
+    m.CUresult = CUresult
+    m.CUdevice_attribute = types.SimpleNamespace(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR=75,
+                                                 CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR=76)
+    m.CUevent_flags = types.SimpleNamespace(CU_EVENT_BLOCKING_SYNC=1, CU_EVENT_DISABLE_TIMING=2)
+    host: dict[int, np.ndarray] = {}
+
+    def device(index: int) -> tuple:
+        if not 0 <= index < len(DEVICES):
+            return (CUresult.CUDA_ERROR_INVALID_DEVICE, None)
+        return (ok, _CuHandle(index))
+
+    def pop() -> tuple:
+        if not _stack():
+            return (CUresult.CUDA_ERROR_INVALID_CONTEXT, None)
+        _pop()
+        return (ok, _CuHandle(0))
+
+    def host_alloc(nbytes: int, flags: int) -> tuple:
+        buf = np.zeros(nbytes, np.uint8)
+        host[buf.ctypes.data] = buf
+        STATS["pinned"][buf.ctypes.data] = nbytes
+        return (ok, buf.ctypes.data)
+
+    def host_free(ptr: int) -> tuple:
+        host.pop(int(ptr))
+        STATS["pinned"].pop(int(ptr))
+        return (ok,)
+
+    def free(ptr: Any) -> tuple:
+        return (ok,) if STATS["allocations"].pop(int(ptr), None) is not None else (CUresult.CUDA_ERROR_INVALID_VALUE,)
+
+    def htod(dst: Any, src: int, nbytes: int, stream: Any) -> tuple:
+        ctypes.memmove(_memory(int(dst)).ctypes.data, int(src), int(nbytes))
+        return (ok,)
+
+    def dtoh(dst: int, src: Any, nbytes: int, stream: Any) -> tuple:
+        ctypes.memmove(int(dst), _memory(int(src)).ctypes.data, int(nbytes))
+        return (ok,)
+
+    m.cuInit = lambda flags: (ok,)
+    m.cuGetErrorString = lambda err: (ok, CUresult(int(err)).name.encode())
+    m.cuDeviceGetCount = lambda: (ok, len(DEVICES))
+    m.cuDeviceGet = device
+    m.cuDeviceGetName = lambda n, dev: (ok, DEVICES[int(dev)].encode().ljust(n, b"\0"))
+    m.cuDeviceGetAttribute = lambda attr, dev: (ok, 8 if attr == 75 else 7)
+    m.cuDevicePrimaryCtxRetain = lambda dev: (ok, _CuHandle(int(dev)))
+    m.cuDevicePrimaryCtxRelease = lambda dev: (ok,)
+    m.cuCtxPushCurrent = lambda ctx: (_push(int(ctx)), (ok,))[1]
+    m.cuCtxPopCurrent = pop
+    m.cuMemHostAlloc = host_alloc
+    m.cuMemFreeHost = host_free
+    m.cuMemAlloc = lambda nbytes: (ok, _CuHandle(_device_alloc(int(nbytes))))
+    m.cuMemFree = free
+    m.cuStreamCreate = lambda flags: (ok, _CuHandle(7))
+    m.cuStreamDestroy = lambda s: (ok,)
+    m.cuStreamSynchronize = lambda s: (ok,)
+    m.cuEventCreate = lambda flags: (ok, _CuHandle(9))
+    m.cuEventDestroy = lambda e: (ok,)
+    m.cuEventRecord = lambda e, s: (ok,)
+    m.cuEventSynchronize = lambda e: (ok,)
+    m.cuMemcpyHtoDAsync = htod
+    m.cuMemcpyDtoHAsync = dtoh
     return m
 
 
@@ -217,6 +358,7 @@ class _Builder:
     def build_serialized_network(self, network: _Network, config: _Config) -> bytes | None:
         STATS["builds"] += 1
         STATS["flags"] = set(config.flags)
+        STATS["build_device"] = current_device()  # TensorRT builds on the thread's current context
         if STATS["build_returns_none"]:
             return None  # what TensorRT does when a build fails (e.g. out of memory)
         return b"FAKEENGINE" + network.onnx
@@ -296,15 +438,28 @@ def _tensorrt() -> types.ModuleType:
     return m
 
 
-def install(monkeypatch: Any) -> dict[str, Any]:
-    """Use the stand-ins for this test; returns STATS."""
+def install(monkeypatch: Any, api: str = "pycuda") -> dict[str, Any]:
+    """Use the stand-ins for this test with CUDA through ``api``; returns STATS."""
     _reset()
-    pycuda = types.ModuleType("pycuda")
-    driver = _pycuda_driver()
-    pycuda.driver = driver  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "tensorrt", _tensorrt())
-    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+    monkeypatch.delenv("VPR_ROS_CUDA_API", raising=False)
+    if api == "pycuda":
+        pycuda = types.ModuleType("pycuda")
+        driver = _pycuda_driver()
+        pycuda.driver = driver  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+        monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+        for name in ("cuda", "cuda.bindings", "cuda.bindings.driver"):
+            monkeypatch.setitem(sys.modules, name, None)  # import fails: only pycuda is there
+    else:
+        cuda, bindings, driver = (types.ModuleType("cuda"), types.ModuleType("cuda.bindings"),
+                                  _cuda_bindings_driver())
+        cuda.bindings, bindings.driver = bindings, driver  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "cuda", cuda)
+        monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+        monkeypatch.setitem(sys.modules, "cuda.bindings.driver", driver)
+        for name in ("pycuda", "pycuda.driver"):
+            monkeypatch.setitem(sys.modules, name, None)
     for name in ("vpr_ros.export.tensorrt",):  # imported 'tensorrt' at module level
         monkeypatch.delitem(sys.modules, name, raising=False)
     return STATS

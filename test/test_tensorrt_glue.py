@@ -1,10 +1,12 @@
-"""The TensorRT path from ONNX to descriptors, on CPU stand-ins of ``tensorrt`` and ``pycuda``
-(test/fake_tensorrt.py: MOCKS at a true boundary, neither TensorRT nor a GPU exists on CI). They
-prove the glue on every commit: build (workspace, flags, profile, one build per cache key, stale
+"""The TensorRT path from ONNX to descriptors, on CPU stand-ins of ``tensorrt`` and of both CUDA
+bindings, ``pycuda`` and cuda-python (test/fake_tensorrt.py: MOCKS at a true boundary, neither
+TensorRT nor a GPU exists on CI). They prove the glue on every commit, through each binding:
+build (workspace, flags, profile, on the configured device, one build per cache key, stale
 candidates removed), timing cache kept whatever the gate says, accuracy gate before caching,
 cache reuse, batches split over the engine's maximum batch, both outputs, the fallback of
-backend 'auto' when a build fails or is refused, and a teardown that frees every allocation and
-pops the context. The numbers TensorRT computes on a real GPU are not tested here."""
+backend 'auto' when a build fails or is refused, and a teardown — by close, by garbage
+collection, after a failed setup — that frees every device and pinned allocation and leaves no
+thread with a context pushed. The numbers TensorRT computes on a real GPU are not tested here."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,11 +16,11 @@ import fake_tensorrt
 from conftest import TINY_MODEL
 
 
-@pytest.fixture()
-def trt(monkeypatch):
+@pytest.fixture(params=["pycuda", "cuda-python"])
+def trt(monkeypatch, request):
     import sys
 
-    yield fake_tensorrt.install(monkeypatch)
+    yield fake_tensorrt.install(monkeypatch, request.param)
     sys.modules.pop("vpr_ros.export.tensorrt", None)  # imported the stand-in: not for later tests
 
 
@@ -53,8 +55,9 @@ def test_build_gate_cache_infer_and_teardown(trt, tmp_path, onnx_graph):
         assert np.abs(b.infer(x) - ref.infer(x)).max() < 1e-5 and trt["executions"] - before == 3
         (d, local), (rd, rl) = b.infer_local(x[:5]), ref.infer_local(x[:5])
         assert b.has_local and np.abs(local - rl).max() < 1e-5 and np.abs(d - rd).max() < 1e-5
-        assert trt["context_depth"] == 1 and trt["allocations"]
-    assert trt["allocations"] == {} and trt["context_depth"] == 0  # everything freed, context popped
+        assert trt["context_depth"] == 1 and trt["allocations"] and trt["pinned"] and trt["build_device"] == 0
+    # everything freed, the context popped, on the thread that pushed it
+    assert trt["allocations"] == {} and trt["pinned"] == {} and fake_tensorrt.contexts_left() == {}
     with TensorRTBackend.from_onnx(onnx_graph, cache_dir=tmp_path, precision="fp16", max_batch=4):
         assert trt["builds"] == 1  # the cached engine, not a second build
     with TensorRTBackend.from_onnx(onnx_graph, cache_dir=tmp_path, precision="fp32", max_batch=4):
@@ -75,7 +78,7 @@ def test_a_refused_engine_is_not_cached_but_its_timings_are_and_auto_falls_back(
         TensorRTBackend.from_onnx(onnx_graph, cache_dir=tmp_path, precision="fp16", max_batch=4)
     engines = tmp_path / "engines"
     assert not list(engines.glob("*.engine")) and list(engines.glob("timing-*.cache"))  # timings kept
-    assert trt["allocations"] == {} and trt["context_depth"] == 0  # the refused candidate was torn down
+    assert trt["allocations"] == {} and trt["pinned"] == {} and fake_tensorrt.contexts_left() == {}  # refused: torn down
     trt["corrupt_outputs"], trt["build_returns_none"] = False, True
     with pytest.raises(EngineBuildError, match="failed to build a fp16 engine"):
         TensorRTBackend.from_onnx(onnx_graph, cache_dir=tmp_path, precision="fp16", max_batch=4)
@@ -102,4 +105,34 @@ def test_an_engine_file_that_cannot_be_loaded_names_the_fix(trt, tmp_path, onnx_
     ident = read_identity({p.key: p.value for p in onnx.load(str(onnx_graph)).metadata_props}, str(onnx_graph))
     with pytest.raises(EngineBuildError, match="cannot load this engine .* rebuild it"):
         TensorRTBackend(bad, ident, 4)
-    assert trt["allocations"] == {} and trt["context_depth"] == 0
+    assert trt["allocations"] == {} and trt["pinned"] == {} and fake_tensorrt.contexts_left() == {}
+
+
+def test_cuda_n_builds_and_runs_on_device_n(trt, tmp_path, onnx_graph):
+    from vpr_ros.runtime.tensorrt_backend import TensorRTBackend
+
+    with TensorRTBackend.from_onnx(onnx_graph, cache_dir=tmp_path, precision="fp16", max_batch=2,
+                                   device="cuda:1") as b:
+        assert trt["build_device"] == 1  # built and timed on GPU 1, not on whatever was current
+        sidecar = next((tmp_path / "engines").glob("*.json")).read_text()
+        assert fake_tensorrt.DEVICES[1] in sidecar and b.device_index == 1
+        assert [d for st in trt["stacks"].values() for d in st] == [1]  # its thread has GPU 1 current
+        assert b.infer(_batch(3)).shape[0] == 3
+    assert fake_tensorrt.contexts_left() == {}
+
+
+def test_an_unclosed_backend_is_torn_down_by_its_finalizer(trt, tmp_path, onnx_graph):
+    """No close() (an exception in the owner's teardown, Ctrl-C during set-up): garbage collection
+    or interpreter exit still frees everything on the device thread and pops its context."""
+    import gc
+
+    from vpr_ros.runtime.tensorrt_backend import TensorRTBackend
+
+    b = TensorRTBackend.from_onnx(onnx_graph, cache_dir=tmp_path, precision="fp16", max_batch=2)
+    b.infer(_batch(2))
+    thread = b._device._thread
+    assert trt["allocations"] and fake_tensorrt.contexts_left()
+    del b
+    gc.collect()
+    thread.join()  # the finalizer ran the teardown on the device thread, which then ended
+    assert trt["allocations"] == {} and trt["pinned"] == {} and fake_tensorrt.contexts_left() == {}

@@ -80,7 +80,7 @@ class BuildProgress(trt.IProgressMonitor):
 
 
 def gpu_name(device: int = 0) -> str:
-    """Name of CUDA device ``device`` (through pycuda, in the runtime module)."""
+    """Name of CUDA device ``device`` (through the CUDA binding of the runtime module)."""
     from vpr_ros.runtime.tensorrt_backend import cuda_device_name
 
     return cuda_device_name(device)
@@ -135,8 +135,11 @@ def build_engine(onnx_path: Path, cache_dir: Path, precision: str = "fp16", max_
                    f"another process is building {engine_file.name}; waiting for it"):
         if engine_file.is_file() and sidecar.is_file() and not rebuild:
             return engine_file
-        return _build(onnx_path, spec, engine_file, sidecar, cache_dir, precision, max_batch, input_size,
-                      workspace_mib, quantized, gate)
+        from vpr_ros.runtime.cuda_memory import DeviceScope, cuda_api
+
+        with DeviceScope(cuda_api(), device):  # TensorRT builds and times on the current device: this one
+            return _build(onnx_path, spec, engine_file, sidecar, cache_dir, precision, max_batch, input_size,
+                          workspace_mib, quantized, gate)
 
 
 def _build(onnx_path: Path, spec: EngineSpec, engine_file: Path, sidecar: Path, cache_dir: Path, precision: str,

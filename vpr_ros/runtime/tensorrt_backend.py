@@ -1,16 +1,17 @@
 """TensorRT backend: a serialized engine run with name-based I/O on one CUDA stream.
 
-The only module of vpr_ros that imports pycuda. Everything CUDA happens on one dedicated
-worker thread, which makes the configured device's *primary* context current (the context
-PyTorch and other CUDA libraries in the process share; no second context), and waits for
-results on a blocking-sync event (the thread sleeps instead of spinning: CPU time matters on
-Jetson-class boards). Pinned host buffers and device buffers are allocated once, for the
-engine's maximum batch; larger batches are split. CUDA and TensorRT failures come out as
+CUDA comes through :mod:`vpr_ros.runtime.cuda_memory` (pycuda or cuda-python, whichever is
+installed). Everything CUDA happens on one dedicated device thread, which makes the configured
+device's *primary* context current (the context PyTorch and other CUDA libraries in the
+process share; no second context), and waits for results on a blocking-sync event (the thread
+sleeps instead of spinning: CPU time matters on Jetson-class boards). Pinned host buffers and
+device buffers are allocated once, for the engine's maximum batch; larger batches are split.
+The thread frees them and pops the context however the backend ends (close, garbage
+collection, interpreter exit, a failed setup). CUDA and TensorRT failures come out as
 EngineBuildError / BackendUnavailable with the message, not as tracebacks.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,12 @@ import numpy as np
 from vpr_ros.errors import BackendUnavailable, EngineBuildError, VprError
 from vpr_ros.export.graph_io import INPUT, LOCAL_OUTPUT, OUTPUT, read_identity
 from vpr_ros.runtime.base import DescriptorBackend
+from vpr_ros.runtime.cuda_memory import DeviceScope, DeviceThread, cuda_api
 
 
 def require_tensorrt() -> None:
-    """Raise BackendUnavailable, saying what to install, unless TensorRT, pycuda and a GPU exist."""
+    """Raise BackendUnavailable, saying what to install, unless TensorRT, a CUDA binding
+    (pycuda or cuda-python) and a GPU exist."""
     try:
         import tensorrt
 
@@ -30,20 +33,16 @@ def require_tensorrt() -> None:
     except ImportError:
         usable = False
     if not usable:
-        raise BackendUnavailable("backend 'tensorrt' needs TensorRT 10 with its Python bindings "
-                                 "(NVIDIA's tensorrt wheels or JetPack) and pycuda; not installed here")
+        raise BackendUnavailable("backend 'tensorrt' needs TensorRT 10 or 11 with its Python bindings "
+                                 "(NVIDIA's tensorrt wheels or JetPack) and pycuda or cuda-python; not installed here")
     try:
-        import pycuda.driver as cuda  # type: ignore[import-not-found]
-
-        cuda.init()
-        if cuda.Device.count() < 1:
-            raise BackendUnavailable("backend 'tensorrt': no CUDA device found")
-    except ImportError:
-        raise BackendUnavailable("backend 'tensorrt' needs pycuda: pip install pycuda") from None
+        count = cuda_api().device_count()
     except BackendUnavailable:
         raise
-    except Exception as exc:  # noqa: BLE001 - pycuda raises its own error types
+    except Exception as exc:  # noqa: BLE001 - the bindings raise their own error types
         raise BackendUnavailable(f"backend 'tensorrt': CUDA is not usable ({exc})") from None
+    if count < 1:
+        raise BackendUnavailable("backend 'tensorrt': no CUDA device found")
 
 
 def device_index(device: str) -> int:
@@ -54,21 +53,16 @@ def device_index(device: str) -> int:
 
 def cuda_device_name(device: int = 0) -> str:
     """Name of CUDA device ``device``."""
-    import pycuda.driver as cuda
-
-    cuda.init()
-    if device >= cuda.Device.count():
-        raise BackendUnavailable(f"backend 'tensorrt': no CUDA device {device} ({cuda.Device.count()} present)")
-    return str(cuda.Device(device).name())
+    api = cuda_api()
+    if device >= api.device_count():
+        raise BackendUnavailable(f"backend 'tensorrt': no CUDA device {device} ({api.device_count()} present)")
+    return api.device_name(device)
 
 
 def cuda_compute_capability(device: int = 0) -> str:
     """'sm_<major><minor>' of CUDA device ``device`` ('' when the driver does not say)."""
-    import pycuda.driver as cuda
-
-    cuda.init()
     try:
-        major, minor = cuda.Device(device).compute_capability()
+        major, minor = cuda_api().compute_capability(device)
     except Exception:  # noqa: BLE001 - an old or stand-in driver
         return ""
     return f"sm_{major}{minor}"
@@ -125,92 +119,71 @@ class TensorRTBackend(DescriptorBackend):
         self.device_index = device
         super().__init__(identity["model_id"], identity["weights_sha256"], identity["weights_source"],
                          int(identity["input_size"]), int(identity["descriptor_dim"]), identity["pca_id"])
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vpr-tensorrt")
-        self._state: dict[str, Any] = {}
-        self._call(self._setup)
+        self._has_local = False
+        self._device: DeviceThread | None = None
+        try:
+            self._device = DeviceThread(cuda_api(), device, "vpr-tensorrt")
+        except Exception as exc:  # noqa: BLE001
+            raise _plain(exc, f"{self.engine_path}") from None
+        try:
+            self._call(self._setup)
+        except BaseException:
+            self.close()  # what setup allocated is freed and the context popped now, not at exit
+            raise
 
     def _call(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn`` on the CUDA worker thread; its failure as a one-line domain error."""
+        """Run ``fn(scope, *args)`` on the device thread; its failure as a one-line domain error."""
+        if self._device is None:
+            raise EngineBuildError(f"{self.engine_path}: backend closed")
         try:
-            return self._pool.submit(fn, *args).result()
+            return self._device.call(fn, *args)
         except Exception as exc:  # noqa: BLE001
             raise _plain(exc, f"{self.engine_path}") from None
 
-    # ---------------------------------------------------------------- worker thread only
-    def _setup(self) -> None:
-        import pycuda.driver as cuda
+    # ---------------------------------------------------------------- device thread only
+    def _setup(self, scope: DeviceScope) -> None:
         import tensorrt as trt
 
-        cuda.init()
-        if self.device_index >= cuda.Device.count():
-            raise BackendUnavailable(f"backend 'tensorrt': no CUDA device {self.device_index} "
-                                     f"({cuda.Device.count()} present)")
-        ctx = cuda.Device(self.device_index).retain_primary_context()
-        ctx.push()
-        self._state = {"ctx": ctx}
-        try:
-            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-            engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
-            if engine is None:
-                raise EngineBuildError(
-                    f"{self.engine_path}: TensorRT {trt.__version__} cannot load this engine (built by another "
-                    "TensorRT version or for another GPU, or corrupt); rebuild it: vpr_ros_build_engine --rebuild")
-            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-            if not {INPUT, OUTPUT} <= set(names) <= {INPUT, OUTPUT, LOCAL_OUTPUT}:
-                raise EngineBuildError(f"{self.engine_path}: expected tensors {INPUT!r}, {OUTPUT!r} (and optionally "
-                                       f"{LOCAL_OUTPUT!r}), found {names}")
-            s, b = self.input_size, self.max_batch
-            host = {INPUT: cuda.pagelocked_empty((b, 3, s, s), np.float32),
-                    OUTPUT: cuda.pagelocked_empty((b, self.descriptor_dim), np.float32)}
-            if LOCAL_OUTPUT in names:  # [-1, P, C]: every output needs an address, even when not read
-                shape = engine.get_tensor_shape(LOCAL_OUTPUT)
-                host[LOCAL_OUTPUT] = cuda.pagelocked_empty((b, int(shape[1]), int(shape[2])), np.float32)
-            self._state.update(engine=engine, host=host)
-            dev = {name: cuda.mem_alloc(h.nbytes) for name, h in host.items()}
-            self._state["dev"] = dev
-            context = engine.create_execution_context()
-            for name, d in dev.items():
-                context.set_tensor_address(name, int(d))
-            done = cuda.Event(cuda.event_flags.BLOCKING_SYNC | cuda.event_flags.DISABLE_TIMING)
-            self._state.update(context=context, stream=cuda.Stream(), done=done)
-        except BaseException:
-            self._teardown()
-            raise
+        runtime = scope.hold("runtime", trt.Runtime(trt.Logger(trt.Logger.WARNING)))
+        engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        if engine is None:
+            raise EngineBuildError(
+                f"{self.engine_path}: TensorRT {trt.__version__} cannot load this engine (built by another "
+                "TensorRT version or for another GPU, or corrupt); rebuild it: vpr_ros_build_engine --rebuild")
+        scope.hold("engine", engine)
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        if not {INPUT, OUTPUT} <= set(names) <= {INPUT, OUTPUT, LOCAL_OUTPUT}:
+            raise EngineBuildError(f"{self.engine_path}: expected tensors {INPUT!r}, {OUTPUT!r} (and optionally "
+                                   f"{LOCAL_OUTPUT!r}), found {names}")
+        s, b = self.input_size, self.max_batch
+        shapes = {INPUT: (b, 3, s, s), OUTPUT: (b, self.descriptor_dim)}
+        if LOCAL_OUTPUT in names:  # [-1, P, C]: every output needs an address, even when not read
+            shape = engine.get_tensor_shape(LOCAL_OUTPUT)
+            shapes[LOCAL_OUTPUT] = (b, int(shape[1]), int(shape[2]))
+        host = {name: scope.host_buffer(shape, np.float32) for name, shape in shapes.items()}
+        dev = {name: scope.device_buffer(h.nbytes) for name, h in host.items()}
+        context = scope.hold("context", engine.create_execution_context())
+        for name, address in dev.items():
+            context.set_tensor_address(name, address)
+        stream, handle = scope.stream()
+        scope.state.update(host=host, dev=dev, stream=stream, handle=handle, done=scope.event())
+        scope.on_close(lambda: scope.api.synchronize(stream))  # nothing in flight when things are freed
+        self._has_local = LOCAL_OUTPUT in names
 
-    def _run(self, batch: np.ndarray, local: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """One engine run on the worker thread: (descriptors [n, D], local features [n, P, C] if ``local``)."""
-        import pycuda.driver as cuda
-
-        st = self._state
+    def _run(self, scope: DeviceScope, batch: np.ndarray, local: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """One engine run: (descriptors [n, D], local features [n, P, C] if ``local``)."""
+        st, api = scope.state, scope.api
         host, dev, stream = st["host"], st["dev"], st["stream"]
         n = batch.shape[0]
         host[INPUT][:n] = batch
         st["context"].set_input_shape(INPUT, (n, 3, self.input_size, self.input_size))
-        cuda.memcpy_htod_async(dev[INPUT], host[INPUT][:n], stream)
-        if not st["context"].execute_async_v3(stream.handle):
+        api.copy_to_device(dev[INPUT], host[INPUT][:n], stream)
+        if not st["context"].execute_async_v3(st["handle"]):
             raise EngineBuildError(f"{self.engine_path}: TensorRT execution failed")
-        wanted = [OUTPUT, LOCAL_OUTPUT] if local else [OUTPUT]
-        for name in wanted:
-            cuda.memcpy_dtoh_async(host[name][:n], dev[name], stream)
-        st["done"].record(stream)
-        st["done"].synchronize()  # blocking sync: the thread sleeps until the copies are done
+        for name in ([OUTPUT, LOCAL_OUTPUT] if local else [OUTPUT]):
+            api.copy_to_host(host[name][:n], dev[name], stream)
+        api.wait(st["done"], stream)  # blocking sync: the thread sleeps until the copies are done
         return np.array(host[OUTPUT][:n]), (np.array(host[LOCAL_OUTPUT][:n]) if local else None)
-
-    def _teardown(self) -> None:
-        """Release everything while the context is current, then pop and release the context."""
-        st, self._state = self._state, {}
-        if not st:
-            return
-        if "stream" in st:
-            st["stream"].synchronize()
-        for key in ("context", "engine", "done", "stream"):
-            st.pop(key, None)
-        for d in st.pop("dev", {}).values():
-            d.free()
-        st.pop("host", None)
-        ctx = st["ctx"]
-        ctx.pop()
-        ctx.detach()  # releases this reference to the primary context
 
     # ---------------------------------------------------------------- any thread
     def _infer(self, batch: np.ndarray) -> np.ndarray:
@@ -220,7 +193,7 @@ class TensorRTBackend(DescriptorBackend):
 
     @property
     def has_local(self) -> bool:
-        return LOCAL_OUTPUT in self._state.get("host", {})
+        return self._has_local
 
     def _infer_local(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parts = [self._call(self._run, batch[i:i + self.max_batch], True)
@@ -228,6 +201,6 @@ class TensorRTBackend(DescriptorBackend):
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def close(self) -> None:
-        if self._state:
-            self._call(self._teardown)
-        self._pool.shutdown(wait=True)
+        device, self._device = self._device, None
+        if device is not None:
+            device.close()
