@@ -71,6 +71,32 @@ def test_cudagraph_backend_matches_fp32_pytorch(reference, precision, min_cos):
 
 
 @pytest.mark.gpu
+def test_cudagraph_capture_on_cuda_n_records_the_model(reference):
+    """On ``cuda:N`` (the last device) from a thread whose current device is 0: the captured graph
+    must hold the model — replays of two different batches give their own FP32 descriptors. An
+    empty capture (on another device's stream) would replay stale or zero outputs and fail."""
+    import threading
+
+    import torch
+
+    from vpr_ros.runtime.cudagraph_backend import CudaGraphBackend
+
+    cfg, images, desc, _ = reference
+    n = torch.cuda.device_count() - 1
+    out: dict[str, np.ndarray] = {}
+
+    def run() -> None:
+        torch.cuda.set_device(0)
+        with CudaGraphBackend(cfg, f"cuda:{n}", "fp32", max_batch=2) as b:
+            out["first"], out["second"] = b.infer(images[:2]), b.infer(images[2:4])
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    assert cosine(out["first"], desc[:2]).min() >= 0.9999 and cosine(out["second"], desc[2:4]).min() >= 0.9999
+    assert not np.allclose(out["first"], out["second"])
+
+
+@pytest.mark.gpu
 def test_auto_prefers_cuda_graphs_when_tensorrt_is_missing():
     from vpr_ros.runtime.factory import open_backend
 
@@ -86,9 +112,15 @@ def test_auto_prefers_cuda_graphs_when_tensorrt_is_missing():
 
 @pytest.mark.gpu
 def test_tensorrt_engine_passes_the_accuracy_gate(reference, tmp_path):
-    """Where TensorRT and pycuda exist: an FP16 engine of the student, gated against ONNX Runtime FP32."""
+    """Where TensorRT and a CUDA binding exist: an FP16 engine of the student, gated against ONNX Runtime FP32."""
     pytest.importorskip("tensorrt")
-    pytest.importorskip("pycuda")
+    from vpr_ros.errors import BackendUnavailable
+    from vpr_ros.runtime.cuda_memory import cuda_api
+
+    try:
+        cuda_api()
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
     from vpr_ros.runtime.factory import onnx_for
     from vpr_ros.runtime.tensorrt_backend import TensorRTBackend
 

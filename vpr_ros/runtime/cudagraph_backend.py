@@ -60,7 +60,11 @@ class CudaGraphBackend(DescriptorBackend):
         from vpr_ros.pca import load_pca_for
 
         self._torch = torch
-        self.device = torch.device(device)
+        index = device.partition(":")[2]
+        self.device = torch.device("cuda", int(index) if index.isdigit() else 0)
+        if self.device.index >= torch.cuda.device_count():
+            raise BackendUnavailable(f"backend 'torch_cudagraph': no CUDA device {self.device.index} "
+                                     f"({torch.cuda.device_count()} present)")
         self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
         self.precision = precision
         self.buckets = batch_buckets(max_batch)
@@ -94,6 +98,8 @@ class CudaGraphBackend(DescriptorBackend):
                 self._forward(static_in)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
+        # captured on the current device's stream: the caller made self.device current (on cuda:N a
+        # capture on another device's stream records nothing, and replays return stale outputs)
         with torch.inference_mode(), torch.cuda.graph(graph):
             desc, local = self._forward(static_in)
         self._graphs[bucket] = (graph, static_in, desc, local)
@@ -103,7 +109,7 @@ class CudaGraphBackend(DescriptorBackend):
         torch = self._torch
         descs, locals_ = [], []
         top = self.buckets[-1]
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), torch.cuda.device(self.device):
             for start in range(0, batch.shape[0], top):
                 part = torch.from_numpy(batch[start:start + top])
                 n = part.shape[0]
