@@ -136,3 +136,61 @@ def test_an_unclosed_backend_is_torn_down_by_its_finalizer(trt, tmp_path, onnx_g
     gc.collect()
     thread.join()  # the finalizer ran the teardown on the device thread, which then ended
     assert trt["allocations"] == {} and trt["pinned"] == {} and fake_tensorrt.contexts_left() == {}
+
+
+@pytest.fixture()
+def cpu_fallback(monkeypatch, onnx_graph):
+    """ONNX Runtime on the CPU answers for the GPU fallback backends (no CUDA build of torch or ONNX
+    Runtime here: a MOCK at the same boundary as the stand-ins)."""
+    from vpr_ros.runtime import factory
+    from vpr_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    real = factory._open
+
+    def open_(name, cfg, device, cache_dir, batch_dependent_ok=False, gpu=None, **kw):
+        if name == "onnxruntime":
+            return OnnxRuntimeBackend(onnx_graph)
+        if name == "torch_cudagraph":
+            from vpr_ros.errors import BackendUnavailable
+            raise BackendUnavailable("no CUDA torch here")
+        return real(name, cfg, device, cache_dir, batch_dependent_ok, gpu)
+    monkeypatch.setattr(factory, "_open", open_)
+
+
+def test_auto_starts_on_the_next_backend_and_swaps_the_built_engine_in(trt, tmp_path, onnx_graph, cpu_fallback):
+    from vpr_ros.config import GpuOptions, ModelConfig
+    from vpr_ros.runtime.engine_swap import EngineSwap
+    from vpr_ros.runtime.factory import open_backend
+    from vpr_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    cfg = ModelConfig(**TINY_MODEL, onnx=str(onnx_graph))
+    gpu = GpuOptions(max_batch=4, engine_build="background")
+    x = _batch(5)
+    with OnnxRuntimeBackend(onnx_graph) as ref:
+        expected = ref.infer(x)
+        with open_backend("auto", cfg, "cuda", cache_dir=tmp_path, gpu=gpu) as b:
+            assert isinstance(b, EngineSwap) and b.model_id == ref.model_id
+            assert np.abs(b.infer(x) - expected).max() < 1e-5  # answers at once, on whichever runs now
+            assert b.swapped.wait(timeout=300), b.build_status  # a hang guard, not a time budget
+            assert b.name == "tensorrt" and "passed the accuracy gate" in b.build_status and trt["builds"] == 1
+            assert np.abs(b.infer(x) - expected).max() < 1e-5 and b.describe()["engine_build"] == b.build_status
+        assert trt["allocations"] == {} and fake_tensorrt.contexts_left() == {}
+        with open_backend("auto", cfg, "cuda", cache_dir=tmp_path, gpu=gpu) as b:  # cached: the engine at once
+            assert b.name == "tensorrt" and not isinstance(b, EngineSwap) and trt["builds"] == 1
+
+
+def test_a_background_build_that_fails_keeps_the_fallback_and_never_builds_nothing(trt, tmp_path, onnx_graph,
+                                                                                    cpu_fallback):
+    from vpr_ros.config import GpuOptions, ModelConfig
+    from vpr_ros.runtime.factory import open_backend
+
+    cfg = ModelConfig(**TINY_MODEL, onnx=str(onnx_graph))
+    trt["build_returns_none"] = True  # the builder fails (e.g. out of memory)
+    with open_backend("auto", cfg, "cuda", cache_dir=tmp_path, gpu=GpuOptions(engine_build="background")) as b:
+        assert b.swapped.wait(timeout=300), b.build_status
+        assert b.name == "onnxruntime" and "failed, staying on 'onnxruntime'" in b.build_status
+        assert b.infer(_batch(2)).shape == (2, b.descriptor_dim)
+    assert trt["allocations"] == {} and fake_tensorrt.contexts_left() == {}
+    builds = trt["builds"]
+    with open_backend("auto", cfg, "cuda", cache_dir=tmp_path, gpu=GpuOptions(engine_build="never")) as b:
+        assert b.name == "onnxruntime" and trt["builds"] == builds  # no cached engine: not built, next backend

@@ -128,6 +128,12 @@ class IndexConfig:
         _range("ivf_nlist", self.ivf_nlist, 0, 10**7)
 
 
+#: when backend 'auto' builds a missing TensorRT engine: 'background' (start on the next backend,
+#: swap the engine in once built and gated), 'startup' (build before starting), 'never' (use a
+#: cached engine only, e.g. one made by vpr_ros_build_engine; else the next backend)
+ENGINE_BUILDS = ("background", "startup", "never")
+
+
 @dataclass(frozen=True)
 class GpuOptions:
     """How the GPU backends are built: precision, largest batch, TensorRT workspace (MiB)."""
@@ -135,6 +141,9 @@ class GpuOptions:
     precision: str = "fp16"
     max_batch: int = 8
     workspace_mib: int = 2048
+    #: backend 'auto' on CUDA without a cached engine: see ENGINE_BUILDS ('startup' for commands,
+    #: whose numbers must come from one backend; the nodes default to 'background')
+    engine_build: str = "startup"
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,10 @@ class CameraNodeConfig:
                         "bf16 (CUDA graphs) or int8 (TensorRT; needs model.onnx made by vpr_ros_quantize).")
     max_batch: int = _f(8, "Largest batch the GPU backends are built for (bigger batches are split).", lo=1, hi=256)
     workspace_mib: int = _f(2048, "TensorRT builder workspace in MiB.", lo=64, hi=1 << 20)
+    engine_build: str = _f("background", "backend 'auto' on CUDA when no TensorRT engine is cached yet: "
+                           "'background' (start on the next backend; the engine is swapped in once built "
+                           "and gated), 'startup' (build before the node starts), 'never' (cached engines "
+                           "only, e.g. from vpr_ros_build_engine).")
     engine_cache_dir: str = _f("", "Where exported ONNX graphs and engines are cached (empty = "
                                "$VPR_ROS_CACHE or ~/.cache/vpr_ros).")
     camera_topics: list = _f(["image"], "Image topics (relative names); each is subscribed with "
@@ -161,13 +174,14 @@ class CameraNodeConfig:
 
     @property
     def gpu(self) -> GpuOptions:
-        return GpuOptions(self.precision, self.max_batch, self.workspace_mib)
+        return GpuOptions(self.precision, self.max_batch, self.workspace_mib, self.engine_build)
 
     def _check_common(self) -> None:
         _choice("backend", self.backend, BACKENDS)
         _choice("precision", self.precision, PRECISIONS)
         _range("max_batch", self.max_batch, 1, 256)
         _range("workspace_mib", self.workspace_mib, 64, 1 << 20)
+        _choice("engine_build", self.engine_build, ENGINE_BUILDS)
         _choice("qos", self.qos, ("sensor_data", "reliable"))
         _choice("transport", self.transport, TRANSPORTS)
         _camera_topics(self.camera_topics)

@@ -96,6 +96,26 @@ def _network(builder: trt.Builder, onnx_path: Path, strongly_typed: bool) -> tup
     return network, parser
 
 
+def engine_spec(onnx_path: Path, precision: str, max_batch: int, input_size: int, workspace_mib: int,
+                device: int, quantized: bool) -> EngineSpec:
+    """The cache key of an engine: graph content, TensorRT, GPU, precision, profile, builder settings."""
+    from vpr_ros.runtime.tensorrt_backend import cuda_compute_capability
+
+    return EngineSpec(file_sha256(onnx_path), trt.__version__, gpu_name(device), precision, input_size, max_batch,
+                      cuda_compute_capability(device),
+                      f"workspace={workspace_mib}MiB,strongly_typed={quantized},tf32={precision != 'fp32'}")
+
+
+def cached_engine(onnx_path: Path, cache_dir: Path, precision: str, max_batch: int, input_size: int,
+                  workspace_mib: int, device: int = 0) -> Path | None:
+    """The cached engine :func:`build_engine` would return without building, or None."""
+    from vpr_ros.export.quantize import is_quantized
+
+    spec = engine_spec(onnx_path, precision, max_batch, input_size, workspace_mib, device, is_quantized(onnx_path))
+    engine_file, sidecar = spec.paths(cache_dir)
+    return engine_file if engine_file.is_file() and sidecar.is_file() else None
+
+
 def build_engine(onnx_path: Path, cache_dir: Path, precision: str = "fp16", max_batch: int = 8,
                  input_size: int = 224, workspace_mib: int = 2048, rebuild: bool = False,
                  gate: Callable[[Path], str] | None = None, device: int = 0) -> Path:
@@ -116,11 +136,7 @@ def build_engine(onnx_path: Path, cache_dir: Path, precision: str = "fp16", max_
                           "vpr_ros_quantize and set model.onnx to it")
     if quantized and precision != "int8":
         raise ConfigError(f"{onnx_path} is an INT8 (Q/DQ) graph: use precision int8 with it")
-    from vpr_ros.runtime.tensorrt_backend import cuda_compute_capability
-
-    spec = EngineSpec(file_sha256(onnx_path), trt.__version__, gpu_name(device), precision, input_size, max_batch,
-                      cuda_compute_capability(device),
-                      f"workspace={workspace_mib}MiB,strongly_typed={quantized},tf32={precision != 'fp32'}")
+    spec = engine_spec(onnx_path, precision, max_batch, input_size, workspace_mib, device, quantized)
     engine_file, sidecar = spec.paths(cache_dir)
     if engine_file.is_file() and sidecar.is_file() and not rebuild:
         return engine_file

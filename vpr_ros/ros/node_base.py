@@ -222,6 +222,9 @@ class VprNodeMixin:
         st = DiagnosticStatus(level=level, name=f"{node.get_fully_qualified_name()}: {kind}", message=message,
                               hardware_id=hardware_id)
         values = {"lifecycle_state": self.lifecycle_state(), **values}
+        build = getattr(getattr(self, "backend", None), "build_status", "")
+        if build:  # a TensorRT engine built in the background (runtime/engine_swap.py)
+            values["engine_build"] = build
         st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = node.get_clock().now().to_msg()

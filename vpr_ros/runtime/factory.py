@@ -144,8 +144,51 @@ def open_backend(name: str, cfg: ModelConfig, device: str = "cpu",
         return _open(name, cfg, device, cache_dir, gpu=gpu)
     order = (["tensorrt", "torch_cudagraph", "onnxruntime", "torch"] if device.startswith("cuda")
              else ["onnxruntime", "torch"])
+    return _first_usable(order, cfg, device, cache_dir, gpu)
+
+
+def _engine_cached(cfg: ModelConfig, device: str, cache_dir: str | Path | None, gpu: GpuOptions) -> bool:
+    """Whether TensorRT would open a cached engine for ``cfg`` without exporting or building."""
+    from vpr_ros.export.tensorrt import cached_engine
+    from vpr_ros.runtime.tensorrt_backend import device_index
+
+    graph = Path(cfg.onnx) if cfg.onnx else cached_onnx_path(cfg, cache_dir)
+    if not graph.is_file():
+        return False
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    return cached_engine(graph, root, gpu.precision, gpu.max_batch, cfg.input_size, gpu.workspace_mib,
+                         device_index(device)) is not None
+
+
+def _first_usable(order: list[str], cfg: ModelConfig, device: str, cache_dir: str | Path | None,
+                  gpu: GpuOptions) -> DescriptorBackend:
+    """The first backend of ``order`` that opens; a TensorRT engine that is not cached yet is built
+    as ``gpu.engine_build`` says (see config.ENGINE_BUILDS)."""
     reasons = []
-    for cand in order:
+    for i, cand in enumerate(order):
+        if cand == "tensorrt" and gpu.engine_build != "startup":
+            from vpr_ros.runtime.tensorrt_backend import require_tensorrt
+
+            try:
+                require_tensorrt()
+                cached = _engine_cached(cfg, device, cache_dir, gpu)
+            except (BackendUnavailable, EngineBuildError) as exc:
+                reasons.append(f"{cand}: {exc}")
+                continue
+            if not cached and gpu.engine_build == "never":
+                reasons.append(f"{cand}: no cached {gpu.precision} engine (engine_build 'never'; build one with "
+                               "vpr_ros_build_engine)")
+                continue
+            if not cached:  # 'background': start on the next usable backend, build meanwhile
+                from vpr_ros.runtime.engine_swap import EngineSwap
+
+                try:
+                    fallback = _first_usable(order[i + 1:], cfg, device, cache_dir, gpu)
+                except BackendUnavailable as exc:  # nothing to run on meanwhile: build now
+                    log.info("backend 'auto': no backend to run on while the engine builds (%s)", exc)
+                else:
+                    return EngineSwap(fallback, lambda: _open("tensorrt", cfg, device, cache_dir, gpu=gpu),
+                                      f"the TensorRT {gpu.precision} engine")
         try:
             backend = _open(cand, cfg, device, cache_dir, gpu=gpu)
         except BackendUnavailable as exc:
