@@ -61,6 +61,53 @@ def test_int8_graph_has_qdq_nodes_keeps_identity_and_passes_the_gate(fp32_graph,
     assert result.passed and result.descriptor_cos_min > 0.98, result.summary()
 
 
+def test_tensorrt_int8_graph_is_per_channel_on_output_channels_and_leaves_attention_in_float(fp32_graph, tmp_path):
+    """What TensorRT's explicit quantization wants: every MatMul/Gemm/Conv weight quantized
+    per-channel along its output channels (the exporter's weight transposes folded first, a left
+    operand along its rows), and no Q/DQ on attention's logits, softmax or its two products."""
+    import collections
+
+    import onnx
+
+    from vpr_ros.export.accuracy_gate import gate_images
+    from vpr_ros.export.quantize import QUANTIZED_OPS, activation_products, quantize_int8
+
+    images, _ = gate_images(size=56, count=8)
+    q = quantize_int8(fp32_graph, tmp_path / "q.onnx", [images], "minmax", "tensorrt")
+    graph = onnx.load(str(q)).graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = collections.defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    checked = 0
+    for n in graph.node:
+        if n.op_type not in QUANTIZED_OPS or n.name in activation_products(fp32_graph):
+            continue
+        for pos, name in enumerate(n.input[:2]):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+                assert not (dq is not None and dq.op_type == "Transpose" and dq.input[0] in inits), n.name
+                continue
+            dims = list(inits[dq.input[0]].dims)
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+            assert len(inits[dq.input[1]].dims) == 1, f"{n.name}: per-tensor weight scale"
+            want = {"Conv": 0, "Gemm": 0 if pos == 1 else len(dims) - 2}.get(n.op_type,
+                                                                          len(dims) - 1 if pos == 1 else len(dims) - 2)
+            assert axis == want, (n.name, n.op_type, pos, dims, axis)
+            checked += 1
+    assert checked >= 40  # the tiny student's linear layers and convolutions
+    softmax_out = [o for n in graph.node if n.op_type == "Softmax" for o in n.output]
+    assert not any(c.op_type == "QuantizeLinear" for o in softmax_out for c in consumers[o])
+    for n in graph.node:
+        if n.op_type == "MatMul" and not any(i in inits or producer.get(i) is not None and
+                                             producer[i].op_type == "DequantizeLinear" and
+                                             producer[i].input[0] in inits for i in n.input):
+            assert not any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+                           for i in n.input), f"{n.name}: an attention product is quantized"
+
+
 def test_gate_refuses_a_graph_that_disagrees(fp32_graph, tmp_path):
     """The same graph with every weight perturbed (a broken build, here giving NaN descriptors) is
     refused, with the numbers."""

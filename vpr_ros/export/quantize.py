@@ -5,8 +5,10 @@ Two targets, each a plain Q/DQ graph that ONNX Runtime runs (so accuracy and CPU
 measured anywhere):
 
 * ``tensorrt``: symmetric INT8 activations and per-channel symmetric weights (zero points 0,
-  biases left in float, as TensorRT requires); TensorRT builds it strongly typed for
-  ``precision: int8``;
+  biases left in float, as TensorRT requires) for every MatMul, Gemm and Conv — the exporter's
+  weight transposes are folded first (a Transpose's output could only be quantized per tensor),
+  and a weight on a MatMul's left is quantized along its output rows; attention's
+  activation x activation products, and so its logits and softmax, stay in float;
 * ``cpu``: unsigned 8-bit activations with per-tensor 7-bit weights (``reduce_range``) after
   ONNX Runtime's graph pre-processing, attention's activation x activation products left in
   float: the combination its x86 integer kernels run fastest (measured: benchmarks/int8_cpu.py;
@@ -72,6 +74,54 @@ def activation_products(onnx_path: str | Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "MatMul" and not (set(n.input) & constants)]
 
 
+def fold_weight_transposes(src: str | Path, dst: str | Path) -> int:
+    """Write ``src`` with every Transpose of an initializer replaced by the transposed initializer
+    (the exporter stores linear weights [out, in] behind a Transpose); returns how many were folded.
+    Only an initializer feeds a quantized op directly, and only then can its Q/DQ be per-channel
+    (ONNX Runtime quantizes a Transpose's output per-tensor)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for name in n.input:
+            uses[name] = uses.get(name, 0) + 1
+    graph_outputs = {o.name for o in graph.output}
+    kept, folded = [], 0
+    for n in graph.node:
+        if n.op_type == "Transpose" and len(n.input) == 1 and n.input[0] in inits and n.output[0] not in graph_outputs:
+            perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
+            w = numpy_helper.to_array(inits[n.input[0]])
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(np.transpose(w, perm)), n.output[0]))
+            uses[n.input[0]] -= 1
+            folded += 1
+            continue
+        kept.append(n)
+    del graph.node[:]
+    graph.node.extend(kept)
+    unused = [i for i in graph.initializer if i.name in inits and uses.get(i.name, 0) == 0
+              and i.name not in graph_outputs]
+    for init in unused:  # the untransposed originals nobody reads any more
+        graph.initializer.remove(init)
+    onnx.save(model, str(dst))
+    return folded
+
+
+def left_weight_axes(onnx_path: str | Path) -> dict[str, int]:
+    """Initializers that are a MatMul's *left* operand (``W @ x``), with their output-row axis
+    (rank - 2): per-channel quantization must run along it, not along ONNX Runtime's default
+    axis 1, which is then the reduction axis."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    ranks = {i.name: len(i.dims) for i in graph.initializer}
+    return {n.input[0]: ranks[n.input[0]] - 2 for n in graph.node
+            if n.op_type == "MatMul" and n.input[0] in ranks and ranks[n.input[0]] >= 2}
+
+
 def is_quantized(onnx_path: str | Path) -> bool:
     """Whether a graph holds QuantizeLinear/DequantizeLinear nodes (explicit quantization)."""
     import onnx
@@ -120,21 +170,28 @@ def quantize_int8(fp32_onnx: str | Path, out_path: str | Path, calibration: Sequ
     try:
         if target == "cpu":
             quant_pre_process(source, str(pre), skip_symbolic_shape=True)
-            source = str(pre)
+        else:  # TensorRT folds the graph itself; only the weight transposes must go first (per-channel Q/DQ)
+            log.info("folded %d weight transposes before quantization", fold_weight_transposes(source, pre))
+        source = str(pre)
         cpu = target == "cpu"
         # ONNX Runtime advises pre-processing (on the root logger) to every caller: the CPU target does
         # it above, the TensorRT target must not (TensorRT folds the graph itself); dropped for this call
         with _root_log_without("pre-processing before quantization"):
             quantize_static(source, str(tmp), _Batches(calibration), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(QUANTIZED_OPS), per_channel=not cpu,
-                            nodes_to_exclude=activation_products(source) if cpu else [],
+                            # attention's activation x activation products (and so the logits and
+                            # the softmax feeding them) stay in float on both targets
+                            nodes_to_exclude=activation_products(source),
                             reduce_range=cpu,  # exact on CPUs without VNNI (see the module docstring)
                             activation_type=QuantType.QUInt8 if cpu else QuantType.QInt8,
                             weight_type=QuantType.QInt8, calibrate_method=calib,
                             extra_options={"ActivationSymmetric": not cpu, "WeightSymmetric": True,
                                            "CalibPercentile": 99.99,
                                            # TensorRT takes float biases (no INT32 bias Q/DQ)
-                                           "QuantizeBias": cpu})
+                                           "QuantizeBias": cpu,
+                                           "TensorQuantOverrides": {} if cpu else {
+                                               name: [{"axis": axis}] for name, axis in
+                                               left_weight_axes(source).items()}})
     except Exception as exc:  # noqa: BLE001 - the quantizer raises assorted exception types
         tmp.unlink(missing_ok=True)
         pre.unlink(missing_ok=True)
