@@ -359,6 +359,11 @@ class _Builder:
         STATS["builds"] += 1
         STATS["flags"] = set(config.flags)
         STATS["build_device"] = current_device()  # TensorRT builds on the thread's current context
+        STATS["strongly_typed"] = bool(network.flags & 1)
+        import onnx
+
+        meta = {p.key: p.value for p in onnx.load_from_string(network.onnx).metadata_props}
+        STATS["graph_types"] = meta.get("vpr_ros.graph_types", "as exported")
         if STATS["build_returns_none"]:
             return None  # what TensorRT does when a build fails (e.g. out of memory)
         return b"FAKEENGINE" + network.onnx
@@ -421,9 +426,10 @@ class _Runtime:
         return _Engine(data[len(b"FAKEENGINE"):])
 
 
-def _tensorrt() -> types.ModuleType:
+def _tensorrt(major: int = 10) -> types.ModuleType:
+    """TensorRT 10's API, or 11's (no FP16 / INT8 builder flags: networks are strongly typed)."""
     m = types.ModuleType("tensorrt")
-    m.__version__ = "10.99.0-fake"
+    m.__version__ = f"{major}.99.0-fake"
     m.ILogger = _ILogger
     m.Logger = _Logger
     m.IProgressMonitor = _IProgressMonitor
@@ -433,15 +439,17 @@ def _tensorrt() -> types.ModuleType:
     m.INetworkDefinition = _Network
     m.Dims = tuple
     m.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
-    m.BuilderFlag = types.SimpleNamespace(FP16="FP16", TF32="TF32")
+    m.BuilderFlag = (types.SimpleNamespace(FP16="FP16", INT8="INT8", TF32="TF32") if major < 11
+                     else types.SimpleNamespace(TF32="TF32"))
     m.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
     return m
 
 
-def install(monkeypatch: Any, api: str = "pycuda") -> dict[str, Any]:
-    """Use the stand-ins for this test with CUDA through ``api``; returns STATS."""
+def install(monkeypatch: Any, api: str = "pycuda", tensorrt_major: int = 10) -> dict[str, Any]:
+    """Use the stand-ins for this test with CUDA through ``api`` and TensorRT ``tensorrt_major``'s
+    builder API; returns STATS."""
     _reset()
-    monkeypatch.setitem(sys.modules, "tensorrt", _tensorrt())
+    monkeypatch.setitem(sys.modules, "tensorrt", _tensorrt(tensorrt_major))
     monkeypatch.delenv("VPR_ROS_CUDA_API", raising=False)
     if api == "pycuda":
         pycuda = types.ModuleType("pycuda")

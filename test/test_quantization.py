@@ -196,3 +196,29 @@ def test_fp32_then_int8_evaluations_of_one_model_do_not_share_cached_descriptors
         direct = load_or_describe(b, data, 4, None, False)[0]
     assert np.array_equal(db8, direct) and not np.array_equal(db8, db32)
     assert len(list(cache.iterdir())) == 2
+
+
+def test_fp16_typed_graph_keeps_fp32_io_and_normalisations_and_matches_fp32(fp32_graph, tmp_path):
+    """The graph TensorRT 11 builds for fp16: weights and activations FP16, input and outputs FP32,
+    LayerNorm / L2 norms / softmax computed in FP32 between casts; run by ONNX Runtime here."""
+    import onnx
+
+    from vpr_ros.export.fp16_graph import KEEP_FP32, to_fp16
+    from vpr_ros.export.accuracy_gate import gate_images
+    from vpr_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    half = to_fp16(fp32_graph, tmp_path / "h.onnx")
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(half)), strict_mode=True)
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.output, *g.value_info]}
+    F16, F32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    assert {i.data_type for i in g.initializer} <= {F16, onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+    assert all(types[v.name] == F32 for v in [*g.input, *g.output])
+    kept = [n for n in g.node if n.op_type in KEEP_FP32]
+    assert kept and all(types.get(o) == F32 for n in kept for o in n.output if o in types)
+    assert sum(t == F16 for t in types.values()) > 100
+    images, source = gate_images(size=56, count=6)
+    with OnnxRuntimeBackend(fp32_graph) as f, OnnxRuntimeBackend(half) as h:
+        (d, loc), (hd, hloc) = f.infer_local(images), h.infer_local(images)
+    cos = (d * hd).sum(1) / np.linalg.norm(d, axis=1) / np.linalg.norm(hd, axis=1)
+    assert cos.min() > 0.999 and h.model_id == f.model_id

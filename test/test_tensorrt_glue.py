@@ -194,3 +194,35 @@ def test_a_background_build_that_fails_keeps_the_fallback_and_never_builds_nothi
     builds = trt["builds"]
     with open_backend("auto", cfg, "cuda", cache_dir=tmp_path, gpu=GpuOptions(engine_build="never")) as b:
         assert b.name == "onnxruntime" and trt["builds"] == builds  # no cached engine: not built, next backend
+
+
+@pytest.mark.parametrize("major", [10, 11])
+def test_precisions_on_tensorrt_10_and_11(monkeypatch, tmp_path, onnx_graph, major):
+    """TensorRT 10: fp16 by its builder flag, INT8 weakly typed with INT8 + FP16 (mixed precision),
+    fp32 with TF32 off. TensorRT 11 (no FP16 / INT8 flags): fp16 and int8 strongly typed from the
+    FP16-typed graph — each engine still passes the gate against ONNX Runtime FP32."""
+    import sys
+
+    from vpr_ros.export.accuracy_gate import gate_images
+    from vpr_ros.export.quantize import quantize_int8
+    from vpr_ros.runtime.tensorrt_backend import TensorRTBackend
+
+    trt = fake_tensorrt.install(monkeypatch, "cuda-python", tensorrt_major=major)
+    try:
+        images, _ = gate_images(size=TINY_MODEL["input_size"], count=8)
+        int8 = quantize_int8(onnx_graph, tmp_path / "q.onnx", [images], "minmax", "tensorrt")
+        seen = {}
+        for precision, graph in (("fp16", onnx_graph), ("int8", int8), ("fp32", onnx_graph)):
+            with TensorRTBackend.from_onnx(graph, cache_dir=tmp_path, precision=precision, max_batch=2) as b:
+                assert b.infer(_batch(2)).shape == (2, b.descriptor_dim)
+            seen[precision] = (trt["strongly_typed"], trt["graph_types"], trt["flags"] - {"TF32"})
+            assert "TF32" not in trt["flags"] if precision == "fp32" else True
+        if major == 10:
+            assert seen == {"fp16": (False, "as exported", {"FP16"}), "int8": (False, "as exported", {"INT8", "FP16"}),
+                            "fp32": (False, "as exported", set())}
+        else:
+            assert seen == {"fp16": (True, "fp16", set()), "int8": (True, "fp16", set()),
+                            "fp32": (True, "as exported", set())}
+        assert not list((tmp_path / "engines").glob(".*fp16-*.onnx"))  # the typed graph is a temporary
+    finally:
+        sys.modules.pop("vpr_ros.export.tensorrt", None)

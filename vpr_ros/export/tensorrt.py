@@ -6,10 +6,12 @@ optimisation profile + builder settings (workspace, strong typing, TF32), so a
 new driver, GPU or TensorRT never picks up a stale engine. A timing cache
 (``<cache>/engines/timing-<trt>-<gpu>.cache``) makes rebuilds fast.
 
-Precisions: ``int8`` is explicit quantization only: a Q/DQ graph from ``vpr_ros_quantize`` built
-as a strongly typed network (no calibrator: implicit INT8 calibration is deprecated in
-TensorRT 10 and removed in 11). ``fp16`` uses the builder's FP16 flag where this TensorRT has it
-(TensorRT 10); ``fp32`` is the plain build. A new engine is written to the cache only after
+Precisions (see :func:`build_plan`): ``int8`` is explicit quantization only — a Q/DQ graph from
+``vpr_ros_quantize``, no calibrator (implicit INT8 calibration is deprecated in TensorRT 10 and
+removed in 11) — as INT8 + FP16 mixed precision: on TensorRT 10 weakly typed with the INT8 and
+FP16 flags, on TensorRT 11 strongly typed from the FP16-typed Q/DQ graph. ``fp16`` sets the FP16
+flag where this TensorRT has it (10) and otherwise builds the FP16-typed graph strongly typed (11);
+``fp32`` is the plain build with TF32 off. A new engine is written to the cache only after
 ``gate`` (the accuracy gate against ONNX Runtime) has accepted it.
 
 Written against the TensorRT 10 Python API and type-checked with ``tensorrt-stubs`` in CI;
@@ -87,7 +89,8 @@ def gpu_name(device: int = 0) -> str:
 
 
 def _network(builder: trt.Builder, onnx_path: Path, strongly_typed: bool) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # may go once it is the only mode
+    flags = 1 << int(typed) if strongly_typed and typed is not None else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, _LOGGER)
     if not parser.parse(onnx_path.read_bytes()):
@@ -96,14 +99,31 @@ def _network(builder: trt.Builder, onnx_path: Path, strongly_typed: bool) -> tup
     return network, parser
 
 
+def build_plan(precision: str, quantized: bool) -> tuple[bool, bool, tuple[str, ...]]:
+    """How this TensorRT builds ``precision``: (strongly typed network?, from the FP16-typed graph?,
+    builder flags to set).
+
+    TensorRT 10 (it has ``BuilderFlag.FP16``): ``fp16`` sets that flag; ``int8`` builds the Q/DQ
+    graph weakly typed with INT8 and FP16 (explicit quantization: INT8 where the Q/DQ pairs are,
+    FP16 for everything else); ``fp32`` is the plain build. TensorRT 11 (no FP16 flag, networks
+    are strongly typed): ``fp16`` and ``int8`` build the FP16-typed graph (export/fp16_graph.py;
+    the Q/DQ graph's too), ``fp32`` the graph as it is."""
+    if hasattr(trt.BuilderFlag, "FP16"):
+        flags = {"fp16": ("FP16",), "int8": ("INT8", "FP16")}.get(precision, ())
+        return False, False, tuple(f for f in flags if hasattr(trt.BuilderFlag, f))
+    return True, precision in ("fp16", "int8"), ()
+
+
 def engine_spec(onnx_path: Path, precision: str, max_batch: int, input_size: int, workspace_mib: int,
                 device: int, quantized: bool) -> EngineSpec:
     """The cache key of an engine: graph content, TensorRT, GPU, precision, profile, builder settings."""
     from vpr_ros.runtime.tensorrt_backend import cuda_compute_capability
 
+    strongly_typed, fp16_graph, flags = build_plan(precision, quantized)
     return EngineSpec(file_sha256(onnx_path), trt.__version__, gpu_name(device), precision, input_size, max_batch,
                       cuda_compute_capability(device),
-                      f"workspace={workspace_mib}MiB,strongly_typed={quantized},tf32={precision != 'fp32'}")
+                      f"workspace={workspace_mib}MiB,strongly_typed={strongly_typed},fp16_graph={fp16_graph},"
+                      f"flags={'+'.join(flags) or 'none'},tf32={precision != 'fp32'}")
 
 
 def cached_engine(onnx_path: Path, cache_dir: Path, precision: str, max_batch: int, input_size: int,
@@ -162,16 +182,24 @@ def _build(onnx_path: Path, spec: EngineSpec, engine_file: Path, sidecar: Path, 
            max_batch: int, input_size: int, workspace_mib: int, quantized: bool,
            gate: Callable[[Path], str] | None) -> Path:
     """Build, keep the timing cache, gate, then cache the engine (see :func:`build_engine`)."""
+    strongly_typed, fp16_graph, flags = build_plan(precision, quantized)
+    source = Path(onnx_path)
+    typed = engine_file.with_name(f".{engine_file.stem}.fp16-{os.getpid()}.onnx")
     builder = trt.Builder(_LOGGER)
-    network, _parser = _network(builder, Path(onnx_path), strongly_typed=quantized)
+    try:
+        if fp16_graph:  # TensorRT 11: the precision is in the graph's types
+            from vpr_ros.export.fp16_graph import to_fp16
+
+            source = to_fp16(onnx_path, typed)
+            log.info("%s: FP16-typed graph for a strongly typed %s build (TensorRT %s has no FP16 flag)",
+                     onnx_path, precision, trt.__version__)
+        network, _parser = _network(builder, source, strongly_typed=strongly_typed)
+    finally:
+        typed.unlink(missing_ok=True)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
-    if precision == "fp16":
-        fp16 = getattr(trt.BuilderFlag, "FP16", None)
-        if fp16 is None:
-            raise EngineBuildError(f"TensorRT {trt.__version__} has no FP16 builder flag (removed in TensorRT 11); "
-                                   "use precision fp32, or int8 with a Q/DQ graph")
-        config.set_flag(fp16)
+    for flag in flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     tf32 = getattr(trt.BuilderFlag, "TF32", None)
     if precision == "fp32" and tf32 is not None:
         config.clear_flag(tf32)  # fp32 means fp32: TensorRT would otherwise use TF32 tensor cores

@@ -117,8 +117,9 @@ class PycudaApi(CudaApi):
 
     def host_buffer(self, shape: tuple[int, ...], dtype: Any) -> tuple[np.ndarray, Callable[[], None]]:
         arr = self.cuda.pagelocked_empty(shape, dtype)
-        base = getattr(arr, "base", None)
-        return arr, (base.free if hasattr(base, "free") else (lambda: None))
+        base: Any = getattr(arr, "base", None)  # pycuda's HostAllocation
+        release: Callable[[], None] = base.free if hasattr(base, "free") else (lambda: None)
+        return arr, release
 
     def device_buffer(self, nbytes: int) -> tuple[int, Callable[[], None]]:
         alloc = self.cuda.mem_alloc(nbytes)

@@ -36,6 +36,7 @@ class EngineSwap(DescriptorBackend):
         super().__init__(fallback.model_id, fallback.weights_sha256, fallback.weights_source,
                          fallback.input_size, fallback.descriptor_dim, fallback.pca_id)
         self._current = fallback
+        self.name = fallback.name  # the backend in use
         self._lock = threading.Lock()  # held by a batch and by the swap: a batch never sees two backends
         self._closed = False
         self.swapped = threading.Event()  # set once the build has ended, swapped in or not
@@ -58,6 +59,7 @@ class EngineSwap(DescriptorBackend):
                 old = built
             else:
                 old, self._current = self._current, built
+                self.name = built.name
         old.close()
         if self._closed:
             self.build_status = f"{what} finished after the backend was closed; not used"
@@ -68,10 +70,6 @@ class EngineSwap(DescriptorBackend):
             self.build_status = f"{what} passed the accuracy gate and runs now (was '{old.name}')"
             log.info("%s", self.build_status)
         self.swapped.set()
-
-    @property  # type: ignore[override]
-    def name(self) -> str:
-        return self._current.name
 
     @property
     def current(self) -> DescriptorBackend:
