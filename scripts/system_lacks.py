@@ -35,7 +35,7 @@ def main(path: str) -> int:
         m = re.match(r"\s*([A-Za-z0-9_.\-]+)==", line)
         if not m:
             continue
-        dist = m.group(1).lower()
+        dist = re.sub(r"^ros-jazzy-", "ros-", m.group(1).lower())  # ros-jazzy-rclpy provides rclpy, like ros-rclpy
         module = MODULES.get(dist, dist.replace("-", "_"))
         if dist == "rmw-fastrtps-cpp" or dist == "ros-rmw-fastrtps-cpp":
             if present("rclpy"):  # a system ROS 2 brings its own middleware

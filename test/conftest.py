@@ -1,6 +1,7 @@
 """Shared fixtures. ROS traffic is isolated: a private domain id per test run, localhost only."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import tempfile
@@ -49,11 +50,27 @@ def tiny_model_cfg():
     return ModelConfig(**TINY_MODEL)
 
 
+#: whether PyTorch is installed (not on a robot that runs an exported graph: the Python 3.10 run)
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
 @pytest.fixture(scope="session")
 def tiny_backend(tiny_model_cfg):
-    from vpr_ros.runtime.torch_backend import TorchBackend
+    """The tiny model on PyTorch, or where there is no torch on ONNX Runtime from its export (made
+    by a run that has torch, in the shared ``$VPR_ROS_CACHE``)."""
+    if HAVE_TORCH:
+        from vpr_ros.runtime.torch_backend import TorchBackend
 
-    with TorchBackend(tiny_model_cfg) as b:
+        with TorchBackend(tiny_model_cfg) as b:
+            yield b
+        return
+    from vpr_ros.runtime.factory import cached_onnx_path
+    from vpr_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    graph = cached_onnx_path(tiny_model_cfg)
+    if not graph.is_file():
+        pytest.skip(f"no torch, and no export of the tiny model in $VPR_ROS_CACHE ({graph})")
+    with OnnxRuntimeBackend(graph) as b:
         yield b
 
 
@@ -90,7 +107,13 @@ def random_image(h: int = 120, w: int = 160, seed: int = 0) -> np.ndarray:
 
 
 def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest hook
-    """Tests marked ``gpu`` run only where PyTorch sees a CUDA device."""
+    """Tests marked ``torch`` run only where PyTorch is installed; tests marked ``gpu`` only where
+    it sees a CUDA device."""
+    if not HAVE_TORCH:
+        no_torch = pytest.mark.skip(reason="needs torch (not installed: a robot running an exported graph)")
+        for it in items:
+            if it.get_closest_marker("torch"):
+                it.add_marker(no_torch)
     gpu_items = [it for it in items if it.get_closest_marker("gpu")]
     if not gpu_items:
         return

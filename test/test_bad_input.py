@@ -91,6 +91,7 @@ def test_local_features_of_a_huge_frame_are_found_on_a_bounded_image_in_camera_p
 
 
 # --- weights, PCA, graphs --------------------------------------------------------------------
+@pytest.mark.torch
 @pytest.mark.parametrize("dtype", ["int64", "bool"])
 def test_weights_of_a_non_float_dtype_are_refused_naming_the_key(tmp_path, dtype):
     import torch
@@ -107,6 +108,7 @@ def test_weights_of_a_non_float_dtype_are_refused_naming_the_key(tmp_path, dtype
         build_model(ModelConfig(**{**TINY_MODEL, "weights": str(tmp_path / "w.safetensors")}))
 
 
+@pytest.mark.torch
 def test_export_with_a_nan_pca_fails_and_leaves_the_good_graph(tmp_path, capsys):
     from vpr_ros.cli.export import main
 
@@ -134,6 +136,7 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     assert target.read_bytes() == b"good" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
 
 
+@pytest.mark.torch
 def test_eval_refuses_a_pca_fitted_for_another_model_before_describing(tmp_path, capsys):
     from vpr_ros.cli.eval import main
     from vpr_ros.pca import Pca
@@ -209,6 +212,7 @@ def test_quantize_on_a_foreign_graph_names_what_is_missing(tmp_path, capsys):
     assert "foreign.onnx: not a vpr_ros export (metadata lacks vpr_ros.model_id" in _traceback_free(capsys)
 
 
+@pytest.mark.torch
 def test_a_graph_carrying_a_maps_metadata_cannot_extend_it(tmp_path):
     """Identity is more than metadata: the map keeps the network's descriptor of a fixed probe
     input; another network wearing the same metadata is refused. Probe cosines measured here:
@@ -326,6 +330,7 @@ def test_damaged_bags_are_a_dataset_error_naming_the_bag(tmp_path, traversals, d
 
 
 # --- output folders that cannot be written; a refused training start -------------------------
+@pytest.mark.torch
 def test_a_cache_folder_that_cannot_be_created_is_named(tmp_path, capsys):
     from vpr_ros.cli.eval import main
 
@@ -336,6 +341,7 @@ def test_a_cache_folder_that_cannot_be_created_is_named(tmp_path, capsys):
     assert "a_file/cache" in _traceback_free(capsys)
 
 
+@pytest.mark.torch
 def test_a_refused_training_start_leaves_no_folder_that_blocks_the_retry(tmp_path, capsys):
     from vpr_ros.cli.distill import main
 
@@ -357,6 +363,7 @@ def test_no_command_prints_a_traceback_for_a_read_only_style_failure(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "f/map" in r.stderr, r.stderr
 
 
+@pytest.mark.torch
 def test_a_pickled_object_file_is_refused_without_torchs_advice_to_unpickle_it(tmp_path):
     import torch
 

@@ -144,6 +144,7 @@ def test_bag_with_camera_info_and_depth_stores_3d_points(tmp_path, params, capsy
     assert "--depth-topic needs --camera-info-topic" in capsys.readouterr().err
 
 
+@pytest.mark.torch
 def test_build_map_takes_the_model_flags_of_every_command_and_warns_about_random_weights(tmp_path, capsys):
     """--model-config / --backbone / --backend as on vpr_ros_eval (one set of flags), overriding
     the params file; a random network says so."""
@@ -160,6 +161,7 @@ def test_build_map_takes_the_model_flags_of_every_command_and_warns_about_random
     assert model.model_id.startswith(f"d2vpr-{TINY_MODEL['backbone']}-{TINY_MODEL['input_size']}-")
 
 
+@pytest.mark.torch
 @pytest.mark.ros
 def test_offline_and_node_builders_make_the_same_map_from_one_bag(tmp_path, traversals, rclpy_context):
     """The bag's messages fed to a map_builder node and the bag given to vpr_ros_build_map give the

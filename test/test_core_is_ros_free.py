@@ -4,6 +4,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 CORE_MODULES = [
     "vpr_ros.config", "vpr_ros.errors", "vpr_ros.images", "vpr_ros.geometry",
     "vpr_ros.localization", "vpr_ros.loop_closure", "vpr_ros.frame_slots", "vpr_ros.evaluation",
@@ -17,6 +19,7 @@ CORE_MODULES = [
 ]
 
 
+@pytest.mark.torch
 def test_core_does_not_import_rclpy_or_messages():
     code = ("import sys\n" + "".join(f"import {m}\n" for m in CORE_MODULES) +
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "

@@ -20,12 +20,10 @@ import pytest
 from vpr_ros.config import ModelConfig
 from vpr_ros.errors import BackendUnavailable, ConfigError, EngineBuildError, ImageError
 from vpr_ros.export.engine_cache import EngineSpec
-from vpr_ros.export.onnx import export_onnx
 from vpr_ros.mapping.map_store import ModelIdentity
 from vpr_ros.pca import Pca
 from vpr_ros.runtime.factory import open_backend
 from vpr_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from vpr_ros.runtime.torch_backend import TorchBackend
 
 from conftest import REPO
 
@@ -51,9 +49,13 @@ def nontrivial_weights(cfg: ModelConfig, tmp_path: Path) -> ModelConfig:
     return ModelConfig(**{**cfg.__dict__, "weights": str(path)})
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_onnx_export_parity_metadata_and_folding(name, tmp_path):
+    from vpr_ros.export.onnx import export_onnx
+    from vpr_ros.runtime.torch_backend import TorchBackend
+
     cfg = nontrivial_weights(VARIANTS[name], tmp_path)
     info = export_onnx(cfg, tmp_path / "m.onnx")
     assert info.max_abs_diff <= 1e-4
@@ -79,8 +81,12 @@ def test_onnx_export_parity_metadata_and_folding(name, tmp_path):
             assert np.allclose(np.linalg.norm(lo, axis=2), 1.0, atol=1e-4)
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_pca_is_baked_into_the_graph(tmp_path):
+    from vpr_ros.export.onnx import export_onnx
+    from vpr_ros.runtime.torch_backend import TorchBackend
+
     cfg = VARIANTS["d2vpr"]
     with TorchBackend(cfg) as tb:
         x = np.random.default_rng(0).normal(size=(40, 3, 56, 56)).astype(np.float32)
@@ -201,6 +207,7 @@ def test_tensorrt_modules_type_check_against_tensorrt_stubs(tmp_path):
     assert "Success" in r.stdout
 
 
+@pytest.mark.torch
 def test_processes_started_together_export_a_model_once(tmp_path):
     """A process that needs the ONNX graph another process is exporting (nodes launched together)
     waits for that export and uses its file instead of exporting the model a second time."""

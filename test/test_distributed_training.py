@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest.importorskip("torch", reason="needs torch (a robot running an exported graph has none)")
+
 from test_training import STUDENT, metrics, sets
 
 

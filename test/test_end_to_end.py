@@ -117,6 +117,7 @@ def test_bag_to_map_to_localizer_messages_field_by_field(rclpy_context, tmp_path
         node.destroy_node()
 
 
+@pytest.mark.torch
 def test_map_from_another_model_is_reported_and_the_node_keeps_running(rclpy_context, tmp_path, traversals, params):
     bag1 = write_bag(tmp_path / "t1", traversals[0])
     other = tmp_path / "other.yaml"

@@ -200,6 +200,7 @@ def test_eval_output_naming_a_file_fails_before_the_work(tmp_path, tiny_params, 
     assert "exists and is not a directory" in capsys.readouterr().err and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.torch
 def test_nan_weights_are_an_error_not_a_recall_of_zero(tmp_path, capsys):
     from safetensors.torch import save_file
 
@@ -221,6 +222,7 @@ def test_nan_weights_are_an_error_not_a_recall_of_zero(tmp_path, capsys):
     assert not (tmp_path / "out" / "results.json").exists() and not list((tmp_path / "cache").glob("*/*.npy"))
 
 
+@pytest.mark.torch
 def test_missing_files_are_named_without_a_traceback(tmp_path, capsys):
     from vpr_ros.cli.build_engine import main as build_engine
     from vpr_ros.cli.export import main as export

@@ -187,6 +187,7 @@ def test_pending_frames_are_durable_and_encoded_after_a_restart(tmp_path, tiny_b
     assert np.allclose(done.descriptors(), direct, atol=1e-5)
 
 
+@pytest.mark.torch
 def test_finish_command_encodes_what_a_node_left(tmp_path, tiny_backend, capsys):
     from vpr_ros.cli.build_map import main
 

@@ -72,6 +72,7 @@ def _get_parameter(client, fqn: str, name: str):
         client.destroy_client(cli)
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_a_node_exporting_its_model_answers_services_reports_it_and_stops_on_sigint(rclpy_context, tmp_path, built_map):
     cache = tmp_path / "cache"
@@ -107,6 +108,7 @@ def test_a_node_exporting_its_model_answers_services_reports_it_and_stops_on_sig
     assert "Traceback" not in text and "started" not in text.split("starting:")[-1], text[-3000:]
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_lifecycle_configure_while_exporting_leaves_get_state_and_parameters_answering(rclpy_context, tmp_path,
                                                                                         built_map):
@@ -204,6 +206,7 @@ def test_a_frame_stamped_far_ahead_of_the_clock_is_counted_and_changes_nothing(r
         s.stop()
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_sigint_during_a_lifecycle_configure_that_exports_stops_the_process(rclpy_context, tmp_path, built_map):
     cache = tmp_path / "cache"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 import yaml
 
 from vpr_ros.cli.build_map import main as build_map
@@ -21,6 +22,7 @@ def _params(tmp_path, node: str) -> str:
     return str(p)
 
 
+@pytest.mark.torch
 def test_a_bag_replayed_against_its_own_map_finds_every_frame_and_reports_decisions(tmp_path, traversals, capsys):
     first, second = traversals
     map_bag = write_bag(tmp_path / "map_bag", first)
@@ -52,6 +54,7 @@ def test_a_bag_replayed_against_its_own_map_finds_every_frame_and_reports_decisi
     assert "score_threshold" in capsys.readouterr().err
 
 
+@pytest.mark.torch
 def test_a_folder_without_ground_truth_is_localized_too(tmp_path, traversals):
     from test_evaluation import make_gmberton
 
@@ -67,6 +70,7 @@ def test_a_folder_without_ground_truth_is_localized_too(tmp_path, traversals):
     assert len(rows) == 4 and all(r["truth_x"] == "" and r["top1_db_id"] != "" for r in rows)
 
 
+@pytest.mark.torch
 def test_map_info_draws_the_map_with_sessions_revisit_edges_and_thumbnails(tmp_path, capsys):
     from vpr_ros.cli.map_info import main as map_info
     from vpr_ros.mapping.map_plot import revisit_edges

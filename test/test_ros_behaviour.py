@@ -271,6 +271,7 @@ SIGNAL_CASES = {  # what is sent, to whom: the node alone, or its whole process 
 }
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(SIGNAL_CASES))
 def test_no_accepted_keyframe_is_lost_on_signals(rclpy_context, tmp_path, traversals, case):
@@ -387,6 +388,7 @@ def _start(module: str, params, **popen) -> tuple[subprocess.Popen, list[str]]:
     return proc, lines
 
 
+@pytest.mark.torch
 def test_map_builder_refuses_maps_it_cannot_read_or_may_not_write(tmp_path, built_map):
     """Started on a map of a future format, or on a map another process is writing, the map
     builder exits with the reason (code 2) and every file stays as it was."""
@@ -412,6 +414,7 @@ def test_map_builder_refuses_maps_it_cannot_read_or_may_not_write(tmp_path, buil
         holder.close()
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_map_builder_keeps_running_and_every_keyframe_when_writes_fail(rclpy_context, tmp_path, traversals):
     """Real write failures in a running map builder process: its file-size limit is lowered from

@@ -152,6 +152,7 @@ def tiny_224():
         yield b
 
 
+@pytest.mark.torch
 def test_dense_rerank_uses_the_networks_own_patch_tokens(scene, tiny_224):
     """SelaVPR-style: mutual nearest neighbours of the dense features from the same forward pass."""
     from vpr_ros.runtime.preprocess import preprocess_batch
@@ -171,6 +172,7 @@ def test_dense_rerank_uses_the_networks_own_patch_tokens(scene, tiny_224):
         VerificationConfig(rerank="dense")
 
 
+@pytest.mark.torch
 def test_dense_maps_store_the_tokens_and_rerank_in_the_localizer(corridor_drives, tiny_224):
     from vpr_ros.config import KeyframeConfig
     from vpr_ros.localization import Localizer
@@ -190,6 +192,7 @@ def test_dense_maps_store_the_tokens_and_rerank_in_the_localizer(corridor_drives
     assert [m.local_score for m in r.matches] == sorted((m.local_score for m in r.matches), reverse=True)
 
 
+@pytest.mark.torch
 def test_rerank_auto_follows_the_features_and_mismatches_are_reported(corridor_drives, tiny_224):
     """'auto' (the default) picks the re-ranking that goes with the features, so a map builder or
     localizer needs only verification.features: dense; a wrong pairing names both keys."""
@@ -217,6 +220,7 @@ def test_rerank_auto_follows_the_features_and_mismatches_are_reported(corridor_d
     assert "rerank" not in r.timings_ms
 
 
+@pytest.mark.torch
 def test_dense_features_need_a_backend_with_the_local_output(corridor_drives, tiny_224):
     """A backend without the second output (a TensorRT engine, a graph exported before v0.3) is
     refused at start-up with the reason, not on every frame. The backend here is a stand-in with
@@ -245,6 +249,7 @@ def test_dense_features_need_a_backend_with_the_local_output(corridor_drives, ti
     assert loc.verifier.cfg.features == "none"  # the refused settings did not replace the working ones
 
 
+@pytest.mark.torch
 def test_keyframes_taken_for_novelty_carry_their_dense_features(corridor_drives, tiny_224):
     """The appearance trigger runs the network once per frame; a novel frame keeps the dense
     features of that same pass (and its depth's 3-D points)."""

@@ -91,19 +91,23 @@ def is_regular_file(path: Path) -> bool:
 
 
 def read_text(path: Path, what: str, error: type[VprError] = VprError) -> str:
-    """The UTF-8 text of a regular file (a UTF-8 BOM is dropped); a file in another encoding is
-    refused naming the line and byte, not decoded to something else."""
+    """The UTF-8 text of a regular file (a UTF-8 BOM is dropped); a file in another encoding, or
+    holding NUL bytes, is refused naming the line (and byte), not decoded to something else."""
     check_readable_file(path, what, error)
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise error(f"{path}: {what} cannot be read ({exc.strerror or exc})") from None
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise error(f"{path}: {what} is not UTF-8 text (line {line}, byte {data[exc.start]:#04x}); "
                     "save it as UTF-8") from None
+    if "\0" in text:  # a binary or damaged file (Python 3.10's csv module would raise on it, 3.11's not)
+        line = text[:text.index("\0")].count("\n") + 1
+        raise error(f"{path}: {what} is not text (a NUL byte on line {line})")
+    return text
 
 
 _TEMPORARY = re.compile(r"^\..+\.(?:tmp|candidate)-(\d+)(?:\.\w+)?$")

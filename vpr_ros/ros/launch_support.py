@@ -37,7 +37,12 @@ def to_actions(spec: NodeSpec) -> list[Any]:
     """launch_ros actions of one spec: a Node (or LifecycleNode, configured and activated when
     ``autostart``) with the same name, namespace, parameters, remappings, log level and
     shutdown escalation times as :meth:`NodeSpec.command`."""
-    from launch_ros.actions import LifecycleNode, LifecycleTransition, Node
+    from launch_ros.actions import LifecycleNode, Node
+
+    try:
+        from launch_ros.actions import LifecycleTransition
+    except ImportError:  # Humble
+        LifecycleTransition = None
 
     if spec.package != "vpr_ros":  # another package's node (rviz2): its name, namespace and arguments only
         return [Node(package=spec.package, executable=spec.executable, name=spec.name, namespace=spec.namespace,
@@ -49,10 +54,29 @@ def to_actions(spec: NodeSpec) -> list[Any]:
                   sigterm_timeout=str(spec.shutdown_timeouts[0]), sigkill_timeout=str(spec.shutdown_timeouts[1]))
     if not spec.lifecycle:
         return [Node(**kwargs)]
-    actions: list[Any] = [LifecycleNode(**kwargs)]
+    node = LifecycleNode(**kwargs)
+    actions: list[Any] = [node]
     if spec.autostart:
         from lifecycle_msgs.msg import Transition
 
-        actions.append(LifecycleTransition(lifecycle_node_names=[spec.fqn], transition_ids=[
-            Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE]))
+        if LifecycleTransition is not None:
+            actions.append(LifecycleTransition(lifecycle_node_names=[spec.fqn], transition_ids=[
+                Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE]))
+        else:
+            actions += _autostart_by_events(node, Transition)
     return actions
+
+
+def _autostart_by_events(node: Any, transition: Any) -> list[Any]:
+    """Humble's launch_ros has no LifecycleTransition: configure by a ChangeState event, and
+    activate on the node's arrival in 'inactive' (an OnStateTransition handler)."""
+    from launch.actions import EmitEvent, RegisterEventHandler
+    from launch.events import matches_action
+    from launch_ros.event_handlers import OnStateTransition
+    from launch_ros.events.lifecycle import ChangeState
+
+    def change(transition_id: int) -> Any:
+        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition_id))
+    return [RegisterEventHandler(OnStateTransition(target_lifecycle_node=node, goal_state="inactive",
+                                                   entities=[change(transition.TRANSITION_ACTIVATE)])),
+            change(transition.TRANSITION_CONFIGURE)]
