@@ -157,7 +157,10 @@ def cpu_fallback(monkeypatch, onnx_graph):
     monkeypatch.setattr(factory, "_open", open_)
 
 
-def test_auto_starts_on_the_next_backend_and_swaps_the_built_engine_in(trt, tmp_path, onnx_graph, cpu_fallback):
+def test_auto_starts_on_the_next_backend_and_swaps_the_built_engine_in(trt, tmp_path, onnx_graph, cpu_fallback,
+                                                                       caplog):
+    import logging
+
     from vpr_ros.config import GpuOptions, ModelConfig
     from vpr_ros.runtime.engine_swap import EngineSwap
     from vpr_ros.runtime.factory import open_backend
@@ -168,11 +171,13 @@ def test_auto_starts_on_the_next_backend_and_swaps_the_built_engine_in(trt, tmp_
     x = _batch(5)
     with OnnxRuntimeBackend(onnx_graph) as ref:
         expected = ref.infer(x)
-        with open_backend("auto", cfg, "cuda", cache_dir=tmp_path, gpu=gpu) as b:
+        with caplog.at_level(logging.INFO, logger="vpr_ros"), \
+                open_backend("auto", cfg, "cuda", cache_dir=tmp_path, gpu=gpu) as b:
             assert isinstance(b, EngineSwap) and b.model_id == ref.model_id
             assert np.abs(b.infer(x) - expected).max() < 1e-5  # answers at once, on whichever runs now
             assert b.swapped.wait(timeout=300), b.build_status  # a hang guard, not a time budget
             assert b.name == "tensorrt" and "passed the accuracy gate" in b.build_status and trt["builds"] == 1
+            assert "TensorRT engine built" in b.build_progress  # the builder's lines were the status meanwhile
             assert np.abs(b.infer(x) - expected).max() < 1e-5 and b.describe()["engine_build"] == b.build_status
         assert trt["allocations"] == {} and fake_tensorrt.contexts_left() == {}
         with open_backend("auto", cfg, "cuda", cache_dir=tmp_path, gpu=gpu) as b:  # cached: the engine at once

@@ -28,6 +28,20 @@ def same_identity(a: DescriptorBackend, b: DescriptorBackend) -> str:
     return ""
 
 
+class _Progress(logging.Handler):
+    """Hands each INFO line of the build's loggers to ``show``."""
+
+    def __init__(self, show: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self._show = show
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._show(record.getMessage())
+        except Exception:  # noqa: BLE001 - a status line must never break the build
+            pass
+
+
 class EngineSwap(DescriptorBackend):
     """Delegates to ``fallback`` until ``build()`` (run on a daemon thread) returns a backend of the
     same identity, then to that one. ``build`` must raise to report a failure."""
@@ -41,11 +55,21 @@ class EngineSwap(DescriptorBackend):
         self._closed = False
         self.swapped = threading.Event()  # set once the build has ended, swapped in or not
         self.build_status = f"building {what} in the background; running on '{fallback.name}' meanwhile"
+        self.build_progress = ""  # the build's latest log line (export, TensorRT phases, gate)
         log.info("%s", self.build_status)
         self._thread = threading.Thread(target=self._build, args=(build, what), name="vpr-engine-build", daemon=True)
         self._thread.start()
 
     def _build(self, build: Callable[[], DescriptorBackend], what: str) -> None:
+        building = self.build_status
+
+        def show(line: str) -> None:
+            self.build_progress = line
+            self.build_status = f"{building}; {line}"
+        progress = _Progress(show)
+        watched = [logging.getLogger(name) for name in ("vpr_ros.export", "vpr_ros.runtime.factory")]
+        for lg in watched:  # the export's and builder's progress lines (TensorRT phases) become the status
+            lg.addHandler(progress)
         try:
             built = build()
         except Exception as exc:  # noqa: BLE001 - any failure keeps the fallback
@@ -53,6 +77,9 @@ class EngineSwap(DescriptorBackend):
             log.warning("%s", self.build_status)
             self.swapped.set()
             return
+        finally:
+            for lg in watched:
+                lg.removeHandler(progress)
         differs = same_identity(self._current, built)
         with self._lock:
             if self._closed or differs:
