@@ -118,6 +118,23 @@ def test_auto_picks_onnxruntime_on_cpu_and_logs_it(caplog):
     assert graph.stat().st_mtime_ns == stamp and len(list(graph.parent.glob(f"*{graph.stem[-20:]}*.onnx"))) == 1
 
 
+def test_auto_on_cuda_with_int8_passes_over_cuda_graphs_with_the_reason():
+    """precision int8 is TensorRT's: CUDA graphs cannot run it, so 'auto' goes on to the next backend
+    (here none can run) instead of failing on a configuration error."""
+    from vpr_ros.config import GpuOptions
+
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA device is here: some backend opens")
+    except ImportError:
+        pass
+    with pytest.raises(BackendUnavailable) as err:
+        open_backend("auto", ModelConfig(**TINY), "cuda", gpu=GpuOptions(precision="int8"))
+    assert "torch_cudagraph: precision" in str(err.value) and "onnxruntime:" in str(err.value)
+
+
 def test_unavailable_backends_say_what_is_missing(tmp_path):
     with pytest.raises(BackendUnavailable, match="TensorRT 10"):
         open_backend("tensorrt", VARIANTS["d2vpr"], "cuda", cache_dir=tmp_path)

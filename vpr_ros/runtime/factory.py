@@ -194,6 +194,11 @@ def _first_usable(order: list[str], cfg: ModelConfig, device: str, cache_dir: st
         except BackendUnavailable as exc:
             reasons.append(f"{cand}: {exc}")
             continue
+        except ConfigError as exc:
+            if cand != "torch_cudagraph":
+                raise
+            reasons.append(f"{cand}: {exc}")  # e.g. precision int8 (TensorRT's): the next backend
+            continue
         except EngineBuildError as exc:  # a failed export, build, load or accuracy gate: the next one
             log.warning("backend 'auto': '%s' failed (%s); falling back", cand, exc)
             reasons.append(f"{cand}: {exc}")
