@@ -117,7 +117,9 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
 
         intrinsics = bag_camera_info(source, a.camera_info_topic)
     frames, total = _bag_frames(source, a) if is_bag else _folder_frames(source, a.poses)
-    with open_backend(node.backend, cfg["model"], node.device, node.engine_cache_dir or None, gpu=node.gpu) as backend:
+    # one run's numbers from one backend: a missing engine is built before the replay, not swapped in
+    gpu = node.gpu if node.gpu.engine_build == "never" else dataclasses.replace(node.gpu, engine_build="startup")
+    with open_backend(node.backend, cfg["model"], node.device, node.engine_cache_dir or None, gpu=gpu) as backend:
         warn_if_random("vpr_ros_localize", backend)
         vmap = VprMap.load(a.map_dir, expect=ModelIdentity.of_backend(backend))
         localizer = Localizer(backend, vmap, node, cfg["verification"])
