@@ -228,6 +228,6 @@ def test_precisions_on_tensorrt_10_and_11(monkeypatch, tmp_path, onnx_graph, maj
         else:
             assert seen == {"fp16": (True, "fp16", set()), "int8": (True, "fp16", set()),
                             "fp32": (True, "as exported", set())}
-        assert not list((tmp_path / "engines").glob(".*fp16-*.onnx"))  # the typed graph is a temporary
+        assert not list((tmp_path / "engines").glob(".*fp16*"))  # the typed graph is a temporary
     finally:
         sys.modules.pop("vpr_ros.export.tensorrt", None)

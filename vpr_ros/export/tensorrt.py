@@ -184,7 +184,8 @@ def _build(onnx_path: Path, spec: EngineSpec, engine_file: Path, sidecar: Path, 
     """Build, keep the timing cache, gate, then cache the engine (see :func:`build_engine`)."""
     strongly_typed, fp16_graph, flags = build_plan(precision, quantized)
     source = Path(onnx_path)
-    typed = engine_file.with_name(f".{engine_file.stem}.fp16-{os.getpid()}.onnx")
+    # a hidden temporary: the next build removes it if this process is killed before the finally
+    typed = engine_file.with_name(f".{engine_file.stem}-fp16.onnx.tmp-{os.getpid()}.onnx")
     builder = trt.Builder(_LOGGER)
     try:
         if fp16_graph:  # TensorRT 11: the precision is in the graph's types
