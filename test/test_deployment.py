@@ -118,6 +118,7 @@ def test_auto_picks_onnxruntime_on_cpu_and_logs_it(caplog):
     assert graph.stat().st_mtime_ns == stamp and len(list(graph.parent.glob(f"*{graph.stem[-20:]}*.onnx"))) == 1
 
 
+@pytest.mark.torch  # without torch, CUDA graphs are refused before the precision is looked at
 def test_auto_on_cuda_with_int8_passes_over_cuda_graphs_with_the_reason():
     """precision int8 is TensorRT's: CUDA graphs cannot run it, so 'auto' goes on to the next backend
     (here none can run) instead of failing on a configuration error."""
