@@ -12,6 +12,7 @@ scale's type), so an INT8 graph becomes INT8 + FP16 mixed precision.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +23,8 @@ KEEP_FP32 = ("LayerNormalization", "ReduceL2", "ReduceMean", "ReduceSum", "Reduc
              "Reciprocal", "Softmax")
 
 
-def _float_tensors(model: "onnx.ModelProto") -> set[str]:  # type: ignore[name-defined]  # noqa: F821
-    """Names of every FP32 tensor of the graph (inputs, outputs, initializers, intermediates)."""
+def _float_tensors(model: Any) -> set[str]:
+    """Names of every FP32 tensor of an ``onnx.ModelProto`` (inputs, outputs, initializers, intermediates)."""
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model, check_type=True)
