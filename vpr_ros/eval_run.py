@@ -21,6 +21,7 @@ import numpy as np
 from vpr_ros.datasets import EvalDataset, fingerprint_files, read_rgb
 from vpr_ros.errors import DatasetError, VprError
 from vpr_ros.evaluation import PrCurve, precision_recall, recall_at_n
+from vpr_ros.files import replaced_atomically
 from vpr_ros.pca import Pca
 from vpr_ros.runtime.base import DescriptorBackend
 from vpr_ros.runtime.preprocess import preprocess_batch
@@ -359,8 +360,10 @@ def write_outputs(result: EvalResult, dataset: EvalDataset, out: Path, title: st
             "pr_auc_local": pl.auc if pl else None,
             "recall_at_100_precision_local": pl.recall_at_100_precision if pl else None,
             "ms_per_query": reranked.ms_per_query}
-    (out / "results.json").write_text(json.dumps(_json_safe(summary), indent=1, allow_nan=False))
-    with (out / "predictions.csv").open("w", newline="") as fh:
+    # each output replaces the previous run's whole or not at all (a full disk, Ctrl-C)
+    with replaced_atomically(out / "results.json", VprError) as tmp:
+        tmp.write_text(json.dumps(_json_safe(summary), indent=1, allow_nan=False))
+    with replaced_atomically(out / "predictions.csv", VprError) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["query", "query_image", "top1_db_id", "top1_image", "top1_global_score", "top1_local_score",
                     "correct", "ranking", "top5_db_ids"])
@@ -375,7 +378,7 @@ def write_outputs(result: EvalResult, dataset: EvalDataset, out: Path, title: st
                 local = f"{reranked.local_scores[i, 0]:g}"
             w.writerow([i, dataset.queries[i].name, top, dataset.database[top].name, f"{sc[0]:.6f}", local,
                         int(top in dataset.positives[i]), rank_name, " ".join(str(int(r)) for r in row[:5] if r >= 0)])
-    with (out / "pr_curve.csv").open("w", newline="") as fh:
+    with replaced_atomically(out / "pr_curve.csv", VprError) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["curve", "threshold", "precision", "recall"])
         curves = [("global", result.pr if reranked is None else reranked.pr_global)]
@@ -447,6 +450,7 @@ def plot(result: EvalResult, dataset: EvalDataset, path: Path, title: str, examp
     fig.suptitle(f"{dataset.name} ({len(dataset.database)} database, {len(dataset.queries)} queries): {title}; "
                  f"{ranking}", fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=100)
+    with replaced_atomically(path, VprError) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path

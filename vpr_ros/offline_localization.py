@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from vpr_ros.errors import VprError
+from vpr_ros.files import replaced_atomically
 
 COLUMNS = ["frame", "stamp", "image", "accepted", "top1_db_id", "top1_score", "top1_local_score",
            "verification", "metric", "x", "y", "z", "qx", "qy", "qz", "qw", "loop_status", "loop_reason",
@@ -121,12 +122,13 @@ def write_outputs(rows: Sequence[dict[str, Any]], map_poses: np.ndarray, out: Pa
                   title: str) -> list[Path]:
     """localization.csv (one row per frame), results.json (summary + settings) and localize.png."""
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "localization.csv").open("w", newline="") as fh:
+    with replaced_atomically(out / "localization.csv", VprError) as tmp, tmp.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
     summary = summarize(rows)
-    (out / "results.json").write_text(json.dumps({"summary": summary, "settings": settings}, indent=1))
+    with replaced_atomically(out / "results.json", VprError) as tmp:
+        tmp.write_text(json.dumps({"summary": summary, "settings": settings}, indent=1))
     return [out / "localization.csv", out / "results.json", plot(rows, map_poses, out / "localize.png", title)]
 
 
@@ -178,6 +180,7 @@ def plot(rows: Sequence[dict[str, Any]], map_poses: np.ndarray, path: Path, titl
     ax3.set(xlabel="top-1 cosine score", ylabel="frames")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with replaced_atomically(path, VprError) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
