@@ -34,7 +34,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -59,13 +59,20 @@ class _Batches:
         return None if batch is None else {INPUT: np.ascontiguousarray(batch, np.float32)}
 
 
-def activation_products(onnx_path: str | Path) -> list[str]:
-    """Names of the MatMul nodes that multiply two activations (attention's Q K^T and A V): no
-    weight to store in INT8, and quantizing both inputs at run time costs more than it saves on
-    the CPU (measured: benchmarks/int8_cpu.py)."""
+def _graph(src: str | Path | Any) -> Any:
+    """The GraphProto of an ONNX file (or ``src`` itself when it already is one)."""
+    if hasattr(src, "node"):
+        return src
     import onnx
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return onnx.load(str(src), load_external_data=False).graph
+
+
+def activation_products(onnx_path: str | Path | Any) -> list[str]:
+    """Names of the MatMul nodes that multiply two activations (attention's Q K^T and A V): no
+    weight to store in INT8, and quantizing both inputs at run time costs more than it saves on
+    the CPU (measured: benchmarks/int8_cpu.py). ``onnx_path``: a file or its loaded GraphProto."""
+    graph = _graph(onnx_path)
     constants = {i.name for i in graph.initializer}
     for n in graph.node:  # topological order: follow weights through shape-only ops
         if n.op_type == "Constant" or (n.op_type in ("Identity", "Transpose", "Cast", "Reshape", "Unsqueeze",
@@ -110,13 +117,11 @@ def fold_weight_transposes(src: str | Path, dst: str | Path) -> int:
     return folded
 
 
-def left_weight_axes(onnx_path: str | Path) -> dict[str, int]:
+def left_weight_axes(onnx_path: str | Path | Any) -> dict[str, int]:
     """Initializers that are a MatMul's *left* operand (``W @ x``), with their output-row axis
     (rank - 2): per-channel quantization must run along it, not along ONNX Runtime's default
-    axis 1, which is then the reduction axis."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    axis 1, which is then the reduction axis. ``onnx_path``: a file or its loaded GraphProto."""
+    graph = _graph(onnx_path)
     ranks = {i.name: len(i.dims) for i in graph.initializer}
     return {n.input[0]: ranks[n.input[0]] - 2 for n in graph.node
             if n.op_type == "MatMul" and n.input[0] in ranks and ranks[n.input[0]] >= 2}
@@ -173,6 +178,7 @@ def quantize_int8(fp32_onnx: str | Path, out_path: str | Path, calibration: Sequ
         else:  # TensorRT folds the graph itself; only the weight transposes must go first (per-channel Q/DQ)
             log.info("folded %d weight transposes before quantization", fold_weight_transposes(source, pre))
         source = str(pre)
+        graph = _graph(source)  # read once for the node exclusions and the weight axes below
         cpu = target == "cpu"
         # ONNX Runtime advises pre-processing (on the root logger) to every caller: the CPU target does
         # it above, the TensorRT target must not (TensorRT folds the graph itself); dropped for this call
@@ -181,7 +187,7 @@ def quantize_int8(fp32_onnx: str | Path, out_path: str | Path, calibration: Sequ
                             op_types_to_quantize=list(QUANTIZED_OPS), per_channel=not cpu,
                             # attention's activation x activation products (and so the logits and
                             # the softmax feeding them) stay in float on both targets
-                            nodes_to_exclude=activation_products(source),
+                            nodes_to_exclude=activation_products(graph),
                             reduce_range=cpu,  # exact on CPUs without VNNI (see the module docstring)
                             activation_type=QuantType.QUInt8 if cpu else QuantType.QInt8,
                             weight_type=QuantType.QInt8, calibrate_method=calib,
@@ -191,7 +197,7 @@ def quantize_int8(fp32_onnx: str | Path, out_path: str | Path, calibration: Sequ
                                            "QuantizeBias": cpu,
                                            "TensorQuantOverrides": {} if cpu else {
                                                name: [{"axis": axis}] for name, axis in
-                                               left_weight_axes(source).items()}})
+                                               left_weight_axes(graph).items()}})
     except Exception as exc:  # noqa: BLE001 - the quantizer raises assorted exception types
         tmp.unlink(missing_ok=True)
         pre.unlink(missing_ok=True)

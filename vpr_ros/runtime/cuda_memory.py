@@ -31,9 +31,6 @@ from vpr_ros.errors import BackendUnavailable, EngineBuildError
 
 log = logging.getLogger(__name__)
 
-#: the implementations, in the order :func:`cuda_api` tries them
-API_NAMES = ("pycuda", "cuda-python")
-
 
 class CudaApi:
     """One CUDA binding. Buffers and handles are opaque objects except where stated."""
@@ -246,6 +243,7 @@ class CudaPythonApi(CudaApi):
         self._check(self.cu.cuStreamSynchronize(stream), "cuStreamSynchronize")
 
 
+#: the implementations, in the order :func:`cuda_api` tries them
 _MAKERS: dict[str, Callable[[], CudaApi]] = {"pycuda": PycudaApi, "cuda-python": CudaPythonApi}
 
 
@@ -254,9 +252,9 @@ def cuda_api(prefer: str | None = None) -> CudaApi:
     cuda-python); BackendUnavailable saying what was tried and what to install."""
     wanted = prefer or os.environ.get("VPR_ROS_CUDA_API", "")
     if wanted and wanted not in _MAKERS:
-        raise BackendUnavailable(f"VPR_ROS_CUDA_API={wanted!r}: choose one of {', '.join(API_NAMES)}")
+        raise BackendUnavailable(f"VPR_ROS_CUDA_API={wanted!r}: choose one of {', '.join(_MAKERS)}")
     reasons = []
-    for name in ([wanted] if wanted else list(API_NAMES)):
+    for name in ([wanted] if wanted else list(_MAKERS)):
         try:
             return _MAKERS[name]()
         except ImportError:
@@ -314,10 +312,6 @@ class DeviceScope:
         e, release = self.api.event()
         self._releases.append(release)
         return e
-
-    @property
-    def open(self) -> bool:
-        return self._token is not None
 
     def close(self) -> None:
         if self._token is None:

@@ -98,10 +98,6 @@ class EngineSwap(DescriptorBackend):
             log.info("%s", self.build_status)
         self.swapped.set()
 
-    @property
-    def current(self) -> DescriptorBackend:
-        return self._current
-
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:
             return self._current.infer(batch)

@@ -54,8 +54,9 @@ def device_index(device: str) -> int:
 def cuda_device_name(device: int = 0) -> str:
     """Name of CUDA device ``device``."""
     api = cuda_api()
-    if device >= api.device_count():
-        raise BackendUnavailable(f"backend 'tensorrt': no CUDA device {device} ({api.device_count()} present)")
+    count = api.device_count()
+    if device >= count:
+        raise BackendUnavailable(f"backend 'tensorrt': no CUDA device {device} ({count} present)")
     return api.device_name(device)
 
 
