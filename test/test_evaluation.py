@@ -226,6 +226,7 @@ def test_eval_reranks_with_local_features(tmp_path, capsys, mode):
     assert res["ranking"].startswith("re-ranked by") and rr["score"] in ("inliers", "mutual nearest neighbours")
     assert res["settings"]["radius_m"] == 25.0 and res["settings"]["rerank"] == mode
     assert res["settings"]["model"]["input_size"] == TINY_MODEL["input_size"] and rr["pr_auc_local"] is not None
+    assert res["settings"]["random_weights"] is True  # the tiny model is randomly initialised; eval.png says so
     rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
     assert len(rows) == 6 and all(r["ranking"] == f"reranked_{'dense' if mode == 'dense' else 'sift'}" for r in rows)
     assert all(r["top1_local_score"] != "" and float(r["top1_global_score"]) <= 1.0 for r in rows)

@@ -330,6 +330,10 @@ def rerank(result: EvalResult, dataset: EvalDataset, cfg: "VerificationConfig", 
                          local_scores, pr_global, pr_local, cfg.min_inliers)
 
 
+#: under the plot's title when the model's weights were randomly initialised (settings["random_weights"])
+RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: these numbers say nothing about the method"
+
+
 def write_outputs(result: EvalResult, dataset: EvalDataset, out: Path, title: str,
                   reranked: RerankSummary | None = None, settings: dict | None = None) -> list[Path]:
     """results.json, predictions.csv, pr_curve.csv and eval.png in ``out``. Each says which ranking
@@ -388,14 +392,15 @@ def write_outputs(result: EvalResult, dataset: EvalDataset, out: Path, title: st
             if pr is not None:
                 w.writerows((name, *r) for r in zip(pr.thresholds, pr.precision, pr.recall))
     return [out / "results.json", out / "predictions.csv", out / "pr_curve.csv",
-            plot(result, dataset, out / "eval.png", title, reranked=reranked)]
+            plot(result, dataset, out / "eval.png", title, reranked=reranked,
+                 warning=RANDOM_WEIGHTS_NOTE if (settings or {}).get("random_weights") else "")]
 
 
 def plot(result: EvalResult, dataset: EvalDataset, path: Path, title: str, examples: int = 4,
-         reranked: RerankSummary | None = None) -> Path:
+         reranked: RerankSummary | None = None, warning: str = "") -> Path:
     """PR curves (global, and re-ranked local scores when re-ranked), Recall@N (before and after
     re-ranking, values on the bars), and example query / top-1 pairs framed green (a correct
-    match) or red (a wrong one), with a legend."""
+    match) or red (a wrong one), with a legend; ``warning`` in red under the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -424,9 +429,10 @@ def plot(result: EvalResult, dataset: EvalDataset, path: Path, title: str, examp
     width = 0.8 / len(groups)
     for g, (name, rec, colour) in enumerate(groups):
         bars = ax2.bar(x + (g - (len(groups) - 1) / 2) * width, [rec[n] for n in ns], width, color=colour, label=name)
-        ax2.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+        # upright values over side-by-side bars would run into each other (0.95 next to 0.95)
+        ax2.bar_label(bars, fmt="%.2f", fontsize=7, padding=2, rotation=90 if len(groups) > 1 else 0)
     ax2.set_xticks(x, [f"R@{n}" for n in ns])
-    ax2.set(ylim=(0, 1.1), ylabel="fraction of queries", title="Recall@N")
+    ax2.set(ylim=(0, 1.2), yticks=np.linspace(0, 1, 6), ylabel="fraction of queries", title="Recall@N")
     ax2.legend(loc="upper left", fontsize=8)
     picks = np.linspace(0, len(dataset.queries) - 1, examples).astype(int)
     for j, qi in enumerate(picks):
@@ -448,7 +454,8 @@ def plot(result: EvalResult, dataset: EvalDataset, path: Path, title: str, examp
                loc="lower right", ncol=2, fontsize=8, frameon=False)
     ranking = "global ranking" if reranked is None else f"re-ranked top-{reranked.top_k} by {reranked.features}"
     fig.suptitle(f"{dataset.name} ({len(dataset.database)} database, {len(dataset.queries)} queries): {title}; "
-                 f"{ranking}", fontsize=10)
+                 f"{ranking}" + (f"\n{warning}" if warning else ""), fontsize=10,
+                 color="tab:red" if warning else "black")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     with replaced_atomically(path, VprError) as tmp:
         fig.savefig(tmp, dpi=100, format="png")

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         pca = Pca.load(a.pca) if a.pca else None  # a bad file stops here, before the model is built
         with open_backend(a.backend, cfg, a.device, batch_dependent_ok=True) as backend:
             backend_name = backend.name
+            random_weights = backend.weights_source.startswith("random")
             if pca is not None:
                 pca.check_fits(backend.descriptor_dim, backend.model_id, a.pca)
             title = f"{backend.model_id} ({backend.weights_source})" + (f" + {pca.pca_id}" if pca else "")
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = {
             "dataset_path": str(Path(a.dataset).resolve()), "layout": a.layout, "radius_m": a.radius,
             "tolerance_frames": a.tolerance, "model": dataclasses.asdict(cfg), "backend": backend_name,
+            "random_weights": random_weights,
             "device": a.device, "batch_size": a.batch_size, "pca": str(Path(a.pca).resolve()) if a.pca else "",
             "rerank": a.rerank, "rerank_top_k": a.rerank_top_k, "features": a.features, "min_inliers": a.min_inliers,
             "command": "vpr_ros_eval " + " ".join(sys.argv[1:] if argv is None else argv),
