@@ -22,6 +22,7 @@ import csv
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -199,7 +200,11 @@ class RunDir:
             reduction = "?"
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), gridspec_kw={"width_ratios": [1.3, 1.3, 0.7]})
         right = None
-        for (split, name), pts in sorted(series.items()):
+        def natural(item: tuple[tuple[str, str], list]) -> tuple:  # recall@1, @5, @10: not @1, @10, @5
+            split, name = item[0]
+            return split, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+        for (split, name), pts in sorted(series.items(), key=natural):
             pts.sort()
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
             if name == "nonfinite_steps":
@@ -231,7 +236,7 @@ class RunDir:
             axes[1].legend(handles, labels, fontsize=8)
         if axes[0].lines:
             axes[0].legend(fontsize=8)
-        fig.suptitle(self.path.name)
+        fig.suptitle(f"training run '{self.path.name}'")
         fig.tight_layout()
         out = self.path / "metrics.png"
         fig.savefig(out, dpi=90)
