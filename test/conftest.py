@@ -29,12 +29,14 @@ else:
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 # Exported ONNX graphs and engines go to a private cache of this run, not the user's ~/.cache
 # (shared by the xdist workers of the run; writes into it are atomic).
-if _worker:
-    _cache = Path(tempfile.gettempdir()) / f"vpr_ros_test_cache_{_run}"
-    _cache.mkdir(exist_ok=True)
-    os.environ.setdefault("VPR_ROS_CACHE", str(_cache))
-else:
-    os.environ.setdefault("VPR_ROS_CACHE", tempfile.mkdtemp(prefix="vpr_ros_test_cache_"))
+# Made only when not given (processes the tests start inherit it: no empty folder per process).
+if "VPR_ROS_CACHE" not in os.environ:
+    if _worker:
+        _cache = Path(tempfile.gettempdir()) / f"vpr_ros_test_cache_{_run}"
+        _cache.mkdir(exist_ok=True)
+        os.environ["VPR_ROS_CACHE"] = str(_cache)
+    else:
+        os.environ["VPR_ROS_CACHE"] = tempfile.mkdtemp(prefix="vpr_ros_test_cache_")
 
 REPO = Path(__file__).resolve().parent.parent
 CORRIDOR = REPO.parent / "shared" / "data" / "corridor"

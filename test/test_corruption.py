@@ -63,10 +63,24 @@ def _target(good_map: Path, which: str) -> tuple[Path, Path, ModelIdentity]:
     return d, {"manifest": d / MANIFEST, "store": next(d.glob("map-*.sqlite"))}[which], MODEL
 
 
+_CASES: list[Path] = []  # the folder of the example being run (hypothesis examples share no fixture)
+
+
 def _copy(src: Path) -> Path:
-    dst = Path(tempfile.mkdtemp(prefix="vpr_fuzz_case_")) / "map #1 ?%"  # awkward characters on purpose
+    """A fresh copy of the map ``src`` for one example; the previous example's copy is removed."""
+    while _CASES:
+        shutil.rmtree(_CASES.pop(), ignore_errors=True)
+    _CASES.append(Path(tempfile.mkdtemp(prefix="vpr_fuzz_case_")))
+    dst = _CASES[-1] / "map #1 ?%"  # awkward characters on purpose
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_the_last_case():
+    yield
+    while _CASES:
+        shutil.rmtree(_CASES.pop(), ignore_errors=True)
 
 
 def _load_or_domain_error(path: Path, model: ModelIdentity = MODEL) -> None:
