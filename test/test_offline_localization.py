@@ -94,3 +94,14 @@ def test_map_info_draws_the_map_with_sessions_revisit_edges_and_thumbnails(tmp_p
     edges = revisit_edges(vmap, -1.0, 30.0)  # every second-session keyframe has older ones to match
     assert len(edges) == 5 and all(vmap.keyframes[j].session == 0 < vmap.keyframes[i].session for i, j, _ in edges)
     assert f"({len(edges)} revisit edges)" in out and (tmp_path / "map.png").stat().st_size > 20_000
+
+
+def test_the_plot_names_each_decision_with_its_main_reason():
+    from vpr_ros.offline_localization import _decision_label
+
+    rows = [{"loop_status": "rejected", "loop_reason": "score below threshold"}] * 3 + \
+           [{"loop_status": "rejected", "loop_reason": "geometric verification failed: 12 inliers < 30"}] + \
+           [{"loop_status": "verified", "loop_reason": ""}]
+    assert _decision_label(rows, "rejected", 4) == "rejected (4, mostly: score below threshold)"
+    assert _decision_label(rows[3:], "rejected", 1) == "rejected (1: geometric verification failed)"
+    assert _decision_label(rows, "verified", 1) == "verified (1)"

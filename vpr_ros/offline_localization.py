@@ -8,6 +8,7 @@ position error is recorded too; a match counts as correct within ``correct_withi
 """
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import math
@@ -129,13 +130,27 @@ def write_outputs(rows: Sequence[dict[str, Any]], map_poses: np.ndarray, out: Pa
     summary = summarize(rows)
     with replaced_atomically(out / "results.json", VprError) as tmp:
         tmp.write_text(json.dumps({"summary": summary, "settings": settings}, indent=1))
-    return [out / "localization.csv", out / "results.json", plot(rows, map_poses, out / "localize.png", title)]
+    threshold = (settings.get("localizer") or {}).get("score_threshold")
+    return [out / "localization.csv", out / "results.json",
+            plot(rows, map_poses, out / "localize.png", title, threshold)]
 
 
-def plot(rows: Sequence[dict[str, Any]], map_poses: np.ndarray, path: Path, title: str) -> Path:
+def _decision_label(rows: Sequence[dict[str, Any]], status: str, count: int) -> str:
+    """'rejected (24, mostly: score below threshold)': a decision with its most frequent reason."""
+    reasons = collections.Counter(str(r["loop_reason"]).split(":")[0] for r in rows
+                                  if r["loop_status"] == status and r["loop_reason"])
+    if not reasons:
+        return f"{status} ({count})"
+    reason, n = reasons.most_common(1)[0]
+    return f"{status} ({count}{', mostly' if n < count else ''}: {reason})"
+
+
+def plot(rows: Sequence[dict[str, Any]], map_poses: np.ndarray, path: Path, title: str,
+         threshold: float | None = None) -> Path:
     """Top-down view (map keyframes; each frame's estimated pose coloured by its loop decision; true
-    positions when known), the top-1 score over the run with the decisions, and the score histogram
-    of correct vs wrong top-1 matches (where ground truth says which) - where a threshold would go."""
+    positions when known), the top-1 score over the run with the decisions and their main reason,
+    and the score histogram of correct vs wrong top-1 matches (where ground truth says which) -
+    where a threshold would go; ``threshold``: the localizer's score_threshold, drawn on both."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,7 +178,10 @@ def plot(rows: Sequence[dict[str, Any]], map_poses: np.ndarray, path: Path, titl
         for status, colour in colours.items():
             sel = np.array([x == status for x in st])
             if sel.any():
-                ax2.plot((t - t[0])[sel], s[sel], "o", ms=3, color=colour, label=status)
+                ax2.plot((t - t[0])[sel], s[sel], "o", ms=3, color=colour,
+                         label=_decision_label(rows, status, int(sel.sum())))
+    if threshold is not None:
+        ax2.axhline(threshold, color="tab:orange", ls="--", lw=1, label=f"score_threshold {threshold:g}")
     ax2.set(xlabel="time since the first frame (s)", ylabel="top-1 cosine score", title="top-1 score and loop decisions")
     ax2.legend(fontsize=7)
     good = [float(r["top1_score"]) for r in rows if r["correct"] == 1]
@@ -177,6 +195,9 @@ def plot(rows: Sequence[dict[str, Any]], map_poses: np.ndarray, path: Path, titl
     else:
         ax3.hist(s, bins=25, color="tab:blue")
         ax3.set(title="top-1 scores (no ground truth)")
+    if threshold is not None and (len(s) or good or bad):
+        ax3.axvline(threshold, color="tab:orange", ls="--", lw=1, label=f"score_threshold {threshold:g}")
+        ax3.legend(fontsize=7)
     ax3.set(xlabel="top-1 cosine score", ylabel="frames")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
