@@ -41,6 +41,11 @@ if "VPR_ROS_CACHE" not in os.environ:
 REPO = Path(__file__).resolve().parent.parent
 CORRIDOR = REPO.parent / "shared" / "data" / "corridor"
 
+#: How long a test waits for something that must happen (a message, a count, a state) before it
+#: calls the run hung. Every such wait returns as soon as the condition holds, so a passing run
+#: never waits this long; it is generous so that a busy or slow machine does not fail a test.
+HANG_GUARD_S = 120.0
+
 #: Tiny random-weight model used wherever the real ViT-S would only cost time.
 TINY_MODEL = {"backbone": "vit_test", "input_size": 56, "seed": 3}
 

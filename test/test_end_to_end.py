@@ -19,7 +19,7 @@ from vpr_ros.mapping.map_store import VprMap  # noqa: E402
 from vpr_ros.ros.conversions import stamp_to_sec  # noqa: E402
 from vpr_ros.ros.player import QueryPlayer  # noqa: E402
 
-from conftest import TINY_MODEL  # noqa: E402
+from conftest import HANG_GUARD_S, TINY_MODEL  # noqa: E402
 from test_bags import params, write_bag  # noqa: E402,F401 - the params fixture is used by name
 
 pytestmark = pytest.mark.ros
@@ -66,8 +66,8 @@ def test_bag_to_map_to_localizer_messages_field_by_field(rclpy_context, tmp_path
                                consistency_window=24)
     try:
         player = QueryPlayer("image")
-        assert player.wait_for_localizer(20)
-        assert player.spin_until(lambda: player.log.keyframes is not None, 5)
+        assert player.wait_for_localizer(HANG_GUARD_S)
+        assert player.spin_until(lambda: player.log.keyframes is not None, HANG_GUARD_S)
         path = player.log.keyframes
         assert path.header.frame_id == "map" and len(path.poses) == len(vmap)
         for ps, kf in zip(path.poses, vmap.keyframes):
@@ -77,7 +77,7 @@ def test_bag_to_map_to_localizer_messages_field_by_field(rclpy_context, tmp_path
         stamps = [round(stamp_to_sec(m.header.stamp), 6) for m in msgs]
         for m, t in zip(msgs, stamps):
             player.send_raw(m)
-            assert player.spin_until(lambda t=t: t in player.log.tables, 20), t
+            assert player.spin_until(lambda t=t: t in player.log.tables, HANG_GUARD_S), t
         player.spin_until(lambda: False, 0.5)
         for m, t in zip(msgs, stamps):
             rows = player.log.tables[t]
@@ -129,16 +129,16 @@ def test_map_from_another_model_is_reported_and_the_node_keeps_running(rclpy_con
     node, ex = start_localizer(tmp_path / "map")
     try:
         player = QueryPlayer("image")
-        assert player.spin_until(lambda: player.pub.get_subscription_count() > 0, 20)
+        assert player.spin_until(lambda: player.pub.get_subscription_count() > 0, HANG_GUARD_S)
         player.send(traversals[1].images[0], 1000.0)
-        assert player.spin_until(lambda: node.counters.errors >= 1, 10)
+        assert player.spin_until(lambda: node.counters.errors >= 1, HANG_GUARD_S)
         player.log.diagnostics.clear()
-        assert player.spin_until(lambda: bool(player.log.diagnostics), 5)
+        assert player.spin_until(lambda: bool(player.log.diagnostics), HANG_GUARD_S)
         st = player.log.diagnostics[-1].status[0]
         assert st.level == DiagnosticStatus.ERROR and "built by another model" in st.message
         assert "model_id" in st.message and "weights_sha256" in st.message
         player.send(traversals[1].images[1], 1001.0)  # still alive, still reporting
-        assert player.spin_until(lambda: node.counters.errors >= 2, 10)
+        assert player.spin_until(lambda: node.counters.errors >= 2, HANG_GUARD_S)
         player.destroy_node()
     finally:
         ex.shutdown()

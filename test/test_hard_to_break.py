@@ -13,7 +13,7 @@ import yaml
 
 from vpr_ros.mapping.map_store import MANIFEST, VprMap
 
-from conftest import TINY_MODEL
+from conftest import HANG_GUARD_S, TINY_MODEL
 from test_bags import write_bag
 from test_evaluation import make_gmberton, write_img
 
@@ -84,7 +84,7 @@ def test_localizer_survives_corrupt_maps_at_start_and_on_reload(rclpy_context, t
         from rclpy.parameter import Parameter
 
         node.set_parameters([Parameter("map_dir", value=str(good))])
-        assert p.spin_until(lambda: node.loaded_map_dir == str(good), 20)
+        assert p.spin_until(lambda: node.loaded_map_dir == str(good), HANG_GUARD_S)
         _corrupt(good, "changed pose")  # the file on disk goes bad while its map is in use
         res = call_trigger(client, "vpr/reload_map")
         assert not res.success and "keyframe 3" in res.message and f"still using {good}" in res.message
@@ -92,9 +92,9 @@ def test_localizer_survives_corrupt_maps_at_start_and_on_reload(rclpy_context, t
         p.log.diagnostics.clear()
         assert p.spin_until(lambda: any(st.level == DiagnosticStatus.ERROR and "keyframe 3" in st.message
                                         for a in p.log.diagnostics for st in a.status if st.name.endswith("localizer")),
-                            10)
-        assert p.wait_for_localizer(20)
-        assert p.play([traversals[0].images[6]], [77.0], timeout=20) == 1  # the previous map answers
+                            HANG_GUARD_S)
+        assert p.wait_for_localizer(HANG_GUARD_S)
+        assert p.play([traversals[0].images[6]], [77.0], timeout=HANG_GUARD_S) == 1  # the previous map answers
         assert p.log.tables[77.0][0]["db_id"] == 6
         p.destroy_node()
     finally:

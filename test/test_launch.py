@@ -17,7 +17,7 @@ import yaml
 
 from vpr_ros.launch_graph import GRAPHS, build_map_graph, localize_graph
 
-from conftest import REPO, TINY_MODEL
+from conftest import HANG_GUARD_S, REPO, TINY_MODEL
 
 COMMON = {"map_dir", "params_file", "backend", "camera_topic", "namespace", "use_sim_time", "log_level",
           "lifecycle", "autostart", "transport", "weights", "rviz"}
@@ -98,7 +98,7 @@ def test_launch_free_entry_point_runs_the_graph(tmp_path, built_map, traversals,
 
         p = QueryPlayer("robot1/cam1/image", vpr_ns="robot1/vpr")
         assert p.wait_for_localizer(180), "localizer did not come up under /robot1"
-        assert p.play(traversals[0].images[:3], [900.0, 901.0, 902.0], timeout=30) == 3
+        assert p.play(traversals[0].images[:3], [900.0, 901.0, 902.0], timeout=HANG_GUARD_S) == 3
         assert [p.log.tables[t][0]["db_id"] for t in (900.0, 901.0, 902.0)] == [0, 1, 2]
         assert p.log.poses[900.0].header.frame_id == "map"
         p.destroy_node()
@@ -123,7 +123,7 @@ def test_launch_free_entry_point_runs_the_lifecycle_graph(tmp_path, built_map, t
 
         p = QueryPlayer("image")
         assert p.wait_for_localizer(180), "managed localizer did not become active"
-        assert p.play(traversals[0].images[4:5], [950.0], timeout=30) == 1
+        assert p.play(traversals[0].images[4:5], [950.0], timeout=HANG_GUARD_S) == 1
         assert p.log.tables[950.0][0]["db_id"] == 4
         p.destroy_node()
     finally:

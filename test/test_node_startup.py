@@ -18,7 +18,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.srv import GetParameters
 
-from conftest import TINY_MODEL
+from conftest import HANG_GUARD_S, TINY_MODEL
 from test_nodes import Spinning, overrides, until
 from test_ros_behaviour import _write_params
 
@@ -193,13 +193,13 @@ def test_a_frame_stamped_far_ahead_of_the_clock_is_counted_and_changes_nothing(r
     s = Spinning(node)
     try:
         p = QueryPlayer("image")
-        assert p.wait_for_localizer(20)
+        assert p.wait_for_localizer(HANG_GUARD_S)
         img = traversals[0].images
         future = 2e9  # the trial's stamp: years ahead of any clock this test runs under
         p.send(img[1], future)
         assert until(lambda: node.counters.stamps_ahead == 1, spin=p)
         assert "ahead of the node's clock" in node.counters.last_error
-        assert p.play([img[2], img[3]], [100.0, 101.0], timeout=20) == 2
+        assert p.play([img[2], img[3]], [100.0, 101.0], timeout=HANG_GUARD_S) == 2
         assert p.log.tables[101.0][0]["db_id"] == 3 and future not in p.log.tables
         p.destroy_node()
     finally:

@@ -21,7 +21,7 @@ from vpr_ros.mapping.map_store import Keyframe, VprMap  # noqa: E402
 from vpr_ros.ros.conversions import pose_msg, rgb_to_image, sec_to_stamp  # noqa: E402
 from vpr_ros.ros.player import QueryPlayer  # noqa: E402
 
-from conftest import TINY_MODEL  # noqa: E402
+from conftest import HANG_GUARD_S, TINY_MODEL  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -59,8 +59,9 @@ def localizer(rclpy_context, built_map):
     s.stop()
 
 
-def until(condition, timeout=20.0, spin=None):
-    """Wait for ``condition()`` (spinning ``spin`` if given), at most ``timeout`` s; returns it."""
+def until(condition, timeout=HANG_GUARD_S, spin=None):
+    """Wait for ``condition()`` (spinning ``spin`` if given), at most ``timeout`` s (a hang guard,
+    not a budget); returns it."""
     end = time.monotonic() + timeout
     while not condition() and time.monotonic() < end:
         if spin is not None:
@@ -70,7 +71,7 @@ def until(condition, timeout=20.0, spin=None):
     return bool(condition())
 
 
-def wait_until_matched(node, *publishers, timeout=20.0):
+def wait_until_matched(node, *publishers, timeout=HANG_GUARD_S):
     """Spin ``node`` until every publisher has a subscriber (DDS discovery done)."""
     return until(lambda: all(p.get_subscription_count() > 0 for p in publishers), timeout, spin=node)
 
@@ -97,7 +98,7 @@ def feeding_map_builder(map_dir, feeder, pose_type, pose_channel, pose_qos=None,
 
 def last_diag(player, name="localizer"):
     player.log.diagnostics.clear()
-    player.spin_until(lambda: any(s.name.endswith(name) for a in player.log.diagnostics for s in a.status), 5)
+    player.spin_until(lambda: any(s.name.endswith(name) for a in player.log.diagnostics for s in a.status), HANG_GUARD_S)
     st = [s for a in player.log.diagnostics for s in a.status if s.name.endswith(name)][-1]
     return st, {kv.key: kv.value for kv in st.values}
 
@@ -113,14 +114,14 @@ def odometry(t, pose, frame="odom"):
 def test_localizer_answers_image_frames(localizer, traversals):
     first, second = traversals
     p = QueryPlayer("cam0/image")
-    assert p.wait_for_localizer(20)
-    assert p.spin_until(lambda: p.log.keyframes is not None, 5)
+    assert p.wait_for_localizer(HANG_GUARD_S)
+    assert p.spin_until(lambda: p.log.keyframes is not None, HANG_GUARD_S)
     assert len(p.log.keyframes.poses) == len(first.images)
     assert p.log.keyframes.poses[3].header.stamp == sec_to_stamp(first.stamps[3])
     assert p.pub_compressed.get_subscription_count() == 0  # one transport per camera (raw here)
 
     stamps = [500.0 + i for i in range(4)]
-    assert p.play(first.images[:4], stamps, timeout=20) == 4
+    assert p.play(first.images[:4], stamps, timeout=HANG_GUARD_S) == 4
     for i, t in enumerate(stamps):
         rows = p.log.tables[t]
         assert [r["rank"] for r in rows] == [0, 1, 2]
@@ -132,7 +133,7 @@ def test_localizer_answers_image_frames(localizer, traversals):
         assert pose.pose.covariance[0] > 0 and pose.pose.covariance[35] > 0
         assert len(p.log.matches[t].poses) == 3
     # consecutive agreeing matches far in time -> LIO-SAM style [t_query, t_match]
-    assert p.spin_until(lambda: len(p.log.loop_closures) >= 1, 3)
+    assert p.spin_until(lambda: len(p.log.loop_closures) >= 1, HANG_GUARD_S)
     tq, tm = p.log.loop_closures[0]
     assert tq in stamps and tm in first.stamps and tq - tm >= 30
     assert {r["status"] for r in p.log.loop_table} <= {-1.0, 0.0, 1.0}
@@ -153,7 +154,7 @@ def test_compressed_transport_subscribes_only_the_compressed_topic(rclpy_context
         msg = CompressedImage(format="jpeg", data=jpg.tobytes())
         msg.header.stamp = sec_to_stamp(600.0)
         p.send_raw(msg)
-        assert p.spin_until(lambda: 600.0 in p.log.tables, 20)
+        assert p.spin_until(lambda: 600.0 in p.log.tables, HANG_GUARD_S)
         assert p.log.tables[600.0][0]["db_id"] == 5
         assert node.slots.received == 1 and node.slots.dropped == 0
         p.destroy_node()
@@ -163,7 +164,7 @@ def test_compressed_transport_subscribes_only_the_compressed_topic(rclpy_context
 
 def test_bad_frames_are_logged_and_the_node_keeps_running(localizer, traversals):
     p = QueryPlayer("cam0/image")
-    assert p.wait_for_localizer(20)
+    assert p.wait_for_localizer(HANG_GUARD_S)
     bad = Image(height=4, width=4, encoding="yuv_weird", step=12, data=b"\0" * 48)
     empty = Image(height=0, width=0, encoding="rgb8", step=0, data=b"")
     nan = Image(height=4, width=4, encoding="32FC1", step=16, data=b"\0" * 64)
@@ -171,8 +172,8 @@ def test_bad_frames_are_logged_and_the_node_keeps_running(localizer, traversals)
         m.header.stamp = sec_to_stamp(700.0 + i)
         p.send_raw(m)
         # one at a time (the node keeps only the newest frame): wait until this one failed
-        assert p.spin_until(lambda n=i: localizer.counters.errors >= n + 1, 10)
-    assert p.play([traversals[0].images[2]], [710.0], timeout=20) == 1  # still alive
+        assert p.spin_until(lambda n=i: localizer.counters.errors >= n + 1, HANG_GUARD_S)
+    assert p.play([traversals[0].images[2]], [710.0], timeout=HANG_GUARD_S) == 1  # still alive
     assert p.log.tables[710.0][0]["db_id"] == 2
     st, vals = last_diag(p)
     assert st.level == DiagnosticStatus.WARN and int(vals["frames_failed"]) >= 3
@@ -189,9 +190,9 @@ def test_without_a_map_the_node_reports_error_and_survives(rclpy_context, tmp_pa
     s = Spinning(node)
     try:
         p = QueryPlayer("image")
-        assert p.spin_until(lambda: p.pub.get_subscription_count() > 0, 20)
+        assert p.spin_until(lambda: p.pub.get_subscription_count() > 0, HANG_GUARD_S)
         p.send(traversals[0].images[0], 1.0)
-        assert p.spin_until(lambda: node.counters.errors >= 1, 10)
+        assert p.spin_until(lambda: node.counters.errors >= 1, HANG_GUARD_S)
         st, vals = last_diag(p)
         assert st.level == DiagnosticStatus.ERROR and "not a map directory" in st.message
         assert "no map loaded" in node.counters.last_error
@@ -294,16 +295,16 @@ def test_markers_and_debug_image_only_when_watched(localizer, traversals):
     from visualization_msgs.msg import Marker, MarkerArray
 
     p = QueryPlayer("cam0/image")
-    assert p.wait_for_localizer(20)
-    assert p.play([traversals[0].images[4]], [800.0], timeout=20) == 1
+    assert p.wait_for_localizer(HANG_GUARD_S)
+    assert p.play([traversals[0].images[4]], [800.0], timeout=HANG_GUARD_S) == 1
     assert localizer.counters.debug_images == 0  # nobody subscribed: not built
     got: dict = {"markers": [], "debug": []}
     p.create_subscription(MarkerArray, "vpr/markers", got["markers"].append, 10)
     p.create_subscription(Image, "vpr/debug_image", got["debug"].append, 10)
     assert p.spin_until(lambda: localizer.pub_debug.get_subscription_count() > 0 and
-                        localizer.pub_markers.get_subscription_count() > 0, 10)
-    assert p.play([traversals[0].images[6]], [801.0], timeout=20) == 1
-    assert p.spin_until(lambda: got["debug"] and any(len(m.markers) > 1 for m in got["markers"]), 10)
+                        localizer.pub_markers.get_subscription_count() > 0, HANG_GUARD_S)
+    assert p.play([traversals[0].images[6]], [801.0], timeout=HANG_GUARD_S) == 1
+    assert p.spin_until(lambda: got["debug"] and any(len(m.markers) > 1 for m in got["markers"]), HANG_GUARD_S)
     dbg = got["debug"][-1]
     assert dbg.encoding == "rgb8" and dbg.height == 240 and dbg.width > dbg.height
     assert localizer.counters.debug_images >= 1
@@ -315,9 +316,9 @@ def test_markers_and_debug_image_only_when_watched(localizer, traversals):
     p.destroy_node()
 
 
-def call_trigger(client, name, timeout=20):
+def call_trigger(client, name, timeout=HANG_GUARD_S):
     cli = client.create_client(Trigger, name)
-    assert cli.wait_for_service(timeout_sec=10), name
+    assert cli.wait_for_service(timeout_sec=HANG_GUARD_S), name
     fut = cli.call_async(Trigger.Request())
     rclpy.spin_until_future_complete(client, fut, timeout_sec=timeout)
     return fut.result()
@@ -359,11 +360,11 @@ def test_two_cameras_and_the_rich_loop_closure_table(rclpy_context, built_map, t
     s = Spinning(node)
     try:
         front, rear = QueryPlayer("front/image", name="front_player"), QueryPlayer("rear/image", name="rear_player")
-        assert front.wait_for_localizer(20) and rear.wait_for_localizer(20)
-        assert front.play([traversals[0].images[3]], [900.0], timeout=20) == 1
-        assert rear.play([traversals[0].images[8]], [901.0], timeout=20) == 1
+        assert front.wait_for_localizer(HANG_GUARD_S) and rear.wait_for_localizer(HANG_GUARD_S)
+        assert front.play([traversals[0].images[3]], [900.0], timeout=HANG_GUARD_S) == 1
+        assert rear.play([traversals[0].images[8]], [901.0], timeout=HANG_GUARD_S) == 1
         assert front.log.tables[900.0][0]["db_id"] == 3 and rear.log.tables[901.0][0]["db_id"] == 8
-        assert front.spin_until(lambda: len(front.log.loop_table) >= 2, 5)
+        assert front.spin_until(lambda: len(front.log.loop_table) >= 2, HANG_GUARD_S)
         row = front.log.loop_table[0]
         assert (row["rel_x"], row["rel_qw"]) == (0.0, 1.0) and row["cov_x"] > 0 and row["cov_yaw"] > 0
         front.destroy_node()

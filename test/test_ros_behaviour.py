@@ -24,13 +24,13 @@ from vpr_ros.ros.conversions import rgb_to_image  # noqa: E402
 from vpr_ros.ros.player import QueryPlayer  # noqa: E402
 from vpr_ros.runtime.base import DescriptorBackend  # noqa: E402
 
-from conftest import TINY_MODEL  # noqa: E402
+from conftest import HANG_GUARD_S, TINY_MODEL  # noqa: E402
 from test_nodes import Spinning, last_diag, odometry, overrides, until  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
 
-def _result(client_node, future, timeout=20.0):
+def _result(client_node, future, timeout=HANG_GUARD_S):
     rclpy.spin_until_future_complete(client_node, future, timeout_sec=timeout)
     assert future.done(), "no answer from the parameter service"
     return future.result()
@@ -108,15 +108,15 @@ def test_localizer_lifecycle_transitions(rclpy_context, built_map, traversals):
         assert node.backend is not None and len(node.localizer.map) == 24  # model and map loaded
         assert p.pub.get_subscription_count() == 0  # not active: not listening
         assert change_states(p, "/localizer", ["activate"]) == (True, "active")
-        assert p.wait_for_localizer(20)
-        assert p.play([traversals[0].images[3]], [42.0], timeout=20) == 1
+        assert p.wait_for_localizer(HANG_GUARD_S)
+        assert p.play([traversals[0].images[3]], [42.0], timeout=HANG_GUARD_S) == 1
         assert p.log.tables[42.0][0]["db_id"] == 3
         assert change_states(p, "/localizer", ["deactivate"]) == (True, "inactive")
         assert until(lambda: p.pub.get_subscription_count() == 0, spin=p)
         assert change_states(p, "/localizer", ["cleanup"]) == (True, "unconfigured")
         assert node.backend is None and node.localizer is None
         assert change_states(p, "/localizer", ["configure", "activate"]) == (True, "active")  # again
-        assert p.play([traversals[0].images[5]], [43.0], timeout=20) == 1
+        assert p.play([traversals[0].images[5]], [43.0], timeout=HANG_GUARD_S) == 1
         assert change_states(p, "/localizer", ["deactivate", "cleanup", "shutdown"]) == (True, "finalized")
         p.destroy_node()
     finally:
@@ -166,7 +166,7 @@ def test_map_swaps_while_streaming_are_consistent(rclpy_context, built_map, seco
         pc = AsyncParameterClient(client, "localizer")
         assert pc.wait_for_services(10.0)
         p = QueryPlayer("image")
-        assert p.wait_for_localizer(20)
+        assert p.wait_for_localizer(HANG_GUARD_S)
         images = traversals[1].images
         for k in range(40):
             p.send(images[k % len(images)], 5000.0 + k)
@@ -175,7 +175,7 @@ def test_map_swaps_while_streaming_are_consistent(rclpy_context, built_map, seco
                 [r] = set_params(client, pc, map_dir=target)
                 assert r.successful, r.reason
                 assert until(lambda t=target: node.loaded_map_dir == t)
-            p.spin_until(lambda n=k: 5000.0 + n in p.log.tables, 5.0)
+            p.spin_until(lambda n=k: 5000.0 + n in p.log.tables, 5.0)  # pacing: a dropped frame never answers
         assert until(lambda: node.slots.pending() == 0 and node.counters.processed + node.slots.dropped >= 40)
         p.spin_until(lambda: False, 0.5)
         assert node.counters.errors == 0, node.counters.last_error
@@ -222,7 +222,7 @@ def test_overload_keeps_only_the_newest_frame_and_counts_the_rest(rclpy_context,
     s = Spinning(node)
     try:
         p = QueryPlayer("image")
-        assert p.wait_for_localizer(20)
+        assert p.wait_for_localizer(HANG_GUARD_S)
         img = traversals[0].images
         p.send(img[0], 100.0)
         assert backend.entered.wait(20)  # the worker is busy with frame 0
@@ -232,7 +232,7 @@ def test_overload_keeps_only_the_newest_frame_and_counts_the_rest(rclpy_context,
         assert until(lambda: node.slots.received == n + 1, spin=p)
         assert node.slots.pending() == 1 and node.slots.dropped == n - 1  # only the newest waits
         backend.gate.set()
-        assert p.spin_until(lambda: len(p.log.tables) == 2, 20)
+        assert p.spin_until(lambda: len(p.log.tables) == 2, HANG_GUARD_S)
         assert sorted(p.log.tables) == [100.0, 100.0 + n]  # the first and the newest were answered
         assert node.counters.processed == 2
         st, vals = last_diag(p)
@@ -319,7 +319,7 @@ def test_no_accepted_keyframe_is_lost_on_signals(rclpy_context, tmp_path, traver
 
         # the signal comes while the encoder is behind, at a moment of the stream drawn per case
         moment = random.Random(case).randint(4, n - 4)
-        assert until(lambda: value("keyframes_accepted") >= moment, timeout=60, spin=client), "".join(lines)[-3000:]
+        assert until(lambda: value("keyframes_accepted") >= moment, timeout=HANG_GUARD_S, spin=client), "".join(lines)[-3000:]
         reported, encoded = value("keyframes_accepted"), value("keyframes")
         assert encoded < reported, (encoded, reported)  # there really is a backlog
         for i, sig in enumerate(signals):
@@ -363,7 +363,7 @@ def test_localizer_process_shuts_down_quietly(rclpy_context, tmp_path, built_map
         p = QueryPlayer("image")
         assert p.wait_for_localizer(120)
         img = np.zeros((56, 56, 3), np.uint8)
-        assert p.play([img], [1.0], timeout=30) == 1
+        assert p.play([img], [1.0], timeout=HANG_GUARD_S) == 1
         for k in range(20):  # keep the worker busy while the signal arrives
             p.send(img, 2.0 + k)
         proc.send_signal(signal.SIGINT)

@@ -22,6 +22,7 @@ from vpr_ros.demo.pose_graph import LioSamStyleBackEnd  # noqa: E402
 from vpr_ros.mapping.map_store import VprMap  # noqa: E402
 from vpr_ros.ros.conversions import pose_msg, read_table, rgb_to_image, sec_to_stamp  # noqa: E402
 
+from conftest import HANG_GUARD_S  # noqa: E402
 from test_nodes import Spinning, odometry, overrides, until  # noqa: E402
 from test_verification_ros import camera_info, depth_msg  # noqa: E402
 
@@ -173,8 +174,8 @@ def test_keyframe_poses_follow_the_back_ends_path_on_disk_and_in_vpr_pose(rclpy_
     s = Spinning(loc)
     try:
         p = QueryPlayer("image")
-        assert p.wait_for_localizer(20)
-        assert p.play([drive.images[5]], [900.0], timeout=20) == 1
+        assert p.wait_for_localizer(HANG_GUARD_S)
+        assert p.play([drive.images[5]], [900.0], timeout=HANG_GUARD_S) == 1
         got = p.log.poses[900.0].pose.pose
         top = int(p.log.tables[900.0][0]["db_id"])
         assert top == 5

@@ -18,6 +18,7 @@ from vpr_ros.mapping.map_store import VprMap  # noqa: E402
 from vpr_ros.ros.conversions import rgb_to_image  # noqa: E402
 from vpr_ros.ros.player import QueryPlayer  # noqa: E402
 
+from conftest import HANG_GUARD_S  # noqa: E402
 from test_nodes import Spinning, odometry, overrides, until  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -102,11 +103,11 @@ def test_metric_loop_closures_through_the_nodes(rclpy_context, tmp_path, drives)
         initial: list = []
         p.create_subscription(PoseWithCovarianceStamped, "/initialpose", initial.append, 10)  # as AMCL does
         info = p.create_publisher(CameraInfo, "camera_info", 5)
-        assert p.wait_for_localizer(20)
+        assert p.wait_for_localizer(HANG_GUARD_S)
         assert until(lambda: info.get_subscription_count() > 0, spin=p)
         info.publish(camera_info(second.intrinsics))
         assert until(lambda: "image" in loc.intrinsics, spin=p)
-        assert p.play(second.images, second.stamps, timeout=30) == len(second.images)
+        assert p.play(second.images, second.stamps, timeout=HANG_GUARD_S) == len(second.images)
         verified = [r for r in p.log.loop_table if r["status"] == 1.0]
         assert len(verified) >= len(second.images) // 2, p.log.loop_table
         kf_pose = {round(t, 6): pose for t, pose in zip(first.stamps, first.poses)}
@@ -130,11 +131,11 @@ def test_metric_loop_closures_through_the_nodes(rclpy_context, tmp_path, drives)
         trigger = p.create_client(Trigger, "vpr/relocalize")
         assert loc.set_parameters([Parameter("initial_pose.max_position_sigma", value=0.0)])[0].successful
         assert _trigger(p, trigger).success
-        assert p.play(second.images[:3], [s_ + 1000.0 for s_ in second.stamps[:3]], timeout=30) == 3
+        assert p.play(second.images[:3], [s_ + 1000.0 for s_ in second.stamps[:3]], timeout=HANG_GUARD_S) == 3
         assert loc.counters.initial_poses == 1
         # armed again with a usable gate: the next verified metric pose is sent
         assert loc.set_parameters([Parameter("initial_pose.max_position_sigma", value=0.5)])[0].successful
-        assert p.play(second.images[:3], [s_ + 2000.0 for s_ in second.stamps[:3]], timeout=30) == 3
+        assert p.play(second.images[:3], [s_ + 2000.0 for s_ in second.stamps[:3]], timeout=HANG_GUARD_S) == 3
         assert until(lambda: len(initial) == 2, spin=p) and loc.counters.initial_poses == 2
         p.destroy_node()
     finally:
