@@ -31,7 +31,8 @@ at least ``MIN_REDUCTION`` long: a shorter one saves nothing in integer arithmet
 Runtime 1.23.2 (the newest for Python 3.10) computes a u8 x s8 ``QLinearMatMul`` with K = 4
 differently from one process to the next (measured on the tiny test student: descriptor cosine to
 FP32 between 0.970 and 0.988 for one graph and one input; 1.32 is deterministic).
-Normalisations, softmax, GeM and the outputs stay in float. Implicit TensorRT calibration is not used anywhere.
+Normalisations, softmax, GeM and the outputs stay in float. Implicit TensorRT calibration is not
+used anywhere.
 """
 from __future__ import annotations
 
@@ -121,12 +122,8 @@ def short_reductions(onnx_path: str | Path | Any, minimum: int = MIN_REDUCTION) 
     ``minimum`` products per output (kept in float). ``onnx_path``: a file or its GraphProto."""
     graph = _graph(onnx_path)
     shapes = _constant_shapes(graph)
-    found = []
-    for n in graph.node:
-        k = reduction_length(n, shapes) if n.op_type in QUANTIZED_OPS else None
-        if k is not None and k < minimum:
-            found.append(n.name)
-    return found
+    lengths = {n.name: reduction_length(n, shapes) for n in graph.node if n.op_type in QUANTIZED_OPS}
+    return [name for name, k in lengths.items() if k is not None and k < minimum]
 
 
 def fold_weight_transposes(src: str | Path, dst: str | Path) -> int:

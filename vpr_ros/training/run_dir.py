@@ -200,6 +200,7 @@ class RunDir:
             reduction = "?"
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), gridspec_kw={"width_ratios": [1.3, 1.3, 0.7]})
         right = None
+
         def natural(item: tuple[tuple[str, str], list]) -> tuple:  # recall@1, @5, @10: not @1, @10, @5
             split, name = item[0]
             return split, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
