@@ -82,15 +82,45 @@ def test_a_refused_engine_is_not_cached_but_its_timings_are_and_auto_falls_back(
     trt["corrupt_outputs"], trt["build_returns_none"] = False, True
     with pytest.raises(EngineBuildError, match="failed to build a fp16 engine"):
         TensorRTBackend.from_onnx(onnx_graph, cache_dir=tmp_path, precision="fp16", max_batch=4)
-    # backend 'auto' on a GPU: a failed TensorRT build is logged and the next backend is tried (here
-    # none can run: no CUDA build of torch or ONNX Runtime, so the error lists every reason)
+    # backend 'auto' on a GPU: a failed TensorRT build is skipped like every backend that cannot run
+    # here (no CUDA build of torch or ONNX Runtime): it ends on ONNX Runtime on the CPU, one WARN
     monkeypatch.setattr(factory, "onnx_for", lambda cfg, cache_dir=None: onnx_graph)
     with caplog.at_level(logging.WARNING, logger="vpr_ros.runtime.factory"):
-        with pytest.raises(BackendUnavailable) as err:
-            factory.open_backend("auto", ModelConfig(**TINY_MODEL), "cuda", cache_dir=tmp_path)
-    assert "'tensorrt' failed" in caplog.text and "falling back" in caplog.text
-    text = str(err.value)
-    assert "tensorrt:" in text and "torch_cudagraph:" in text and "onnxruntime:" in text and "torch:" in text
+        with factory.open_backend("auto", ModelConfig(**TINY_MODEL), "cuda", cache_dir=tmp_path) as b:
+            assert b.name == "onnxruntime" and b.selection.startswith("auto: onnxruntime on cpu (skipped ")
+    warns = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warns) == 1 and warns[0].startswith("backend 'auto' runs onnxruntime on cpu; skipped ")
+    for skipped in ("tensorrt on cuda: ", "failed to build a fp16 engine", "torch_cudagraph on cuda: ",
+                    "onnxruntime on cuda: ", "torch on cuda: "):
+        assert skipped in warns[0] and skipped in b.selection
+
+
+@pytest.mark.parametrize("engine_build", ["startup", "background"])
+def test_the_jetson_configuration_always_starts_on_onnxruntime_cpu(trt, tmp_path, onnx_graph, monkeypatch,
+                                                                   caplog, engine_build):
+    """A Jetson as the README sets it up: no torch, the CPU-only onnxruntime wheel, model.onnx set,
+    device cuda, and a TensorRT engine build that fails: the node's backend still opens."""
+    import logging
+    import sys
+
+    from vpr_ros.config import GpuOptions, ModelConfig
+    from vpr_ros.runtime import factory
+
+    for name in [m for m in sys.modules if m == "torch" or m.startswith("torch.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # 'import torch' fails, as on the robot
+    monkeypatch.setitem(sys.modules, "torch", None)
+    trt["build_returns_none"] = True
+    cfg = ModelConfig(**{**TINY_MODEL, "onnx": str(onnx_graph)})
+    gpu = GpuOptions(engine_build=engine_build)
+    with caplog.at_level(logging.INFO, logger="vpr_ros"):
+        with factory.open_backend("auto", cfg, "cuda", cache_dir=tmp_path, gpu=gpu) as b:
+            if engine_build == "background":  # runs on the CPU while the engine builds, and stays there
+                assert b.swapped.wait(120) and "failed, staying on 'onnxruntime'" in b.build_status
+            assert b.name == "onnxruntime" and "onnxruntime on cpu" in b.selection
+            assert b.infer(_batch(2)).shape == (2, int(b.descriptor_dim))
+    text = caplog.text
+    assert "needs PyTorch" in text and "has no CUDA provider" in text
+    assert "failed to build a fp16 engine" in text  # why TensorRT is not used is said, not swallowed
 
 
 def test_an_engine_file_that_cannot_be_loaded_names_the_fix(trt, tmp_path, onnx_graph):

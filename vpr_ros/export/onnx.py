@@ -19,7 +19,9 @@ from torch import Tensor, nn
 
 from vpr_ros.config import ModelConfig, batch_dependent_refusal
 from vpr_ros.errors import ConfigError, EngineBuildError
+from vpr_ros.export.fold import fold_constants
 from vpr_ros.export.graph_io import INPUT, LOCAL_OUTPUT, OPSET, OUTPUT, metadata_of
+from vpr_ros.export.tensorrt_rules import check_or_raise
 from vpr_ros.files import fsync_dir, temporary_name
 from vpr_ros.model.pooling import l2n
 from vpr_ros.model.student import LOCAL_DIM, PlaceModel
@@ -84,7 +86,7 @@ def export_onnx(cfg: ModelConfig, path: str | Path, check_batch: int = 2) -> Exp
     try:
         outputs = [OUTPUT, LOCAL_OUTPUT] if graph.has_local else [OUTPUT]
         _export_dynamo(graph, s, tmp, outputs)
-        proto = onnx.load(str(tmp))
+        proto = fold_constants(onnx.load(str(tmp)), str(path))  # what TensorRT's parser needs
         meta = metadata_of(info.model_id, info.weights_sha256, s, graph.descriptor_dim,
                            pca.pca_id if pca else "", cfg.arch, info.weights_source,
                            local_dim=LOCAL_DIM if graph.has_local else 0)
@@ -92,6 +94,7 @@ def export_onnx(cfg: ModelConfig, path: str | Path, check_batch: int = 2) -> Exp
             proto.metadata_props.add(key=k, value=v)
         proto.producer_name = "vpr_ros"
         onnx.checker.check_model(proto)
+        check_or_raise(proto, str(path))  # the graph we ship is one TensorRT 10 parses
         onnx.save(proto, str(tmp))
         diff = _parity(graph, tmp, s, check_batch)
     except Exception as exc:  # exporter/checker errors come in many types
@@ -112,9 +115,8 @@ def export_onnx(cfg: ModelConfig, path: str | Path, check_batch: int = 2) -> Exp
 
 def _export_dynamo(graph: nn.Module, size: int, path: Path, outputs: list[str]) -> None:
     """torch.export-based ONNX export (onnxscript), batch dimension dynamic. Traced at batch 2
-    (a batch of 1 would be specialised as a constant). onnxscript's graph optimiser is not run:
-    it took a third of the export time, and ONNX Runtime (ORT_ENABLE_ALL) and TensorRT fold and
-    fuse the graph themselves when they load it."""
+    (a batch of 1 would be specialised as a constant). Not optimised here: :func:`export_onnx`
+    folds the constants afterwards (export/fold.py), because TensorRT's parser does not."""
     import contextlib
     import io
     import warnings

@@ -417,7 +417,7 @@ class LocalizerCore(VprNodeMixin):
         b = self.backend
         loc = self.localizer
         values = {
-            "backend": b.name if b else "", "model_id": b.model_id if b else "",
+            "backend": b.name if b else "", "backend_selection": getattr(b, "selection", "") if b else "", "model_id": b.model_id if b else "",
             "weights": b.weights_source if b else "",
             "map_dir": self.cfg.map_dir, "map_loaded_from": self.loaded_map_dir,
             "map_keyframes": len(loc.map) if loc else 0,

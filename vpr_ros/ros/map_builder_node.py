@@ -623,7 +623,7 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
                   "pending": self._queue.unfinished_tasks, "left_pending": self.left_pending,
                   "generation": self.builder.map.manifest.generation if self.builder is not None else 0,
                   "session": self.builder.session if self.builder is not None else -1, **self._slam_diagnostics(),
-                  "backend": b.name if b else "", "model_id": b.model_id if b else ""}
+                  "backend": b.name if b else "", "backend_selection": getattr(b, "selection", "") if b else "", "model_id": b.model_id if b else ""}
         self.publish_status(self.pub_diag, "map_builder", level, msg, b.model_id if b else "", values)
 
     def destroy_node(self) -> None:

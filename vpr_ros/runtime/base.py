@@ -19,6 +19,8 @@ class DescriptorBackend(abc.ABC):
     name: str = "base"
     #: False only for batch-dependent models (cross-image encoder), which only evaluation opens.
     batch_independent: bool = True
+    #: which backend runs on which device and why (set by runtime.factory; on /diagnostics)
+    selection: str = ""
 
     def __init__(self, model_id: str, weights_sha256: str, weights_source: str,
                  input_size: int, descriptor_dim: int, pca_id: str = "") -> None:

@@ -87,6 +87,7 @@ class EngineSwap(DescriptorBackend):
             else:
                 old, self._current = self._current, built
                 self.name = built.name
+                self.selection = f"{self.selection.split(' once ')[0]} (its engine was built in the background)"
         old.close()
         if self._closed:
             self.build_status = f"{what} finished after the backend was closed; not used"

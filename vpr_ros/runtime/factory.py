@@ -45,7 +45,7 @@ def export_key(cfg: ModelConfig) -> str:
     """Identifies the graph ``cfg`` exports to (configuration + weight/PCA file contents)."""
     check_model_files(cfg)
     fields = {k: v for k, v in asdict(cfg).items() if k != "onnx"}
-    fields["graph"] = "v2: descriptors + local_features"  # exports of older versions had one output
+    fields["graph"] = "v3: descriptors + local_features, constants folded"  # v1: one output; v2: unfolded
     fields["weights"] = file_sha256(cfg.weights) if cfg.weights else f"random-{cfg.seed}"
     fields["pca"] = file_sha256(cfg.pca) if cfg.pca else ""
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
@@ -141,10 +141,21 @@ def open_backend(name: str, cfg: ModelConfig, device: str = "cpu",
                               "'torch' only; they are not exported")
         return _open("torch", cfg, device, cache_dir, batch_dependent_ok=True)
     if name != "auto":
-        return _open(name, cfg, device, cache_dir, gpu=gpu)
-    order = (["tensorrt", "torch_cudagraph", "onnxruntime", "torch"] if device.startswith("cuda")
-             else ["onnxruntime", "torch"])
-    return _first_usable(order, cfg, device, cache_dir, gpu)
+        backend = _open(name, cfg, device, cache_dir, gpu=gpu)
+        backend.selection = f"{name} on {device} (as configured)"
+        return backend
+    return _first_usable(auto_order(device), cfg, cache_dir, gpu)
+
+
+def auto_order(device: str) -> list[tuple[str, str]]:
+    """What backend 'auto' tries on ``device``, fastest first, as (backend, device): on a CUDA
+    device TensorRT, PyTorch with CUDA graphs, ONNX Runtime (CUDA), PyTorch (CUDA); everywhere it
+    ends with ONNX Runtime on the CPU (then PyTorch on the CPU), so a node starts on any machine
+    that has ONNX Runtime (a Jetson with the CPU-only wheel, a failed engine build)."""
+    cpu = [("onnxruntime", "cpu"), ("torch", "cpu")]
+    if not device.startswith("cuda"):
+        return [(b, device) for b, _ in cpu]
+    return [("tensorrt", device), ("torch_cudagraph", device), ("onnxruntime", device), ("torch", device), *cpu]
 
 
 def _engine_cached(cfg: ModelConfig, device: str, cache_dir: str | Path | None, gpu: GpuOptions) -> bool:
@@ -160,12 +171,15 @@ def _engine_cached(cfg: ModelConfig, device: str, cache_dir: str | Path | None, 
                          device_index(device)) is not None
 
 
-def _first_usable(order: list[str], cfg: ModelConfig, device: str, cache_dir: str | Path | None,
+def _first_usable(order: list[tuple[str, str]], cfg: ModelConfig, cache_dir: str | Path | None,
                   gpu: GpuOptions) -> DescriptorBackend:
-    """The first backend of ``order`` that opens; a TensorRT engine that is not cached yet is built
-    as ``gpu.engine_build`` says (see config.ENGINE_BUILDS)."""
+    """The first backend of ``order`` ((backend, device) pairs) that opens; a TensorRT engine that is
+    not cached yet is built as ``gpu.engine_build`` says (see config.ENGINE_BUILDS). The choice and
+    why every earlier one was skipped are in the backend's ``selection`` (on /diagnostics) and in one
+    WARN line when anything was skipped."""
     reasons = []
-    for i, cand in enumerate(order):
+    for i, (cand, device) in enumerate(order):
+        label = f"{cand} on {device}"
         if cand == "tensorrt" and gpu.engine_build != "startup":
             from vpr_ros.runtime.tensorrt_backend import require_tensorrt
 
@@ -173,37 +187,39 @@ def _first_usable(order: list[str], cfg: ModelConfig, device: str, cache_dir: st
                 require_tensorrt()
                 cached = _engine_cached(cfg, device, cache_dir, gpu)
             except (BackendUnavailable, EngineBuildError) as exc:
-                reasons.append(f"{cand}: {exc}")
+                reasons.append(f"{label}: {exc}")
                 continue
             if not cached and gpu.engine_build == "never":
-                reasons.append(f"{cand}: no cached {gpu.precision} engine (engine_build 'never'; build one with "
+                reasons.append(f"{label}: no cached {gpu.precision} engine (engine_build 'never'; build one with "
                                "vpr_ros_build_engine)")
                 continue
             if not cached:  # 'background': start on the next usable backend, build meanwhile
                 from vpr_ros.runtime.engine_swap import EngineSwap
 
                 try:
-                    fallback = _first_usable(order[i + 1:], cfg, device, cache_dir, gpu)
+                    fallback = _first_usable(order[i + 1:], cfg, cache_dir, gpu)
                 except BackendUnavailable as exc:  # nothing to run on meanwhile: build now
                     log.info("backend 'auto': no backend to run on while the engine builds (%s)", exc)
                 else:
-                    return EngineSwap(fallback, lambda: _open("tensorrt", cfg, device, cache_dir, gpu=gpu),
+                    swap = EngineSwap(fallback, lambda: _open("tensorrt", cfg, device, cache_dir, gpu=gpu),
                                       f"the TensorRT {gpu.precision} engine")
+                    swap.selection = f"auto: {label} once its engine is built; meanwhile {fallback.selection}"
+                    return swap
         try:
             backend = _open(cand, cfg, device, cache_dir, gpu=gpu)
-        except BackendUnavailable as exc:
-            reasons.append(f"{cand}: {exc}")
+        except (BackendUnavailable, EngineBuildError) as exc:  # a failed export, build, load or gate too
+            reasons.append(f"{label}: {exc}")
             continue
         except ConfigError as exc:
             if cand != "torch_cudagraph":
                 raise
-            reasons.append(f"{cand}: {exc}")  # e.g. precision int8 (TensorRT's): the next backend
+            reasons.append(f"{label}: {exc}")  # e.g. precision int8 (TensorRT's): the next backend
             continue
-        except EngineBuildError as exc:  # a failed export, build, load or accuracy gate: the next one
-            log.warning("backend 'auto': '%s' failed (%s); falling back", cand, exc)
-            reasons.append(f"{cand}: {exc}")
-            continue
-        log.info("backend 'auto' chose '%s' on %s%s", cand, device,
-                 f" (skipped {'; '.join(reasons)})" if reasons else "")
+        skipped = "; ".join(reasons)
+        backend.selection = f"auto: {label}" + (f" (skipped {skipped})" if skipped else " (the first choice)")
+        if reasons:
+            log.warning("backend 'auto' runs %s; skipped %s", label, skipped)
+        else:
+            log.info("backend 'auto' chose %s", label)
         return backend
     raise BackendUnavailable("no backend available: " + "; ".join(reasons))
