@@ -40,6 +40,7 @@ setup(
             "vpr_ros_export = vpr_ros.cli.export:main",
             "vpr_ros_convert_weights = vpr_ros.cli.convert_weights:main",
             "vpr_ros_build_engine = vpr_ros.cli.build_engine:main",
+            "vpr_ros_check_graph = vpr_ros.cli.check_graph:main",
             "vpr_ros_quantize = vpr_ros.cli.quantize:main",
             "vpr_ros_map_info = vpr_ros.cli.map_info:main",
             "vpr_ros_localize = vpr_ros.cli.localize:main",

@@ -4,8 +4,12 @@ the CI machine). Only the API surface vpr_ros calls, with the TensorRT 10 names:
 build serialises is the ONNX file itself, run by ONNX Runtime when the execution context
 executes; "device memory" is host arrays addressed by integers; there are two "GPUs". They count
 what the code under test does (builds and the device they ran on, device and pinned allocations,
-each thread's context stack) so tests can check the glue: build -> timing cache -> gate -> cache
--> deserialize -> batched inference -> teardown.
+each thread's context stack, the loggers given to TensorRT, the layers pinned to FP32) so tests
+can check the glue: build -> timing cache -> gate -> cache -> deserialize -> batched inference ->
+teardown. As strict as the real tools where vpr_ros depends on it: the parser refuses what
+onnx-tensorrt refuses (vpr_ros.export.tensorrt_rules, with the sources), ``set_input_shape``
+returns False outside the optimisation profile, the engine reports its I/O modes, types and
+shapes, and pycuda's ``Context.detach`` leaves a primary context pushed as pycuda does.
 
 ``install(monkeypatch, api)`` puts the modules into ``sys.modules`` (and forgets vpr_ros modules
 that imported the real names) for one test; ``api`` is 'pycuda' or 'cuda-python' (the other
@@ -15,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import itertools
+import json
 import sys
 import threading
 import types
@@ -31,13 +36,18 @@ _stacks = threading.local()
 def _reset() -> None:
     STATS.clear()
     STATS.update(builds=0, allocations={}, pinned={}, context_depth=0, executions=0, corrupt_outputs=False,
-                 build_returns_none=False, timing_cache_written=b"", build_device=None, stacks={})
+                 build_returns_none=False, timing_cache_written=b"", build_device=None, stacks={},
+                 retained={}, loggers=set(), fp32_layers=[], parse_errors=[], generation=next(_generations))
+
+
+_generations = itertools.count()
 
 
 def _stack() -> list[int]:
-    """The calling thread's context stack (device indices), also kept in STATS by thread name."""
-    if not hasattr(_stacks, "devices"):
-        _stacks.devices = []
+    """The calling thread's context stack (device indices), also kept in STATS by thread name; a new
+    one for each install() (a thread outlives a test)."""
+    if getattr(_stacks, "generation", None) != STATS["generation"]:
+        _stacks.devices, _stacks.generation = [], STATS["generation"]
         STATS["stacks"][threading.current_thread().name + f"-{threading.get_ident()}"] = _stacks.devices
     return _stacks.devices
 
@@ -104,17 +114,28 @@ def _pagelocked_empty(shape: Any, dtype: Any) -> np.ndarray:
 
 
 class _Context:
+    """pycuda's Context of a primary context (``retain_primary_context``), with pycuda's semantics:
+    ``detach()`` of a context that is not current on this thread pushes it and then only releases
+    it (``cuDevicePrimaryCtxRelease``: no pop), leaving it pushed; ``detach()`` of the current one
+    releases it and leaves it on the driver's stack too (pycuda drops it from its own stack only)."""
+
     def __init__(self, index: int) -> None:
-        self.index = index
+        self.index, self.valid = index, True
+        STATS["retained"][index] = STATS["retained"].get(index, 0) + 1
 
     def push(self) -> None:
+        assert self.valid, "cannot activate dead context"
         _push(self.index)
 
     def pop(self) -> None:
         _pop()
 
     def detach(self) -> None:
-        pass
+        assert self.valid, "cannot detach from invalid context"
+        if current_device() != self.index:
+            _push(self.index)  # pycuda: cuCtxPushCurrent, then the release; the pop never comes
+        STATS["retained"][self.index] -= 1
+        self.valid = False
 
 
 class _Device:
@@ -286,17 +307,90 @@ class _IProgressMonitor:
         pass
 
 
+class _Tensor:
+    def __init__(self, dtype: Any) -> None:
+        self.dtype = dtype
+
+
+class _Layer:
+    """A layer as the parser names it: after its ONNX node ('name', then 'name_1', ... for a node
+    imported as several layers), with the precision and output types a build may pin."""
+
+    def __init__(self, name: str, outputs: list[Any]) -> None:
+        self.name, self.precision, self._outputs = name, None, [_Tensor(t) for t in outputs]
+        self.output_types: dict[int, Any] = {}
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self._outputs)
+
+    def get_output(self, k: int) -> _Tensor:
+        return self._outputs[k]
+
+    def set_output_type(self, k: int, dtype: Any) -> None:
+        self.output_types[k] = dtype
+
+
 class _Network:
     def __init__(self, flags: int) -> None:
-        self.flags, self.onnx = flags, b""
+        self.flags, self.onnx, self.layers = flags, b"", []
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def get_layer(self, i: int) -> _Layer:
+        return self.layers[i]
+
+
+#: onnx-tensorrt imports these as several layers (ReduceL2: sum of squares, then a square root)
+_LAYERS_PER_NODE = {"ReduceL2": 2, "LayerNormalization": 1}
+
+
+class _ParserError:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def desc(self) -> str:
+        return self.text
 
 
 class _Parser:
+    """TensorRT's ONNX parser: refuses, with the real parser's messages' gist, every graph that
+    vpr_ros.export.tensorrt_rules refuses for this TensorRT version (the rules of onnx-tensorrt's
+    importers and support matrix, with their sources); otherwise fills the network with layers."""
+
     def __init__(self, network: _Network, logger: Any) -> None:
-        self.network, self.num_errors = network, 0
+        self.network, self.errors = network, []
+        STATS["loggers"].add(id(logger))
+
+    @property
+    def num_errors(self) -> int:
+        return len(self.errors)
+
+    def get_error(self, i: int) -> _ParserError:
+        return self.errors[i]
 
     def parse(self, data: bytes) -> bool:
+        import onnx
+
+        from vpr_ros.export.tensorrt_rules import check_graph
+
+        refusals = check_graph(bytes(data), sys.modules["tensorrt"].__version__)
+        self.errors = [_ParserError(r.line()) for r in refusals]
+        STATS["parse_errors"] = [e.desc() for e in self.errors]
+        if self.errors:
+            return False
         self.network.onnx = bytes(data)
+        model = onnx.shape_inference.infer_shapes(onnx.load_from_string(bytes(data)))
+        types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.output]}
+        trt = sys.modules["tensorrt"]
+        for n in model.graph.node:
+            if n.op_type == "Constant":
+                continue  # weights, no layer
+            outs = [trt.float32 if types.get(o, 1) in (1, 10) else trt.int64 for o in n.output]
+            for k in range(_LAYERS_PER_NODE.get(n.op_type, 1)):
+                self.network.layers.append(_Layer(n.name if k == 0 else f"{n.name}_{k}", outs))
         return True
 
 
@@ -344,7 +438,7 @@ class _Profile:
 
 class _Builder:
     def __init__(self, logger: Any) -> None:
-        pass
+        STATS["loggers"].add(id(logger))
 
     def create_network(self, flags: int) -> _Network:
         return _Network(flags)
@@ -364,9 +458,11 @@ class _Builder:
 
         meta = {p.key: p.value for p in onnx.load_from_string(network.onnx).metadata_props}
         STATS["graph_types"] = meta.get("vpr_ros.graph_types", "as exported")
+        STATS["fp32_layers"] = [layer.name for layer in network.layers if layer.precision is _DTYPES["float32"]]
         if STATS["build_returns_none"]:
             return None  # what TensorRT does when a build fails (e.g. out of memory)
-        return b"FAKEENGINE" + network.onnx
+        lo, hi = config.profile.shapes[1], config.profile.shapes[3]
+        return b"FAKEENGINE" + json.dumps([list(lo), list(hi)]).encode().ljust(200) + network.onnx
 
 
 class _ExecutionContext:
@@ -376,8 +472,14 @@ class _ExecutionContext:
     def set_tensor_address(self, name: str, address: int) -> None:
         self.addresses[name] = address
 
-    def set_input_shape(self, name: str, shape: tuple) -> None:
-        self.shapes[name] = tuple(shape)
+    def set_input_shape(self, name: str, shape: tuple) -> bool:
+        """False (as TensorRT returns) for a shape outside the optimisation profile."""
+        lo, hi = self.engine.profile
+        shape = tuple(int(d) for d in shape)
+        if name != "images" or len(shape) != len(hi) or any(not a <= d <= b for a, d, b in zip(lo, shape, hi)):
+            return False
+        self.shapes[name] = shape
+        return True
 
     def execute_async_v3(self, stream_handle: int) -> bool:
         STATS["executions"] += 1
@@ -395,11 +497,23 @@ class _ExecutionContext:
 
 
 class _Engine:
-    def __init__(self, onnx: bytes) -> None:
+    def __init__(self, profile: list[list[int]], onnx: bytes) -> None:
         import onnxruntime as ort
 
+        self.profile = profile
         self.session = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.session.get_inputs()] + [o.name for o in self.session.get_outputs()]
+
+    def _io(self, name: str) -> Any:
+        return next(t for t in [*self.session.get_inputs(), *self.session.get_outputs()] if t.name == name)
+
+    def get_tensor_mode(self, name: str) -> Any:
+        inputs = {i.name for i in self.session.get_inputs()}
+        return _IOMode.INPUT if name in inputs else _IOMode.OUTPUT
+
+    def get_tensor_dtype(self, name: str) -> Any:
+        return {"tensor(float)": _DTYPES["float32"], "tensor(float16)": _DTYPES["float16"]}.get(
+            self._io(name).type, _DTYPES["int64"])
 
     @property
     def num_io_tensors(self) -> int:
@@ -409,8 +523,7 @@ class _Engine:
         return self.names[i]
 
     def get_tensor_shape(self, name: str) -> tuple:
-        out = next(o for o in self.session.get_outputs() if o.name == name)
-        return tuple(-1 if not isinstance(d, int) else d for d in out.shape)
+        return tuple(-1 if not isinstance(d, int) else d for d in self._io(name).shape)
 
     def create_execution_context(self) -> _ExecutionContext:
         return _ExecutionContext(self)
@@ -418,18 +531,34 @@ class _Engine:
 
 class _Runtime:
     def __init__(self, logger: Any) -> None:
-        pass
+        STATS["loggers"].add(id(logger))
 
     def deserialize_cuda_engine(self, data: bytes) -> _Engine | None:
         if not data.startswith(b"FAKEENGINE"):
             return None  # TensorRT returns None for a file it cannot load
-        return _Engine(data[len(b"FAKEENGINE"):])
+        head = len(b"FAKEENGINE")
+        return _Engine(json.loads(data[head:head + 200].decode()), data[head + 200:])
 
 
-def _tensorrt(major: int = 10) -> types.ModuleType:
+class _DataType:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"DataType.{self.name.upper()}"
+
+
+_DTYPES = {name: _DataType(name) for name in ("float32", "float16", "int32", "int64", "int8")}
+_IOMode = types.SimpleNamespace(INPUT="TensorIOMode.INPUT", OUTPUT="TensorIOMode.OUTPUT")
+
+
+def _tensorrt(major: int = 10, version: str = "") -> types.ModuleType:
     """TensorRT 10's API, or 11's (no FP16 / INT8 builder flags: networks are strongly typed)."""
     m = types.ModuleType("tensorrt")
-    m.__version__ = f"{major}.99.0-fake"
+    m.__version__ = version or f"{major}.3.0-fake"
+    for name, dtype in _DTYPES.items():
+        setattr(m, name, dtype)
+    m.TensorIOMode = _IOMode
     m.ILogger = _ILogger
     m.Logger = _Logger
     m.IProgressMonitor = _IProgressMonitor
@@ -439,17 +568,18 @@ def _tensorrt(major: int = 10) -> types.ModuleType:
     m.INetworkDefinition = _Network
     m.Dims = tuple
     m.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
-    m.BuilderFlag = (types.SimpleNamespace(FP16="FP16", INT8="INT8", TF32="TF32") if major < 11
-                     else types.SimpleNamespace(TF32="TF32"))
+    prefer = "PREFER_PRECISION_CONSTRAINTS"
+    m.BuilderFlag = (types.SimpleNamespace(FP16="FP16", INT8="INT8", TF32="TF32", **{prefer: prefer}) if major < 11
+                     else types.SimpleNamespace(TF32="TF32", **{prefer: prefer}))
     m.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
     return m
 
 
-def install(monkeypatch: Any, api: str = "pycuda", tensorrt_major: int = 10) -> dict[str, Any]:
+def install(monkeypatch: Any, api: str = "pycuda", tensorrt_major: int = 10, version: str = "") -> dict[str, Any]:
     """Use the stand-ins for this test with CUDA through ``api`` and TensorRT ``tensorrt_major``'s
-    builder API; returns STATS."""
+    builder API (``version``: the ``__version__`` it reports); returns STATS."""
     _reset()
-    monkeypatch.setitem(sys.modules, "tensorrt", _tensorrt(tensorrt_major))
+    monkeypatch.setitem(sys.modules, "tensorrt", _tensorrt(tensorrt_major, version))
     monkeypatch.delenv("VPR_ROS_CUDA_API", raising=False)
     if api == "pycuda":
         pycuda = types.ModuleType("pycuda")

@@ -246,18 +246,118 @@ def test_precisions_on_tensorrt_10_and_11(monkeypatch, tmp_path, onnx_graph, maj
     try:
         images, _ = gate_images(size=TINY_MODEL["input_size"], count=8)
         int8 = quantize_int8(onnx_graph, tmp_path / "q.onnx", [images], "minmax", "tensorrt")
-        seen = {}
+        seen, pinned = {}, {}
         for precision, graph in (("fp16", onnx_graph), ("int8", int8), ("fp32", onnx_graph)):
             with TensorRTBackend.from_onnx(graph, cache_dir=tmp_path, precision=precision, max_batch=2) as b:
                 assert b.infer(_batch(2)).shape == (2, b.descriptor_dim)
             seen[precision] = (trt["strongly_typed"], trt["graph_types"], trt["flags"] - {"TF32"})
+            pinned[precision] = set(trt["fp32_layers"])
             assert "TF32" not in trt["flags"] if precision == "fp32" else True
         if major == 10:
-            assert seen == {"fp16": (False, "as exported", {"FP16"}), "int8": (False, "as exported", {"INT8", "FP16"}),
+            prefer = "PREFER_PRECISION_CONSTRAINTS"
+            assert seen == {"fp16": (False, "as exported", {"FP16", prefer}),
+                            "int8": (False, "as exported", {"INT8", "FP16", prefer}),
                             "fp32": (False, "as exported", set())}
+            # FP16 allowed: every layer of LayerNorm and the L2 norms pinned to FP32, nothing else
+            import onnx
+
+            from vpr_ros.export.fp16_graph import KEEP_FP32
+
+            nodes = [n for n in onnx.load(str(onnx_graph)).graph.node if n.op_type in KEEP_FP32]
+            assert {n.op_type for n in nodes} >= {"LayerNormalization", "ReduceL2"}
+            want = {n.name for n in nodes} | {f"{n.name}_1" for n in nodes if n.op_type == "ReduceL2"}
+            assert pinned["fp16"] == want and pinned["fp32"] == set()
         else:
             assert seen == {"fp16": (True, "fp16", set()), "int8": (True, "fp16", set()),
                             "fp32": (True, "as exported", set())}
         assert not list((tmp_path / "engines").glob(".*fp16*"))  # the typed graph is a temporary
     finally:
         sys.modules.pop("vpr_ros.export.tensorrt", None)
+
+
+def test_one_logger_and_checked_calls_shapes_and_io(trt, tmp_path, onnx_graph):
+    """One TensorRT logger for every Builder, OnnxParser and Runtime of the process (TensorRT keeps
+    the first); set_input_shape's return value checked; the engine's I/O names, modes, types and
+    shapes checked against the graph at load."""
+    import onnx
+
+    from vpr_ros.errors import EngineBuildError
+    from vpr_ros.export.graph_io import read_identity
+    from vpr_ros.runtime.tensorrt_backend import TensorRTBackend
+
+    with TensorRTBackend.from_onnx(onnx_graph, cache_dir=tmp_path, precision="fp16", max_batch=2) as b:
+        engine = b.engine_path
+        assert b.infer(_batch(5)).shape[0] == 5  # 2 + 2 + 1, each inside the profile
+    assert len(trt["loggers"]) == 1
+    ident = read_identity({p.key: p.value for p in onnx.load(str(onnx_graph)).metadata_props}, str(onnx_graph))
+    # an engine whose profile ends at batch 2 opened as if it took 4: TensorRT refuses the shape
+    with TensorRTBackend(engine, ident, 4) as wrong:
+        with pytest.raises(EngineBuildError, match="refused input shape"):
+            wrong.infer(_batch(3))
+    # an engine of another input size or descriptor size is refused when it opens, not at run time
+    for key, value in (("input_size", "64"), ("descriptor_dim", "7")):
+        with pytest.raises(EngineBuildError, match="has shape"):
+            TensorRTBackend(engine, {**ident, key: value}, 2)
+    assert trt["allocations"] == {} and fake_tensorrt.contexts_left() == {}
+
+
+def test_pycuda_detach_semantics_are_in_the_stand_in_and_scopes_leave_no_context(monkeypatch):
+    """pycuda's ``pop(); detach()`` on a primary context pushes it again and only releases it: a
+    pushed context per scope (the stand-in does what pycuda does). vpr_ros's scopes push and pop
+    the once-retained context and leave the thread's stack as they found it."""
+    fake_tensorrt.install(monkeypatch, "pycuda")
+    import pycuda.driver as cuda
+
+    ctx = cuda.Device(0).retain_primary_context()
+    ctx.push()
+    ctx.pop()
+    ctx.detach()
+    assert fake_tensorrt.contexts_left()  # what the old pop_primary left behind
+    fake_tensorrt.install(monkeypatch, "pycuda")
+    from vpr_ros.runtime.cuda_memory import DeviceScope, cuda_api
+
+    for _ in range(3):
+        with DeviceScope(cuda_api(), 1) as scope:
+            scope.device_buffer(16)
+            assert fake_tensorrt.current_device() == 1
+    assert fake_tensorrt.contexts_left() == {} and fake_tensorrt.STATS["allocations"] == {}
+
+
+def test_fp32_fp16_int8_evaluations_on_tensorrt_do_not_share_cached_descriptors(trt, tmp_path, onnx_graph):
+    """Trial case: the TensorRT backend's numerics had no precision and no engine, so a second
+    vpr_ros_eval (fp16 after fp32, or int8) reused the first run's descriptors."""
+    from vpr_ros.datasets import read_eval_dataset
+    from vpr_ros.eval_run import load_or_describe
+    from vpr_ros.export.accuracy_gate import gate_images
+    from vpr_ros.export.quantize import quantize_int8
+    from vpr_ros.runtime.tensorrt_backend import TensorRTBackend
+
+    from test_evaluation import make_gmberton
+
+    data = read_eval_dataset(make_gmberton(tmp_path / "data"))
+    images, _ = gate_images(size=TINY_MODEL["input_size"], count=8)
+    int8 = quantize_int8(onnx_graph, tmp_path / "q.onnx", [images], "minmax", "tensorrt")
+    cache, keys = tmp_path / "cache", set()
+    for precision, graph in (("fp32", onnx_graph), ("fp16", onnx_graph), ("int8", int8)):
+        with TensorRTBackend.from_onnx(graph, cache_dir=tmp_path, precision=precision, max_batch=4) as b:
+            assert precision in b.numerics()
+            keys.add(b.numerics())
+            _, _, cached, _ = load_or_describe(b, data, 4, cache, False)
+            assert not cached  # each precision described the images itself
+            _, _, again, _ = load_or_describe(b, data, 4, cache, False)
+            assert again  # and its own second run is served from its own cache
+    assert len(keys) == 3 and len(list(cache.iterdir())) == 3
+
+
+def test_engine_lookup_uses_the_graphs_input_size(trt, tmp_path, onnx_graph):
+    """Trial case: with model.onnx at another size than model.input_size, engine_build 'never' did
+    not find the engine vpr_ros_build_engine had made (one keyed by the graph, one by the config)."""
+    from vpr_ros.config import GpuOptions, ModelConfig
+    from vpr_ros.runtime import factory
+    from vpr_ros.runtime.tensorrt_backend import TensorRTBackend
+
+    with TensorRTBackend.from_onnx(onnx_graph, cache_dir=tmp_path, precision="fp16", max_batch=8):
+        pass
+    cfg = ModelConfig(**{**TINY_MODEL, "input_size": 224, "onnx": str(onnx_graph)})  # graph is 56 px
+    with factory.open_backend("auto", cfg, "cuda", cache_dir=tmp_path, gpu=GpuOptions(engine_build="never")) as b:
+        assert b.name == "tensorrt" and b.selection == "auto: tensorrt on cuda (the first choice)"

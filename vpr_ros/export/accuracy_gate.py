@@ -23,7 +23,8 @@ MIN_LOCAL_COS = {"fp32": 0.999, "fp16": 0.99, "bf16": 0.98, "int8": 0.9}
 
 @dataclass(frozen=True)
 class GateResult:
-    """Agreement of a candidate with the FP32 reference on ``images`` images."""
+    """Agreement of a candidate with its reference (FP32 ONNX Runtime, or for a TensorRT INT8 engine
+    ONNX Runtime on the same Q/DQ graph) on ``images`` images."""
 
     images: int
     descriptor_cos_min: float
@@ -33,6 +34,7 @@ class GateResult:
     min_descriptor_cos: float
     min_local_cos: float
     image_source: str
+    reference: str = "FP32 ONNX Runtime"  # what the candidate was compared with
 
     @property
     def passed(self) -> bool:
@@ -41,7 +43,7 @@ class GateResult:
 
     def summary(self) -> str:
         local = "" if self.local_cos_mean is None else f", local features cosine mean {self.local_cos_mean:.4f}"
-        return (f"{self.images} images ({self.image_source}): descriptor cosine to FP32 min "
+        return (f"{self.images} images ({self.image_source}): descriptor cosine to {self.reference} min "
                 f"{self.descriptor_cos_min:.5f} (needs >= {self.min_descriptor_cos}), mean "
                 f"{self.descriptor_cos_mean:.5f}{local}, nearest-neighbour agreement {self.top1_agreement:.3f}")
 
@@ -69,7 +71,7 @@ def gate_images(paths: Sequence[Path] = (), size: int = 224, count: int = 32) ->
 
 
 def compare(reference: DescriptorBackend, candidate: DescriptorBackend, images: np.ndarray, precision: str,
-            image_source: str, batch: int = 8) -> GateResult:
+            image_source: str, batch: int = 8, reference_name: str = "FP32 ONNX Runtime") -> GateResult:
     """Run both backends on ``images`` [N, 3, S, S] (in batches) and measure their agreement."""
     local = reference.has_local and candidate.has_local
     ref_d, cand_d, ref_l, cand_l = [], [], [], []
@@ -91,13 +93,13 @@ def compare(reference: DescriptorBackend, candidate: DescriptorBackend, images: 
     agree = float((sim_r.argmax(1) == sim_c.argmax(1)).mean()) if len(r) > 1 else 1.0
     local_cos = float(_cos(np.concatenate(ref_l), np.concatenate(cand_l)).mean()) if local else None
     return GateResult(len(images), float(cos.min()), float(cos.mean()), local_cos, agree,
-                      MIN_DESCRIPTOR_COS[precision], MIN_LOCAL_COS[precision], image_source)
+                      MIN_DESCRIPTOR_COS[precision], MIN_LOCAL_COS[precision], image_source, reference_name)
 
 
 def enforce(result: GateResult, what: str) -> GateResult:
     """Raise AccuracyGateError (with the numbers) unless ``result`` passed."""
     if not result.passed:
-        raise AccuracyGateError(f"{what} failed the accuracy gate against FP32 ONNX Runtime: {result.summary()}; "
+        raise AccuracyGateError(f"{what} failed the accuracy gate against {result.reference}: {result.summary()}; "
                                 "not cached. Try more or more representative calibration images, another "
                                 "calibration method, or a higher precision")
     return result

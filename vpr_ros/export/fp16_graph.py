@@ -104,5 +104,8 @@ def to_fp16(src: str | Path, dst: str | Path) -> Path:
         onnx.checker.check_model(onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True))
     except Exception as exc:  # noqa: BLE001 - onnx raises its own error types
         raise EngineBuildError(f"{src}: the FP16 graph does not type-check: {str(exc).splitlines()[0][:300]}") from None
+    from vpr_ros.export.tensorrt_rules import check_or_raise
+
+    check_or_raise(model, f"{src} (FP16-typed copy)")  # what the strongly typed build parses
     onnx.save(model, str(dst))
     return Path(dst)

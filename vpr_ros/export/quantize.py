@@ -4,7 +4,8 @@ quantizer), gated against FP32 before it is written.
 Two targets, each a plain Q/DQ graph that ONNX Runtime runs (so accuracy and CPU speed are
 measured anywhere):
 
-* ``tensorrt``: symmetric INT8 activations and per-channel symmetric weights (zero points 0,
+* ``tensorrt``: constants folded first (TensorRT's parser needs initializer axes: export/fold.py),
+  the result checked against TensorRT's parser rules (export/tensorrt_rules.py); symmetric INT8 activations and per-channel symmetric weights (zero points 0,
   biases left in float, as TensorRT requires) for every MatMul, Gemm and Conv — the exporter's
   weight transposes are folded first (a Transpose's output could only be quantized per tensor),
   and a weight on a MatMul's left is quantized along its output rows; attention's
@@ -220,8 +221,13 @@ def quantize_int8(fp32_onnx: str | Path, out_path: str | Path, calibration: Sequ
     try:
         if target == "cpu":
             quant_pre_process(source, str(pre), skip_symbolic_shape=True)
-        else:  # TensorRT folds the graph itself; only the weight transposes must go first (per-channel Q/DQ)
-            log.info("folded %d weight transposes before quantization", fold_weight_transposes(source, pre))
+        else:  # constants folded (TensorRT's parser needs initializer axes), then the weight transposes
+            import onnx
+
+            from vpr_ros.export.fold import fold_constants
+
+            onnx.save(fold_constants(onnx.load(source), source), str(pre))
+            log.info("folded %d weight transposes before quantization", fold_weight_transposes(pre, pre))
         source = str(pre)
         graph = _graph(source)  # read once for the node exclusions and the weight axes below
         cpu = target == "cpu"
@@ -250,6 +256,14 @@ def quantize_int8(fp32_onnx: str | Path, out_path: str | Path, calibration: Sequ
                                f"{str(exc).splitlines()[0][:300] if str(exc) else ''})") from None
     pre.unlink(missing_ok=True)
     _mark(tmp, fp32_onnx, method, target)
+    if target == "tensorrt":
+        from vpr_ros.export.tensorrt_rules import check_or_raise
+
+        try:
+            check_or_raise(tmp, f"{out} (INT8 for TensorRT)")  # refused before it replaces anything
+        except EngineBuildError:
+            tmp.unlink(missing_ok=True)
+            raise
     os.replace(tmp, out)
     return out
 

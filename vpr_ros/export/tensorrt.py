@@ -31,26 +31,12 @@ from vpr_ros.config import PRECISIONS
 from vpr_ros.errors import ConfigError, EngineBuildError
 from vpr_ros.export.engine_cache import EngineSpec, slug
 from vpr_ros.export.graph_io import INPUT, file_sha256
+from vpr_ros.export.tensorrt_rules import check_or_raise
+from vpr_ros.runtime.tensorrt_backend import trt_logger
 
 log = logging.getLogger(__name__)
 
 
-class _TrtLog(trt.ILogger):
-    """TensorRT's messages into our log (warnings and errors; info only with -v)."""
-
-    def __init__(self) -> None:
-        trt.ILogger.__init__(self)
-
-    def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-        if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-            log.error("TensorRT: %s", msg)
-        elif severity == trt.ILogger.Severity.WARNING:
-            log.warning("TensorRT: %s", msg)
-        else:
-            log.debug("TensorRT: %s", msg)
-
-
-_LOGGER = _TrtLog()
 
 
 class BuildProgress(trt.IProgressMonitor):
@@ -91,12 +77,41 @@ def gpu_name(device: int = 0) -> str:
 def _network(builder: trt.Builder, onnx_path: Path, strongly_typed: bool) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
     typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # may go once it is the only mode
     flags = 1 << int(typed) if strongly_typed and typed is not None else 0
+    data = onnx_path.read_bytes()
+    # our rules first: they name every node and the rule's source (the parser stops at the first)
+    check_or_raise(data, str(onnx_path), trt.__version__)
     network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, _LOGGER)
-    if not parser.parse(onnx_path.read_bytes()):
+    parser = trt.OnnxParser(network, trt_logger())
+    if not parser.parse(data):
         errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
         raise EngineBuildError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse it: {errors}")
     return network, parser
+
+
+def keep_fp32(network: trt.INetworkDefinition, onnx_path: Path) -> int:
+    """Pin the layers of the graph's normalisations and reductions (fp16_graph.KEEP_FP32: LayerNorm,
+    the L2 norm of the descriptor, GeM's power, softmax) to FP32 in a weakly typed FP16/INT8 build,
+    where TensorRT would otherwise run them in FP16 and can overflow (a sum of squares over 10,752
+    components; TensorRT#2564, #4493, #1954). The parser names a node's layers after the node
+    ('name', 'name_1', ...). Returns how many layers were pinned."""
+    import re
+
+    import onnx
+
+    from vpr_ros.export.fp16_graph import KEEP_FP32
+
+    nodes = {n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node
+             if n.op_type in KEEP_FP32 and n.name}
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.name in nodes or re.sub(r"_\d+$", "", layer.name) in nodes:
+            layer.precision = trt.float32
+            for k in range(layer.num_outputs):
+                if layer.get_output(k).dtype in (trt.float32, trt.float16):
+                    layer.set_output_type(k, trt.float32)
+            pinned += 1
+    return pinned
 
 
 def build_plan(precision: str, quantized: bool) -> tuple[bool, bool, tuple[str, ...]]:
@@ -123,7 +138,7 @@ def engine_spec(onnx_path: Path, precision: str, max_batch: int, input_size: int
     return EngineSpec(file_sha256(onnx_path), trt.__version__, gpu_name(device), precision, input_size, max_batch,
                       cuda_compute_capability(device),
                       f"workspace={workspace_mib}MiB,strongly_typed={strongly_typed},fp16_graph={fp16_graph},"
-                      f"flags={'+'.join(flags) or 'none'},tf32={precision != 'fp32'}")
+                      f"flags={'+'.join(flags) or 'none'},tf32={precision != 'fp32'},fp32_norms={bool(flags)}")
 
 
 def cached_engine(onnx_path: Path, cache_dir: Path, precision: str, max_batch: int, input_size: int,
@@ -186,7 +201,7 @@ def _build(onnx_path: Path, spec: EngineSpec, engine_file: Path, sidecar: Path, 
     source = Path(onnx_path)
     # a hidden temporary: the next build removes it if this process is killed before the finally
     typed = engine_file.with_name(f".{engine_file.stem}-fp16.onnx.tmp-{os.getpid()}.onnx")
-    builder = trt.Builder(_LOGGER)
+    builder = trt.Builder(trt_logger())
     try:
         if fp16_graph:  # TensorRT 11: the precision is in the graph's types
             from vpr_ros.export.fp16_graph import to_fp16
@@ -201,6 +216,10 @@ def _build(onnx_path: Path, spec: EngineSpec, engine_file: Path, sidecar: Path, 
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
     for flag in flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
+    if flags:  # FP16 allowed: normalisations and reductions stay FP32 (the FP16-typed graph does this for 11)
+        pinned = keep_fp32(network, Path(onnx_path))
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+        log.info("%d normalisation/reduction layers kept in FP32 in the %s build", pinned, precision)
     tf32 = getattr(trt.BuilderFlag, "TF32", None)
     if precision == "fp32" and tf32 is not None:
         config.clear_flag(tf32)  # fp32 means fp32: TensorRT would otherwise use TF32 tensor cores

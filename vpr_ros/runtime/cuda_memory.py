@@ -30,6 +30,8 @@ import numpy as np
 from vpr_ros.errors import BackendUnavailable, EngineBuildError
 
 log = logging.getLogger(__name__)
+_PYCUDA_PRIMARY: dict[int, Any] = {}  # device index -> pycuda Context of its primary context (retained once)
+_PYCUDA_LOCK = threading.Lock()
 
 
 class CudaApi:
@@ -104,13 +106,19 @@ class PycudaApi(CudaApi):
         return int(major), int(minor)
 
     def push_primary(self, index: int) -> Any:
-        ctx = self.cuda.Device(index).retain_primary_context()
+        # Retained once per device and kept for the process (a primary context lives until exit
+        # anyway). Never ``detach()``-ed: pycuda's detach of a context that is not current pushes it
+        # again and then only releases a primary context (cuDevicePrimaryCtxRelease, no pop), so
+        # ``pop(); detach()`` would leave one context pushed on the thread per scope.
+        with _PYCUDA_LOCK:
+            ctx = _PYCUDA_PRIMARY.get(index)
+            if ctx is None:
+                ctx = _PYCUDA_PRIMARY[index] = self.cuda.Device(index).retain_primary_context()
         ctx.push()
         return ctx
 
     def pop_primary(self, token: Any) -> None:
         token.pop()
-        token.detach()
 
     def host_buffer(self, shape: tuple[int, ...], dtype: Any) -> tuple[np.ndarray, Callable[[], None]]:
         arr = self.cuda.pagelocked_empty(shape, dtype)

@@ -163,11 +163,19 @@ def _engine_cached(cfg: ModelConfig, device: str, cache_dir: str | Path | None, 
     from vpr_ros.export.tensorrt import cached_engine
     from vpr_ros.runtime.tensorrt_backend import device_index
 
+    import onnx
+
+    from vpr_ros.export.graph_io import read_identity
+
     graph = Path(cfg.onnx) if cfg.onnx else cached_onnx_path(cfg, cache_dir)
     if not graph.is_file():
         return False
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    return cached_engine(graph, root, gpu.precision, gpu.max_batch, cfg.input_size, gpu.workspace_mib,
+    # keyed as the build keys it: by the graph's own input size (model.onnx may be of another size
+    # than model.input_size), not by the configuration's
+    meta = {p.key: p.value for p in onnx.load(str(graph), load_external_data=False).metadata_props}
+    size = int(read_identity(meta, str(graph))["input_size"])
+    return cached_engine(graph, root, gpu.precision, gpu.max_batch, size, gpu.workspace_mib,
                          device_index(device)) is not None
 
 

@@ -12,6 +12,8 @@ EngineBuildError / BackendUnavailable with the message, not as tracebacks.
 """
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,35 @@ from vpr_ros.errors import BackendUnavailable, EngineBuildError, VprError
 from vpr_ros.export.graph_io import INPUT, LOCAL_OUTPUT, OUTPUT, read_identity
 from vpr_ros.runtime.base import DescriptorBackend
 from vpr_ros.runtime.cuda_memory import DeviceScope, DeviceThread, cuda_api
+
+log = logging.getLogger("vpr_ros.export.tensorrt")
+_LOGGER: Any = None
+_LOGGER_LOCK = threading.Lock()
+
+
+def trt_logger() -> Any:
+    """The process's one TensorRT logger, for every Builder, OnnxParser and Runtime (TensorRT keeps
+    the first logger it is given and ignores later ones: NVIDIA/TensorRT#1475). Warnings and
+    errors go to our log, the rest to debug."""
+    global _LOGGER
+    import tensorrt as trt
+
+    with _LOGGER_LOCK:
+        if _LOGGER is None:
+            class TrtLog(trt.ILogger):  # type: ignore[misc]
+                def __init__(self) -> None:
+                    trt.ILogger.__init__(self)
+
+                def log(self, severity: Any, msg: str) -> None:
+                    if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
+                        log.error("TensorRT: %s", msg)
+                    elif severity == trt.ILogger.Severity.WARNING:
+                        log.warning("TensorRT: %s", msg)
+                    else:
+                        log.debug("TensorRT: %s", msg)
+
+            _LOGGER = TrtLog()
+        return _LOGGER
 
 
 def require_tensorrt() -> None:
@@ -35,6 +66,12 @@ def require_tensorrt() -> None:
     if not usable:
         raise BackendUnavailable("backend 'tensorrt' needs TensorRT 10 or 11 with its Python bindings "
                                  "(NVIDIA's tensorrt wheels or JetPack) and pycuda or cuda-python; not installed here")
+    from vpr_ros.export.tensorrt_rules import parse_version
+
+    try:
+        parse_version(str(getattr(tensorrt, "__version__", "0")))
+    except EngineBuildError as exc:  # TensorRT 8.6 (JetPack 6.0): another builder API
+        raise BackendUnavailable(f"backend 'tensorrt': {exc}") from None
     try:
         count = cuda_api().device_count()
     except BackendUnavailable:
@@ -99,11 +136,14 @@ class TensorRTBackend(DescriptorBackend):
 
         def gate(candidate: Path) -> str:
             from vpr_ros.export.accuracy_gate import compare, enforce, gate_images
+            from vpr_ros.export.quantize import is_quantized
             from vpr_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
             images, source = gate_images(gate_paths, int(ident["input_size"]))
-            with OnnxRuntimeBackend(onnx_path) as ref, cls(candidate, ident, max_batch, index) as cand:
-                result = enforce(compare(ref, cand, images, precision, source), f"{precision} engine of {onnx_path}")
+            reference = "ONNX Runtime on the same Q/DQ graph" if is_quantized(Path(onnx_path)) else "FP32 ONNX Runtime"
+            with OnnxRuntimeBackend(onnx_path) as ref, cls(candidate, ident, max_batch, index, precision) as cand:
+                result = enforce(compare(ref, cand, images, precision, source, reference_name=reference),
+                                 f"{precision} engine of {onnx_path}")
             return result.summary()
 
         try:
@@ -111,11 +151,14 @@ class TensorRTBackend(DescriptorBackend):
                                   max_batch, int(ident["input_size"]), workspace_mib, rebuild, gate, index)
         except Exception as exc:  # noqa: BLE001 - TensorRT and pycuda raise their own types
             raise _plain(exc, f"{onnx_path}: TensorRT engine build") from None
-        return cls(engine, ident, max_batch, index)
+        return cls(engine, ident, max_batch, index, precision)
 
-    def __init__(self, engine_path: str | Path, identity: dict[str, str], max_batch: int, device: int = 0) -> None:
+    def __init__(self, engine_path: str | Path, identity: dict[str, str], max_batch: int, device: int = 0,
+                 precision: str = "") -> None:
         require_tensorrt()
         self.engine_path = Path(engine_path)
+        self.path = self.engine_path  # what numerics() hashes: descriptor caches are keyed by the engine
+        self.precision = precision
         self.max_batch = max_batch
         self.device_index = device
         super().__init__(identity["model_id"], identity["weights_sha256"], identity["weights_source"],
@@ -145,7 +188,7 @@ class TensorRTBackend(DescriptorBackend):
     def _setup(self, scope: DeviceScope) -> None:
         import tensorrt as trt
 
-        runtime = scope.hold("runtime", trt.Runtime(trt.Logger(trt.Logger.WARNING)))
+        runtime = scope.hold("runtime", trt.Runtime(trt_logger()))
         engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if engine is None:
             raise EngineBuildError(
@@ -161,6 +204,7 @@ class TensorRTBackend(DescriptorBackend):
         if LOCAL_OUTPUT in names:  # [-1, P, C]: every output needs an address, even when not read
             shape = engine.get_tensor_shape(LOCAL_OUTPUT)
             shapes[LOCAL_OUTPUT] = (b, int(shape[1]), int(shape[2]))
+        self._check_io(engine, shapes)
         host = {name: scope.host_buffer(shape, np.float32) for name, shape in shapes.items()}
         dev = {name: scope.device_buffer(h.nbytes) for name, h in host.items()}
         context = scope.hold("context", engine.create_execution_context())
@@ -171,13 +215,34 @@ class TensorRTBackend(DescriptorBackend):
         scope.on_close(lambda: scope.api.synchronize(stream))  # nothing in flight when things are freed
         self._has_local = LOCAL_OUTPUT in names
 
+    def _check_io(self, engine: Any, shapes: dict[str, tuple[int, ...]]) -> None:
+        """The engine's I/O against the graph it claims to run: each tensor's direction, FP32 type,
+        and shape (batch dynamic, the rest as the graph's metadata says)."""
+        import tensorrt as trt
+
+        for name, shape in shapes.items():
+            want_mode = trt.TensorIOMode.INPUT if name == INPUT else trt.TensorIOMode.OUTPUT
+            mode, dtype = engine.get_tensor_mode(name), engine.get_tensor_dtype(name)
+            have = tuple(int(d) for d in engine.get_tensor_shape(name))
+            if mode != want_mode:
+                raise EngineBuildError(f"{self.engine_path}: tensor {name!r} is {mode}, expected {want_mode}")
+            if dtype != trt.float32:
+                raise EngineBuildError(f"{self.engine_path}: tensor {name!r} is {dtype}, expected FP32 (the graph's "
+                                       "I/O type; rebuild the engine from a vpr_ros export)")
+            if len(have) != len(shape) or have[0] not in (-1, shape[0]) and name == INPUT \
+                    or tuple(have[1:]) != tuple(shape[1:]):
+                raise EngineBuildError(f"{self.engine_path}: tensor {name!r} has shape {list(have)}, expected "
+                                       f"{[-1, *shape[1:]]} (an engine of another graph or input size)")
+
     def _run(self, scope: DeviceScope, batch: np.ndarray, local: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """One engine run: (descriptors [n, D], local features [n, P, C] if ``local``)."""
         st, api = scope.state, scope.api
         host, dev, stream = st["host"], st["dev"], st["stream"]
         n = batch.shape[0]
         host[INPUT][:n] = batch
-        st["context"].set_input_shape(INPUT, (n, 3, self.input_size, self.input_size))
+        if not st["context"].set_input_shape(INPUT, (n, 3, self.input_size, self.input_size)):
+            raise EngineBuildError(f"{self.engine_path}: TensorRT refused input shape {[n, 3, self.input_size, self.input_size]} "
+                                   f"(outside the engine's optimisation profile, max batch {self.max_batch}?)")
         api.copy_to_device(dev[INPUT], host[INPUT][:n], stream)
         if not st["context"].execute_async_v3(st["handle"]):
             raise EngineBuildError(f"{self.engine_path}: TensorRT execution failed")
@@ -195,6 +260,10 @@ class TensorRTBackend(DescriptorBackend):
     @property
     def has_local(self) -> bool:
         return self._has_local
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "precision": self.precision, "max_batch": self.max_batch,
+                "engine": str(self.engine_path), "device": f"cuda:{self.device_index}"}
 
     def _infer_local(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parts = [self._call(self._run, batch[i:i + self.max_batch], True)
