@@ -31,7 +31,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 stamp=$VENV/.vpr_ros_setup.sha256
-want="$( (cat requirements.txt setup.py setup.cfg package.xml; echo "system_site=${SYSTEM_SITE:-0}") | sha256sum | cut -d' ' -f1)"
+want="$( (cat requirements.txt setup.py setup.cfg package.xml scripts/system_lacks.py; echo "system_site=${SYSTEM_SITE:-0}") | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null || true)" = "$want" ]; then
   echo "[setup] $VENV is up to date"
   exit 0
@@ -41,8 +41,11 @@ echo "[setup] installing pinned dependencies from requirements.txt (a few minute
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 reqs=requirements.txt
+: > "$tmp/constraints.txt"
 if [ "${SYSTEM_SITE:-0}" = 1 ]; then
-  "$PY" scripts/system_lacks.py requirements.txt > "$tmp/missing.txt"
+  # run by the new venv's Python: it sees the system's packages and nothing of ours yet; numpy is
+  # kept below 2 when the system's compiled packages (OpenCV, cv_bridge) are built against numpy 1
+  "$VENV/bin/python" scripts/system_lacks.py requirements.txt --constraints "$tmp/constraints.txt" > "$tmp/missing.txt"
   reqs="$tmp/missing.txt"
 fi
 grep -v 'no-deps' "$reqs" > "$tmp/with-deps.txt" || true
@@ -50,7 +53,7 @@ grep 'no-deps' "$reqs" | sed 's/#.*//' > "$tmp/no-deps.txt" || true
 "$VENV/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip
 # pip byte-compiles one file at a time; compileall below does it on every core (twice as fast
 # on 2 cores), skipping the packages' own test suites
-"$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-compile -r "$tmp/with-deps.txt"
+"$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-compile -c "$tmp/constraints.txt" -r "$tmp/with-deps.txt"
 "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-compile --no-deps -r "$tmp/no-deps.txt"
 "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"

@@ -63,9 +63,9 @@ def _start_configure(client, fqn: str) -> list:
 def _get_parameter(client, fqn: str, name: str):
     cli = client.create_client(GetParameters, f"{fqn}/get_parameters")
     try:
-        assert cli.wait_for_service(timeout_sec=60)
+        assert cli.wait_for_service(timeout_sec=HANG_GUARD_S)
         fut = cli.call_async(GetParameters.Request(names=[name]))
-        rclpy.spin_until_future_complete(client, fut, timeout_sec=60)
+        rclpy.spin_until_future_complete(client, fut, timeout_sec=HANG_GUARD_S)
         assert fut.done(), f"{fqn}/get_parameters did not answer"
         return fut.result().values[0]
     finally:

@@ -171,7 +171,7 @@ def test_gate_refuses_a_graph_that_disagrees(fp32_graph, tmp_path):
     with OnnxRuntimeBackend(fp32_graph) as f, OnnxRuntimeBackend(other) as o:
         result = compare(f, o, images, "int8", source)
     assert not result.passed
-    with pytest.raises(AccuracyGateError, match=r"descriptor cosine to FP32 min (nan|-?0\.\d+) \(needs >= 0.98\)"):
+    with pytest.raises(AccuracyGateError, match=r"descriptor cosine to FP32 ONNX Runtime min (nan|-?0\.\d+) \(needs >= 0.98\)"):
         enforce(result, "candidate")
 
 
