@@ -37,11 +37,21 @@ MODULES = {
 MAX_BINARY = 1 << 30  # bytes: larger files are not extension modules worth reading
 
 
+#: always installed from the pins: the build of vpr_ros itself needs a setuptools with PEP 660
+#: editable installs (64+), newer than Ubuntu 22.04's 59.6 or what a venv seeds
+ALWAYS = {"setuptools"}
+
+
 def present(module: str) -> bool:
+    """Whether ``module`` imports from the system (not from this still-empty environment)."""
     try:
-        return importlib.util.find_spec(module) is not None
+        spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         return False
+    if spec is None:
+        return False
+    where = spec.origin if spec.origin not in (None, "namespace") else next(iter(spec.submodule_search_locations or []), "")
+    return not os.path.realpath(where or "").startswith(os.path.realpath(sys.prefix) + os.sep)
 
 
 def system_dirs() -> list[str]:
@@ -61,7 +71,10 @@ def numpy1_binaries(dirs: list[str]) -> list[str]:
     found = []
     for top in dirs:
         for root, subdirs, files in os.walk(top):
-            subdirs[:] = [d for d in subdirs if d not in ("tests", "__pycache__")]
+            # numpy's own modules say nothing about what the others need; other environments and
+            # hidden folders (.git, .venv) are not the system's
+            subdirs[:] = [d for d in subdirs if d not in ("numpy", "tests", "__pycache__") and not d.startswith(".")
+                          and not os.path.isfile(os.path.join(root, d, "pyvenv.cfg"))]
             for name in files:
                 if not (name.endswith(".so") or ".so." in name):
                     continue
@@ -109,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             if present("rclpy"):  # a system ROS 2 brings its own middleware
                 print(f"[setup] system has rclpy: skipping {line.strip()}", file=sys.stderr)
                 continue
-        if present(module) and not (numpy1 and dist == "numpy"):
+        if present(module) and dist not in ALWAYS and not (numpy1 and dist == "numpy"):
             print(f"[setup] system Python has '{module}': skipping {line.split('#')[0].strip()}", file=sys.stderr)
             continue
         print(line.rstrip("\n"))

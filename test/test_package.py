@@ -88,3 +88,45 @@ def test_colcon_build_produces_a_ros_install_tree(tmp_path):
     env = {**os.environ, "AMENT_PREFIX_PATH": str(inst), "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert out.stdout.strip() == str(share / "config" / "localizer.yaml"), out.stdout + out.stderr
+
+
+def _system_lacks(tmp_path, binaries: dict[str, bytes], requirements: str) -> tuple[list[str], str, str]:
+    """Run scripts/system_lacks.py with a Python whose import path has a stand-in system folder
+    holding ``binaries``; returns (requirement lines printed, constraints written, stderr)."""
+    import subprocess
+    import sys
+
+    system = tmp_path / "system"
+    system.mkdir()
+    for name, data in binaries.items():
+        (system / name).write_bytes(data)
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text(requirements)
+    constraints = tmp_path / "constraints.txt"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "system_lacks.py"
+    env = {**os.environ, "PYTHONPATH": str(system)}
+    # -S: no site-packages, so the only packages are the stand-in system's (none importable here)
+    run = subprocess.run([sys.executable, "-S", str(script), str(reqs), "--constraints", str(constraints)],
+                         capture_output=True, text=True, env=env, check=True)
+    return run.stdout.splitlines(), constraints.read_text(), run.stderr
+
+
+REQS = ('numpy==2.4.6; python_version >= "3.11"  # numpy1: numpy==1.26.4\n'
+        'ml-dtypes==0.6.0  # numpy1: ml-dtypes==0.5.4\n'
+        'nonexistent-package-xyz==1.0\n')
+
+
+def test_set_up_keeps_numpy_1_when_a_system_binary_is_built_against_it(tmp_path):
+    """A Jetson's OpenCV is built against numpy 1 (its binary names numpy.core, not numpy 2's
+    numpy._core): the set-up must not let numpy 2 in, neither by a pin nor by a dependency."""
+    numpy1_cv2 = b"\x7fELF...._ARRAY_API...numpy.core.multiarray failed to import..."
+    lines, constraints, err = _system_lacks(tmp_path, {"cv2.abi3.so": numpy1_cv2}, REQS)
+    assert constraints == "numpy<2\n" and "cv2.abi3.so is built against numpy 1" in err
+    assert lines == ['numpy==1.26.4; python_version >= "3.11"', "ml-dtypes==0.5.4", "nonexistent-package-xyz==1.0"]
+
+
+def test_set_up_keeps_its_pins_when_system_binaries_accept_numpy_2(tmp_path):
+    numpy2_cv2 = b"\x7fELF..._ARRAY_API..numpy._core._multiarray_umath..numpy.core._multiarray_umath"
+    not_numpy = b"\x7fELF...numpy.core but no C API table"
+    lines, constraints, _ = _system_lacks(tmp_path, {"cv2.abi3.so": numpy2_cv2, "other.so": not_numpy}, REQS)
+    assert constraints == "" and lines[0].startswith("numpy==2.4.6") and lines[1].startswith("ml-dtypes==0.6.0")
