@@ -138,6 +138,8 @@ def check_graph(graph: Any, version: str = "10.3") -> list[Refusal]:
         out.append(Refusal("", "", "opset", f"default-domain opset {opset} is outside TensorRT 10's range "
                                             f"{lo}..{hi}", OPERATORS_MD))
     if model.functions:
+        import onnx.inliner
+
         model = onnx.inliner.inline_local_functions(model)  # the parser imports local functions node by node
     try:
         typed = onnx.shape_inference.infer_shapes(model)
