@@ -219,6 +219,9 @@ def test_diagnostics_are_absolute_under_a_namespace(rclpy_context, built_map):
         assert until(lambda: any(st.name == "/robot1/localizer: localizer" for m in got for st in m.status), spin=client)
         st = next(st for m in got for st in m.status if st.name == "/robot1/localizer: localizer")
         assert {kv.key: kv.value for kv in st.values}["lifecycle_state"] == "unmanaged"
+        # which backend runs on which device, and why, once the model is open
+        assert until(lambda: any(kv.key == "backend_selection" and "onnxruntime on cpu" in kv.value
+                                 for m in got for st in m.status for kv in st.values), spin=client)
         client.destroy_node()
     finally:
         s.stop()
