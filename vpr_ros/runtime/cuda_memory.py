@@ -217,7 +217,7 @@ class CudaPythonApi(CudaApi):
         nbytes = max(int(np.prod(shape)) * dt.itemsize, 1)
         ptr = int(self._check(self.cu.cuMemHostAlloc(nbytes, 0), "cuMemHostAlloc"))
         raw = (ctypes.c_uint8 * nbytes).from_address(ptr)
-        arr = np.frombuffer(raw, np.uint8)[:int(np.prod(shape)) * dt.itemsize].view(dt).reshape(shape)
+        arr = np.frombuffer(memoryview(raw), np.uint8)[:int(np.prod(shape)) * dt.itemsize].view(dt).reshape(shape)
         return arr, lambda: self._check(self.cu.cuMemFreeHost(ptr), "cuMemFreeHost")
 
     def device_buffer(self, nbytes: int) -> tuple[int, Callable[[], None]]:
