@@ -417,8 +417,13 @@ class _Config:
     def clear_flag(self, flag: str) -> None:
         self.flags.discard(flag)
 
-    def add_optimization_profile(self, profile: Any) -> None:
+    def add_optimization_profile(self, profile: Any) -> int:
+        """The profile's index, or -1 (TensorRT's answer) for one with min > max or mismatched ranks."""
+        name, lo, opt, hi = profile.shapes
+        if len(lo) != len(hi) or any(a > b for a, b in zip(lo, hi)) or any(d < 1 for d in lo):
+            return -1
         self.profile = profile
+        return 0
 
     def create_timing_cache(self, data: bytes) -> _TimingCache:
         return _TimingCache(data)
@@ -469,8 +474,12 @@ class _ExecutionContext:
     def __init__(self, engine: "_Engine") -> None:
         self.engine, self.addresses, self.shapes = engine, {}, {}
 
-    def set_tensor_address(self, name: str, address: int) -> None:
+    def set_tensor_address(self, name: str, address: int) -> bool:
+        """False (as TensorRT returns) for a name that is not one of the engine's I/O tensors."""
+        if name not in self.engine.names:
+            return False
         self.addresses[name] = address
+        return True
 
     def set_input_shape(self, name: str, shape: tuple) -> bool:
         """False (as TensorRT returns) for a shape outside the optimisation profile."""

@@ -227,7 +227,9 @@ def _build(onnx_path: Path, spec: EngineSpec, engine_file: Path, sidecar: Path, 
     profile = builder.create_optimization_profile()
     shape = (3, input_size, input_size)
     profile.set_shape(INPUT, trt.Dims([1, *shape]), trt.Dims([1, *shape]), trt.Dims([max_batch, *shape]))
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:  # -1: TensorRT found the profile invalid
+        raise EngineBuildError(f"{onnx_path}: TensorRT refused the optimisation profile (batch 1..{max_batch}, "
+                               f"{input_size} px)")
     timing_file = cache_dir / "engines" / f"timing-{spec.tensorrt_version}-{slug(spec.gpu)}.cache"
     timing = config.create_timing_cache(timing_file.read_bytes() if timing_file.is_file() else b"")
     config.set_timing_cache(timing, False)

@@ -209,7 +209,8 @@ class TensorRTBackend(DescriptorBackend):
         dev = {name: scope.device_buffer(h.nbytes) for name, h in host.items()}
         context = scope.hold("context", engine.create_execution_context())
         for name, address in dev.items():
-            context.set_tensor_address(name, address)
+            if not context.set_tensor_address(name, address):  # False: no such tensor in this engine
+                raise EngineBuildError(f"{self.engine_path}: TensorRT refused an address for tensor {name!r}")
         stream, handle = scope.stream()
         scope.state.update(host=host, dev=dev, stream=stream, handle=handle, done=scope.event())
         scope.on_close(lambda: scope.api.synchronize(stream))  # nothing in flight when things are freed
