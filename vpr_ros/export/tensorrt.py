@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import tensorrt as trt
 
@@ -35,8 +35,6 @@ from vpr_ros.export.tensorrt_rules import check_or_raise
 from vpr_ros.runtime.tensorrt_backend import trt_logger
 
 log = logging.getLogger(__name__)
-
-
 
 
 class BuildProgress(trt.IProgressMonitor):
@@ -74,21 +72,26 @@ def gpu_name(device: int = 0) -> str:
     return cuda_device_name(device)
 
 
-def _network(builder: trt.Builder, onnx_path: Path, strongly_typed: bool) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
+def _network(builder: trt.Builder, onnx_path: Path,
+             strongly_typed: bool) -> tuple[trt.INetworkDefinition, trt.OnnxParser, Any]:
+    """The parsed network, its parser and the graph (``onnx.ModelProto``) it was parsed from."""
+    import onnx
+
     typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # may go once it is the only mode
     flags = 1 << int(typed) if strongly_typed and typed is not None else 0
     data = onnx_path.read_bytes()
+    graph = onnx.load_from_string(data)
     # our rules first: they name every node and the rule's source (the parser stops at the first)
-    check_or_raise(data, str(onnx_path), trt.__version__)
+    check_or_raise(graph, str(onnx_path), trt.__version__)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, trt_logger())
     if not parser.parse(data):
         errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
         raise EngineBuildError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse it: {errors}")
-    return network, parser
+    return network, parser, graph
 
 
-def keep_fp32(network: trt.INetworkDefinition, onnx_path: Path) -> int:
+def keep_fp32(network: trt.INetworkDefinition, graph: Any) -> int:
     """Pin the layers of the graph's normalisations and reductions (fp16_graph.KEEP_FP32: LayerNorm,
     the L2 norm of the descriptor, GeM's power, softmax) to FP32 in a weakly typed FP16/INT8 build,
     where TensorRT would otherwise run them in FP16 and can overflow (a sum of squares over 10,752
@@ -96,12 +99,9 @@ def keep_fp32(network: trt.INetworkDefinition, onnx_path: Path) -> int:
     ('name', 'name_1', ...). Returns how many layers were pinned."""
     import re
 
-    import onnx
-
     from vpr_ros.export.fp16_graph import KEEP_FP32
 
-    nodes = {n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node
-             if n.op_type in KEEP_FP32 and n.name}
+    nodes = {n.name for n in graph.graph.node if n.op_type in KEEP_FP32 and n.name}
     pinned = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
@@ -209,7 +209,7 @@ def _build(onnx_path: Path, spec: EngineSpec, engine_file: Path, sidecar: Path, 
             source = to_fp16(onnx_path, typed)
             log.info("%s: FP16-typed graph for a strongly typed %s build (TensorRT %s has no FP16 flag)",
                      onnx_path, precision, trt.__version__)
-        network, _parser = _network(builder, source, strongly_typed=strongly_typed)
+        network, _parser, graph = _network(builder, source, strongly_typed=strongly_typed)
     finally:
         typed.unlink(missing_ok=True)
     config = builder.create_builder_config()
@@ -217,7 +217,7 @@ def _build(onnx_path: Path, spec: EngineSpec, engine_file: Path, sidecar: Path, 
     for flag in flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
     if flags:  # FP16 allowed: normalisations and reductions stay FP32 (the FP16-typed graph does this for 11)
-        pinned = keep_fp32(network, Path(onnx_path))
+        pinned = keep_fp32(network, graph)  # the graph parsed above (flags: TensorRT 10, graph as exported)
         config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
         log.info("%d normalisation/reduction layers kept in FP32 in the %s build", pinned, precision)
     tf32 = getattr(trt.BuilderFlag, "TF32", None)
