@@ -234,7 +234,8 @@ def test_overload_keeps_only_the_newest_frame_and_counts_the_rest(rclpy_context,
         backend.gate.set()
         assert p.spin_until(lambda: len(p.log.tables) == 2, HANG_GUARD_S)
         assert sorted(p.log.tables) == [100.0, 100.0 + n]  # the first and the newest were answered
-        assert node.counters.processed == 2
+        # the worker counts a frame after publishing its table: wait for the count, do not race it
+        assert until(lambda: node.counters.processed == 2, spin=p)
         st, vals = last_diag(p)
         assert int(vals["frames_dropped"]) == n - 1 and int(vals["frames_received"]) == n + 1
         p.destroy_node()
