@@ -185,8 +185,8 @@ def test_pending_frames_are_durable_and_encoded_after_a_restart(tmp_path, tiny_b
 
     w = VprMap.open_writer(tmp_path, ident)
     builder = MapBuilder(tiny_backend, KeyframeConfig(), base=w)
-    added, dropped = builder.finish_pending()
-    assert added == 3 and len(dropped) == 1 and f"pending keyframe {seqs[3]}" in dropped[0]
+    added, dropped, damaged = builder.finish_pending()
+    assert added == 3 and len(dropped) == 1 and f"pending keyframe {seqs[3]}" in dropped[0] and damaged == []
     assert w.pending_frames() == []
     w.close()
     done = VprMap.load(tmp_path, expect=ident)

@@ -436,6 +436,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _declared(key: str, sections: Mapping[str, type]) -> bool:
+    prefix, _, name = key.rpartition(".")
+    cls = sections.get(prefix)
+    return cls is not None and name in {f.name for f in dataclasses.fields(cls)}
+
+
 def ros_parameters(data: Mapping[str, Any], node_name: str, source: str) -> dict[str, Any]:
     """Extract the ``ros__parameters`` of ``node_name`` (or ``/**``) from a ROS params YAML.
 
@@ -479,8 +485,18 @@ def split_sections(flat: Mapping[str, Any], sections: Mapping[str, type]) -> dic
 
 
 def load_node_config(path: str | Path | None, node_name: str, sections: Mapping[str, type]) -> dict[str, Any]:
-    """Load a ROS-style params file for ``node_name`` into validated config objects."""
-    flat = ros_parameters(read_yaml(path), node_name, str(path)) if path else {}
+    """Load a ROS-style params file for ``node_name`` into validated config objects. Keys of the
+    shared ``/**`` section that belong to the package's other node (one file often serves the
+    localizer and the map builder) are ignored, as that node's ROS parameters are; a key no
+    vpr_ros node has is refused (a typo)."""
+    flat: dict[str, Any] = {}
+    if path:
+        data = read_yaml(path)
+        shared = ros_parameters({"/**": data["/**"]} if "/**" in data else {}, node_name, str(path))
+        siblings = [s for s in (LOCALIZER_SECTIONS, MAP_BUILDER_SECTIONS) if s is not sections]
+        flat = {k: v for k, v in shared.items()
+                if _declared(k, sections) or not any(_declared(k, other) for other in siblings)}
+        flat.update(ros_parameters({k: v for k, v in data.items() if k != "/**"}, node_name, str(path)))
     try:
         return split_sections(flat, sections)
     except ConfigError as exc:

@@ -23,6 +23,11 @@ class MapError(VprError):
     """A map directory is missing, corrupt, or was built by another model."""
 
 
+class DamagedPending(MapError):
+    """A stored pending keyframe (accepted, not yet encoded) fails its checksum or cannot be parsed;
+    the good ones are still encoded, this one stays until it is dropped explicitly."""
+
+
 class ImageError(VprError):
     """An input image cannot be used (empty, unsupported encoding, undecodable, NaN)."""
 

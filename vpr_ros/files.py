@@ -75,11 +75,80 @@ def check_readable_file(path: Path, what: str, error: type[VprError] = VprError)
             raise error(f"{path}: {what} not found") from None
         raise error(f"{path}: {what} cannot be read ({exc.strerror or exc})") from None
     if not stat.S_ISREG(st.st_mode):
-        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
-                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-        raise error(f"{path}: {what} is {kind}, not a regular file")
+        raise error(f"{path}: {what} is {_kind(st.st_mode)}, not a regular file")
     return Path(path)
+
+
+def _kind(mode: int) -> str:
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a symbolic link" if stat.S_ISLNK(mode)
+            else "not a regular file")
+
+
+def open_regular(path: Path, what: str, max_bytes: int | None = None, error: type[VprError] = VprError,
+                 flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """A descriptor of ``path`` opened without following a link in its last component and without
+    blocking (a FIFO or a device there is refused, never waited on); checked with ``fstat`` to be
+    a regular file of at most ``max_bytes``, then switched back to blocking I/O. ``flags`` adds
+    e.g. ``O_RDWR | O_CREAT``. FileNotFoundError passes through (callers word "missing" themselves)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            raise error(f"{path}: {what} is a symbolic link (to {target}); it must be a regular file "
+                        "(remove the link)") from None
+        raise error(f"{path}: {what} cannot be opened ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: {what} is {_kind(st.st_mode)}, not a regular file")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise error(f"{path}: {what} is {st.st_size:,} bytes, more than the {max_bytes:,} it can "
+                        "plausibly be (a damaged or foreign file)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular_bytes(path: Path, what: str, max_bytes: int, error: type[VprError] = VprError) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (see :func:`open_regular`)."""
+    fd = open_regular(path, what, max_bytes, error)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise error(f"{path}: {what} cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+
+
+def check_not_linked(path: Path, what: str, error: type[VprError] = VprError) -> bool:
+    """For files a library opens by name itself (SQLite): False when ``path`` does not exist; True
+    when it is a regular file that is not a link; otherwise ``error`` naming what it is."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise error(f"{path}: {what} cannot be examined ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        extra = ""
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                extra = f" (to {os.readlink(path)}); remove the link"
+            except OSError:
+                pass
+        raise error(f"{path}: {what} is {_kind(st.st_mode)}{extra}, not a regular file")
+    return True
 
 
 def is_regular_file(path: Path) -> bool:

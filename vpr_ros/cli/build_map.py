@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params-file", default="", help="map_builder params YAML (model, keyframes)")
     ap.add_argument("--append", action="store_true", help="extend an existing map in --map-dir")
     ap.add_argument("--finish", action="store_true",
-                    help="encode the pending keyframes of --map-dir (left by a stopped map_builder node); no source")
+                    help="encode the pending keyframes of --map-dir (left by a stopped map_builder node); no source. "
+                         "Damaged pending rows are reported and skipped (exit status 1)")
+    ap.add_argument("--drop-damaged", action="store_true",
+                    help="with --finish: delete the damaged pending rows it reports (their images are lost)")
     ap.add_argument("--image-topic", default="", help="bag: image topic (Image or CompressedImage)")
     ap.add_argument("--pose-topic", default="", help="bag: Odometry / PoseStamped / PoseWithCovarianceStamped topic giving "
                     "poses, or a NavSatFix topic (east-north-up metres from the first good fix, GPS kept)")
@@ -96,10 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_node_config(a.params_file or None, "map_builder", MAP_BUILDER_SECTIONS)
         cfg["model"] = model_with_args(cfg["model"], a)
         cfg[""] = dataclasses.replace(cfg[""], **{k: getattr(a, k) for k in ("backend", "device") if getattr(a, k)})
+        if a.drop_damaged and not a.finish:
+            raise DatasetError("--drop-damaged goes with --finish")
         if a.finish:
             if a.source or a.append:
                 raise DatasetError("--finish takes only --map-dir (and --params-file for the model)")
-            return _finish(cfg, Path(a.map_dir))
+            return _finish(cfg, Path(a.map_dir), a.drop_damaged)
         if not a.source:
             raise DatasetError("give a source folder or bag (or --finish)")
         return _build(cfg, a)
@@ -183,8 +188,9 @@ def _build(cfg: dict, a: argparse.Namespace) -> int:  # type: ignore[type-arg]
     return 0
 
 
-def _finish(cfg: dict, root: Path) -> int:  # type: ignore[type-arg]
-    """Encode a map's pending keyframes with the model of the params file."""
+def _finish(cfg: dict, root: Path, drop_damaged: bool = False) -> int:  # type: ignore[type-arg]
+    """Encode a map's pending keyframes with the model of the params file; 1 when damaged pending
+    rows were left in place."""
     from vpr_ros.mapping.map_store import ModelIdentity
     from vpr_ros.runtime.factory import open_backend
 
@@ -195,15 +201,19 @@ def _finish(cfg: dict, root: Path) -> int:  # type: ignore[type-arg]
         try:
             builder = MapBuilder(backend, cfg["keyframes"], base=vmap, index=cfg["index"],
                                  verification=cfg["verification"])
-            added, dropped = builder.finish_pending(progress=True)
+            added, dropped, damaged = builder.finish_pending(progress=True, drop_damaged=drop_damaged)
             builder.save()
         finally:
             vmap.close()
     for reason in dropped:
         print(f"vpr_ros_build_map: dropped {reason}", file=sys.stderr)
+    for reason in damaged:
+        print(f"vpr_ros_build_map: skipped {reason}", file=sys.stderr)
     print(f"vpr_ros_build_map: {added} pending keyframe(s) encoded -> {root} ({len(vmap)} keyframes)"
-          + (f"; {len(dropped)} could not be decoded and were dropped" if dropped else ""))
-    return 0
+          + (f"; {len(dropped)} dropped" if dropped else "")
+          + (f"; {len(damaged)} damaged pending row(s) left in place: vpr_ros_build_map --finish --drop-damaged "
+             f"--map-dir {root} deletes them" if damaged else ""))
+    return 1 if damaged else 0
 
 
 if __name__ == "__main__":

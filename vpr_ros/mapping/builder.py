@@ -13,7 +13,7 @@ import numpy as np
 
 from vpr_ros.config import IndexConfig, KeyframeConfig, VerificationConfig
 from vpr_ros.mapping.index import choose_type
-from vpr_ros.errors import ImageError, MapError
+from vpr_ros.errors import DamagedPending, ImageError, MapError
 from vpr_ros.mapping.keyframes import KeyframeSelector
 from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
 from vpr_ros.runtime.base import DescriptorBackend
@@ -127,12 +127,14 @@ class MapBuilder:
         desc, feats = self.encode_frame(frame)
         return self._add(desc, [frame.keyframe], feats, [frame.seq])[0]
 
-    def finish_pending(self, progress: bool = False) -> tuple[int, list[str]]:
+    def finish_pending(self, progress: bool = False, drop_damaged: bool = False) -> tuple[int, list[str], list[str]]:
         """Encode every pending keyframe of a writer's map (left by a node that was stopped or
-        killed before encoding them); a frame whose data cannot be decoded is dropped with the
-        reason. Returns (keyframes added, reasons of the dropped)."""
+        killed before encoding them); a frame whose image cannot be decoded is dropped with the
+        reason. A damaged stored row (checksum, format) is skipped and reported, or dropped with
+        ``drop_damaged``; it never stops the good ones behind it. Returns (keyframes added,
+        reasons of the dropped, reasons of the damaged ones left in place)."""
         seqs = self.map.pending_frames()
-        added, dropped = 0, []
+        added, dropped, damaged = 0, [], []
         bar = None
         if progress and seqs:
             from tqdm import tqdm
@@ -146,12 +148,18 @@ class MapBuilder:
                 except ImageError as exc:
                     self.map.drop_pending(seq)
                     dropped.append(f"pending keyframe {seq}: {exc}")
+                except DamagedPending as exc:
+                    if drop_damaged:
+                        self.map.drop_pending(seq)
+                        dropped.append(str(exc))
+                    else:
+                        damaged.append(str(exc))
                 if bar is not None:
                     bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
-        return added, dropped
+        return added, dropped, damaged
 
     def consider_novel(self, desc: np.ndarray, kf: Keyframe, feats: "LocalFeatures | None" = None) -> int | None:
         """Appearance trigger for a frame the motion rules rejected: add it if it is novel."""

@@ -35,13 +35,14 @@ import threading
 import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import yaml
 
 from vpr_ros.config import IMAGENET_MEAN, IMAGENET_STD
 from vpr_ros.errors import MapError
+from vpr_ros.files import check_not_linked, read_regular_bytes
 from vpr_ros.mapping.store import database as db
 from vpr_ros.mapping.store import legacy
 from vpr_ros.mapping.store.lock import WriterLock, lock_holder
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = db.FORMAT_VERSION
 MANIFEST = "manifest.yaml"
 READABLE_VERSIONS = (1, FORMAT_VERSION)
+MANIFEST_MAX_BYTES = 1 << 20  # a format-2 manifest is ~100 bytes, a format-1 one a few KB
 
 
 #: one network through different backends/precisions gives probe cosines >= 0.99 (FP32/FP16 ~ 1.0,
@@ -205,14 +207,16 @@ def _check_types(source: str, prefix: str, d: dict, types: dict[str, type]) -> N
 def read_manifest_file(root: Path) -> tuple[str, dict[str, Any]]:
     """(text, parsed mapping) of ``root/manifest.yaml``; its format version is supported."""
     path = root / MANIFEST
-    if not path.is_file():
-        raise MapError(f"{root}: not a map directory (no {MANIFEST})")
     try:
-        text = path.read_bytes().decode("utf-8")
+        data = read_regular_bytes(path, "the map manifest", MANIFEST_MAX_BYTES, MapError)
+    except FileNotFoundError:
+        raise MapError(f"{root}: not a map directory (no {MANIFEST})") from None
+    except NotADirectoryError:
+        raise MapError(f"{root}: not a map directory (not a folder)") from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise MapError(f"{path}: not UTF-8 text (binary data or a corrupt file)") from None
-    except OSError as exc:
-        raise MapError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
         d = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -476,20 +480,21 @@ class VprMap:
         _make_dir(root)
         held = lock if lock is not None else WriterLock(root)
         try:
-            self._save_locked(root, replace_existing)
+            held.verify()
+            self._save_locked(root, replace_existing, held.verify)
         finally:
             if lock is None:
                 held.release()
         return root
 
-    def _save_locked(self, root: Path, replace_existing: bool) -> None:
+    def _save_locked(self, root: Path, replace_existing: bool, guard: Callable[[], None]) -> None:
         d = None
         if (root / MANIFEST).exists():  # a map that cannot be read is never replaced
             _, d = read_manifest_file(root)
             if replace_existing:
                 VprMap.read_manifest(root)
         if d is None or replace_existing:
-            self._write_new_store(root, old=d)
+            self._write_new_store(root, old=d, guard=guard)
             return
         origin = self._origin
         if d["format_version"] == 1:
@@ -497,10 +502,11 @@ class VprMap:
             if origin != (f"v1:{root.resolve()}", old.generation):
                 raise MapError(f"{root} holds another map (or a newer save of this one); not overwritten "
                                "(extend it with --append / open_writer, or save elsewhere)")
-            self._write_new_store(root, old=d)  # migrated to format 2 by this first write
+            self._write_new_store(root, old=d, guard=guard)  # migrated to format 2 by this first write
             log.info("%s: migrated from map format 1 (vpr_ros v0.3) to format %d", root, FORMAT_VERSION)
             return
         writer = db.StoreWriter(root, root / d["store"])
+        writer.guard = guard
         try:
             if origin is None or origin[0] != writer.manifest.store_id:
                 raise MapError(f"{root} holds another map; not overwritten (extend it with --append / "
@@ -540,7 +546,8 @@ class VprMap:
         w.reclaim_space()
         self._open_features(w.path)
 
-    def _write_new_store(self, root: Path, old: dict[str, Any] | None) -> None:
+    def _write_new_store(self, root: Path, old: dict[str, Any] | None,
+                         guard: Callable[[], None] | None = None) -> None:
         """A new store file holding everything, swapped in by rewriting the manifest; the previous
         map's files are removed after the swap."""
         store_id = uuid.uuid4().hex[:12]
@@ -562,6 +569,8 @@ class VprMap:
                 w.close()
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
+            if guard is not None:
+                guard()  # the manifest swap is the commit: only while this process still holds the lock
             os.replace(tmp, root / name)
             db.write_file_atomic(root / MANIFEST, _manifest_text(name).encode())
         except (OSError, sqlite3.Error) as exc:
@@ -657,7 +666,7 @@ class VprMap:
             vmap._origin = (f"v1:{root.resolve()}", manifest.generation)
         else:
             store = root / d["store"]
-            if not store.is_file():
+            if not check_not_linked(store, "the map store", MapError):
                 raise MapError(f"{store}: the store named by the manifest is missing")
             con = db.connect_ro(store)
             try:
@@ -683,15 +692,18 @@ class VprMap:
         _make_dir(root)
         lock = WriterLock(root)
         try:
-            vmap = cls._open_locked(root, model, map_frame, source)
+            vmap = cls._open_locked(root, model, map_frame, source, lock.verify)
         except BaseException:
             lock.release()
             raise
         vmap._lock, vmap.durable = lock, durable
+        if vmap.writer is not None:
+            vmap.writer.guard = lock.verify
         return vmap
 
     @classmethod
-    def _open_locked(cls, root: Path, model: ModelIdentity | None, map_frame: str, source: str) -> "VprMap":
+    def _open_locked(cls, root: Path, model: ModelIdentity | None, map_frame: str, source: str,
+                     guard: Callable[[], None]) -> "VprMap":
         for f in root.iterdir():
             if is_temporary(f.name) and f.is_file():
                 f.unlink(missing_ok=True)  # only the lock holder writes temporaries: these are a dead writer's
@@ -699,20 +711,20 @@ class VprMap:
             if model is None:
                 raise MapError(f"{root}: not a map directory (no {MANIFEST}) and no model to create one")
             fresh = cls.create(model, map_frame=map_frame, source=source)
-            fresh._write_new_store(root, old=None)
+            fresh._write_new_store(root, old=None, guard=guard)
             fresh.close()
         _, d = read_manifest_file(root)
         if d["format_version"] == 1:
             old = cls._read(root, d, verify_features=True)
             if model is not None:
                 old.check_model(model, where=str(root))
-            old._write_new_store(root, old=d)
+            old._write_new_store(root, old=d, guard=guard)
             old.close()
             log.info("%s: migrated from map format 1 (vpr_ros v0.3) to format %d", root, FORMAT_VERSION)
             _, d = read_manifest_file(root)
         _remove_orphans(root, d["store"])
         store = root / d["store"]
-        if not store.is_file():
+        if not check_not_linked(store, "the map store", MapError):
             raise MapError(f"{store}: the store named by the manifest is missing")
         writer = db.StoreWriter(root, store)
         try:

@@ -41,7 +41,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, NavSatFix, NavSa
 from std_srvs.srv import Trigger
 
 from vpr_ros.config import MAP_BUILDER_SECTIONS, KeyframeConfig, MapBuilderConfig, ModelConfig
-from vpr_ros.errors import ConfigError, ImageError, MapError, VprError
+from vpr_ros.errors import ConfigError, DamagedPending, ImageError, MapError, VprError
 from vpr_ros.geometry import enu_from_geodetic, pose_problem
 from vpr_ros.mapping.builder import MapBuilder
 from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
@@ -105,6 +105,7 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         self.images = self.keyframes = self.skipped_no_pose = self.dropped = self.errors = 0
         self.accepted = 0  # keyframes committed to the store for encoding (each one ends up in the map)
         self.left_pending = 0  # accepted keyframes whose encoding failed; they stay on disk for the next start
+        self.damaged_pending = 0  # stored pending rows that fail their checksum: skipped, never encoded
         self.store_error = ""  # the last failed commit (ERROR on /diagnostics until a commit succeeds)
         self.interpolated = 0
         self.bad_poses = 0  # pose samples refused (non-finite, not a unit quaternion, not on Earth)
@@ -482,6 +483,11 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
             except VprError as exc2:
                 self._store_failed(f"pending keyframe {seq} could not be dropped: {exc2}")
             return
+        except DamagedPending as exc:
+            self.damaged_pending += 1
+            self._store_failed(f"pending keyframe {seq} skipped: {exc}; it cannot be encoded (vpr_ros_build_map "
+                               f"--finish --drop-damaged --map-dir {self.cfg.map_dir} deletes it)")
+            return
         except VprError as exc:
             self.left_pending += 1
             self._store_failed(f"keyframe {seq} stays pending on disk (encoded at the next start): {exc}")
@@ -621,6 +627,7 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
                   "keyframes_with_depth": self.with_depth, "depth_images_rejected": self.depth_rejected,
                   "cameras_with_intrinsics": ",".join(sorted(self.intrinsics)),
                   "pending": self._queue.unfinished_tasks, "left_pending": self.left_pending,
+                  "damaged_pending": self.damaged_pending,
                   "generation": self.builder.map.manifest.generation if self.builder is not None else 0,
                   "session": self.builder.session if self.builder is not None else -1, **self._slam_diagnostics(),
                   "backend": b.name if b else "", "backend_selection": getattr(b, "selection", "") if b else "", "model_id": b.model_id if b else ""}

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from vpr_ros.errors import MapError
+from vpr_ros.errors import DamagedPending, MapError
+from vpr_ros.files import check_not_linked, open_regular, replaced_atomically
 from vpr_ros.files import fsync_dir as files_fsync_dir
-from vpr_ros.files import replaced_atomically
 from vpr_ros.mapping.store.pending import PendingFrame
 from vpr_ros.mapping.store.records import row_crc
 
@@ -75,9 +75,19 @@ def sqlite_error(path: Path, what: str, exc: BaseException) -> MapError:
 
 
 # ---------------------------------------------------------------------------- connections
+def check_store_files(path: Path) -> None:
+    """SQLite opens its files by name and follows links: the store and its journal files must be
+    regular files, not links (a link would let a write land in another file), FIFOs or devices
+    (an open or a read would block forever). MapError naming the file otherwise."""
+    check_not_linked(path, "the map store", MapError)
+    for suffix, what in (("-wal", "the store's journal"), ("-shm", "the store's shared-memory file")):
+        check_not_linked(Path(f"{path}{suffix}"), what, MapError)
+
+
 def connect_rw(path: Path, new: bool = False) -> sqlite3.Connection:
     """The writer's connection: WAL journal, every commit fsynced, explicit transactions. A ``new``
     database gets incremental auto-vacuum (set before anything else is written)."""
+    check_store_files(path)
     try:
         con = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         if new:  # the space of encoded pending images can go back to the file system
@@ -94,6 +104,7 @@ def connect_rw(path: Path, new: bool = False) -> sqlite3.Connection:
 def connect_ro(path: Path) -> sqlite3.Connection:
     """A reader's connection (read-only; a directory nobody can write is opened as immutable).
     ``as_uri()`` percent-encodes '#', '?' and '%', which would otherwise cut the name short."""
+    check_store_files(path)
     uri = Path(path).resolve().as_uri()
     try:
         con = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
@@ -405,25 +416,39 @@ def _index_from_file(root: Path, entry: dict[str, Any], kind: str, manifest: "Ma
         return None, "has a bad name"
     path = root / name
     h = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 24):
-                h.update(chunk)
+    try:  # one descriptor for the hash and faiss: what was hashed is what is read
+        fd = open_regular(path, "index snapshot", snapshot_size_limit(manifest), MapError)
     except FileNotFoundError:
         return None, "is missing (a newer save replaced it)"
-    except OSError as exc:
-        return None, f"is unreadable ({exc.strerror or exc})"
-    if h.hexdigest() != sha:
-        return None, "fails its sha256 (corrupt)"
-    try:
-        index = faiss.read_index(str(path))
-    except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError with its own text (or the file went)
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
-        return None, f"cannot be read by faiss ({first})"
+    except MapError as exc:
+        return None, f"is refused: {str(exc).split(': ', 1)[-1]}"
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+        except OSError as exc:
+            return None, f"is unreadable ({exc.strerror or exc})"
+        if h.hexdigest() != sha:
+            return None, "fails its sha256 (corrupt)"
+        try:
+            fh.seek(0)
+            index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
+        except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError with its own text
+            first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+            return None, f"cannot be read by faiss ({first})"
     if kind_of(index) != kind or index.d != manifest.model.descriptor_dim or index.ntotal != count \
             or count > manifest.count:
         return None, "does not fit the map"
     return index, ""
+
+
+def snapshot_size_limit(manifest: "Manifest") -> int:
+    """The largest index snapshot a map of ``manifest.count`` keyframes can have (bytes): a generous
+    bound over faiss's layouts (flat: 4·D per vector; HNSW adds its links; IVF its centroids, at
+    most one per vector, and ids; PQ its codebooks) so that a huge or sparse foreign file is
+    refused before it is hashed."""
+    d = int(manifest.model.descriptor_dim)
+    return (64 << 20) + int(manifest.count) * (8 * d + 4096)
 
 
 # ---------------------------------------------------------------------------- writing
@@ -435,6 +460,7 @@ class StoreWriter:
         self.root, self.path = root, path
         self.con = connect_rw(path)
         self._lock = threading.Lock()
+        self.guard: Callable[[], None] | None = None  # checked in every write transaction (the writer lock)
         try:
             meta = _meta_value(self.con, path)
             self.manifest = manifest_of(meta, path)
@@ -473,6 +499,8 @@ class StoreWriter:
             try:
                 con.execute("BEGIN IMMEDIATE")
                 try:
+                    if self.guard is not None:
+                        self.guard()
                     body(con)
                     updates = dict(meta or {})
                     if new_generation:
@@ -578,8 +606,14 @@ class StoreWriter:
                 raise sqlite_error(self.path, f"cannot read pending keyframe {seq}", exc) from None
         if row is None:
             raise MapError(f"{self.path}: no pending keyframe {seq}")
-        _check_crc(row, self.path, f"pending keyframe {seq}")
-        return PendingFrame.from_row(row[0], row[1], row[2], row[3], str(self.path))
+        try:
+            _check_crc(row, self.path, f"pending keyframe {seq}")
+            return PendingFrame.from_row(row[0], row[1], row[2], row[3], str(self.path))
+        except DamagedPending:
+            raise
+        except MapError as exc:
+            raise DamagedPending(str(exc).replace("; restore it from a copy, or remove the map and rebuild it", "")
+                                 ) from None
 
     def drop_pending(self, seq: int) -> None:
         """Forget a pending frame that cannot be encoded (its image is unusable)."""

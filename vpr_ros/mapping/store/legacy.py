@@ -4,16 +4,23 @@ opening one migrates it to format 2 (:meth:`vpr_ros.mapping.map_store.VprMap.ope
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from vpr_ros.errors import MapError
+from vpr_ros.files import open_regular
 from vpr_ros.mapping.store.database import FEATURE_COLUMNS, connect_ro, features_from_row
 
 if TYPE_CHECKING:
     from vpr_ros.mapping.map_store import Keyframe, Manifest
     from vpr_ros.verification.features import LocalFeatures
+
+UNIT_NORM_TOLERANCE = 1e-3  # float32 L2-normalised vectors are within ~1e-6 of norm 1; a flipped bit is far off
+_CHECK_CHUNK = 4096  # vectors reconstructed at a time by the check (bounded extra memory)
 
 _COLUMNS = ("id", "stamp", "camera", "frame_id", "x", "y", "z", "qx", "qy", "qz", "qw",
             "lat", "lon", "alt", "image_ref")
@@ -45,14 +52,19 @@ def load_v1(root: Path, manifest: "Manifest") -> tuple[Any, list["Keyframe"], Pa
 
     idx_name, kf_name = files_v1(manifest.generation)
     idx_path, kf_path = root / idx_name, root / kf_name
-    for p in (idx_path, kf_path):
-        if not p.is_file():
-            raise MapError(f"{p}: file named by the manifest is missing")
+    limit = (64 << 20) + int(manifest.count) * (8 * int(manifest.model.descriptor_dim) + 4096)
     try:
-        index = faiss.read_index(str(idx_path))
-    except Exception as exc:  # faiss raises RuntimeError with its own text
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise MapError(f"{idx_path}: cannot read faiss index ({first})") from None
+        fd = open_regular(idx_path, "the map's faiss index", limit, MapError)
+    except FileNotFoundError:
+        raise MapError(f"{idx_path}: file named by the manifest is missing") from None
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
+        except Exception as exc:  # faiss raises RuntimeError with its own text
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise MapError(f"{idx_path}: cannot read faiss index ({first})") from None
+    if not kf_path.exists() and not kf_path.is_symlink():
+        raise MapError(f"{kf_path}: file named by the manifest is missing")
     keyframes = _read_keyframes(kf_path)
     if index.d != manifest.model.descriptor_dim:
         raise MapError(f"{idx_path}: index dimension {index.d} != manifest descriptor_dim "
@@ -68,7 +80,30 @@ def load_v1(root: Path, manifest: "Manifest") -> tuple[Any, list["Keyframe"], Pa
         kind = type(index).__name__
     if kind != manifest.index_type:
         raise MapError(f"{idx_path}: index is '{kind}' but the manifest says '{manifest.index_type}'")
+    check_unit_descriptors(index, exact=kind != "ivfpq", where=str(idx_path))
     return index, keyframes, kf_path
+
+
+def check_unit_descriptors(index: Any, exact: bool, where: str) -> None:
+    """Format-1 maps carry no checksums: every stored descriptor must be finite and (where the
+    index stores vectors exactly, i.e. not PQ) of unit norm within :data:`UNIT_NORM_TOLERANCE`;
+    MapError naming the keyframe and the worst component otherwise. Reads in chunks."""
+    from vpr_ros.mapping.index import all_vectors
+
+    n = int(index.ntotal)
+    for start in range(0, n, _CHECK_CHUNK):
+        v = all_vectors(index, start, min(n, start + _CHECK_CHUNK))
+        with np.errstate(over="ignore", invalid="ignore"):
+            norms = np.linalg.norm(v.astype(np.float64), axis=1)
+        finite = np.isfinite(v).all(axis=1)
+        bad = ~finite | (np.abs(norms - 1.0) > UNIT_NORM_TOLERANCE if exact else ~finite)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            c = int(np.argmax(np.where(np.isfinite(v[row]), np.abs(v[row]), np.inf)))
+            what = "is not finite" if not finite[row] else f"has norm {norms[row]:.6g}, not 1"
+            raise MapError(f"{where}: keyframe {start + row}: descriptor {what} (component {c} = {v[row, c]:.6g}); "
+                           f"{int(bad.sum())} damaged descriptor(s) in this block: the index file is corrupt "
+                           "(restore it from a backup or rebuild the map)")
 
 
 def has_features_table(con: sqlite3.Connection, path: Path) -> bool:

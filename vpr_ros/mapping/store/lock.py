@@ -4,6 +4,11 @@ crash, a power cut), so no stale lock is ever left to clean up. The file itself 
 names the last holder (pid, host, command) for the refusal message and ``vpr_ros_map_info``.
 
 Readers never take it: SQLite's WAL journal gives them consistent snapshots.
+
+The file is opened without following links and checked to be a regular file (a link named
+``writer.lock`` is refused, never truncated through). Before every commit the writer checks that
+the directory's ``writer.lock`` is still the file it locked (same device and inode): when it was
+deleted or replaced another writer may have locked the new one, so the first refuses to go on.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import time
 from pathlib import Path
 
 from vpr_ros.errors import MapError
+from vpr_ros.files import open_regular, read_regular_bytes
 
 LOCK_FILE = "writer.lock"
 
@@ -35,9 +41,9 @@ class WriterLock:
         self._fd: int | None = None
         self.path = root / LOCK_FILE
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise MapError(f"{self.path}: cannot open the writer lock ({exc.strerror or exc})") from None
+            fd = open_regular(self.path, "the writer lock", None, MapError, os.O_RDWR | os.O_CREAT)
+        except FileNotFoundError:  # the directory itself went away
+            raise MapError(f"{self.path}: cannot create the writer lock (no such directory)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -60,6 +66,23 @@ class WriterLock:
         except OSError:
             pass  # the lock holds without its description (e.g. a full disk)
 
+    def verify(self) -> None:
+        """MapError unless the directory's ``writer.lock`` is still the file this lock holds."""
+        if self._fd is None:
+            raise MapError(f"{self.path}: the writer lock was released; this process no longer writes the map")
+        mine = os.fstat(self._fd)
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+            same = (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+        except FileNotFoundError:
+            same = False
+        except OSError as exc:
+            raise MapError(f"{self.path}: cannot check the writer lock ({exc.strerror or exc})") from None
+        if not same:
+            raise MapError(f"{self.path}: the writer lock was deleted or replaced while this process held it; "
+                           "another writer may have started, so nothing more is written here (stop the "
+                           "other writer, then start this one again)")
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the flock
@@ -74,7 +97,7 @@ def lock_holder(root: Path) -> str:
     check takes no lock itself, so it never makes a starting writer fail."""
     path = Path(root) / LOCK_FILE
     try:
-        st = path.stat()
+        st = os.stat(path, follow_symlinks=False)
         entries = Path("/proc/locks").read_text().splitlines()
     except OSError:
         return ""
@@ -87,8 +110,8 @@ def lock_holder(root: Path) -> str:
                 continue
             if inode == st.st_ino:
                 try:
-                    text = path.read_text(encoding="utf-8", errors="replace")
-                except OSError:
+                    text = read_regular_bytes(path, "the writer lock", 4096, MapError).decode("utf-8", "replace")
+                except (OSError, MapError):
                     text = ""
                 return _describe(text) if text else f"pid {parts[4]}"
     return ""
