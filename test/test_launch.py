@@ -133,8 +133,11 @@ def test_launch_free_entry_point_runs_the_lifecycle_graph(tmp_path, built_map, t
     assert b"/localizer: active" in out and b"localizer_lifecycle" not in out.split(b"starting")[0]
 
 
-def test_rviz_config_shows_the_vpr_topics_and_rviz_true_starts_it():
+def test_rviz_config_shows_the_vpr_topics_and_rviz_true_starts_it(monkeypatch):
+    from vpr_ros import launch_graph
     from vpr_ros.launch_graph import default_rviz_config
+
+    monkeypatch.setattr(launch_graph, "rviz2_installed", lambda: True)  # no rviz2 in this workplace
 
     cfg = yaml.safe_load(open(default_rviz_config()))
     displays = {d["Name"]: d for d in cfg["Visualization Manager"]["Displays"]}
@@ -146,3 +149,22 @@ def test_rviz_config_shows_the_vpr_topics_and_rviz_true_starts_it():
         assert [s.package for s in GRAPHS[graph]()] == ["vpr_ros"]
         specs = GRAPHS[graph](rviz="true")
         assert specs[-1].command()[:3] == ["rviz2", "-d", default_rviz_config()]
+
+
+def test_rviz_true_without_rviz2_fails_before_any_node_starts(monkeypatch, tmp_path):
+    """ros2 launch evaluates the graph (an OpaqueFunction) before it starts anything: a missing
+    rviz2 is reported there, not after the localizer is already running (it was left orphaned)."""
+    from vpr_ros import launch_graph
+
+    monkeypatch.setattr(launch_graph, "rviz2_installed", lambda: False)
+    for graph in ("localize", "build_map"):
+        with pytest.raises(ValueError, match="rviz2 is not installed.*no node was started"):
+            GRAPHS[graph](rviz="true")
+        assert [s.package for s in GRAPHS[graph](rviz="false")] == ["vpr_ros"]
+    monkeypatch.undo()
+    monkeypatch.setenv("PATH", str(tmp_path))  # no rviz2 anywhere, and an ament index without it
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path))
+    assert not launch_graph.rviz2_installed()
+    (tmp_path / "rviz2").write_text("#!/bin/sh\n")
+    (tmp_path / "rviz2").chmod(0o755)
+    assert launch_graph.rviz2_installed()

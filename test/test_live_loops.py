@@ -128,12 +128,18 @@ def test_keyframe_poses_follow_an_optimised_path(tiny_backend, drive, tmp_path):
     b.save(tmp_path / "map")
     vmap = VprMap.open_writer(tmp_path / "map")
     # the back end's path (moved and turned), sampled at some keyframe stamps and between others;
-    # it ends half a second before the last keyframe
+    # it ends 30 ms before the last keyframe (stamp rounding: the nearest pose is taken)
     T = planar_pose(0.5, -0.2, 0.05)
-    stamps = [0.0, 0.5, 1.5, 2.0, 3.0, 3.5, 4.5, 5.0, 6.0, 6.5]
+    stamps = [0.0, 0.5, 1.5, 2.0, 3.0, 3.5, 4.5, 5.0, 6.0, 6.97]
     path = [compose(T, planar_pose(s, 0.0, 0.0)) for s in stamps]
     r = reanchor(vmap.keyframes, stamps, path, max_gap=1.0)
     assert r.unreached == 0 and r.how == {"exact": 5, "interpolated": 2, "nearest": 1}
+    # ending half a second early, the last keyframe is not pulled onto the path's end: unreached
+    short = reanchor(vmap.keyframes, stamps[:-1], path[:-1], max_gap=1.0)
+    assert short.unreached == 1 and short.how == {"exact": 5, "interpolated": 2}
+    # a path that puts one stamp in two places 100 m apart is refused, not applied silently
+    with pytest.raises(MapError, match=r"poses 2 and 3 have the same stamp 1.5 but differ \(100.000 m apart\)"):
+        reanchor(vmap.keyframes, [0.0, 0.5, 1.5, 1.5], [*path[:3], compose(planar_pose(100.0, 0.0, 0.0), path[2])], 1.0)
     vmap.update_poses(r.poses, "map_optimized")
     vmap.close()
     back = VprMap.load(tmp_path / "map")

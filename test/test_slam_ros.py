@@ -159,7 +159,7 @@ def test_keyframe_poses_follow_the_back_ends_path_on_disk_and_in_vpr_pose(rclpy_
         f.pub_path.publish(path(bad))  # refused whole: nothing moves
         assert until(lambda: "non-finite" in node.last_error, spin=f.n)
         f.pub_path.publish(path({k: corrected[k] for k in frames[:4]}, "map"))  # another frame, half covered
-        assert until(lambda: "reaches only 5 of the 8 keyframes" in node.last_error, spin=f.n)  # 4 + 1 nearest
+        assert until(lambda: "reaches only 4 of the 8 keyframes" in node.last_error, spin=f.n)  # no nearest beyond 50 ms
         assert node.path_updates == 0
         f.pub_path.publish(path(corrected))
         assert until(lambda: node.path_updates == 1, spin=f.n)

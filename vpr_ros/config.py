@@ -214,7 +214,15 @@ class LocalizerConfig(CameraNodeConfig):
                                live=True, lo=0.0, hi=1e9)
     max_loop_closure_rate: float = _f(1.0, "Maximum loop closures per second (query time).", live=True,
                                       lo=1e-6, hi=1000.0)
-    map_frame: str = _f("map", "Frame of map keyframe poses and of /vpr/pose.")
+    map_frame: str = _f("", "Frame of /vpr/pose, /initialpose and the markers: '' (default) = the loaded map's "
+                        "own frame (the frame its keyframe poses were recorded in: 'odom' for a map built "
+                        "from /odom). A name is a check: a map in another frame is refused at load, since "
+                        "its poses stamped with this frame would put the robot in the wrong place.")
+    min_position_sigma: float = _f(0.05, "Floor (m) of the position standard deviation of every published "
+                                   "covariance (a query identical to a keyframe would otherwise claim ~1e-9 m).",
+                                   live=True, lo=0.0, hi=1e6)
+    min_orientation_sigma: float = _f(0.02, "Floor (rad) of the orientation standard deviation of every "
+                                      "published covariance.", live=True, lo=0.0, hi=10.0)
     base_frame: str = _f("base_link", "Robot body frame.")
     odom_frame: str = _f("odom", "Odometry frame.")
     position_sigma: float = _f(2.0, "Position standard deviation (m) of /vpr/pose at score 1; "
@@ -591,7 +599,9 @@ class InitialPoseConfig:
     enabled: bool = _f(False, "Publish geometry/PoseWithCovarianceStamped on initial_pose.topic from a match verified "
                        "with a metric relative pose (PnP on keyframe depth) whose position sigma is within "
                        "max_position_sigma. Opt-in.", live=True)
-    topic: str = _f("/initialpose", "Topic of the initial pose (AMCL's, absolute by default).")
+    topic: str = _f("initialpose", "Topic of the initial pose: relative, so a localizer in namespace "
+                    "'robot1' publishes on /robot1/initialpose where that robot's AMCL listens ('/initialpose' "
+                    "without a namespace).")
     mode: str = _f("once", "'once': the first qualifying pose after start, then again after each vpr/relocalize "
                    "call; 'always': every qualifying pose, at most one per min_interval s.", live=True)
     max_position_sigma: float = _f(0.5, "Largest position standard deviation (m, from the covariance) a published "

@@ -21,6 +21,10 @@ EXECUTABLES = {
 #: the map builder: time to encode what is pending (what it cannot finish stays on disk for its
 #: next start: nothing accepted depends on these numbers).
 MAP_BUILDER_SHUTDOWN_TIMEOUTS = (30, 10)
+#: The same for the localizer. It stops in well under a second on an idle machine; a SIGTERM after
+#: the SIGINT changes nothing (it is counted, not obeyed: see node_main.SignalLatch), so these
+#: bound only how long ros2 launch waits before SIGKILL on a machine too loaded to finish.
+LOCALIZER_SHUTDOWN_TIMEOUTS = (15, 15)
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 
 
@@ -123,7 +127,8 @@ def localize_graph(map_dir: str = "", params_file: str = "", backend: str = "",
     return _with_rviz([NodeSpec("localizer", "localizer", namespace, params_file,
                      {**_overrides(map_dir=map_dir, backend=backend, transport=transport,
                                    **{"model.weights": weights}), **c["sim"]}, _camera_remaps(camera_topic),
-                     lifecycle=c["lifecycle"], autostart=c["autostart"], log_level=c["log_level"])], rviz, namespace)
+                     lifecycle=c["lifecycle"], autostart=c["autostart"], log_level=c["log_level"],
+                     shutdown_timeouts=LOCALIZER_SHUTDOWN_TIMEOUTS)], rviz, namespace)
 
 
 def build_map_graph(map_dir: str = "", params_file: str = "", backend: str = "",
@@ -154,7 +159,32 @@ def rviz_spec(namespace: str = "") -> NodeSpec:
 
 
 def _with_rviz(specs: list[NodeSpec], rviz: Any, namespace: str) -> list[NodeSpec]:
-    return specs + [rviz_spec(namespace)] if as_bool(rviz, "rviz") else specs
+    """``specs`` plus RViz; with ``rviz`` true and no rviz2 installed, ValueError before any node
+    starts (ros2 launch would otherwise start the others, then fail on rviz2 and leave them running)."""
+    if not as_bool(rviz, "rviz"):
+        return specs
+    if not rviz2_installed():
+        raise ValueError("launch argument rviz:=true but rviz2 is not installed (no package 'rviz2' in the ament "
+                         "index and no rviz2 on PATH): install it (sudo apt install ros-$ROS_DISTRO-rviz2) or "
+                         "launch without rviz:=true; no node was started")
+    return specs + [rviz_spec(namespace)]
+
+
+def rviz2_installed() -> bool:
+    """rviz2 can be started: its package is in the ament index, or an ``rviz2`` executable is on PATH."""
+    import shutil
+
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+        try:
+            get_package_prefix("rviz2")
+            return True
+        except (PackageNotFoundError, OSError, ValueError):  # not indexed, or no AMENT_PREFIX_PATH at all
+            pass
+    except ImportError:
+        pass
+    return shutil.which("rviz2") is not None
 
 
 GRAPHS = {"localize": localize_graph, "build_map": build_map_graph}

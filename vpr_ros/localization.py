@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -64,6 +64,17 @@ def pose_covariance(score: float, position_sigma: float) -> list[float]:
     cov = [0.0] * 36
     for i, v in enumerate(diag):
         cov[i * 7] = v
+    return cov
+
+
+def with_floor(covariance: Sequence[float], position_sigma: float, orientation_sigma: float) -> list[float]:
+    """A 6x6 row-major covariance whose diagonal is raised to at least the floors' squares
+    (positions, then orientations); adding a non-negative diagonal keeps it positive semi-definite."""
+    cov = [float(c) for c in covariance]
+    for i in range(6):
+        floor = (position_sigma if i < 3 else orientation_sigma) ** 2
+        if cov[i * 7] < floor:
+            cov[i * 7] = floor
     return cov
 
 
@@ -253,6 +264,7 @@ class Localizer:
                 pose = compose(top.keyframe.pose, relative)
                 Ad_k = adjoint(top.keyframe.pose)
                 covariance = [float(c) for c in (Ad_k @ rel_cov @ Ad_k.T).ravel()]
+        covariance = with_floor(covariance, cfg.min_position_sigma, cfg.min_orientation_sigma)
         return LocalizationResult(
             stamp=stamp, camera=camera, matches=matches, accepted=accepted, pose=pose,
             covariance=covariance, loop=loop, timings_ms=timings, relative=relative,

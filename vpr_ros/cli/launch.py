@@ -5,13 +5,13 @@ Example: ``vpr_ros_launch localize --map-dir ~/maps/lab --camera-topic /camera/i
 from __future__ import annotations
 
 import argparse
-import shutil
 import signal
 import time
 
 from vpr_ros.cli import EXPECTED_ERRORS, report_error
 from vpr_ros.config import read_yaml
-from vpr_ros.launch_graph import GRAPHS, LOG_LEVELS, default_params_file, default_rviz_config, start_graph, stop_graph
+from vpr_ros.launch_graph import (GRAPHS, LOG_LEVELS, default_params_file, default_rviz_config, rviz2_installed,
+                                  start_graph, stop_graph)
 
 DEFAULT_PARAMS = {"localize": "localizer.yaml", "build_map": "map_builder.yaml"}
 
@@ -23,8 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params-file", default="", help="ROS parameters YAML (default: config/ of the package)")
     ap.add_argument("--backend", default="", help="inference backend (overrides the params file)")
     ap.add_argument("--camera-topic", default="image", help="camera image topic to remap 'image' to")
-    ap.add_argument("--transport", default="", choices=("", "raw", "compressed"),
-                    help="image transport (overrides the params file)")
+    ap.add_argument("--transport", default=None, choices=("raw", "compressed"),
+                    help="image transport: raw (sensor_msgs/Image) or compressed (<camera-topic>/compressed); "
+                         "default: the params file's")
     ap.add_argument("--weights", default="", help="model weights file (overrides the params file's model.weights)")
     ap.add_argument("--rviz", action="store_true", help="also start rviz2 with the package's rviz/vpr_ros.rviz")
     ap.add_argument("--odom-topic", default="odom", help="odometry topic (build_map only)")
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     kwargs = dict(map_dir=a.map_dir, params_file=a.params_file or default_params_file(DEFAULT_PARAMS[a.graph]),
                   backend=a.backend, camera_topic=a.camera_topic, namespace=a.namespace,
-                  transport=a.transport, weights=a.weights, rviz=str(a.rviz),
+                  transport=a.transport or "", weights=a.weights, rviz=str(a.rviz and rviz2_installed()),
                   use_sim_time=str(a.use_sim_time), log_level=a.log_level, lifecycle=str(a.lifecycle),
                   autostart=str(not a.no_autostart))
     if a.graph == "build_map":
@@ -54,10 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         specs = GRAPHS[a.graph](**kwargs)
     except EXPECTED_ERRORS as exc:
         return report_error("vpr_ros_launch", exc)
-    if any(s.package == "rviz2" for s in specs) and shutil.which("rviz2") is None:
+    if a.rviz and not rviz2_installed():
         print("[vpr_ros_launch] rviz2 is not installed here (apt install ros-<distro>-rviz2); starting the nodes "
               f"without it (config: {default_rviz_config()})", flush=True)
-        specs = [s for s in specs if s.package != "rviz2"]
     for s in specs:
         print(f"[vpr_ros_launch] starting {s.name}: {' '.join(s.command())}", flush=True)
     procs = start_graph(specs)

@@ -32,7 +32,7 @@ from visualization_msgs.msg import MarkerArray
 
 from vpr_ros.config import LOCALIZER_SECTIONS, LocalizerConfig, ModelConfig
 from vpr_ros.debug_view import keyframe_image, side_by_side
-from vpr_ros.errors import ConfigError, VprError
+from vpr_ros.errors import ConfigError, MapError, VprError
 from vpr_ros.frame_slots import LatestFrameSlots
 from vpr_ros.localization import LocalizationResult, Localizer
 from vpr_ros.mapping.map_store import ModelIdentity, VprMap
@@ -85,6 +85,7 @@ class LocalizerCore(VprNodeMixin):
         self.localizer: Localizer | None = None
         self.backend: DescriptorBackend | None = None
         self.loaded_map_dir = ""
+        self.frame = self.cfg.map_frame or "map"  # the loaded map's frame once one is loaded
         self._status = (DiagnosticStatus.WARN, "not configured")
         self._subs: list[Any] = []
         self._worker: threading.Thread | None = None
@@ -197,6 +198,12 @@ class LocalizerCore(VprNodeMixin):
         with self._load_lock:
             try:
                 vmap = VprMap.load(map_dir, expect=ModelIdentity.of_backend(self.backend))
+                frame = vmap.manifest.map_frame
+                if self.cfg.map_frame and self.cfg.map_frame != frame:
+                    raise MapError(f"{map_dir}: its keyframe poses are in frame '{frame}' but map_frame is "
+                                   f"'{self.cfg.map_frame}': poses stamped '{self.cfg.map_frame}' would put the robot "
+                                   f"in the wrong place (set map_frame to '{frame}', or to '' for the map's own "
+                                   "frame, or rebuild the map in that frame)")
                 if self.localizer is None:
                     self.localizer = Localizer(self.backend, vmap, self.cfg, self.cfgs["verification"])
                 else:
@@ -211,6 +218,7 @@ class LocalizerCore(VprNodeMixin):
             self._set_status(DiagnosticStatus.WARN if note else DiagnosticStatus.OK,
                              f"map with {len(vmap)} keyframes loaded from {map_dir}" + (f"; {note}" if note else ""))
             self.loaded_map_dir = str(map_dir)
+            self.frame = frame
             self.counters.map_loads += 1
         self._publish_keyframes(vmap)
         return True
@@ -247,16 +255,16 @@ class LocalizerCore(VprNodeMixin):
     def _publish_keyframes(self, vmap: VprMap) -> None:
         node: Any = self
         path = Path()
-        path.header.frame_id = self.cfg.map_frame
+        path.header.frame_id = self.frame
         path.header.stamp = node.get_clock().now().to_msg()
         for kf in vmap.keyframes:
             ps = PoseStamped()
-            ps.header.frame_id = self.cfg.map_frame
+            ps.header.frame_id = self.frame
             ps.header.stamp = sec_to_stamp(kf.stamp)
             ps.pose = pose_msg(kf.pose)
             path.poses.append(ps)
         self.safe_publish(self.pub_keyframes, path)
-        self.safe_publish(self.pub_markers, keyframe_markers(vmap, self.cfg.map_frame, path.header.stamp))
+        self.safe_publish(self.pub_markers, keyframe_markers(vmap, self.frame, path.header.stamp))
 
     # ------------------------------------------------------------------ input
     def _on_info(self, camera: str, msg: CameraInfo) -> None:
@@ -309,11 +317,11 @@ class LocalizerCore(VprNodeMixin):
             return
         self._publish(result, msg.header.stamp)
         if self.pub_markers.get_subscription_count() > 0:
-            self.safe_publish(self.pub_markers, match_markers(result, self.cfg.map_frame, msg.header.stamp))
+            self.safe_publish(self.pub_markers, match_markers(result, self.frame, msg.header.stamp))
         if self.pub_debug.get_subscription_count() > 0:  # only built when someone looks
             top = result.matches[0]
             view = side_by_side(rgb, keyframe_image(top.keyframe.image_ref), top.db_id, top.score, result.accepted)
-            self.safe_publish(self.pub_debug, rgb_to_image(view, stamp, self.cfg.map_frame))
+            self.safe_publish(self.pub_debug, rgb_to_image(view, stamp, self.frame))
             self.counters.debug_images += 1
         self.counters.processed += 1
         self.counters.inference_ms.append(result.timings_ms["inference"])
@@ -326,7 +334,7 @@ class LocalizerCore(VprNodeMixin):
 
     # ------------------------------------------------------------------ output
     def _publish(self, r: LocalizationResult, stamp: Any) -> None:
-        frame = self.cfg.map_frame
+        frame = self.frame
         self._maybe_initial_pose(r, stamp)  # first: decided by the time the frame's table is out
         rows = [(r.stamp, m.keyframe.stamp, m.db_id, m.rank, m.score,
                  float(m.rank == 0 and r.loop is not None and r.loop.publish), *m.keyframe.pose, m.local_score)
@@ -376,14 +384,14 @@ class LocalizerCore(VprNodeMixin):
         if ip.mode == "always" and r.stamp - self._initial_last < ip.min_interval:
             return
         msg = PoseWithCovarianceStamped()
-        msg.header.stamp, msg.header.frame_id = stamp, self.cfg.map_frame
+        msg.header.stamp, msg.header.frame_id = stamp, self.frame
         msg.pose.pose = pose_msg(r.pose)
         msg.pose.covariance = r.covariance
         self.safe_publish(self.pub_initial, msg)
         self._initial_armed, self._initial_last = False, r.stamp
         self.counters.initial_poses += 1
         self.say("info", f"initial pose sent on {ip.topic}: x {r.pose[0]:.2f} y {r.pose[1]:.2f} in "
-                         f"'{self.cfg.map_frame}' (sigma {sigma:.2f} m, keyframe {r.matches[0].db_id})")
+                         f"'{self.frame}' (sigma {sigma:.2f} m, keyframe {r.matches[0].db_id})")
 
     def _on_relocalize(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
         """Arm initial_pose: the next verified metric pose within the gate is sent (mode 'once')."""
@@ -419,7 +427,7 @@ class LocalizerCore(VprNodeMixin):
         values = {
             "backend": b.name if b else "", "backend_selection": getattr(b, "selection", "") if b else "", "model_id": b.model_id if b else "",
             "weights": b.weights_source if b else "",
-            "map_dir": self.cfg.map_dir, "map_loaded_from": self.loaded_map_dir,
+            "map_dir": self.cfg.map_dir, "map_loaded_from": self.loaded_map_dir, "map_frame": self.frame,
             "map_keyframes": len(loc.map) if loc else 0,
             "frames_received": s.received, "frames_processed": c.processed,
             "frames_dropped": s.dropped, "frames_failed": c.errors,

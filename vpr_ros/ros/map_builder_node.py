@@ -51,7 +51,7 @@ from vpr_ros.ros.conversions import image_to_rgb, pose_tuple, stamp_to_sec
 from vpr_ros.ros.node_base import (PROBLEM_WINDOW, STAMP_AHEAD_TOLERANCE, VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
                                    pose_qos, sibling_topic)
 from vpr_ros.ros.map_builder_slam import SlamSide
-from vpr_ros.ros.node_main import node_help, run_node, wants_help
+from vpr_ros.ros.node_main import SignalLatch, node_help, run_node, wants_help
 from vpr_ros.ros.params import LiveParameters, declare_config
 from vpr_ros.runtime.base import DescriptorBackend
 from vpr_ros.runtime.factory import open_backend
@@ -554,11 +554,11 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         self.say("info", text)
         return text
 
-    def finish(self) -> str:
+    def finish(self, abandon: "SignalLatch | None" = None) -> str:
         """Shutdown path: take the images still waiting for a pose, encode every pending keyframe
-        (until done, or until a second signal sets ``_abandon``: then they stay on disk for the next
-        start), snapshot the index; returns the last status line. No time budget: nothing accepted
-        depends on finishing."""
+        (until done, or until ``abandon`` fires (a second signal): then they stay on disk for the
+        next start), snapshot the index; returns the last status line. No time budget: nothing
+        accepted depends on finishing."""
         self._finished = True
         with self._pair_lock:
             waiting = len(self._waiting)
@@ -573,7 +573,10 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         if self._queue.unfinished_tasks:
             while self._queue.unfinished_tasks and not self._abandon.is_set() and self._worker is not None \
                     and self._worker.is_alive():
-                self._abandon.wait(0.05)
+                if abandon is None:
+                    self._abandon.wait(0.05)
+                elif abandon.wait(0.05):
+                    self._abandon.set()  # here, on this thread: never from the signal handler
         left = self._queue.unfinished_tasks + self.left_pending
         try:
             text = self.save()
@@ -654,12 +657,9 @@ MapBuilderLifecycleNode = lifecycle_class(MapBuilderCore, "map_builder")
 def _finish(node: Any) -> None:
     """run_node's last step: encode what is pending; a further SIGINT/SIGTERM (a second Ctrl-C,
     ros2 launch's escalation) stops that after the keyframe in hand, leaving the rest on disk."""
-    def stop_encoding(*_: Any) -> None:
-        node._abandon.set()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop_encoding)
+    abandon = SignalLatch().install(signal.SIGINT, signal.SIGTERM)
     if getattr(node, "builder", None) is not None and not node._finished:
-        node.finish()
+        node.finish(abandon)
 
 
 def main(args: list[str] | None = None) -> int:

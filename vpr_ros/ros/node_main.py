@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import threading
@@ -46,9 +47,50 @@ def wants_help(args: list[str] | None) -> bool:
 SIGNAL_POLL = 0.1
 
 
-def stop_requests() -> threading.Event:
-    """SIGINT and SIGTERM handlers that only set the returned event; call before ``rclpy.init``
-    with ``SignalHandlerOptions.NO``.
+class SignalLatch:
+    """Signals turned into bytes in a pipe: no Python code runs in the handler, no lock is taken.
+
+    ``threading.Event.set`` in a handler takes the event's lock; a handler runs on the main thread
+    between two bytecodes, so when that thread was inside ``Event.wait`` on the same event
+    (holding the lock) the handler waited for itself forever (a 1-in-10 deadlock of double
+    SIGTERM in the map builder's drain). A Python function as handler can also be re-entered by
+    the next signal before it returns (a burst of signals ends in RecursionError). Here the
+    handler is a C builtin that does nothing (``slice(signum, frame)``), and CPython's own C-level
+    handler writes each signal's number into the wakeup fd (``signal.set_wakeup_fd``, one per
+    process: the latch installed last gets the signals). ``count`` is how many were read."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def install(self, *signals: int) -> "SignalLatch":
+        """Make ``signals`` land here (call on the main thread)."""
+        signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        for sig in signals:
+            signal.signal(sig, slice)  # a builtin: returns at once, runs no bytecode, never nests
+        return self
+
+    def is_set(self) -> bool:
+        """True once a signal has arrived (reads what the pipe holds; never blocks)."""
+        try:
+            while data := os.read(self._read, 512):
+                self.count += len(data)
+        except BlockingIOError:
+            pass
+        return self.count > 0
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until a signal or ``timeout`` (s); True if one has arrived (now or before)."""
+        if not self.is_set():
+            select.select([self._read], [], [], timeout)
+        return self.is_set()
+
+
+def stop_requests() -> SignalLatch:
+    """SIGINT and SIGTERM handlers that only count into the returned latch; call before
+    ``rclpy.init`` with ``SignalHandlerOptions.NO``.
 
     rclpy's own handlers wake a native thread that triggers guard conditions and shuts contexts
     down while the main thread goes on: that thread then runs concurrently with executor and node
@@ -58,13 +100,7 @@ def stop_requests() -> threading.Event:
     including inside message conversion. Here a signal is a flag the main thread reads; every
     shutdown step then runs on the main thread, in order.
     """
-    requested = threading.Event()
-
-    def request(_signum: int, _frame: object) -> None:
-        requested.set()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, request)
-    return requested
+    return SignalLatch().install(signal.SIGINT, signal.SIGTERM)
 
 
 def stop_executor(executor: MultiThreadedExecutor) -> None:
@@ -72,11 +108,14 @@ def stop_executor(executor: MultiThreadedExecutor) -> None:
     loop has ended). rclpy's ``shutdown`` does not wait for them: its own wait is skipped (the
     shutdown flag is set before it is tested), and only Kilted's override joins the thread pool,
     so on Jazzy a callback could still run while the node is finished and destroyed. The pool is
-    rclpy's ``_executor`` attribute (Humble to Kilted); joined here if present."""
-    executor.shutdown(timeout_sec=0)
+    rclpy's ``_executor`` attribute (Humble to Kilted); it is joined here *before* the executor
+    shuts down: a task still queued there ends by triggering the executor's guard condition, which
+    ``shutdown`` destroys, and the InvalidHandle it then raises is stored in the task and printed
+    at exit as "The following exception was never retrieved" (rclpy ``executors.py`` handler)."""
     pool = getattr(executor, "_executor", None)
     if pool is not None and hasattr(pool, "shutdown"):
         pool.shutdown(wait=True)
+    executor.shutdown(timeout_sec=0)
 
 
 def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
@@ -153,4 +192,9 @@ def run_node(make: Callable[[], Node], name: str, args: list[str] | None = None,
                 print(f"{name}: {exc}", file=sys.stderr)
                 code = code or 1
         rclpy.try_shutdown()
+        # Python's finalisation puts SIG_DFL back in place of handlers it installed, so a SIGTERM
+        # arriving now (ros2 launch escalating on a loaded machine) would turn a clean exit into -15;
+        # the work is done, so later signals are ignored (SIGKILL still ends the process)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
     return code
