@@ -254,6 +254,34 @@ def test_map_builder_pairs_images_with_sparse_odometry(rclpy_context, tmp_path, 
     assert [round(k.pose[0], 6) for k in vmap.keyframes] == [x(t) for t in stamps]
     assert vmap.manifest.map_frame == "odom"
 
+    # Nav2 frames: a localizer on this map publishes in 'odom' (its default map_frame '' is the
+    # map's frame); one told map_frame 'map' refuses the map instead of mislabelling its poses
+    from vpr_ros.ros.localizer_node import LocalizerNode
+
+    loc = LocalizerNode(parameter_overrides=overrides(map_dir=str(map_dir), qos="reliable", score_threshold=0.0))
+    s = Spinning(loc)
+    try:
+        p = QueryPlayer("image")
+        assert p.wait_for_localizer(HANG_GUARD_S)
+        assert p.play([first.images[2]], [900.0], timeout=HANG_GUARD_S) == 1
+        pose = p.log.poses[900.0]
+        assert pose.header.frame_id == "odom" and p.log.matches[900.0].header.frame_id == "odom"
+        cov = pose.pose.covariance
+        assert cov[0] >= 0.05 ** 2 and cov[35] >= 0.02 ** 2  # the documented floors
+        p.destroy_node()
+    finally:
+        s.stop()
+    strict = LocalizerNode(parameter_overrides=overrides(map_dir=str(map_dir), map_frame="map", diagnostics_period=0.2))
+    s = Spinning(strict)
+    try:
+        p = QueryPlayer("image")
+        st, _ = last_diag(p)
+        assert st.level == DiagnosticStatus.ERROR and "frame 'odom' but map_frame is 'map'" in st.message, st.message
+        assert strict.localizer is None
+        p.destroy_node()
+    finally:
+        s.stop()
+
 
 def test_map_builder_node_with_navsatfix_poses(rclpy_context, tmp_path, traversals):
     from sensor_msgs.msg import NavSatFix, NavSatStatus
