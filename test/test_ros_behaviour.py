@@ -386,6 +386,29 @@ def test_signal_handlers_take_no_lock_so_a_storm_of_signals_never_deadlocks():
             proc.kill()
 
 
+def test_three_hundred_concurrent_service_calls_are_all_answered(rclpy_context, built_map):
+    """Three clients send 100 vpr/relocalize calls each at once (rclpy's default service queue of 10
+    answered 13 of 300); the clients keep their own answers with a deep queue, as a caller must."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from std_srvs.srv import Trigger
+
+    from vpr_ros.ros.localizer_node import LocalizerNode
+
+    loc = LocalizerNode(parameter_overrides=overrides(map_dir=str(built_map), **{"initial_pose.enabled": True}))
+    s = Spinning(loc)
+    caller = rclpy.create_node("many_callers")
+    try:
+        deep = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        clients = [caller.create_client(Trigger, "vpr/relocalize", qos_profile=deep) for _ in range(3)]
+        assert all(c.wait_for_service(timeout_sec=HANG_GUARD_S) for c in clients)
+        futures = [c.call_async(Trigger.Request()) for c in clients for _ in range(100)]
+        assert until(lambda: all(f.done() for f in futures), spin=caller), sum(f.done() for f in futures)
+        assert all(f.result().success and f.result().message.startswith("armed") for f in futures)
+    finally:
+        caller.destroy_node()
+        s.stop()
+
+
 def test_localizer_process_shuts_down_quietly(rclpy_context, tmp_path, built_map):
     """SIGINT while frames are being answered: exit 0, nothing above INFO after the signal."""
     params = _write_params(tmp_path / "p.yaml", map_dir=str(built_map), qos="reliable", score_threshold=0.0,

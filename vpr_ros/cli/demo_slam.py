@@ -88,11 +88,16 @@ def _report(drive: Any, pairs: list, used: list, back_end: Any, out: Path) -> in
     est = back_end.positions()
     ok = [float(np.linalg.norm(truth[c] - truth[p])) < 1.5 for c, p, _ in used]
     rmse = lambda x: float(np.sqrt(np.mean(np.sum((x - truth) ** 2, axis=1))))  # noqa: E731
-    lag = [at - 1 - c for c, _, at in used]
+    lag = [at - 1 - c for c, _, at in used if at >= 0]
+    late = sum(at < 0 for _, _, at in used)
     print(f"[demo] loop closures published on vpr/loop_closures: {len(pairs)}; used by the LIO-SAM-style back end: "
           f"{len(used)}" + (f", {sum(ok)} join the same place (precision {np.mean(ok):.2f})" if used else ""))
-    if used:
-        print(f"[demo] they arrived while driving: median {np.median(lag):.0f} frame(s) after the revisiting frame")
+    if lag:
+        print(f"[demo] {len(lag)} arrived while driving: median {np.median(lag):.0f} frame(s) after the revisiting "
+              "frame")
+    if late:
+        print(f"[demo] {late} arrived after the last frame was sent (the encoder was behind: a slower or busier "
+              "machine than the drive's rate)")
     print(f"[demo] trajectory RMSE: odometry {rmse(odo):.2f} m, pose graph with the loop closures {rmse(est):.2f} m")
     png = _plot(truth, odo, est, used, out / "slam.png")
     print(f"[demo] wrote {png}")

@@ -21,7 +21,8 @@ from vpr_ros.ros.player import camera_info_msg
 
 @dataclass
 class DriveLog:
-    """What the node published: ``[t_cur, t_pre]`` pairs (with the frames sent when each came),
+    """What the node published: ``[t_cur, t_pre]`` pairs (with the frames sent when each came; -1
+    once the whole drive was sent, while the node still works through its backlog),
     loop_closure_table rows by query stamp, and its diagnostics values."""
 
     pairs: list[tuple[float, float, int]] = field(default_factory=list)
@@ -80,6 +81,7 @@ def play_drive(images: Sequence[np.ndarray], depths: Sequence[np.ndarray], stamp
             sent[0] = k + 1
             spin_for(1.0 / rate)
             after_frame(k, log)
+        sent[0] = -1  # what arrives from here came after the drive
         spin_for(finish_timeout, lambda: log.diagnostics and int(log.diagnostics[-1].get("keyframes", 0)) >= len(images)
                  and int(log.diagnostics[-1].get("pending", 1)) == 0)
         spin_for(1.0)

@@ -40,7 +40,7 @@ from vpr_ros.ros.conversions import image_to_rgb, pose_msg, rgb_to_image, sec_to
 from vpr_ros.ros.loop_output import describe_closure, publish_loop
 from vpr_ros.ros.markers import keyframe_markers, match_markers
 from vpr_ros.ros.node_base import (PROBLEM_WINDOW, STAMP_AHEAD_TOLERANCE, VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
-                                   sibling_topic)
+                                   SERVICE_QOS, sibling_topic)
 from vpr_ros.ros.node_main import node_help, run_node, wants_help
 from vpr_ros.ros.params import LiveParameters, declare_config
 from vpr_ros.runtime.base import DescriptorBackend
@@ -103,9 +103,9 @@ class LocalizerCore(VprNodeMixin):
         self.pub_diag = node.create_publisher(DiagnosticArray, self.cfg.diagnostics_topic, 10)
         self.pub_markers = node.create_publisher(MarkerArray, "vpr/markers", 10)
         self.pub_debug = node.create_publisher(Image, "vpr/debug_image", 2)
-        node.create_service(Trigger, "vpr/reload_map", self.guarded(self._on_reload, service=True))
-        node.create_service(Trigger, "vpr/save_map", self.guarded(self._on_save, service=True))
-        node.create_service(Trigger, "vpr/relocalize", self.guarded(self._on_relocalize, service=True))
+        for name, handler in (("reload_map", self._on_reload), ("save_map", self._on_save),
+                              ("relocalize", self._on_relocalize)):
+            node.create_service(Trigger, f"vpr/{name}", self.guarded(handler, service=True), qos_profile=SERVICE_QOS)
         self.pub_initial = node.create_publisher(PoseWithCovarianceStamped, self.cfgs["initial_pose"].topic, 10)
         self._initial_armed, self._initial_last = True, -math.inf  # 'once': armed at start and by vpr/relocalize
         self._rate_window: deque[tuple[float, int, int, int]] = deque(maxlen=30)

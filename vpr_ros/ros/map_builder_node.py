@@ -49,7 +49,7 @@ from vpr_ros.mapping.store.pending import PendingFrame, RawImage
 from vpr_ros.mapping.pose_pairing import NONE, READY, LivePoseTrack, StampedPose
 from vpr_ros.ros.conversions import image_to_rgb, pose_tuple, stamp_to_sec
 from vpr_ros.ros.node_base import (PROBLEM_WINDOW, STAMP_AHEAD_TOLERANCE, VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
-                                   pose_qos, sibling_topic)
+                                   SERVICE_QOS, pose_qos, sibling_topic)
 from vpr_ros.ros.map_builder_slam import SlamSide
 from vpr_ros.ros.node_main import SignalLatch, node_help, run_node, wants_help
 from vpr_ros.ros.params import LiveParameters, declare_config
@@ -122,7 +122,7 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
 
         # a group of its own: an index snapshot on request never holds up the image callbacks
         node.create_service(Trigger, "vpr/save_map", self.guarded(self._on_save, service=True),
-                            callback_group=MutuallyExclusiveCallbackGroup())
+                            callback_group=MutuallyExclusiveCallbackGroup(), qos_profile=SERVICE_QOS)
         self._slam_setup()
         self.pub_diag = node.create_publisher(DiagnosticArray, self.cfg.diagnostics_topic, 10)
         self.steady_timer(1.0, self._publish_diagnostics)

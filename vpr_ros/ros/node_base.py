@@ -35,6 +35,11 @@ def image_qos(name: str, depth: int = 10) -> QoSProfile:
     return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
 
 
+#: Services keep up to this many requests waiting (rclpy's default keeps 10: of 300 concurrent
+#: vpr/relocalize calls 13 were answered); each answer is quick, so a deep queue costs nothing.
+SERVICE_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+
+
 def pose_qos(name: str) -> QoSProfile:
     """Pose streams keep more history than images (they are small and paired later)."""
     reliability = ReliabilityPolicy.BEST_EFFORT if name == "sensor_data" else ReliabilityPolicy.RELIABLE
