@@ -44,8 +44,15 @@ def temporary_name(path: Path) -> Path:
 def replaced_atomically(path: Path, error: type[VprError] = VprError, strict: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; when the block succeeds it is fsynced and renamed over
     ``path`` (the folder fsynced too, see :func:`fsync_dir` for ``strict``); when it raises, the
-    temporary is removed and ``path`` is untouched. OS errors become ``error`` naming ``path``."""
+    temporary is removed and ``path`` is untouched. OS errors become ``error`` naming ``path``; a
+    ``path`` that is a folder, FIFO, device or socket is refused before anything is written."""
     path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise error(f"{path}: is {_kind(mode)}, not a regular file: nothing written")
     tmp = temporary_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

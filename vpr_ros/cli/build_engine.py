@@ -7,16 +7,18 @@ import argparse
 import logging
 from pathlib import Path
 
-from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, positive_int, report_error
 from vpr_ros.errors import VprError
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vpr_ros_build_engine", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpWithDefaults, prog="vpr_ros_build_engine", description=__doc__.split("\n\n")[0])
     ap.add_argument("onnx", help="ONNX file from vpr_ros_export (FP32) or vpr_ros_quantize (INT8)")
-    ap.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
+    ap.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16",
+                    help="engine precision (int8 needs a Q/DQ graph from vpr_ros_quantize)")
     ap.add_argument("--max-batch", type=int, default=8, help="optimisation profile: min 1, opt 1, max N")
-    ap.add_argument("--workspace-mib", type=int, default=2048)
+    ap.add_argument("--workspace-mib", type=positive_int, default=2048,
+                    help="TensorRT builder workspace (MiB of GPU memory)")
     ap.add_argument("--device", default="cuda", help="cuda or cuda:N")
     ap.add_argument("--gate-images", default="", help="folder of real images for the accuracy gate "
                     "(default: procedural street views)")

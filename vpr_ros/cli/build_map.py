@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vpr_ros.config import MAP_BUILDER_SECTIONS, load_node_config
 from vpr_ros.datasets import list_images, read_poses_csv, read_rgb, utm_from_name
-from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, report_error
 from vpr_ros.cli.model_args import add_model_args, model_with_args, warn_if_random
 from vpr_ros.errors import DatasetError
 from vpr_ros.geometry import planar_pose
@@ -67,7 +67,7 @@ def _from_bag(builder: MapBuilder, bag: Path, a: argparse.Namespace, max_pose_ag
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vpr_ros_build_map", description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(formatter_class=HelpWithDefaults, prog="vpr_ros_build_map", description=__doc__.splitlines()[0],
                                  epilog="--map-dir semantics: a new directory gets a new map; an existing map is "
                                         "replaced when the build succeeds (all or nothing), or extended with "
                                         "--append (one transaction: all or nothing); a map that cannot be read is "

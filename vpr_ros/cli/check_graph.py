@@ -7,14 +7,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, report_error
 from vpr_ros.errors import VprError
 
 MAX_SIZE = 4 << 30  # bytes: a protobuf ONNX file cannot exceed 2 GiB; leave room for a wrong guess
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vpr_ros_check_graph", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpWithDefaults, prog="vpr_ros_check_graph", description=__doc__.split("\n\n")[0])
     ap.add_argument("onnx", help="ONNX file (vpr_ros_export, vpr_ros_quantize, or any other)")
     ap.add_argument("--tensorrt", default="10.3", metavar="VERSION",
                     help="TensorRT version of the robot, MAJOR.MINOR (default: %(default)s, JetPack 6.1/6.2); "

@@ -7,12 +7,12 @@ import argparse
 import sys
 
 from vpr_ros.config import model_config_from
-from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, report_error
 from vpr_ros.model.convert import LAYOUTS
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vpr_ros_convert_weights", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(formatter_class=HelpWithDefaults, prog="vpr_ros_convert_weights", description=__doc__.split("\n\n")[0],
                                  epilog="layouts: " + "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items()))
     ap.add_argument("--model-config", default="", help="a models/*.yaml file describing the network")
     ap.add_argument("--params-file", default="", help="params YAML whose model.* section to use")

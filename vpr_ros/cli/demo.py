@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 
 from vpr_ros.config import KeyframeConfig, model_config_from
-from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, report_error
 from vpr_ros.cli.model_args import add_model_args, model_with_args
 from vpr_ros.evaluation import positives_within, recall_at_n
 from vpr_ros.geometry import planar_pose
@@ -299,7 +299,7 @@ def _plot(data: DemoData, ranked: np.ndarray, scores: np.ndarray, latency: np.nd
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vpr_ros_demo", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpWithDefaults, prog="vpr_ros_demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="", help="folder with ref/, query/ (and ground_truth.csv); "
                     "default: a rendered 3-D corridor")
     ap.add_argument("--scene", choices=("corridor", "street"), default="corridor",

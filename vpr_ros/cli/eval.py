@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 
 from vpr_ros.config import model_config_from
 from vpr_ros.datasets import LAYOUTS, read_eval_dataset
 from vpr_ros import __version__
-from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, non_negative_int, positive_float, positive_int, report_error
 from vpr_ros.cli.model_args import add_model_args, model_with_args, warn_if_random
 from vpr_ros.errors import DatasetError
 
@@ -24,43 +25,26 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "vpr_ros" / "descriptors"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vpr_ros_eval", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpWithDefaults, prog="vpr_ros_eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset", help="dataset folder")
-    ap.add_argument("--layout", choices=LAYOUTS, default="auto")
-    ap.add_argument("--radius", type=_positive_float, default=25.0, help="gmberton: positives within this many metres")
-    ap.add_argument("--tolerance", type=int, default=2, help="sequence: positives within +- this many frames")
+    ap.add_argument("--layout", choices=LAYOUTS, default="auto",
+                    help="dataset layout: gmberton (database/ and queries/ with @UTM@ names), vpr_bench "
+                         "(ref/ query/ ground_truth.npy), sequence (ground_truth.csv of frame ids); auto detects it")
+    ap.add_argument("--radius", type=positive_float, default=25.0, help="gmberton: positives within this many metres")
+    ap.add_argument("--tolerance", type=non_negative_int, default=2, help="sequence: positives within +- this many frames")
     ap.add_argument("--params-file", default="", help="params YAML whose model.* section to use")
     add_model_args(ap)
-    ap.add_argument("--batch-size", type=_positive_int, default=16)
+    ap.add_argument("--batch-size", type=positive_int, default=16,
+                    help="images per forward pass (also the group size of cross-image encoders)")
     ap.add_argument("--pca", default="", help="PCA file (.npz from training) applied to the descriptors")
     ap.add_argument("--rerank", choices=("none", "classical", "dense"), default="none",
                     help="re-rank the global top-K by local matching: 'classical' (robust fundamental-matrix "
                     "inliers of SIFT/ORB features) or 'dense' (mutual nearest neighbours of the network's "
                     "dense features)")
-    ap.add_argument("--rerank-top-k", type=_positive_int, default=20, help="candidates re-ranked per query")
+    ap.add_argument("--rerank-top-k", type=positive_int, default=20, help="candidates re-ranked per query")
     ap.add_argument("--features", choices=("sift", "orb"), default="sift", help="local features for --rerank")
-    ap.add_argument("--min-inliers", type=_positive_int, default=30,
+    ap.add_argument("--min-inliers", type=positive_int, default=30,
                     help="inliers that make a re-ranked top-1 a verified loop closure (its precision/recall)")
     ap.add_argument("--cache-dir", default=str(default_cache_dir()), help="descriptor cache ('' disables)")
     ap.add_argument("--output", default="eval_output", help="where results.json, CSVs and eval.png go")
@@ -71,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         from vpr_ros.eval_run import check_output_dir, evaluate, write_outputs
 
         check_output_dir(Path(a.output))
-        if a.tolerance < 0:
-            raise DatasetError(f"--tolerance must not be negative, got {a.tolerance}")
         dataset = read_eval_dataset(a.dataset, a.layout, a.radius, a.tolerance)
         print(f"[eval] {dataset.name} ({dataset.layout}): {len(dataset.database)} database, "
               f"{len(dataset.queries)} queries")
@@ -119,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                 what = summary.score_unit
                 print(f"[eval] re-ranked top-{summary.top_k} by {vcfg.features} {what} ({summary.ms_per_query:.1f} ms/query):")
                 print(f"[eval] verified top-1 ({what} >= {vcfg.min_inliers}): {summary.verified} of "
-                      f"{len(dataset.queries)} queries, precision {summary.precision:.3f}, recall {summary.recall:.3f}")
+                      f"{len(dataset.queries)} queries, precision "
+                      + (f"{summary.precision:.3f}" if summary.verified else "n/a (none verified)")
+                      + f", recall {summary.recall:.3f}")
                 if summary.verified >= 0.95 * len(dataset.queries) and len(dataset.queries) >= 10:
                     print(f"[eval] NOTE: {summary.verified} of {len(dataset.queries)} top-1 matches reach {vcfg.min_inliers} "
                           f"{what}: the threshold separates nothing here; raise --min-inliers (dense scores count "
@@ -131,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         if summary is not None and summary.pr_local is not None:
             print(f"[eval] PR AUC {summary.pr_local.auc:.3f}   recall at 100% precision "
                   f"{summary.pr_local.recall_at_100_precision:.3f} (of the re-ranked top-1's {summary.score_unit})")
-        print("[eval] timings: " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
+        print("[eval] timings: " + ", ".join(f"{k} {v:.2f}" if math.isfinite(v) else
+                                             f"{k} n/a ({'descriptors from the cache' if 'describe' in k else 'not run'})"
+                                             for k, v in result.timings.items()))
         settings = {
             "dataset_path": str(Path(a.dataset).resolve()), "layout": a.layout, "radius_m": a.radius,
             "tolerance_frames": a.tolerance, "model": dataclasses.asdict(cfg), "backend": backend_name,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from vpr_ros.config import model_config_from
-from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, report_error
 from vpr_ros.cli.model_args import RANDOM_WEIGHTS_WARNING, add_model_args, model_with_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vpr_ros_export", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpWithDefaults, prog="vpr_ros_export", description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", required=True, help="ONNX file to write")
     ap.add_argument("--params-file", default="", help="params YAML whose model.* section to use")
     ap.add_argument("--pca", default="", help="PCA .npz to bake into the graph")
@@ -23,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if not cfg.weights:
             print(f"vpr_ros_export: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr, flush=True)
-        info = export_onnx(cfg, a.output)
+        start = time.monotonic()
+
+        def step(text: str) -> None:
+            print(f"vpr_ros_export: [{time.monotonic() - start:5.1f} s] {text}", flush=True)
+        info = export_onnx(cfg, a.output, progress=step)
         print(f"vpr_ros_export: wrote {info.path} ({info.metadata['vpr_ros.model_id']}, "
               f"{info.metadata['vpr_ros.descriptor_dim']}-d); ONNX Runtime vs PyTorch max |diff| "
               f"{info.max_abs_diff:.2e}")

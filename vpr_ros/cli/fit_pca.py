@@ -10,17 +10,17 @@ import logging
 import sys
 from pathlib import Path
 
-from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, report_error
 from vpr_ros.errors import VprError
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vpr_ros_fit_pca", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpWithDefaults, prog="vpr_ros_fit_pca", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-config", default="", help="the trained model's model.yaml (runs/*/best/model.yaml)")
     ap.add_argument("--config", default=None, help="YAML with model/data/pca sections (default: config/fit_pca.yaml)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override one setting, e.g. --set pca.dim=1024; repeatable")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s] %(message)s")
     import os

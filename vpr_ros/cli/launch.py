@@ -8,7 +8,7 @@ import argparse
 import signal
 import time
 
-from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, report_error
 from vpr_ros.config import read_yaml
 from vpr_ros.launch_graph import (GRAPHS, LOG_LEVELS, default_params_file, default_rviz_config, rviz2_installed,
                                   start_graph, stop_graph)
@@ -17,7 +17,7 @@ DEFAULT_PARAMS = {"localize": "localizer.yaml", "build_map": "map_builder.yaml"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vpr_ros_launch", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpWithDefaults, prog="vpr_ros_launch", description=__doc__.splitlines()[0])
     ap.add_argument("graph", choices=sorted(GRAPHS), help="which launch file's graph to run")
     ap.add_argument("--map-dir", default="", help="map directory (overrides the params file)")
     ap.add_argument("--params-file", default="", help="ROS parameters YAML (default: config/ of the package)")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vpr_ros import __version__
-from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, positive_float, report_error
 from vpr_ros.cli.model_args import add_model_args, model_with_args, warn_if_random
 from vpr_ros.errors import ConfigError, DatasetError
 
@@ -58,7 +58,7 @@ def _bag_frames(bag: Path, a: argparse.Namespace) -> tuple[Iterator[Any], int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vpr_ros_localize", description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(formatter_class=HelpWithDefaults, prog="vpr_ros_localize", description=__doc__.splitlines()[0],
                                  epilog="Example: vpr_ros_localize ~/bags/run2 --map-dir ~/maps/lab --image-topic "
                                         "/camera/image_raw --pose-topic /odom --set score_threshold=0.6")
     ap.add_argument("source", help="folder of images, or a rosbag2 directory (.db3 / .mcap)")
@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trajectory", default="", help="bag: ground-truth TUM / CSV trajectory (optional)")
     ap.add_argument("--camera-info-topic", default="", help="bag: CameraInfo of the camera (geometric verification)")
     ap.add_argument("--poses", default="", help="folder: ground-truth poses CSV image,x,y[,yaw][,stamp] (optional)")
-    ap.add_argument("--correct-within", type=float, default=25.0,
+    ap.add_argument("--correct-within", type=positive_float, default=25.0,
                     help="m: a top-1 match this close to the frame's true position counts as correct")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
     add_model_args(ap)
     a = ap.parse_args(argv)
     try:

@@ -7,19 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
-from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, cosine, non_negative_float, non_negative_int, report_error
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vpr_ros_map_info", description=__doc__.split("\n\n")[0])
-    ap.add_argument("map_dir")
+    ap = argparse.ArgumentParser(formatter_class=HelpWithDefaults, prog="vpr_ros_map_info", description=__doc__.split("\n\n")[0])
+    ap.add_argument("map_dir", help="map directory")
     ap.add_argument("--plot", default="", metavar="PNG", help="draw the map top-down into this PNG: keyframes "
                     "coloured by session, revisit edges, thumbnails with --thumbnails")
-    ap.add_argument("--edge-score", type=float, default=0.8,
+    ap.add_argument("--edge-score", type=cosine, default=0.8,
                     help="--plot: draw an edge from a keyframe to its best match among keyframes at least "
                          "--edge-gap s older when their cosine reaches this")
-    ap.add_argument("--edge-gap", type=float, default=30.0, help="--plot: seconds between revisit edge ends")
-    ap.add_argument("--thumbnails", type=int, default=0, help="--plot: show up to this many keyframe images "
+    ap.add_argument("--edge-gap", type=non_negative_float, default=30.0, help="--plot: seconds between revisit edge ends")
+    ap.add_argument("--thumbnails", type=non_negative_int, default=0, help="--plot: show up to this many keyframe images "
                     "(maps built from image folders; bag images are not stored)")
     a = ap.parse_args(argv)
     try:

@@ -7,11 +7,12 @@ import argparse
 import functools
 import sys
 
+from vpr_ros.cli import HelpWithDefaults
 from vpr_ros.model.report import PAPER, VARIANTS, component_rows, compute
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vpr_ros_model_report", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpWithDefaults, prog="vpr_ros_model_report", description=__doc__.splitlines()[0])
     ap.add_argument("--markdown", action="store_true", help="print Markdown tables")
     a = ap.parse_args(argv)
     out = functools.partial(print, flush=True)  # every line as soon as it is known (the FLOP counts take a while)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, positive_int, report_error
 from vpr_ros.errors import VprError
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vpr_ros_quantize", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpWithDefaults, prog="vpr_ros_quantize", description=__doc__.split("\n\n")[0])
     ap.add_argument("onnx", help="FP32 ONNX file from vpr_ros_export")
     ap.add_argument("--output", required=True, help="INT8 ONNX file to write")
     ap.add_argument("--calib-images", required=True,
@@ -20,9 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gate-images", default="",
                     help="folder of other real images for the accuracy gate (default: every 5th calibration image, "
                          "kept out of calibration)")
-    ap.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt")
-    ap.add_argument("--method", choices=("percentile", "minmax", "entropy"), default="percentile")
-    ap.add_argument("--max-images", type=int, default=512)
+    ap.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt",
+                    help="who runs the INT8 graph: tensorrt (symmetric INT8 Q/DQ, zero points 0, what its parser "
+                         "accepts) or cpu (ONNX Runtime's UINT8 activations)")
+    ap.add_argument("--method", choices=("percentile", "minmax", "entropy"), default="percentile",
+                    help="calibration: activation ranges from the 99.999th percentile, the min/max, or entropy")
+    ap.add_argument("--max-images", type=positive_int, default=512, help="calibration images used at most")
     a = ap.parse_args(argv)
     try:
         import onnx

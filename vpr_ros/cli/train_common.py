@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from vpr_ros.cli import EXPECTED_ERRORS, report_error
+from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, report_error
 
 if TYPE_CHECKING:
     from vpr_ros.training.distributed import DistInfo
@@ -26,7 +26,7 @@ def default_train_config(stage: str) -> str:
 
 def train_command(stage: str, prog: str, description: str, argv: list[str] | None) -> int:
     """Parse arguments, create or reopen the run folder, train; returns the exit code."""
-    ap = argparse.ArgumentParser(prog=prog, description=description,
+    ap = argparse.ArgumentParser(formatter_class=HelpWithDefaults, prog=prog, description=description,
                                  epilog="Example: %(prog)s --set data.gsv_root=/data/gsv-cities "
                                         "--set train.steps=20000 --set model.weights=student.safetensors")
     ap.add_argument("--config", default=None,
@@ -38,7 +38,7 @@ def train_command(stage: str, prog: str, description: str, argv: list[str] | Non
     ap.add_argument("--resume", default="", metavar="RUN_DIR",
                     help="continue a run from its newest checkpoint (its config.yaml + any --set)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="[%(levelname)s] [%(name)s] %(message)s")

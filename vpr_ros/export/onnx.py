@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -63,13 +64,16 @@ class ExportGraph(nn.Module):
 PARITY_TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| of an accepted export
 
 
-def export_onnx(cfg: ModelConfig, path: str | Path, check_batch: int = 2) -> ExportInfo:
+def export_onnx(cfg: ModelConfig, path: str | Path, check_batch: int = 2,
+                progress: Callable[[str], None] | None = None) -> ExportInfo:
     """Build ``cfg``'s model (weights, PCA), fold BatchNorm, export, check, and compare with
-    ONNX Runtime on random inputs. The file is written atomically."""
+    ONNX Runtime on random inputs. The file is written atomically. ``progress`` is told each step."""
     import onnx
 
     from vpr_ros.model.factory import build_model
 
+    say = progress or (lambda _text: None)
+    say("building the model")
     if cfg.batch_dependent:
         raise ConfigError("cannot export: " + batch_dependent_refusal(cfg))
     model, info = build_model(cfg)
@@ -85,7 +89,9 @@ def export_onnx(cfg: ModelConfig, path: str | Path, check_batch: int = 2) -> Exp
     tmp = temporary_name(path)
     try:
         outputs = [OUTPUT, LOCAL_OUTPUT] if graph.has_local else [OUTPUT]
+        say("tracing it to ONNX with torch.export (the long step: about a minute for ViT-S/14 on 2 cores)")
         _export_dynamo(graph, s, tmp, outputs)
+        say("folding constants (what TensorRT's parser needs)")
         proto = fold_constants(onnx.load(str(tmp)), str(path))  # what TensorRT's parser needs
         meta = metadata_of(info.model_id, info.weights_sha256, s, graph.descriptor_dim,
                            pca.pca_id if pca else "", cfg.arch, info.weights_source,
@@ -96,6 +102,7 @@ def export_onnx(cfg: ModelConfig, path: str | Path, check_batch: int = 2) -> Exp
         onnx.checker.check_model(proto)
         check_or_raise(proto, str(path))  # the graph we ship is one TensorRT 10 parses
         onnx.save(proto, str(tmp))
+        say("comparing ONNX Runtime with PyTorch")
         diff = _parity(graph, tmp, s, check_batch)
     except Exception as exc:  # exporter/checker errors come in many types
         tmp.unlink(missing_ok=True)

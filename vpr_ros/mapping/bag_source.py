@@ -213,6 +213,9 @@ def _decoder(msg: Any, bag: Path, topic: str, t: float) -> Callable[[], np.ndarr
 def _reading(bag: Path) -> Iterator[None]:
     """Whatever a damaged bag makes the reader raise (truncated or garbage files, a broken
     metadata.yaml, bad compression, undecodable messages) becomes one DatasetError naming it."""
+    meta = bag / "metadata.yaml"
+    if bag.is_dir() and (meta.exists() or meta.is_symlink()):  # the reader's own UnicodeDecodeError names nothing
+        read_text(meta, "the bag's metadata.yaml", DatasetError)
     try:
         yield
     except VprError:

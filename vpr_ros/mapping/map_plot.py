@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from vpr_ros.errors import VprError
+from vpr_ros.files import replaced_atomically
+
 
 def revisit_edges(vmap: Any, min_score: float, min_gap_s: float) -> list[tuple[int, int, float]]:
     """(keyframe, earlier keyframe, cosine) for each keyframe whose best match among the keyframes
@@ -79,6 +82,9 @@ def plot_map(vmap: Any, path: Path, title: str, min_score: float = 0.8, min_gap_
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:  # a full disk or a FIFO leaves no half-written PNG behind, and names the file
+        with replaced_atomically(path, VprError) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path, len(edges)
