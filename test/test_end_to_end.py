@@ -61,6 +61,7 @@ def test_bag_to_map_to_localizer_messages_field_by_field(rclpy_context, tmp_path
                       "--pose-topic", "/odom", "--params-file", str(p)]) == 0
     vmap = VprMap.load(tmp_path / "map")
     assert len(vmap) == len(traversals[0].images)
+    assert vmap.manifest.map_frame == "odom"  # the bag's odometry frame: what the localizer publishes in
     node, ex = start_localizer(tmp_path / "map", top_k=3, score_threshold=0.0, temporal_consistency=2,
                                **{"verification.loop_closures": "none"},  # the bag has no CameraInfo
                                consistency_window=24)
@@ -69,7 +70,7 @@ def test_bag_to_map_to_localizer_messages_field_by_field(rclpy_context, tmp_path
         assert player.wait_for_localizer(HANG_GUARD_S)
         assert player.spin_until(lambda: player.log.keyframes is not None, HANG_GUARD_S)
         path = player.log.keyframes
-        assert path.header.frame_id == "map" and len(path.poses) == len(vmap)
+        assert path.header.frame_id == "odom" and len(path.poses) == len(vmap)
         for ps, kf in zip(path.poses, vmap.keyframes):
             assert (ps.pose.position.x, ps.pose.orientation.w) == pytest.approx((kf.pose[0], kf.pose[6]))
             assert stamp_to_sec(ps.header.stamp) == pytest.approx(kf.stamp, abs=1e-6)
@@ -92,7 +93,7 @@ def test_bag_to_map_to_localizer_messages_field_by_field(rclpy_context, tmp_path
                 assert [r[c] for c in ("x", "y", "z", "qx", "qy", "qz", "qw")] == pytest.approx(list(kf.pose))
                 assert r["verified"] in (0.0, 1.0)
             pose = player.log.poses[t]
-            assert pose.header.stamp == m.header.stamp and pose.header.frame_id == "map"
+            assert pose.header.stamp == m.header.stamp and pose.header.frame_id == "odom"
             top = vmap.keyframes[int(rows[0]["db_id"])]
             assert pose.pose.pose.position.x == pytest.approx(top.pose[0])
             cov = np.array(pose.pose.covariance).reshape(6, 6)
