@@ -152,3 +152,75 @@ def test_keyframe_poses_follow_an_optimised_path(tiny_backend, drive, tmp_path):
             reanchor(back.keyframes, [0.0, 1.0], [bad, bad], 1.0)
     far = reanchor(back.keyframes, [1e6, 1e6 + 1], [path[0], path[1]], 1.0)
     assert far.unreached == len(back.keyframes) and not far.poses
+
+
+# ---------------------------------------------------------------------------- session alignment over time
+def _closures(T_true_of, places):
+    """(new pose in the session's frame, matched pose in the map frame, relative) for closures at
+    ``places`` (x along a corridor) when the session's frame lies at ``T_true_of(x)`` in the map's."""
+    out = []
+    for x in places:
+        truth = planar_pose(x, 0.3, 0.05 * x)           # where the robot really is (map frame)
+        matched = planar_pose(x - 0.4, 0.0, 0.05 * x)   # the keyframe it matched (map frame)
+        relative = compose(inverse(matched), truth)
+        out.append((compose(inverse(T_true_of(x)), truth), matched, relative))
+    return out
+
+
+def test_session_alignment_needs_spread_closures_and_follows_later_ones():
+    from vpr_ros.mapping.sessions import ALIGNED, UNALIGNED, SessionAligner, SessionRecord, pose_difference
+
+    T = planar_pose(4.0, -1.5, 0.6)
+    # three agreeing closures at one spot are no evidence against a look-alike place elsewhere
+    spot = SessionAligner(min_closures=3, min_extent_m=2.0)
+    events = [spot.add(*c, anchor=0) for c in _closures(lambda x: T, [5.0, 5.3, 5.6])]
+    assert [e.kind for e in events] == ["collected"] * 3 and "within 0.60 m of each other" in events[-1].text
+    assert spot.record.state == UNALIGNED and not spot.record.anchor
+    # spread over 4 m: aligned, exactly
+    a = SessionAligner(min_closures=3, min_extent_m=2.0)
+    events = [a.add(*c, anchor=0) for c in _closures(lambda x: T, [5.0, 7.0, 9.0])]
+    assert events[-1].kind == "aligned" and a.record.state == ALIGNED and a.record.anchor
+    assert pose_difference(a.transform, T)[0] < 1e-9 and a.record.extent_m == pytest.approx(4.0)
+    # an odometry jump of 2 m: the next closures disagree (counted, reported), then the recent
+    # consensus moves the transform by 2 m; what came before keeps the old one
+    jumped = compose(T, planar_pose(2.0, 0.0, 0.0))
+    events = [a.add(*c, anchor=0) for c in _closures(lambda x: jumped, [11.0, 13.0, 15.0, 17.0, 19.0])]
+    kinds = [e.kind for e in events]
+    assert kinds == ["disagrees", "disagrees", "updated", "agrees", "agrees"], kinds
+    assert "disagrees with the alignment in use by 200.0 cm" in events[0].text
+    assert pose_difference(a.transform, jumped)[0] < 1e-9
+    updated = next(e for e in events if e.kind == "updated")
+    assert updated.shift_m == pytest.approx(2.0) and a.record.updates == 1 and a.record.disagreeing >= 3
+    # drift of 0.6 deg/m: the transform is re-estimated as the closures move away from it
+    drift = SessionAligner(min_closures=3, min_extent_m=2.0)
+    drifting = lambda x: compose(T, planar_pose(0.0, 0.0, math.radians(0.6) * x))  # noqa: E731
+    for c in _closures(drifting, np.arange(0.0, 30.0, 1.0)):
+        drift.add(*c, anchor=0)
+    assert drift.record.updates >= 3
+    assert pose_difference(drift.transform, drifting(29.0))[1] < 2.0  # follows the recent drift
+    # stored and read back; malformed records refused by name
+    back = SessionRecord.from_json(a.record.to_json(), "here")
+    assert back == a.record and "re-estimated 1 time(s)" in back.describe()
+    for bad in ({"state": "maybe"}, {"state": "aligned"}, {"state": "aligned", "transform": [0.0] * 6},
+                {"state": "unaligned", "closures": -1}, {"state": "reference", "extra": 1}):
+        with pytest.raises(ValueError, match="here"):
+            SessionRecord.from_json(bad, "here")
+
+
+def test_session_records_are_stored_with_the_map(tmp_path):
+    from vpr_ros.mapping.sessions import ALIGNED, SessionRecord
+
+    from test_map_durability import MODEL, kf, vec
+
+    w = VprMap.open_writer(tmp_path / "map", MODEL)
+    w.add(vec(0)[None], [kf(0)])
+    assert w.session_record(0).state == "reference" and w.session_record(1).state == "unaligned"
+    rec = SessionRecord(ALIGNED, transform=(1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 1.0), closures=5, inliers=4,
+                        spread_m=0.01, spread_deg=0.1, extent_m=6.0, anchors=(0,))
+    w.set_session_record(1, rec)
+    w.close()
+    back = VprMap.load(tmp_path / "map")
+    assert back.session_record(1) == rec and back.session_record(0).state == "reference"
+    copy = VprMap.load(tmp_path / "map")
+    copy.save(tmp_path / "copy")  # a new store carries them over
+    assert VprMap.load(tmp_path / "copy").session_record(1) == rec

@@ -190,10 +190,11 @@ def test_keyframe_poses_follow_the_back_ends_path_on_disk_and_in_vpr_pose(rclpy_
 
 @pytest.mark.slow
 def test_a_new_session_on_a_saved_map_is_aligned_through_the_node(rclpy_context, tmp_path, drive, tiny_backend):
-    """Session 0: the first lap, in the map frame. The node starts on that map (session 1) and drives
-    the third lap with odometry in a frame of its own; its verified metric closures with session 0
-    (marked prior, not sent as pairs) align it: every keyframe of session 1 ends up within 5 cm of the
-    truth in the map frame."""
+    """Session 0: the first lap, in the map frame. Session 1 never meets the map (no loop closure):
+    stored unaligned. The node then starts session 2 and drives the third lap with odometry in a
+    frame of its own; its verified metric closures with session 0 (marked prior, not sent as pairs)
+    align it, and only those (never session 1's): every keyframe of session 2 ends up within 5 cm of
+    the truth in the map frame, and the map stores how."""
     from vpr_ros.config import KeyframeConfig
     from vpr_ros.geometry import compose, inverse, planar_pose
     from vpr_ros.mapping.builder import MapBuilder
@@ -208,7 +209,25 @@ def test_a_new_session_on_a_saved_map_is_aligned_through_the_node(rclpy_context,
         first.add_encoded(desc, [Keyframe(drive.stamps[i], drive.truth[i])], feats)
     first.map.set_map_frame("odom")  # the frame the second session's odometry messages name
     first.save(tmp_path / "map")
-    T = compose(planar_pose(4.0, -1.5, 0.6), (0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 1.0))  # session 1's frame in the map's
+    # session 1: six keyframes of the second lap in a frame 20 m away, without loop closure: it is
+    # stored as unaligned (never as if it were in the map's frame) and never anchors session 2
+    lap1 = [i for i, lap in enumerate(drive.laps) if lap == 1][:6]
+    far = planar_pose(20.0, 20.0, 1.0)
+    node = MapBuilderNode(backend=tiny_backend, parameter_overrides=overrides(
+        map_dir=str(tmp_path / "map"), qos="reliable", pose_qos="reliable", autosave_period=0.0, max_pose_wait=30.0,
+        depth_topics=["depth"], **{"keyframes.min_distance": 0.5}))
+    s = Spinning(node)
+    try:
+        f = Feeder(node, "lost_feeder")
+        f.camera(drive.intrinsics)
+        for i in lap1:
+            f.frame(drive.images[i], drive.depths[i], drive.stamps[i] + 500.0, compose(far, drive.truth[i]))
+        f.close()
+    finally:
+        s.stop()
+    lost = VprMap.load(tmp_path / "map").session_record(1)
+    assert lost.state == "unaligned" and "loop closure is off" in lost.reason and not lost.anchor
+    T = compose(planar_pose(4.0, -1.5, 0.6), (0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 1.0))  # session 2's frame in the map's
     node = MapBuilderNode(backend=tiny_backend, parameter_overrides=overrides(
         map_dir=str(tmp_path / "map"), qos="reliable", pose_qos="reliable", autosave_period=0.0, max_pose_wait=30.0,
         depth_topics=["depth"], **{"keyframes.min_distance": 0.5, "loop_closure.enabled": True,
@@ -219,12 +238,15 @@ def test_a_new_session_on_a_saved_map_is_aligned_through_the_node(rclpy_context,
         f.camera(drive.intrinsics)
         for i in lap2:
             f.frame(drive.images[i], drive.depths[i], drive.stamps[i] + 1000.0, compose(inverse(T), drive.truth[i]))
-        assert node.alignment is not None and node.alignment.ok, node.alignment
+        assert node.aligner.record.state == "aligned", node.aligner.record
         assert not f.pairs and node.loops_prior >= 3  # closures with session 0: never pairs
         f.close()
     finally:
         s.stop()
     vmap = VprMap.load(tmp_path / "map")
-    assert vmap.sessions() == {0: len(lap0), 1: len(lap2)}
-    for k, i in zip([k for k in vmap.keyframes if k.session == 1], lap2):
+    assert vmap.sessions() == {0: len(lap0), 1: len(lap1), 2: len(lap2)}
+    record = vmap.session_record(2)  # stored with the map: aligned, from which closures, residuals
+    assert record.state == "aligned" and record.anchors == (0,) and record.inliers >= 3 and record.extent_m >= 2.0
+    assert record.spread_m < 0.05 and vmap.session_record(0).state == "reference"
+    for k, i in zip([k for k in vmap.keyframes if k.session == 2], lap2):
         assert np.linalg.norm(np.subtract(k.pose[:3], drive.truth[i][:3])) < 0.05, (k.id, k.pose, drive.truth[i])

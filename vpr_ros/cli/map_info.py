@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  stamps        {stamps.min():.3f} .. {stamps.max():.3f} s ({stamps.max() - stamps.min():.1f} s)")
         print(f"  cameras       {', '.join(f'{c} ({n})' for c, n in sorted(cams.items()))}")
         print(f"  sessions      {', '.join(f'{s} ({n})' for s, n in sorted(sessions.items()))}")
+        if len(sessions) > 1 or vmap.session_records:
+            for s in sorted(sessions):
+                print(f"    session {s}: {vmap.session_record(s).describe()}")
         print(f"  with GPS      {sum(k.gps is not None for k in vmap.keyframes)}")
         n_feat, mean_bytes = vmap.feature_stats()
         kind = m.local_features or "none"

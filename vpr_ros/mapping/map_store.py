@@ -43,6 +43,7 @@ import yaml
 from vpr_ros.config import IMAGENET_MEAN, IMAGENET_STD
 from vpr_ros.errors import MapError
 from vpr_ros.files import check_not_linked, read_regular_bytes
+from vpr_ros.mapping.sessions import REFERENCE, UNALIGNED, SessionRecord
 from vpr_ros.mapping.store import database as db
 from vpr_ros.mapping.store import legacy
 from vpr_ros.mapping.store.lock import WriterLock, lock_holder
@@ -268,6 +269,8 @@ class VprMap:
         self.keyframes: list[Keyframe] = keyframes or []
         self.notes: list[str] = []          # what a reader repaired or worked around
         self.pending = 0                    # accepted keyframes not yet encoded (at load)
+        self.session_records: dict[int, SessionRecord] = {}  # alignment of each recording session (stored)
+        self._sessions_stored: dict[int, SessionRecord] = {}  # what the store holds of them
         self.root: Path | None = None       # where it was loaded from / saved to
         self.writer: db.StoreWriter | None = None
         self.durable = False
@@ -368,6 +371,28 @@ class VprMap:
         for kf in moved:
             self.keyframes[kf.id] = kf
         self.manifest.map_frame = frame
+
+    def set_session_record(self, session: int, record: SessionRecord) -> None:
+        """Store how ``session`` is aligned with the map (at once on a durable writer, else with the
+        next save)."""
+        sessions = {**self.session_records, int(session): record}
+        if self.writer is not None and self.durable:
+            self.writer.set_meta({"sessions": {str(k): v.to_json() for k, v in sorted(sessions.items())}})
+            self._origin = (self.manifest.store_id, self.writer.generation)
+            self._sessions_stored = dict(sessions)
+        self.session_records = sessions
+
+    def _sessions_meta(self) -> dict[str, Any]:
+        return {"sessions": {str(k): v.to_json() for k, v in sorted(self.session_records.items())}} if self.session_records else {}
+
+    def session_record(self, session: int) -> SessionRecord:
+        """The stored record of ``session``; session 0 of a map without records is its reference,
+        any other session without one is unaligned (a map written before alignment was recorded)."""
+        if session in self.session_records:
+            return self.session_records[session]
+        if session == 0:
+            return SessionRecord(REFERENCE)
+        return SessionRecord(UNALIGNED, "no alignment recorded (written before vpr_ros 0.5, or never attempted)")
 
     def set_map_frame(self, frame: str) -> None:
         """The frame of the keyframe poses (stored at once on a durable writer)."""
@@ -527,15 +552,17 @@ class VprMap:
         n = len(self)
         meta = {"local_features": self.manifest.local_features, "map_frame": self.manifest.map_frame,
                 "index_type": self.manifest.index_type}
+        sessions = self._sessions_meta() if self.session_records != self._sessions_stored else {}
         if self._stored < n or self._done_pending:
             new, first = self.keyframes[self._stored:], self._stored
             feats = {i: f for i, f in self._features.items() if i >= self._stored}
-            w.commit(new, lambda a, b: self.descriptors(first + a, first + b), feats, self._done_pending, meta)
-        elif any(getattr(w.manifest, k) != v for k, v in meta.items()):
-            w.set_meta(meta)
+            w.commit(new, lambda a, b: self.descriptors(first + a, first + b), feats, self._done_pending,
+                     {**meta, **sessions})
+        elif any(getattr(w.manifest, k) != v for k, v in meta.items()) or sessions:
+            w.set_meta({**meta, **sessions})
         w.manifest = replace(w.manifest, local_features=self.manifest.local_features,
                              map_frame=self.manifest.map_frame, index_type=self.manifest.index_type)
-        self._stored, self._done_pending = n, []
+        self._stored, self._done_pending, self._sessions_stored = n, [], dict(self.session_records)
         kind = self.manifest.index_type
         entry = w.index_entry
         if kind != "flat" and n and (entry is None or entry.get("count") != n or entry.get("kind") != kind):
@@ -560,7 +587,8 @@ class VprMap:
             db.StoreWriter.create(tmp, manifest)
             w = db.StoreWriter(root, tmp)
             try:
-                w.commit(keyframes, self.descriptors, feats, (), {"local_features": self.manifest.local_features})
+                w.commit(keyframes, self.descriptors, feats, (), {"local_features": self.manifest.local_features,
+                                                                  **self._sessions_meta()})
                 if self.manifest.index_type != "flat" and len(self):
                     w.write_index(self.index, self.manifest.index_type)
                 w.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -584,6 +612,7 @@ class VprMap:
         self.manifest = replace(self.manifest, store_id=store_id, generation=generation, count=len(self),
                                 format_version=FORMAT_VERSION)
         self._origin, self._stored, self._done_pending, self._features = (store_id, generation), len(self), [], {}
+        self._sessions_stored = dict(self.session_records)
         self._open_features(root / name)
 
     def _open_features(self, store: Path) -> None:
@@ -675,7 +704,8 @@ class VprMap:
                 con.close()
                 raise
             vmap = cls(snap.manifest, snap.index, snap.keyframes)
-            vmap.notes, vmap.pending = snap.notes, snap.pending
+            vmap.notes, vmap.pending, vmap.session_records = snap.notes, snap.pending, snap.sessions
+            vmap._sessions_stored = dict(snap.sessions)
             vmap._db, vmap._db_where = con, str(store)
             vmap._origin = (snap.manifest.store_id, snap.manifest.generation)
         vmap.root, vmap._stored = root, len(vmap)

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from geometry_msgs.msg import PoseWithCovarianceStamped
@@ -25,12 +26,14 @@ from vpr_ros.errors import VprError
 from vpr_ros.geometry import compose
 from vpr_ros.mapping.live_loops import LiveClosure, LiveLoopCloser, live_index_type
 from vpr_ros.mapping.reanchor import reanchor
-from vpr_ros.mapping.sessions import SessionAlignment, align_session, closure_estimate
+from vpr_ros.mapping.sessions import SessionAligner
 from vpr_ros.ros.conversions import pose_msg, pose_tuple, sec_to_stamp, stamp_to_sec
 from vpr_ros.ros.loop_output import describe_closure, publish_loop
 
 #: verified metric closures with the earlier sessions needed before a session is aligned
 MIN_ALIGNMENT_CLOSURES = 3
+#: ... taken at least this far apart (m): three closures at one spot prove nothing against a look-alike
+MIN_ALIGNMENT_EXTENT_M = 2.0
 
 
 class SlamSide:
@@ -45,14 +48,16 @@ class SlamSide:
         self.loop_closures = self.loops_prior = self.loops_refused = self.loop_decisions = 0
         self.path_updates = self.path_unreached = 0
         self.session_transform: tuple[float, ...] | None = None
-        self.alignment: SessionAlignment | None = None
-        self._estimates: list[tuple[float, ...]] = []
+        self.aligner = SessionAligner(MIN_ALIGNMENT_CLOSURES, MIN_ALIGNMENT_EXTENT_M)
+        self.alignment_ignored = 0  # closures with sessions that are not aligned themselves
+        self._session_recorded: int | None = None  # the session whose state was stored at its first keyframe
 
     def _slam_configure(self) -> None:
         node: Any = self
         builder = node.builder
         cfg = node.cfgs["loop_closure"]
-        self.session_transform, self.alignment, self._estimates = None, None, []
+        self.session_transform, self.alignment_ignored, self._session_recorded = None, 0, None
+        self.aligner = SessionAligner(MIN_ALIGNMENT_CLOSURES, MIN_ALIGNMENT_EXTENT_M)
         self.loop_closures = self.loops_prior = self.loops_refused = self.loop_decisions = 0
         if not cfg.enabled:
             self.closer = None
@@ -62,8 +67,6 @@ class SlamSide:
             node.say("info", f"live loop closure: the index grows online as '{kind}' "
                              f"({len(builder.map)} keyframes converted)")
             builder.map.reindex(kind, builder.index_cfg)
-        from dataclasses import replace
-
         builder.index_cfg = replace(builder.index_cfg, index_type=kind)
         self.closer = LiveLoopCloser(node.backend, builder.map, cfg, node.cfgs["verification"], builder.session)
         prior = len(builder.map)
@@ -85,6 +88,15 @@ class SlamSide:
     def _slam_added(self, keyframe: Any) -> None:
         if self.closer is not None:
             self.closer.added(keyframe)
+        node_: Any = self
+        if keyframe.session != node_.builder.session or keyframe.session == self._session_recorded:
+            return
+        self._session_recorded = keyframe.session
+        try:
+            self._slam_session_started()
+        except VprError as exc:
+            node: Any = self
+            node._store_failed(f"session state not stored: {exc}")
 
     def _slam_check(self, desc: Any, feats: Any, frame: Any) -> LiveClosure | None:
         """Match a new keyframe before it is added; publishes what the decision calls for."""
@@ -126,33 +138,58 @@ class SlamSide:
 
     def _collect_alignment(self, r: Any, keyframe: Any) -> None:
         """A verified metric closure with an earlier session: one estimate of where this session's
-        frame lies in the map's; enough agreeing ones align the session (once)."""
+        frame lies in the map's (:class:`~vpr_ros.mapping.sessions.SessionAligner`). Only closures
+        with the reference session or an aligned one count; the first agreeing, spread-out set
+        aligns the session (its keyframes move into the map frame), later ones keep the transform
+        in use checked and re-estimated (keyframes after that follow it). Every change is stored."""
         node: Any = self
         v = r.loop.verification
-        if self.session_transform is not None or r.relative is None or v is None or not v.metric:
+        if r.relative is None or v is None or not v.metric:
             return
-        self._estimates.append(closure_estimate(keyframe.pose, r.matches[0].keyframe.pose, r.relative))
-        self.alignment = align_session(self._estimates, MIN_ALIGNMENT_CLOSURES)
-        if not self.alignment.ok:
-            if len(self._estimates) >= 2 * MIN_ALIGNMENT_CLOSURES:
-                node.say("warning", f"session {node.builder.session} not aligned yet: {self.alignment.reason}",
-                         throttle=30.0)
-            return
-        T = self.alignment.transform
-        assert T is not None
         vmap = node.builder.map
-        moved = {k.id: compose(T, k.pose) for k in vmap.keyframes if k.session == node.builder.session}
+        matched = r.matches[0].keyframe
+        anchor = vmap.session_record(matched.session)
+        if not anchor.anchor:
+            self.alignment_ignored += 1
+            node.say("debug", f"closure with keyframe {matched.id} of session {matched.session} not used for alignment: "
+                              f"that session is {anchor.describe()}")
+            return
+        event = self.aligner.add(keyframe.pose, matched.pose, r.relative, matched.session)
+        session = node.builder.session
         try:
             with node._lock:
-                vmap.update_poses(moved)
+                if event.kind == "aligned":
+                    T = event.record.transform
+                    moved = {k.id: compose(T, k.pose) for k in vmap.keyframes if k.session == session}
+                    vmap.update_poses(moved)
+                    self.session_transform = T
+                vmap.set_session_record(session, event.record)
         except VprError as exc:
             node._store_failed(f"session alignment not stored: {exc}")
             return
-        self.session_transform = T
-        a = self.alignment
-        node.say("info", f"session {node.builder.session} aligned with the map from {a.inliers} of {a.closures} "
-                         f"closures (spread {a.spread_m * 100:.1f} cm, {a.spread_deg:.2f} deg): its {len(moved)} "
-                         f"keyframes moved to frame '{vmap.manifest.map_frame}', the next ones follow")
+        if event.kind == "aligned":
+            self.session_transform = event.record.transform
+            node.say("info", f"session {session} {event.record.describe()}: its keyframes moved to frame "
+                             f"'{vmap.manifest.map_frame}', the next ones follow")
+        elif event.kind == "updated":
+            self.session_transform = event.record.transform
+            node.say("warning", f"session {session} alignment {event.text}; the next keyframes follow it")
+        elif event.kind == "disagrees":
+            node.say("warning", f"session {session}: {event.text}", throttle=10.0)
+        elif event.kind == "collected" and len(self.aligner.estimates) >= 2 * MIN_ALIGNMENT_CLOSURES:
+            node.say("warning", f"session {session} not aligned yet: {event.text}", throttle=30.0)
+
+    def _slam_session_started(self) -> None:
+        """The first keyframe of a session on a map with earlier ones: it is stored as unaligned
+        (with the reason) until closures align it, so a session that never meets the map is never
+        mistaken for the map's frame, nor used to align another."""
+        node: Any = self
+        builder = node.builder
+        if builder.session == 0 or builder.session in builder.map.session_records:
+            return
+        reason = (self.aligner.record.reason if self.closer is not None else
+                  "live loop closure is off (loop_closure.enabled false): no alignment attempted")
+        builder.map.set_session_record(builder.session, replace(self.aligner.record, reason=reason))
 
     def _on_path(self, msg: Path) -> None:
         """The back end's optimised trajectory: every keyframe it reaches takes its pose."""
@@ -182,8 +219,11 @@ class SlamSide:
             node.say("warning", f"{where}: {r.unreached} keyframe(s) outside it keep their pose", throttle=30.0)
 
     def _slam_diagnostics(self) -> dict[str, Any]:
-        a = self.alignment
+        node: Any = self
+        b = node.builder
+        record = b.map.session_record(b.session) if b is not None and (b.session or len(b.map)) else None
         return {"loop_closures": self.loop_closures, "loop_closures_with_earlier_sessions": self.loops_prior,
                 "loop_closures_refused_by_geometry": self.loops_refused,
-                "session_aligned": "" if a is None else ("yes" if a.ok else f"no: {a.reason}"),
+                "session_alignment": record.describe() if record is not None else "",
+                "session_closures_not_used_for_alignment": self.alignment_ignored,
                 "path_updates": self.path_updates, "keyframes_outside_path": self.path_unreached}

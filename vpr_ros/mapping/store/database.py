@@ -36,6 +36,7 @@ from vpr_ros.errors import DamagedPending, MapError
 from vpr_ros.files import check_not_linked, open_regular, replaced_atomically
 from vpr_ros.files import fsync_dir as files_fsync_dir
 from vpr_ros.mapping.store.pending import PendingFrame
+from vpr_ros.mapping.sessions import SessionRecord
 from vpr_ros.mapping.store.records import row_crc
 
 if TYPE_CHECKING:
@@ -237,6 +238,7 @@ class Snapshot:
     pending: int
     features: int                        # keyframes with local features (all verified when asked)
     notes: list[str] = field(default_factory=list)
+    sessions: dict[int, SessionRecord] = field(default_factory=dict)  # alignment per session (meta 'sessions')
 
 
 def read_meta(path: Path) -> "Manifest":
@@ -308,7 +310,21 @@ def _read(con: sqlite3.Connection, root: Path, path: Path, verify_features: bool
         features = int(con.execute("SELECT COUNT(*) FROM local_features").fetchone()[0])
     pending = int(con.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
     index = _complete_index(index, tail, kind, entry, len(keyframes), notes)
-    return Snapshot(path, manifest, keyframes, index, pending, features, notes)
+    return Snapshot(path, manifest, keyframes, index, pending, features, notes, sessions_of(meta, path))
+
+
+def sessions_of(meta: dict[str, Any], path: Path) -> dict[int, SessionRecord]:
+    """The per-session alignment records of the metadata ('sessions'; maps before v0.5 have none)."""
+    raw = meta.get("sessions") or {}
+    if not isinstance(raw, dict):
+        raise MapError(f"{path}: map metadata 'sessions' is not a mapping")
+    out = {}
+    for key, value in raw.items():
+        try:
+            out[int(key)] = SessionRecord.from_json(value, f"{path}: session {key}")
+        except ValueError as exc:
+            raise MapError(str(exc)) from None
+    return out
 
 
 def _read_keyframes(con: sqlite3.Connection, path: Path, manifest: "Manifest",
