@@ -238,7 +238,7 @@ def test_a_new_session_on_a_saved_map_is_aligned_through_the_node(rclpy_context,
         f.camera(drive.intrinsics)
         for i in lap2:
             f.frame(drive.images[i], drive.depths[i], drive.stamps[i] + 1000.0, compose(inverse(T), drive.truth[i]))
-        assert node.aligner.record.state == "aligned", node.aligner.record
+        assert node.tracker.aligner.record.state == "aligned", node.tracker.aligner.record
         assert not f.pairs and node.loops_prior >= 3  # closures with session 0: never pairs
         f.close()
     finally:

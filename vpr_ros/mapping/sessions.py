@@ -122,6 +122,21 @@ def pose_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, floa
     return float(np.linalg.norm(np.subtract(a[:3], b[:3]))), _angle_deg(a, b)
 
 
+def landing_difference(a: Sequence[float], b: Sequence[float], at: Sequence[float]) -> tuple[float, float]:
+    """(metres, degrees) between where transforms ``a`` and ``b`` put the pose ``at``."""
+    return pose_difference(compose(a, at), compose(b, at))
+
+
+def average_at(transforms: Sequence[Sequence[float]], at: Sequence[float]) -> Pose7:
+    """The transform whose rotation is the mean of ``transforms``' and that puts ``at`` at the mean
+    of where they put it (a plain mean of translations would move a far pose by the lever arm)."""
+    R = _average(transforms)
+    landing = np.mean([compose(t, at)[:3] for t in transforms], axis=0)
+    moved = compose(R, at)
+    shift = np.asarray(landing) - np.asarray(moved[:3])
+    return (float(R[0] + shift[0]), float(R[1] + shift[1]), float(R[2] + shift[2]), *R[3:])  # type: ignore[return-value]
+
+
 REFERENCE, ALIGNED, UNALIGNED = "reference", "aligned", "unaligned"
 
 
@@ -209,6 +224,7 @@ class AlignmentEvent:
     text: str = ""
     shift_m: float = 0.0
     shift_deg: float = 0.0
+    since: int = -1  # 'updated': index (in the order added) of the oldest closure of the new consensus
 
 
 class SessionAligner:
@@ -237,26 +253,29 @@ class SessionAligner:
         self.anchors.append(int(anchor))
         if self.record.transform is None:
             return self._first_alignment()
-        dm, dd = pose_difference(e, self.record.transform)
+        # compared where they put this keyframe (a rotation far from the session's origin would
+        # otherwise count as a large translation): what matters is where keyframes land
+        at = new_pose
+        dm, dd = landing_difference(e, self.record.transform, at)
         agrees = dm <= self.tol_m and dd <= self.tol_deg
         rec = self.record if agrees else replace(self.record, disagreeing=self.record.disagreeing + 1)
         recent = self.estimates[-self.window:]
         # the recent closures that agree with the newest one: enough of them move the transform
         members = [j for j, r in enumerate(recent)
-                   if (lambda d: d[0] <= self.tol_m and d[1] <= self.tol_deg)(pose_difference(r, e))]
+                   if (lambda d: d[0] <= self.tol_m and d[1] <= self.tol_deg)(landing_difference(r, e, at))]
         if len(members) >= self.min_closures:
-            new = _average([recent[j] for j in members])
-            sm, sd = pose_difference(new, self.record.transform)
+            new = average_at([recent[j] for j in members], at)
+            sm, sd = landing_difference(new, self.record.transform, at)
             if sm > self.tol_m / 2 or sd > self.tol_deg / 2:  # the recent consensus moved: follow it
                 first = len(self.estimates) - len(recent)
-                spread = [pose_difference(recent[j], new) for j in members]
+                spread = [landing_difference(recent[j], new, at) for j in members]
                 self.record = replace(rec, transform=new, closures=len(self.estimates), inliers=len(members),
                                       spread_m=max(d[0] for d in spread), spread_deg=max(d[1] for d in spread),
                                       updates=rec.updates + 1,
                                       anchors=tuple(sorted({self.anchors[first + j] for j in members})))
                 return AlignmentEvent("updated", self.record, (
-                    f"re-estimated from {len(members)} of the last {len(recent)} closures: moved by {sm * 100:.1f} "
-                    f"cm and {sd:.2f} deg (odometry drift or a jump)"), sm, sd)
+                    f"re-estimated from {len(members)} of the last {len(recent)} closures: moves this place by "
+                    f"{sm * 100:.1f} cm and {sd:.2f} deg (odometry drift or a jump)"), sm, sd, first + members[0])
         self.record = replace(rec, closures=len(self.estimates))
         if agrees:
             return AlignmentEvent("agrees", self.record)

@@ -8,7 +8,7 @@
   accepted match's pose to ``vpr/pose``;
 * sessions: a node started on a map with keyframes records a new session; verified metric closures
   against the earlier sessions align its odometry frame with the map's
-  (:func:`~vpr_ros.mapping.sessions.align_session`), and its keyframes are moved there;
+  (:class:`~vpr_ros.mapping.session_tracking.SessionTracker`), and its keyframes are moved there;
 * poses that follow the back end (``optimized_path_topic``): the optimised trajectory
   (``nav_msgs/Path``) re-anchors every keyframe it reaches (:func:`~vpr_ros.mapping.reanchor.reanchor`),
   in memory and on disk.
@@ -23,17 +23,12 @@ from nav_msgs.msg import Path
 from std_msgs.msg import Float64MultiArray
 
 from vpr_ros.errors import VprError
-from vpr_ros.geometry import compose
 from vpr_ros.mapping.live_loops import LiveClosure, LiveLoopCloser, live_index_type
 from vpr_ros.mapping.reanchor import reanchor
-from vpr_ros.mapping.sessions import SessionAligner
+from vpr_ros.mapping.session_tracking import MIN_ALIGNMENT_CLOSURES, SessionTracker
 from vpr_ros.ros.conversions import pose_msg, pose_tuple, sec_to_stamp, stamp_to_sec
 from vpr_ros.ros.loop_output import describe_closure, publish_loop
 
-#: verified metric closures with the earlier sessions needed before a session is aligned
-MIN_ALIGNMENT_CLOSURES = 3
-#: ... taken at least this far apart (m): three closures at one spot prove nothing against a look-alike
-MIN_ALIGNMENT_EXTENT_M = 2.0
 
 
 class SlamSide:
@@ -47,17 +42,13 @@ class SlamSide:
         self.closer: LiveLoopCloser | None = None
         self.loop_closures = self.loops_prior = self.loops_refused = self.loop_decisions = 0
         self.path_updates = self.path_unreached = 0
-        self.session_transform: tuple[float, ...] | None = None
-        self.aligner = SessionAligner(MIN_ALIGNMENT_CLOSURES, MIN_ALIGNMENT_EXTENT_M)
-        self.alignment_ignored = 0  # closures with sessions that are not aligned themselves
-        self._session_recorded: int | None = None  # the session whose state was stored at its first keyframe
+        self.tracker: SessionTracker | None = None
 
     def _slam_configure(self) -> None:
         node: Any = self
         builder = node.builder
         cfg = node.cfgs["loop_closure"]
-        self.session_transform, self.alignment_ignored, self._session_recorded = None, 0, None
-        self.aligner = SessionAligner(MIN_ALIGNMENT_CLOSURES, MIN_ALIGNMENT_EXTENT_M)
+        self.tracker = SessionTracker(builder.map, builder.session, cfg.enabled)
         self.loop_closures = self.loops_prior = self.loops_refused = self.loop_decisions = 0
         if not cfg.enabled:
             self.closer = None
@@ -83,20 +74,17 @@ class SlamSide:
 
     def _slam_pose(self, pose: tuple[float, ...]) -> tuple[float, ...]:
         """A keyframe pose of this session in the map frame (once the session is aligned)."""
-        return compose(self.session_transform, pose) if self.session_transform is not None else pose
+        return self.tracker.pose_in_map(pose) if self.tracker is not None else pose
 
     def _slam_added(self, keyframe: Any) -> None:
         if self.closer is not None:
             self.closer.added(keyframe)
-        node_: Any = self
-        if keyframe.session != node_.builder.session or keyframe.session == self._session_recorded:
-            return
-        self._session_recorded = keyframe.session
-        try:
-            self._slam_session_started()
-        except VprError as exc:
-            node: Any = self
-            node._store_failed(f"session state not stored: {exc}")
+        node: Any = self
+        if self.tracker is not None and keyframe.session == self.tracker.session:
+            try:
+                self.tracker.added(keyframe)
+            except VprError as exc:
+                node._store_failed(f"session state not stored: {exc}")
 
     def _slam_check(self, desc: Any, feats: Any, frame: Any) -> LiveClosure | None:
         """Match a new keyframe before it is added; publishes what the decision calls for."""
@@ -138,58 +126,32 @@ class SlamSide:
 
     def _collect_alignment(self, r: Any, keyframe: Any) -> None:
         """A verified metric closure with an earlier session: one estimate of where this session's
-        frame lies in the map's (:class:`~vpr_ros.mapping.sessions.SessionAligner`). Only closures
-        with the reference session or an aligned one count; the first agreeing, spread-out set
-        aligns the session (its keyframes move into the map frame), later ones keep the transform
-        in use checked and re-estimated (keyframes after that follow it). Every change is stored."""
+        frame lies in the map's (:class:`~vpr_ros.mapping.session_tracking.SessionTracker`: only
+        closures with the reference session or an aligned one count; every change is stored)."""
         node: Any = self
         v = r.loop.verification
-        if r.relative is None or v is None or not v.metric:
+        if r.relative is None or v is None or not v.metric or self.tracker is None:
             return
-        vmap = node.builder.map
         matched = r.matches[0].keyframe
-        anchor = vmap.session_record(matched.session)
-        if not anchor.anchor:
-            self.alignment_ignored += 1
-            node.say("debug", f"closure with keyframe {matched.id} of session {matched.session} not used for alignment: "
-                              f"that session is {anchor.describe()}")
-            return
-        event = self.aligner.add(keyframe.pose, matched.pose, r.relative, matched.session)
-        session = node.builder.session
         try:
             with node._lock:
-                if event.kind == "aligned":
-                    T = event.record.transform
-                    moved = {k.id: compose(T, k.pose) for k in vmap.keyframes if k.session == session}
-                    vmap.update_poses(moved)
-                    self.session_transform = T
-                vmap.set_session_record(session, event.record)
+                event = self.tracker.closure(matched, keyframe.pose, r.relative, keyframe.stamp)
         except VprError as exc:
             node._store_failed(f"session alignment not stored: {exc}")
             return
-        if event.kind == "aligned":
-            self.session_transform = event.record.transform
+        session = node.builder.session
+        if event is None:
+            node.say("debug", f"closure with keyframe {matched.id} of session {matched.session} not used for "
+                              f"alignment: that session is {node.builder.map.session_record(matched.session).describe()}")
+        elif event.kind == "aligned":
             node.say("info", f"session {session} {event.record.describe()}: its keyframes moved to frame "
-                             f"'{vmap.manifest.map_frame}', the next ones follow")
+                             f"'{node.builder.map.manifest.map_frame}', the next ones follow")
         elif event.kind == "updated":
-            self.session_transform = event.record.transform
             node.say("warning", f"session {session} alignment {event.text}; the next keyframes follow it")
         elif event.kind == "disagrees":
             node.say("warning", f"session {session}: {event.text}", throttle=10.0)
-        elif event.kind == "collected" and len(self.aligner.estimates) >= 2 * MIN_ALIGNMENT_CLOSURES:
+        elif event.kind == "collected" and len(self.tracker.aligner.estimates) >= 2 * MIN_ALIGNMENT_CLOSURES:
             node.say("warning", f"session {session} not aligned yet: {event.text}", throttle=30.0)
-
-    def _slam_session_started(self) -> None:
-        """The first keyframe of a session on a map with earlier ones: it is stored as unaligned
-        (with the reason) until closures align it, so a session that never meets the map is never
-        mistaken for the map's frame, nor used to align another."""
-        node: Any = self
-        builder = node.builder
-        if builder.session == 0 or builder.session in builder.map.session_records:
-            return
-        reason = (self.aligner.record.reason if self.closer is not None else
-                  "live loop closure is off (loop_closure.enabled false): no alignment attempted")
-        builder.map.set_session_record(builder.session, replace(self.aligner.record, reason=reason))
 
     def _on_path(self, msg: Path) -> None:
         """The back end's optimised trajectory: every keyframe it reaches takes its pose."""
@@ -225,5 +187,5 @@ class SlamSide:
         return {"loop_closures": self.loop_closures, "loop_closures_with_earlier_sessions": self.loops_prior,
                 "loop_closures_refused_by_geometry": self.loops_refused,
                 "session_alignment": record.describe() if record is not None else "",
-                "session_closures_not_used_for_alignment": self.alignment_ignored,
+                "session_closures_not_used_for_alignment": self.tracker.ignored if self.tracker is not None else 0,
                 "path_updates": self.path_updates, "keyframes_outside_path": self.path_unreached}
