@@ -10,7 +10,7 @@ from typing import Any
 from vpr_ros.config import BACKENDS, ModelConfig, from_dict, read_model_section
 
 RANDOM_WEIGHTS_WARNING = ("WARNING: random weights (no model.weights): descriptors, matches and recall say nothing "
-                          "about the method; set --weights or model.weights (README, 'Pretrained weights')")
+                          "about the method; set --weights or model.weights (docs/training.md, 'Pretrained weights')")
 
 
 def add_model_args(ap: argparse.ArgumentParser, backend: bool = True) -> None:

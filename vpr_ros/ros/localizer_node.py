@@ -123,7 +123,7 @@ class LocalizerCore(VprNodeMixin):
                          f"(weights: {self.backend.weights_source})")
         if self.backend.weights_source.startswith("random"):
             self.say("warning", "running with RANDOM weights: matches are meaningless for real use; "
-                                "set model.weights (see README, 'Pretrained weights')")
+                                "set model.weights (see docs/training.md, 'Pretrained weights')")
         self.load_map()
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="vpr-inference", daemon=True)
@@ -463,7 +463,7 @@ LocalizerLifecycleNode = lifecycle_class(LocalizerCore, "localizer")
 def main(args: list[str] | None = None) -> int:
     """Console script ``localizer`` (``ros2 run vpr_ros localizer``)."""
     if wants_help(args):
-        print(node_help("localizer", LOCALIZER_SECTIONS, "Matches camera images against a map: vpr/pose, vpr/matches, vpr/match_table, loop closures, diagnostics (README, 'localizer')."))
+        print(node_help("localizer", LOCALIZER_SECTIONS, "Matches camera images against a map: vpr/pose, vpr/matches, vpr/match_table, loop closures, diagnostics (docs/ros_workspace.md, 'localizer')."))
         return 0
     return run_node(lambda: LocalizerNode(background=True), "localizer", args)
 
@@ -471,7 +471,7 @@ def main(args: list[str] | None = None) -> int:
 def main_lifecycle(args: list[str] | None = None) -> int:
     """Console script ``localizer_lifecycle``: starts unconfigured; drive it with ``ros2 lifecycle``."""
     if wants_help(args):
-        print(node_help("localizer_lifecycle", LOCALIZER_SECTIONS, "The managed (lifecycle) variant. Matches camera images against a map: vpr/pose, vpr/matches, vpr/match_table, loop closures, diagnostics (README, 'localizer')."))
+        print(node_help("localizer_lifecycle", LOCALIZER_SECTIONS, "The managed (lifecycle) variant. Matches camera images against a map: vpr/pose, vpr/matches, vpr/match_table, loop closures, diagnostics (docs/ros_workspace.md, 'localizer')."))
         return 0
     return run_node(LocalizerLifecycleNode, "localizer", args)
 

@@ -164,7 +164,7 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
         self.say("info", f"model {self.backend.model_id} (weights: {self.backend.weights_source})")
         if self.backend.weights_source.startswith("random"):
             self.say("warning", "running with RANDOM weights: the map's descriptors are meaningless for real use; "
-                                "set model.weights (see README, 'Pretrained weights')")
+                                "set model.weights (see docs/training.md, 'Pretrained weights')")
         self._stop.clear()
         self._abandon.clear()
         self._finished = False
@@ -665,7 +665,7 @@ def _finish(node: Any) -> None:
 def main(args: list[str] | None = None) -> int:
     """Console script ``map_builder`` (``ros2 run vpr_ros map_builder``); saves the map on exit."""
     if wants_help(args):
-        print(node_help("map_builder", MAP_BUILDER_SECTIONS, "Builds a map from camera images and poses, every accepted keyframe stored as it arrives; live loop closure for SLAM (README, 'map_builder')."))
+        print(node_help("map_builder", MAP_BUILDER_SECTIONS, "Builds a map from camera images and poses, every accepted keyframe stored as it arrives; live loop closure for SLAM (docs/ros_workspace.md, 'map_builder')."))
         return 0
     return run_node(lambda: MapBuilderNode(background=True), "map_builder", args, before_destroy=_finish)
 
@@ -673,7 +673,7 @@ def main(args: list[str] | None = None) -> int:
 def main_lifecycle(args: list[str] | None = None) -> int:
     """Console script ``map_builder_lifecycle``: starts unconfigured; drive it with ``ros2 lifecycle``."""
     if wants_help(args):
-        print(node_help("map_builder_lifecycle", MAP_BUILDER_SECTIONS, "The managed (lifecycle) variant. Builds a map from camera images and poses, every accepted keyframe stored as it arrives; live loop closure for SLAM (README, 'map_builder')."))
+        print(node_help("map_builder_lifecycle", MAP_BUILDER_SECTIONS, "The managed (lifecycle) variant. Builds a map from camera images and poses, every accepted keyframe stored as it arrives; live loop closure for SLAM (docs/ros_workspace.md, 'map_builder')."))
         return 0
     return run_node(MapBuilderLifecycleNode, "map_builder", args, before_destroy=_finish)
 
