@@ -65,6 +65,7 @@ def test_graph_specs_become_ros_command_lines():
     [mb] = build_map_graph(odom_topic="/wheel/odom")
     assert ("odom", "/wheel/odom") in mb.remappings and mb.executable == "map_builder"
     assert mb.shutdown_timeouts[0] >= 25  # ros2 launch waits for the final save before SIGTERM
+    assert plain.shutdown_timeouts[0] >= 15  # the localizer once took over launch's default 5 s under load
     [lc] = localize_graph(use_sim_time="true", log_level="debug", lifecycle="true", namespace="robot1")
     assert lc.program == "localizer_lifecycle" and lc.autostart and lc.fqn == "/robot1/localizer"
     assert "main_lifecycle" in lc.command()[2] and lc.overrides == {"use_sim_time": True}

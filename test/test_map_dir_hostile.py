@@ -171,19 +171,14 @@ def test_a_v03_descriptor_with_a_flipped_exponent_bit_is_refused_before_migratio
 
 
 # ---------------------------------------------------------------------------- pending rows
-def test_a_damaged_pending_row_is_skipped_and_dropped_only_on_request(tmp_path, tiny_backend, capsys):
+def _map_with_a_damaged_pending_row(root: Path, ident) -> list[int]:
+    """Four accepted, unencoded keyframes (stamps 0..3); the second's stored row altered."""
     import sqlite3
 
-    from vpr_ros.cli.build_map import main
-    from vpr_ros.config import KeyframeConfig
-    from vpr_ros.mapping.builder import MapBuilder
-    from vpr_ros.mapping.map_store import ModelIdentity
     from vpr_ros.mapping.store.pending import PendingFrame, RawImage
 
-    from conftest import TINY_MODEL, random_image
+    from conftest import random_image
 
-    root = tmp_path / "map"
-    ident = ModelIdentity.of_backend(tiny_backend)
     w = VprMap.open_writer(root, ident)
     seqs = [w.add_pending(PendingFrame(kf(i), RawImage(random_image(48, 64, i).tobytes(), "rgb8", 48, 64, 64 * 3)))
             for i in range(4)]
@@ -193,6 +188,20 @@ def test_a_damaged_pending_row_is_skipped_and_dropped_only_on_request(tmp_path, 
                 (seqs[1],))
     con.commit()
     con.close()
+    return seqs
+
+
+def test_a_damaged_pending_row_is_skipped_and_dropped_only_on_request(tmp_path, tiny_backend, capsys):
+    from vpr_ros.cli.build_map import main
+    from vpr_ros.config import KeyframeConfig
+    from vpr_ros.mapping.builder import MapBuilder
+    from vpr_ros.mapping.map_store import ModelIdentity
+
+    from conftest import TINY_MODEL
+
+    root = tmp_path / "map"
+    ident = ModelIdentity.of_backend(tiny_backend)
+    seqs = _map_with_a_damaged_pending_row(root, ident)
 
     w = VprMap.open_writer(root, ident)
     with pytest.raises(DamagedPending, match=f"pending keyframe {seqs[1]} fails its checksum"):
@@ -218,3 +227,23 @@ def test_a_damaged_pending_row_is_skipped_and_dropped_only_on_request(tmp_path, 
     builder = MapBuilder(tiny_backend, KeyframeConfig(), base=w)
     assert builder.finish_pending() == (0, [], [])
     w.close()
+
+
+def test_the_map_builder_node_skips_a_damaged_pending_row_and_says_what_to_do(rclpy_context, tmp_path, tiny_backend):
+    from vpr_ros.mapping.map_store import ModelIdentity
+    from vpr_ros.ros.map_builder_node import MapBuilderNode
+
+    from test_nodes import Spinning, overrides, until
+
+    root = tmp_path / "map"
+    seqs = _map_with_a_damaged_pending_row(root, ModelIdentity.of_backend(tiny_backend))
+    node = MapBuilderNode(backend=tiny_backend, parameter_overrides=overrides(map_dir=str(root), autosave_period=0.0))
+    s = Spinning(node)
+    try:
+        assert until(lambda: node.keyframes == 3 and node.damaged_pending == 1)
+        assert f"pending keyframe {seqs[1]} skipped" in node.last_error and "--drop-damaged" in node.last_error
+        assert "encoded at the next start" not in node.last_error and node.left_pending == 0
+    finally:
+        s.stop()
+    m = VprMap.load(root)
+    assert [k.stamp for k in m.keyframes] == [0.0, 2.0, 3.0] and m.pending == 1

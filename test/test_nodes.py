@@ -212,6 +212,7 @@ def test_diagnostics_are_absolute_under_a_namespace(rclpy_context, built_map):
     try:
         names = [n for n, _ in node.get_publisher_names_and_types_by_node("localizer", "/robot1")]
         assert "/diagnostics" in names and "/robot1/vpr/match_table" in names
+        assert "/robot1/initialpose" in names  # where AMCL in robot1 listens: relative by default
         got = []
         client = rclpy.create_node("diag_listener")
         client.create_subscription(DiagnosticArray, "/diagnostics", got.append, 10)
