@@ -76,9 +76,9 @@ class SessionTracker:
         event = self.aligner.add(new_pose, matched.pose, relative, matched.session)
         self._stamps.append(float(stamp))
         T = event.record.transform
-        if event.kind == "aligned":
+        if T is not None and event.kind == "aligned":
             self.map.update_poses({i: compose(T, p) for i, p in self._own.items()})
-        elif event.kind == "updated":
+        elif T is not None and event.kind == "updated":
             since = self._stamps[event.since]
             self.map.update_poses({i: compose(T, p) for i, p in self._own.items()
                                    if self.map.keyframes[i].stamp >= since})

@@ -196,7 +196,9 @@ class SessionRecord:
                 not isinstance(d.get("reason", ""), str):
             raise ValueError(f"{where}: malformed counts, residuals, anchors or reason")
         return cls(state, d.get("reason", ""), tuple(float(v) for v in t) if t is not None else None,
-                   **ints, **{k: float(v) for k, v in floats.items()}, anchors=tuple(anchors))
+                   closures=ints["closures"], inliers=ints["inliers"], spread_m=float(floats["spread_m"]),
+                   spread_deg=float(floats["spread_deg"]), extent_m=float(floats["extent_m"]),
+                   anchors=tuple(anchors), disagreeing=ints["disagreeing"], updates=ints["updates"])
 
     def describe(self) -> str:
         """One line for map_info and /diagnostics."""

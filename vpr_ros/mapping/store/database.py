@@ -448,7 +448,7 @@ def _index_from_file(root: Path, entry: dict[str, Any], kind: str, manifest: "Ma
             return None, "fails its sha256 (corrupt)"
         try:
             fh.seek(0)
-            index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
+            index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError with its own text
             first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
             return None, f"cannot be read by faiss ({first})"

@@ -59,7 +59,7 @@ def load_v1(root: Path, manifest: "Manifest") -> tuple[Any, list["Keyframe"], Pa
         raise MapError(f"{idx_path}: file named by the manifest is missing") from None
     with os.fdopen(fd, "rb") as fh:
         try:
-            index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
+            index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))  # type: ignore[attr-defined]
         except Exception as exc:  # faiss raises RuntimeError with its own text
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise MapError(f"{idx_path}: cannot read faiss index ({first})") from None
