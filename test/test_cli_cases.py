@@ -19,6 +19,7 @@ from vpr_ros.mapping.map_store import VprMap
 
 from conftest import REPO
 from test_map_durability import MODEL, kf, vec
+from test_readme import import_command
 
 COMMANDS = re.findall(r'"(vpr_ros_\w+) = ([\w.]+):(\w+)"', (REPO / "setup.py").read_text())
 
@@ -33,7 +34,7 @@ def test_every_argument_of_every_command_has_help_and_shows_its_default(monkeypa
         raise _Parsed(self)
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
     with pytest.raises(_Parsed) as got:
-        getattr(importlib.import_module(module), func)([])
+        getattr(import_command(module), func)([])
     parser = got.value.args[0]
     assert parser.formatter_class is HelpWithDefaults, name
     silent = [a.option_strings or a.dest for a in parser._actions
@@ -56,7 +57,7 @@ def test_every_argument_of_every_command_has_help_and_shows_its_default(monkeypa
                                    "--max-images", "0"]])
 def test_out_of_range_arguments_are_refused_by_name(argv, capsys):
     with pytest.raises(SystemExit) as ended:
-        importlib.import_module(argv[0]).main(argv[1:])
+        import_command(argv[0]).main(argv[1:])
     assert ended.value.code == 2
     assert f"argument {argv[-2]}: must be" in capsys.readouterr().err
 

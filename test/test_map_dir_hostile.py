@@ -191,6 +191,7 @@ def _map_with_a_damaged_pending_row(root: Path, ident) -> list[int]:
     return seqs
 
 
+@pytest.mark.torch
 def test_a_damaged_pending_row_is_skipped_and_dropped_only_on_request(tmp_path, tiny_backend, capsys):
     from vpr_ros.cli.build_map import main
     from vpr_ros.config import KeyframeConfig
