@@ -59,8 +59,18 @@ def test_a_folder_without_ground_truth_is_localized_too(tmp_path, traversals):
     from test_evaluation import make_gmberton
 
     data = make_gmberton(tmp_path / "city", n=4)
+    camera = tmp_path / "camera.yaml"  # a folder has no CameraInfo: the camera_calibration file gives the model
+    from vpr_ros.datasets import read_rgb
+
+    height, width = read_rgb(next((data / "database").iterdir())).shape[:2]
+    camera.write_text(yaml.safe_dump({"image_width": width, "image_height": height, "camera_matrix": {
+        "rows": 3, "cols": 3, "data": [200.0, 0.0, width / 2, 0.0, 200.0, height / 2, 0.0, 0.0, 1.0]}}))
     assert build_map([str(data / "database"), "--map-dir", str(tmp_path / "map"), "--params-file",
-                      _params(tmp_path, "b")]) == 0
+                      _params(tmp_path, "b"), "--camera-info", str(camera)]) == 0
+    from vpr_ros.mapping.map_store import VprMap
+
+    stored = VprMap.load(tmp_path / "map").local_features(0)
+    assert stored is not None and stored.intrinsics is not None and stored.intrinsics.fx == 200.0
     (tmp_path / "q").mkdir()
     for i, f in enumerate(sorted((data / "queries").iterdir())):
         (tmp_path / "q" / f"frame{i:03d}.jpg").write_bytes(f.read_bytes())  # names without coordinates

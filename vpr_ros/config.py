@@ -277,9 +277,16 @@ class VerificationConfig:
     loop_closures: str = _f("geometric", "'geometric': a loop closure is published only when its geometry is "
                             "verified (needs camera intrinsics; with keyframe depth the relative pose is metric); "
                             "'none': the temporal-consistency rules alone.", live=True)
+    without_camera_model: str = _f("fundamental", "When the query or the keyframe has no camera model (no "
+                                   "CameraInfo, an image folder without a camera_info YAML): 'fundamental' "
+                                   "verifies with a robust fundamental matrix (or a homography where the views have "
+                                   "no parallax) on the pixel matches, inlier count and ratio as for the others, "
+                                   "and publishes the closure without a relative pose (method 1 / 4); 'refuse' "
+                                   "refuses it.", live=True)
 
     def __post_init__(self) -> None:
         _choice("features", self.features, VERIFICATION_FEATURES)
+        _choice("without_camera_model", self.without_camera_model, ("fundamental", "refuse"))
         _choice("rerank", self.rerank, RERANK_MODES)
         _choice("loop_closures", self.loop_closures, LOOP_VERIFICATION)
         if self.rerank == "dense" and self.features not in ("dense", "none"):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vpr_ros.config import MAP_BUILDER_SECTIONS, load_node_config
 from vpr_ros.datasets import list_images, read_poses_csv, read_rgb, utm_from_name
+from vpr_ros.cli.camera_args import camera_model_of
 from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, report_error
 from vpr_ros.cli.model_args import add_model_args, model_with_args, warn_if_random
 from vpr_ros.errors import DatasetError
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="bag: poses from the transform PARENT -> CHILD on /tf (e.g. map:base_link) instead")
     ap.add_argument("--camera-info-topic", default="", help="bag: sensor_msgs/CameraInfo of the camera (stored "
                     "with the keyframes' local features, for geometric verification)")
+    ap.add_argument("--camera-info", default="", metavar="YAML",
+                    help="the camera model as a ROS camera_info YAML (what camera_calibration writes), for image "
+                         "folders and bags without CameraInfo; without one, verification uses the fundamental matrix")
     ap.add_argument("--depth-topic", default="", help="bag: depth image aligned to the camera (16UC1 mm or 32FC1 m): "
                     "keyframes store 3-D points, verified loop closures get a metric relative pose")
     add_model_args(ap)
@@ -138,15 +142,14 @@ def _build(cfg: dict, a: argparse.Namespace) -> int:  # type: ignore[type-arg]
                 base = VprMap.open_writer(root, ModelIdentity.of_backend(backend), durable=False)
             else:
                 lock = hold_writer_lock(root)
-            intrinsics = None
-            if a.camera_info_topic or a.depth_topic:
+            intrinsics = camera_model_of(a, is_bag, source, "vpr_ros_build_map")
+            if a.depth_topic:
                 if not is_bag:
-                    raise DatasetError("--camera-info-topic and --depth-topic apply to bags")
-                if not a.camera_info_topic:
-                    raise DatasetError("--depth-topic needs --camera-info-topic (3-D points need the camera model)")
-                from vpr_ros.mapping.bag_source import bag_camera_info
-
-                intrinsics = bag_camera_info(source, a.camera_info_topic)
+                    raise DatasetError("--depth-topic applies to bags")
+                if intrinsics is None:
+                    raise DatasetError("--depth-topic needs --camera-info-topic or --camera-info (3-D points need "
+                                       "the camera model)")
+            if intrinsics is not None:
                 print(f"vpr_ros_build_map: camera fx {intrinsics.fx:.1f} fy {intrinsics.fy:.1f} "
                       f"cx {intrinsics.cx:.1f} cy {intrinsics.cy:.1f} ({intrinsics.width}x{intrinsics.height})")
             map_frame = cfg[""].map_frame

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vpr_ros import __version__
+from vpr_ros.cli.camera_args import camera_model_of
 from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, positive_float, report_error
 from vpr_ros.cli.model_args import add_model_args, model_with_args, warn_if_random
 from vpr_ros.errors import ConfigError, DatasetError
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pose-topic", default="", help="bag: ground-truth Odometry / PoseStamped topic (optional)")
     ap.add_argument("--trajectory", default="", help="bag: ground-truth TUM / CSV trajectory (optional)")
     ap.add_argument("--camera-info-topic", default="", help="bag: CameraInfo of the camera (geometric verification)")
+    ap.add_argument("--camera-info", default="", metavar="YAML",
+                    help="the camera model as a ROS camera_info YAML (what camera_calibration writes), for image "
+                         "folders and bags without CameraInfo; without one, verification uses the fundamental matrix")
     ap.add_argument("--poses", default="", help="folder: ground-truth poses CSV image,x,y[,yaw][,stamp] (optional)")
     ap.add_argument("--correct-within", type=positive_float, default=25.0,
                     help="m: a top-1 match this close to the frame's true position counts as correct")
@@ -109,13 +113,7 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
     is_bag = (source / "metadata.yaml").is_file() or source.suffix in (".db3", ".mcap")
     if not source.exists():
         raise DatasetError(f"{source}: no such folder or bag")
-    intrinsics = None
-    if a.camera_info_topic:
-        if not is_bag:
-            raise DatasetError("--camera-info-topic applies to bags")
-        from vpr_ros.mapping.bag_source import bag_camera_info
-
-        intrinsics = bag_camera_info(source, a.camera_info_topic)
+    intrinsics = camera_model_of(a, is_bag, source, "vpr_ros_localize")
     frames, total = _bag_frames(source, a) if is_bag else _folder_frames(source, a.poses)
     # one run's numbers from one backend: a missing engine is built before the replay, not swapped in
     gpu = node.gpu if node.gpu.engine_build == "never" else dataclasses.replace(node.gpu, engine_build="startup")
@@ -136,7 +134,7 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
                 "overrides": a.overrides, "localizer": dataclasses.asdict(node),
                 "verification": dataclasses.asdict(cfg["verification"]), "model": dataclasses.asdict(cfg["model"]),
                 "image_topic": a.image_topic, "pose_topic": a.pose_topic, "trajectory": a.trajectory,
-                "camera_info_topic": a.camera_info_topic, "correct_within_m": a.correct_within,
+                "camera_info_topic": a.camera_info_topic, "camera_info": a.camera_info, "correct_within_m": a.correct_within,
                 "command": "vpr_ros_localize " + " ".join(sys.argv[1:] if argv is None else argv),
                 "vpr_ros_version": __version__}
     files = write_outputs(rows, map_poses, Path(a.output), settings, title)

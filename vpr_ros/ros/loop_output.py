@@ -13,14 +13,15 @@ from vpr_ros.ros.conversions import table
 
 # Relative pose: the query robot's pose in the matched keyframe's robot frame, from geometric
 # verification (metric with keyframe depth: method 3 'pnp'; rotation + unit direction from the
-# essential matrix: method 2, translation variance 1e4); identity when unverified (method 0).
+# essential matrix: method 2, translation variance 1e4); verified without a camera model (fundamental
+# matrix: method 1, homography: method 4) and unverified (method 0): identity.
 # Covariance diagonal over (x, y, z, roll, pitch, yaw) from the inliers, or the score-based one.
 # 'prior' is 1 when the matched keyframe belongs to an earlier session (a prior map): such a
 # closure is never sent as a [t_query, t_match] pair (its stamps mean nothing to the running SLAM).
 LOOP_COLUMNS = ("t_query", "t_match", "match_id", "status", "score", "streak",
                 "rel_x", "rel_y", "rel_z", "rel_qx", "rel_qy", "rel_qz", "rel_qw",
                 "cov_x", "cov_y", "cov_z", "cov_roll", "cov_pitch", "cov_yaw", "inliers", "method", "prior")
-METHOD_CODES = {"": 0.0, "fundamental": 1.0, "essential": 2.0, "pnp": 3.0}
+METHOD_CODES = {"": 0.0, "fundamental": 1.0, "essential": 2.0, "pnp": 3.0, "homography": 4.0}
 
 
 def loop_row(r: LocalizationResult, prior: bool = False) -> tuple[float, ...]:

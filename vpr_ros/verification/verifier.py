@@ -6,8 +6,11 @@ map builder and evaluation).
   nearest neighbours of the network's patch features).
 * :meth:`Verifier.verify`: a decision with a relative pose. With the keyframe's 3-D points
   (depth at map time) and the query's intrinsics: PnP, metric 6-DoF. With both cameras'
-  intrinsics: the essential matrix, rotation and translation direction. A match is verified only
-  when the inlier count and ratio pass the thresholds; every refusal says why.
+  intrinsics: the essential matrix, rotation and translation direction. Without a camera model
+  (``without_camera_model: fundamental``, the default): a robust fundamental matrix on the pixel
+  matches, or a homography where the views have no parallax, as RTAB-Map and DBoW2-based loop
+  closers do without calibration; verified without a relative pose. A match is verified only when
+  the inlier count and ratio pass the thresholds; every refusal says why.
 """
 from __future__ import annotations
 
@@ -125,15 +128,19 @@ class Verifier:
         if q.kind == "dense":  # keypoints are patch centres: tolerate half a cell
             cell = 0.5 * max(q.image_size) / max(1.0, len(q) ** 0.5)
             pnp_px, ransac_px = max(pnp_px, cell), max(ransac_px, cell)
-        if q.intrinsics is None:
-            return Verification(False, "", n, 0, "no camera intrinsics for the query (CameraInfo)")
+        missing = ("no camera intrinsics for the query (CameraInfo)" if q.intrinsics is None else
+                   "no camera intrinsics stored with the keyframe (map built without CameraInfo)"
+                   if k.points3d is None and k.intrinsics is None else "")
+        if missing:
+            if cfg.without_camera_model == "refuse":
+                return Verification(False, "", n, 0, missing)
+            return self._uncalibrated(kq, kk, n, ransac_px, missing)
+        assert q.intrinsics is not None
         if k.points3d is not None:
             model = pnp(k.points3d[pairs[:, 1]], kq, q.intrinsics, pnp_px)
-        elif k.intrinsics is not None:
-            model = essential(kk, kq, k.intrinsics, q.intrinsics, ransac_px)
         else:
-            return Verification(False, "", n, 0, "no camera intrinsics stored with the keyframe (map built "
-                                                 "without CameraInfo)")
+            assert k.intrinsics is not None
+            model = essential(kk, kq, k.intrinsics, q.intrinsics, ransac_px)
         inl = model.n_inliers
         result = dict(method=model.method, matches=n, inliers=inl, rms_px=model.rms_px)
         if inl < cfg.min_inliers or inl / n < cfg.min_inlier_ratio or model.R is None:
@@ -143,3 +150,20 @@ class Verifier:
         pose = (*map(float, t), *matrix_to_quat(R))
         return Verification(True, pose=pose, covariance=model.covariance,  # type: ignore[arg-type]
                             metric=model.method == "pnp", **result)
+
+    def _uncalibrated(self, kq: np.ndarray, kk: np.ndarray, n: int, ransac_px: float, missing: str) -> Verification:
+        """Pixel-only verification: fundamental matrix, or a homography when the views have no
+        parallax (the fundamental matrix is then degenerate); no relative pose."""
+        cfg = self.cfg
+        model = fundamental(kq, kk, ransac_px)
+        if model.n_inliers < n // 2:
+            h = homography(kq, kk, ransac_px)
+            if h.n_inliers > model.n_inliers:
+                model = h
+        inl = model.n_inliers
+        result = dict(method=model.method, matches=n, inliers=inl, rms_px=model.rms_px)
+        if inl < cfg.min_inliers or inl / n < cfg.min_inlier_ratio:
+            return Verification(False, reason=f"{model.method} ({missing}): {inl} inliers of {n} matches (need "
+                                f"{cfg.min_inliers} and ratio {cfg.min_inlier_ratio:.2f})", **result)
+        return Verification(True, reason=f"verified without a camera model ({missing}): no relative pose",
+                            **result)
