@@ -235,3 +235,21 @@ def test_session_records_are_stored_with_the_map(tmp_path):
     copy = VprMap.load(tmp_path / "map")
     copy.save(tmp_path / "copy")  # a new store carries them over
     assert VprMap.load(tmp_path / "copy").session_record(1) == rec
+
+
+def test_map_plot_revisits_are_verified_not_cosines_of_random_weights(tiny_backend, drive):
+    """A single straight pass has no revisits, yet the random network scores every pair ~1: the
+    plot's edges are the candidates that pass geometric verification. Two passes over the same
+    corridor: the verified edges join the same places."""
+    from vpr_ros.mapping.map_plot import revisit_edges
+
+    lap0 = [i for i, lap in enumerate(drive.laps) if lap == 0]
+    lap2 = [i for i, lap in enumerate(drive.laps) if lap == 2]
+    one, _ = run_session(tiny_backend, drive, lap0, poses=drive.truth)
+    candidates = revisit_edges(one.map, -1.0, 10.0, verify=False)  # 10 m apart: no longer in view
+    assert len(candidates) >= 8 and revisit_edges(one.map, -1.0, 10.0) == []
+    two, _ = run_session(tiny_backend, drive, lap2, vmap=one.map, poses=drive.truth)
+    edges = revisit_edges(two.map, -1.0, 30.0)
+    assert len(edges) >= 10
+    for i, j, _ in edges:  # co-visible: the same stretch of corridor (a forward camera sees metres ahead)
+        assert np.linalg.norm(np.subtract(two.map.keyframes[i].pose[:3], two.map.keyframes[j].pose[:3])) < 6.0

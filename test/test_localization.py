@@ -10,7 +10,7 @@ from vpr_ros.config import LocalizerConfig
 from vpr_ros.errors import MapError
 from vpr_ros.frame_slots import LatestFrameSlots
 from vpr_ros.localization import Localizer, pose_covariance
-from vpr_ros.loop_closure import CANDIDATE, REJECTED, VERIFIED, LoopClosureDetector
+from vpr_ros.loop_closure import ACCEPTED, CANDIDATE, REJECTED, LoopClosureDetector
 from vpr_ros.mapping.map_store import ModelIdentity, VprMap
 
 
@@ -46,7 +46,7 @@ def test_loop_closure_rules():
     assert det.update(100.0, 90.0, 5, 0.9).reason == "match too recent"
     assert det.update(100.5, 10.0, 5, 0.2).status == REJECTED
     seq = [det.update(101.0 + 0.25 * k, 10.0 + k, 5 + k, 0.9) for k in range(8)]
-    assert [d.status for d in seq[:3]] == [CANDIDATE, CANDIDATE, VERIFIED]
+    assert [d.status for d in seq[:3]] == [CANDIDATE, CANDIDATE, ACCEPTED]  # no geometry asked for: not "verified"
     published = [d for d in seq if d.publish]
     times = [d.t_query for d in published]
     assert all(b - a >= 1.0 for a, b in zip(times, times[1:]))  # rate limit (1 Hz, query time)
@@ -78,9 +78,9 @@ def test_one_frame_stamped_in_the_future_does_not_silence_loop_closures():
     """Trial case: a frame stamped 2e9 s was published; the rate limiter kept its stamp and every
     later closure stayed a 'rate limited' candidate for good."""
     det = LoopClosureDetector(score_threshold=0.5, min_time_separation=30, consistency=1, window=2, max_rate=1.0)
-    assert det.update(2e9, 0.0, 5, 0.9).status == VERIFIED  # the bad stamp (it did match)
+    assert det.update(2e9, 0.0, 5, 0.9).status == ACCEPTED  # the bad stamp (it did match)
     later = [det.update(100.0 + k, 0.0, 5, 0.9).status for k in range(3)]
-    assert later == [VERIFIED, VERIFIED, VERIFIED] and det.stamps_back == 1
+    assert later == [ACCEPTED, ACCEPTED, ACCEPTED] and det.stamps_back == 1
 
 
 def test_loop_closures_from_real_descriptors_of_the_demo_traversals(tiny_backend):

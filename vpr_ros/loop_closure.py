@@ -9,16 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-CANDIDATE, VERIFIED, REJECTED = "candidate", "verified", "rejected"
-STATUS_CODES = {CANDIDATE: 0.0, VERIFIED: 1.0, REJECTED: -1.0}
+CANDIDATE, VERIFIED, ACCEPTED, REJECTED = "candidate", "verified", "accepted", "rejected"
+#: loop_closure_table codes: 1 published (verified by geometry, or accepted on the temporal rules
+#: alone when verification is off: the label says which), 0 candidate, -1 rejected
+STATUS_CODES = {CANDIDATE: 0.0, VERIFIED: 1.0, ACCEPTED: 1.0, REJECTED: -1.0}
+PUBLISHED = (VERIFIED, ACCEPTED)
 
 
 @dataclass(frozen=True)
 class LoopDecision:
     """What happened to one query's top-1 match.
 
-    ``status``: 'verified' (publish it), 'candidate' (plausible, waiting for consistency
-    or rate limit), 'rejected' (fails a rule; ``reason`` says which).
+    ``status``: 'verified' (publish it: its geometry was verified), 'accepted' (publish it on the
+    temporal rules alone: no geometric verification was asked for), 'candidate' (plausible,
+    waiting for consistency or rate limit), 'rejected' (fails a rule; ``reason`` says which).
     """
 
     t_query: float
@@ -32,7 +36,7 @@ class LoopDecision:
 
     @property
     def publish(self) -> bool:
-        return self.status == VERIFIED
+        return self.status in PUBLISHED
 
 
 class LoopClosureDetector:
@@ -96,4 +100,4 @@ class LoopClosureDetector:
             return replace(decide(VERIFIED), verification=v)
         self.last_published = t_query
         self.published += 1
-        return decide(VERIFIED)
+        return decide(ACCEPTED, "temporal rules only (no geometric verification)")

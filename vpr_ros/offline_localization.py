@@ -98,11 +98,12 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in rows if r["loop_status"] != "error"]
     with_truth = [r for r in ok if r["correct"] != ""]
     accepted = [r for r in ok if r["accepted"] == 1]
-    verified = [r for r in ok if r["loop_status"] == "verified"]
+    verified = [r for r in ok if r["loop_status"] in ("verified", "accepted")]  # published closures
     out: dict[str, Any] = {
         "frames": n, "answered": len(ok), "failed": n - len(ok), "accepted": len(accepted),
         "loop_closures": len(verified),
-        "loop_decisions": {s: sum(1 for r in ok if r["loop_status"] == s) for s in ("verified", "candidate", "rejected")},
+        "loop_decisions": {s: sum(1 for r in ok if r["loop_status"] == s)
+                           for s in ("verified", "accepted", "candidate", "rejected")},
     }
     if with_truth:
         out["top1_correct"] = sum(int(r["correct"]) for r in with_truth) / len(with_truth)
@@ -159,7 +160,7 @@ def plot(rows: Sequence[dict[str, Any]], map_poses: np.ndarray, path: Path, titl
     fig, (ax, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 5.2), gridspec_kw={"width_ratios": [1.3, 1.3, 1]})
     if len(map_poses):
         ax.plot(map_poses[:, 0], map_poses[:, 1], ".", color="0.7", ms=4, label="map keyframes")
-    colours = {"verified": "tab:green", "candidate": "tab:orange", "rejected": "tab:red"}
+    colours = {"verified": "tab:green", "accepted": "tab:olive", "candidate": "tab:orange", "rejected": "tab:red"}
     truth = np.array([(float(r["truth_x"]), float(r["truth_y"])) for r in rows if r["truth_x"] != ""]).reshape(-1, 2)
     if len(truth):
         ax.plot(truth[:, 0], truth[:, 1], "-", color="tab:blue", lw=1, label="true path")

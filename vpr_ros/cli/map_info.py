@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 
             out, n_edges = plot_map(vmap, Path(a.plot), f"{root.name}: {len(vmap)} keyframes", a.edge_score,
                                     a.edge_gap, a.thumbnails)
-            print(f"  plot          {out} ({n_edges} revisit edges)")
+            from vpr_ros.mapping.map_plot import edges_label
+
+            print(f"  plot          {out} ({edges_label(vmap, a.edge_score, a.edge_gap, n_edges)})")
     except EXPECTED_ERRORS as exc:
         return report_error("vpr_ros_map_info", exc)
     finally:

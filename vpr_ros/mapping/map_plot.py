@@ -11,12 +11,37 @@ from vpr_ros.errors import VprError
 from vpr_ros.files import replaced_atomically
 
 
-def revisit_edges(vmap: Any, min_score: float, min_gap_s: float) -> list[tuple[int, int, float]]:
+def revisit_edges(vmap: Any, min_score: float, min_gap_s: float, verify: bool = True) -> list[tuple[int, int, float]]:
     """(keyframe, earlier keyframe, cosine) for each keyframe whose best match among the keyframes
-    taken at least ``min_gap_s`` s before it scores >= ``min_score``: the revisits place recognition
-    sees in the map (the loop edges a back end would get)."""
+    taken at least ``min_gap_s`` s before it scores >= ``min_score`` and, with ``verify`` and local
+    features stored in the map, passes geometric verification as a loop closure would (without a
+    camera model: the fundamental matrix): the revisits the map shows. Cosines alone mean nothing
+    for a network with random weights (every pair scores ~0.998)."""
     if len(vmap) < 2:
         return []
+    candidates = _candidate_edges(vmap, min_score, min_gap_s)
+    if not verify or not vmap.manifest.local_features:
+        return candidates
+    from vpr_ros.config import VerificationConfig
+    from vpr_ros.verification.verifier import Verifier
+
+    verifier = Verifier(VerificationConfig(features=vmap.manifest.local_features))
+    out = []
+    for i, j, score in candidates:
+        a, b = vmap.local_features(i), vmap.local_features(j)
+        if a is not None and b is not None and verifier.verify(a, b).verified:
+            out.append((i, j, score))
+    return out
+
+
+def edges_label(vmap: Any, min_score: float, min_gap_s: float, n: int) -> str:
+    """What the edges are, for the legend and map_info."""
+    how = ("geometrically verified" if vmap.manifest.local_features else
+           "NOT verified: the map stores no local features, and cosines of untrained weights mean nothing")
+    return f"revisits: cosine >= {min_score}, >= {min_gap_s:g} s apart, {how} ({n})"
+
+
+def _candidate_edges(vmap: Any, min_score: float, min_gap_s: float) -> list[tuple[int, int, float]]:
     desc = vmap.descriptors()
     stamps = np.array([k.stamp for k in vmap.keyframes])
     edges = []
@@ -58,8 +83,7 @@ def plot_map(vmap: Any, path: Path, title: str, min_score: float = 0.8, min_gap_
     if len(poses):
         ax.plot(*poses[0, :2], "k^", ms=8, label="first keyframe", zorder=3)
     if edges:
-        ax.plot([], [], "-", color="tab:purple", label=f"revisits: cosine >= {min_score}, >= {min_gap_s:g} s apart "
-                                                     f"({len(edges)})")
+        ax.plot([], [], "-", color="tab:purple", label=edges_label(vmap, min_score, min_gap_s, len(edges)))
     shown = 0
     if thumbnails:
         from matplotlib.offsetbox import AnnotationBbox, OffsetImage

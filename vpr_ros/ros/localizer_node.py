@@ -35,6 +35,7 @@ from vpr_ros.debug_view import keyframe_image, side_by_side
 from vpr_ros.errors import ConfigError, MapError, VprError
 from vpr_ros.frame_slots import LatestFrameSlots
 from vpr_ros.localization import LocalizationResult, Localizer
+from vpr_ros.loop_closure import VERIFIED
 from vpr_ros.mapping.map_store import ModelIdentity, VprMap
 from vpr_ros.ros.conversions import image_to_rgb, pose_msg, rgb_to_image, sec_to_stamp, stamp_to_sec, table
 from vpr_ros.ros.loop_output import describe_closure, publish_loop
@@ -337,7 +338,7 @@ class LocalizerCore(VprNodeMixin):
         frame = self.frame
         self._maybe_initial_pose(r, stamp)  # first: decided by the time the frame's table is out
         rows = [(r.stamp, m.keyframe.stamp, m.db_id, m.rank, m.score,
-                 float(m.rank == 0 and r.loop is not None and r.loop.publish), *m.keyframe.pose, m.local_score)
+                 float(m.rank == 0 and r.loop is not None and r.loop.status == VERIFIED), *m.keyframe.pose, m.local_score)
                 for m in r.matches]
         self.safe_publish(self.pub_table, table(MATCH_COLUMNS, rows))
 

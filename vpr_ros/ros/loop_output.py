@@ -55,5 +55,7 @@ def describe_closure(r: LocalizationResult) -> str:
     lp = r.loop
     assert lp is not None
     v = lp.verification
-    how = (f", {v.method} {v.inliers} inliers" + (", metric" if v.metric else "")) if v is not None else ""
+    how = ((f", {v.method} {v.inliers} inliers" + (", metric" if v.metric else "") +
+            ("" if v.pose is not None else ", no relative pose")) if v is not None else
+           ", accepted on the temporal rules alone: not verified")
     return f"t_query={lp.t_query:.3f} t_match={lp.t_match:.3f} (keyframe {lp.db_id}, score {lp.score:.3f}{how})"
