@@ -133,7 +133,7 @@ def write_outputs(rows: Sequence[dict[str, Any]], map_poses: np.ndarray, out: Pa
         tmp.write_text(json.dumps({"summary": summary, "settings": settings}, indent=1))
     threshold = (settings.get("localizer") or {}).get("score_threshold")
     return [out / "localization.csv", out / "results.json",
-            plot(rows, map_poses, out / "localize.png", title, threshold)]
+            plot(rows, map_poses, out / "localize.png", title, threshold, settings.get("correct_within_m"))]
 
 
 def _decision_label(rows: Sequence[dict[str, Any]], status: str, count: int) -> str:
@@ -147,7 +147,7 @@ def _decision_label(rows: Sequence[dict[str, Any]], status: str, count: int) -> 
 
 
 def plot(rows: Sequence[dict[str, Any]], map_poses: np.ndarray, path: Path, title: str,
-         threshold: float | None = None) -> Path:
+         threshold: float | None = None, correct_within: float | None = None) -> Path:
     """Top-down view (map keyframes; each frame's estimated pose coloured by its loop decision; true
     positions when known), the top-1 score over the run with the decisions and their main reason,
     and the score histogram of correct vs wrong top-1 matches (where ground truth says which) -
@@ -192,7 +192,8 @@ def plot(rows: Sequence[dict[str, Any]], map_poses: np.ndarray, path: Path, titl
         ax3.hist([good, bad], bins=bins, color=["tab:green", "tab:red"], label=["top-1 correct", "top-1 wrong"],
                  stacked=True)
         ax3.legend(fontsize=7)
-        ax3.set(title="top-1 scores by correctness")
+        ax3.set(title="top-1 scores by correctness" + (f" (correct: keyframe within {correct_within:g} m "
+                                                         "of the true position)" if correct_within else ""))
     else:
         ax3.hist(s, bins=25, color="tab:blue")
         ax3.set(title="top-1 scores (no ground truth)")
