@@ -1,0 +1,93 @@
+"""vpr_ros_eval_loops: loop-closure detection scored on one sequence against a ground-truth loop
+matrix (the standard way: PR over the score threshold, maximum recall at 100 % precision), for
+the real corridor driven as one sequence (reference pass, then query pass) through the map
+builder's live code, and ground truth read from the formats loop-closure evaluations use."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from vpr_ros.errors import DatasetError
+from vpr_ros.loop_eval import FrameDecision, loops_from_poses, read_loop_matrix, score_variants
+
+from conftest import CORRIDOR, TINY_MODEL
+
+
+def test_loop_matrices_are_read_from_npy_csv_and_images(tmp_path):
+    gt = np.zeros((6, 6), bool)
+    gt[4, 1] = gt[5, 2] = True
+    np.save(tmp_path / "gt.npy", gt)
+    np.savetxt(tmp_path / "gt.csv", gt.astype(int), fmt="%d", delimiter=",")
+    cv2.imwrite(str(tmp_path / "seq_GT.bmp"), gt.astype(np.uint8) * 255)  # RTAB-Map's layout
+    for name in ("gt.npy", "gt.csv", "seq_GT.bmp"):
+        m = read_loop_matrix(tmp_path / name, 6)
+        assert m[4, 1] and m[1, 4] and m.sum() == 4, name  # made symmetric
+    with pytest.raises(DatasetError, match=r"the loop matrix is \[6, 6\], the sequence has 7 frames"):
+        read_loop_matrix(tmp_path / "gt.npy", 7)
+    (tmp_path / "bad.csv").write_text("0,1\n1,x\n")
+    with pytest.raises(DatasetError, match="bad.csv: cannot read the loop matrix"):
+        read_loop_matrix(tmp_path / "bad.csv", 2)
+    with pytest.raises(DatasetError, match="a loop matrix is .npy"):
+        read_loop_matrix(_touch(tmp_path / "gt.json"), 6)
+    pos = np.array([[0, 0, 0], [5, 0, 0], [0.5, 0, 0]], float)
+    assert loops_from_poses(pos, np.array([0.0, 10.0, 60.0]), 1.0, 30.0).tolist() == \
+        [[False, False, True], [False, False, False], [True, False, False]]
+
+
+def _touch(p):
+    p.write_text("{}")
+    return p
+
+
+def test_the_detectors_are_scored_as_loop_closure_evaluations_score_them():
+    """Hand-made decisions with a known answer: 4 frames with a loop to find; the verified and
+    temporal variants reuse the node's LoopClosureDetector."""
+    n = 8
+    gt = np.zeros((n, n), bool)
+    for i, j in ((4, 0), (5, 1), (6, 2), (7, 3)):
+        gt[i, j] = gt[j, i] = True
+    run = [FrameDecision(i, float(i) * 10, -1, -np.inf, False, "", 0, 1.0) for i in range(4)]
+    run += [FrameDecision(4, 40.0, 0, 0.9, True, "fundamental", 40, 1.0),   # correct, verified
+            FrameDecision(5, 50.0, 3, 0.95, False, "", 0, 1.0),             # wrong, highest score, not verified
+            FrameDecision(6, 60.0, 2, 0.8, True, "fundamental", 35, 1.0),   # correct, verified
+            FrameDecision(7, 70.0, 3, 0.7, True, "fundamental", 31, 1.0)]   # correct, verified
+    curves = score_variants(run, gt, exclude_recent=30.0, consistency=1, window=3, max_rate=100.0)
+    r = curves["retrieval"]
+    assert r.positives == 4 and r.thresholds.tolist() == [0.95, 0.9, 0.8, 0.7]
+    assert r.precision.tolist() == [0.0, 0.5, 2 / 3, 0.75] and r.recall.tolist() == [0.0, 0.25, 0.5, 0.75]
+    assert r.max_recall_at_full_precision == 0.0  # the wrong match scores highest
+    v = curves["verification"]
+    assert v.precision.tolist() == [1.0, 1.0, 1.0, 1.0] and v.max_recall_at_full_precision == 0.75
+    assert v.threshold_at_full_precision == 0.7
+    assert curves["verification+temporal"].max_recall_at_full_precision == 0.75
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_the_real_corridor_as_one_sequence_through_the_live_code(tmp_path, capsys):
+    from vpr_ros.cli.eval_loops import main
+
+    if not CORRIDOR.is_dir():
+        pytest.skip("../shared/data/corridor is not here")
+    params = tmp_path / "p.yaml"
+    import yaml
+
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "backend": "torch", "verification.min_inliers": 12, "verification.ratio": 0.9,
+        "verification.max_features": 2000, **{f"model.{k}": v for k, v in TINY_MODEL.items()}}}}))
+    out = tmp_path / "out"
+    assert main([str(CORRIDOR), "--params-file", str(params), "--output", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "111 reference frames, then 111 query frames" in text and "max recall at 100% precision" in text
+    res = json.loads((out / "results.json").read_text())
+    assert res["frames"] == 222 and res["frames_with_a_loop"] == 111  # every query revisits the reference pass
+    assert set(res["detectors"]) == {"retrieval", "verification", "temporal", "verification+temporal"}
+    for d in res["detectors"].values():
+        assert 0.0 <= d["auc"] <= 1.0 and 0.0 <= d["max_recall_at_100_precision"] <= 1.0
+    rows = (out / "loops.csv").read_text().splitlines()
+    assert len(rows) == 223 and rows[0].startswith("frame,image,stamp,top1,score,verified")
+    assert (out / "loops.png").stat().st_size > 30_000
+    assert main([str(CORRIDOR), "--ground-truth", "x.npy", "--output", str(out)]) == 2  # a layout brings its own

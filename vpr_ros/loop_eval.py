@@ -1,0 +1,217 @@
+"""Loop-closure detection scored the standard way on one sequence (ROS-free).
+
+A sequence of images is driven *in order* through the map builder's live loop-closure code
+(:class:`~vpr_ros.mapping.live_loops.LiveLoopCloser`: every frame is matched against the frames
+at least ``exclude_recent`` s older, then added), and each frame's decision is scored against a
+ground-truth loop matrix ``gt[i, j]`` (frame i revisits frame j). As FAB-MAP, DBoW2, iBoW-LCD and
+RTAB-Map report it: the precision-recall curve over the score threshold, its area, and the
+**maximum recall at 100 % precision**, for four detectors built from the same run:
+
+* ``retrieval``: the top-1 (after re-ranking) accepted when its cosine reaches the threshold;
+* ``verification``: ... and its geometry verifies (the verifier the node runs);
+* ``temporal``: the node's temporal rules (:class:`~vpr_ros.loop_closure.LoopClosureDetector`:
+  consistency, rate) over the retrieval decisions, re-run for every threshold;
+* ``verification+temporal``: both, as the map builder publishes closures by default.
+
+A frame is a positive when the ground truth gives it at least one loop among the frames it may
+match (older by ``exclude_recent``); a decision is correct when its matched frame is one of them.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from vpr_ros.errors import DatasetError
+
+if TYPE_CHECKING:
+    from vpr_ros.config import LiveLoopConfig, VerificationConfig
+    from vpr_ros.runtime.base import DescriptorBackend
+    from vpr_ros.verification.features import CameraIntrinsics
+
+VARIANTS = ("retrieval", "verification", "temporal", "verification+temporal")
+IMAGE_SUFFIXES = (".png", ".bmp", ".pgm", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class FrameDecision:
+    """One frame of the run: its top-1 older frame (-1: none yet), cosine, verification outcome
+    and time (ms: encoding, search, re-ranking and verification)."""
+
+    index: int
+    stamp: float
+    top1: int
+    score: float
+    verified: bool
+    method: str
+    inliers: int
+    ms: float
+
+
+@dataclass(frozen=True)
+class PrResult:
+    """A detector's curve: thresholds [T] (descending), precision [T], recall [T], area, and the
+    maximum recall at 100 % precision with its threshold (nan when no threshold reaches it)."""
+
+    thresholds: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    auc: float
+    max_recall_at_full_precision: float
+    threshold_at_full_precision: float
+    positives: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- ground truth
+def read_loop_matrix(path: str | Path, n: int) -> np.ndarray:
+    """A ground-truth loop matrix bool [n, n] from ``.npy`` (0/1 or bool), ``.csv`` / ``.txt``
+    (a square 0/1 matrix, comma or whitespace separated) or an image (``*_GT.bmp`` as RTAB-Map
+    ships, ``.png``, ...: a non-zero pixel (i, j) is a loop). Made symmetric; DatasetError naming
+    the file otherwise."""
+    import cv2
+
+    from vpr_ros.files import check_readable_file
+
+    p = check_readable_file(Path(path), "ground-truth loop matrix", DatasetError)
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            m = np.load(p, allow_pickle=False)
+        elif suffix in IMAGE_SUFFIXES:
+            m = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+            if m is None:
+                raise DatasetError(f"{p}: not an image OpenCV can read")
+        elif suffix in (".csv", ".txt"):
+            from vpr_ros.files import read_text
+
+            text = read_text(p, "ground-truth loop matrix", DatasetError).replace(",", " ")
+            rows = [line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+            m = np.array([[float(v) for v in row] for row in rows]) if rows else np.zeros((0, 0))
+        else:
+            raise DatasetError(f"{p}: a loop matrix is .npy, .csv / .txt or an image ({', '.join(IMAGE_SUFFIXES)})")
+    except (ValueError, OSError) as exc:
+        raise DatasetError(f"{p}: cannot read the loop matrix ({exc})") from None
+    m = np.asarray(m)
+    if m.ndim != 2 or m.shape != (n, n):
+        raise DatasetError(f"{p}: the loop matrix is {list(m.shape)}, the sequence has {n} frames (needs [{n}, {n}])")
+    if not np.isfinite(m.astype(np.float64)).all():
+        raise DatasetError(f"{p}: the loop matrix holds values that are not finite")
+    gt = m.astype(np.float64) != 0
+    return gt | gt.T
+
+
+def loops_from_poses(positions: np.ndarray, stamps: np.ndarray, radius: float, min_gap_s: float) -> np.ndarray:
+    """gt[i, j]: frames within ``radius`` m of each other and at least ``min_gap_s`` s apart."""
+    pos = np.asarray(positions, np.float64)
+    t = np.asarray(stamps, np.float64)
+    gt = np.zeros((len(pos), len(pos)), bool)
+    for i in range(0, len(pos), 512):
+        d = np.linalg.norm(pos[i:i + 512, None, :] - pos[None, :, :], axis=2)
+        gt[i:i + 512] = (d <= radius) & (np.abs(t[i:i + 512, None] - t[None, :]) >= min_gap_s)
+    return gt
+
+
+# ---------------------------------------------------------------------------- the run
+def run_sequence(backend: "DescriptorBackend", images: Sequence[Path], stamps: Sequence[float],
+                 live: "LiveLoopConfig", verification: "VerificationConfig",
+                 intrinsics: "CameraIntrinsics | None" = None,
+                 progress: Callable[[int], None] | None = None) -> list[FrameDecision]:
+    """Drive ``images`` in order through the live loop closer (every frame a keyframe)."""
+    from vpr_ros.config import KeyframeConfig
+    from vpr_ros.datasets import read_rgb
+    from vpr_ros.mapping.builder import MapBuilder
+    from vpr_ros.mapping.live_loops import LiveLoopCloser, live_index_type
+    from vpr_ros.mapping.map_store import Keyframe
+
+    builder = MapBuilder(backend, KeyframeConfig(), verification=verification, intrinsics=intrinsics)
+    builder.map.reindex(live_index_type(builder.index_cfg))
+    closer = LiveLoopCloser(backend, builder.map, live, verification, builder.session)
+    verifier = closer.localizer.verifier
+    out = []
+    for i, (path, stamp) in enumerate(zip(images, stamps)):
+        t0 = time.perf_counter()
+        rgb = read_rgb(path)
+        desc, feats = builder.encode([rgb], None, intrinsics)
+        kf = Keyframe(float(stamp), (float(i), 0.0, 0.0, 0.0, 0.0, 0.0, 1.0), image_ref=str(path),
+                      session=builder.session)
+        c = closer.check(desc, feats[0] if feats else None, kf, intrinsics)
+        top1, score, verified, method, inliers = -1, -math.inf, False, "", 0
+        if c is not None:
+            top = c.result.matches[0]
+            top1, score = top.db_id, top.score
+            stored, query = builder.map.local_features(top.db_id), feats[0] if feats else None
+            if verifier.enabled and stored is not None and query is not None:
+                v = verifier.verify(query, stored)
+                verified, method, inliers = v.verified, v.method, v.inliers
+        builder.add_encoded(desc, [kf], feats)
+        closer.added(kf)
+        out.append(FrameDecision(i, float(stamp), top1, score, verified, method, inliers,
+                                 (time.perf_counter() - t0) * 1e3))
+        if progress is not None:
+            progress(i)
+    return out
+
+
+# ---------------------------------------------------------------------------- scoring
+def searchable_positives(gt: np.ndarray, stamps: np.ndarray, exclude_recent: float) -> np.ndarray:
+    """bool [N]: frame i has a ground-truth loop among the frames it may match."""
+    t = np.asarray(stamps, np.float64)
+    older = t[None, :] <= t[:, None] - exclude_recent
+    return np.any(gt & older, axis=1)
+
+
+def score_variants(run: Sequence[FrameDecision], gt: np.ndarray, exclude_recent: float, consistency: int,
+                   window: int, max_rate: float) -> dict[str, PrResult]:
+    """The four detectors' PR curves (see the module docstring)."""
+    from vpr_ros.loop_closure import LoopClosureDetector
+
+    stamps = np.array([d.stamp for d in run])
+    positive = searchable_positives(gt, stamps, exclude_recent)
+    has = np.array([d.top1 >= 0 for d in run])
+    scores = np.array([d.score if d.top1 >= 0 else -np.inf for d in run])
+    correct = np.array([d.top1 >= 0 and bool(gt[d.index, d.top1]) for d in run])
+    verified = np.array([d.verified for d in run])
+    thresholds = np.unique(scores[has])[::-1] if has.any() else np.zeros(0)
+
+    def curve(accept_at: Callable[[float], np.ndarray]) -> PrResult:
+        precision, recall = [], []
+        for t in thresholds:
+            acc = accept_at(float(t))
+            tp, fp = int(np.sum(acc & correct)), int(np.sum(acc & ~correct))
+            precision.append(tp / (tp + fp) if tp + fp else 1.0)
+            recall.append(tp / max(1, int(positive.sum())))
+        p, r = np.array(precision), np.array(recall)
+        rr, pp = np.r_[0.0, r], np.r_[p[0] if len(p) else 1.0, p]
+        auc = float(np.sum((rr[1:] - rr[:-1]) * (pp[1:] + pp[:-1]) / 2)) if len(p) else 0.0
+        full = [(r[k], thresholds[k]) for k in range(len(p)) if p[k] >= 1.0 and r[k] > 0]
+        best = max(full) if full else (0.0, math.nan)
+        return PrResult(thresholds, p, r, auc, float(best[0]), float(best[1]), int(positive.sum()))
+
+    def temporal(t: float, gate: bool) -> np.ndarray:
+        det = LoopClosureDetector(t, exclude_recent, consistency, window, max_rate)
+        out = np.zeros(len(run), bool)
+        for k, d in enumerate(run):
+            if d.top1 < 0:
+                continue
+            v = _Recorded(bool(verified[k])) if gate else None
+            out[k] = det.update(d.stamp, run[d.top1].stamp, d.top1, d.score,
+                                (lambda v=v: v) if v is not None else None).publish
+        return out
+
+    return {"retrieval": curve(lambda t: has & (scores >= t)),
+            "verification": curve(lambda t: has & (scores >= t) & verified),
+            "temporal": curve(lambda t: temporal(t, False)),
+            "verification+temporal": curve(lambda t: temporal(t, True))}
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """A verification outcome recorded in the run, replayed to the temporal rules."""
+
+    verified: bool
+    reason: str = "recorded"
