@@ -38,6 +38,7 @@ setup(
             "vpr_ros_model_report = vpr_ros.cli.model_report:main",
             "vpr_ros_eval = vpr_ros.cli.eval:main",
             "vpr_ros_eval_loops = vpr_ros.cli.eval_loops:main",
+            "vpr_ros_weights = vpr_ros.cli.weights:main",
             "vpr_ros_export = vpr_ros.cli.export:main",
             "vpr_ros_convert_weights = vpr_ros.cli.convert_weights:main",
             "vpr_ros_build_engine = vpr_ros.cli.build_engine:main",

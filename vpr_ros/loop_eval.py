@@ -117,7 +117,7 @@ def loops_from_poses(positions: np.ndarray, stamps: np.ndarray, radius: float, m
 
 
 # ---------------------------------------------------------------------------- the run
-def run_sequence(backend: "DescriptorBackend", images: Sequence[Path], stamps: Sequence[float],
+def run_sequence(backend: "DescriptorBackend", images: Sequence[Path], stamps: "Sequence[float] | np.ndarray",
                  live: "LiveLoopConfig", verification: "VerificationConfig",
                  intrinsics: "CameraIntrinsics | None" = None,
                  progress: Callable[[int], None] | None = None) -> list[FrameDecision]:
@@ -198,9 +198,8 @@ def score_variants(run: Sequence[FrameDecision], gt: np.ndarray, exclude_recent:
         for k, d in enumerate(run):
             if d.top1 < 0:
                 continue
-            v = _Recorded(bool(verified[k])) if gate else None
-            out[k] = det.update(d.stamp, run[d.top1].stamp, d.top1, d.score,
-                                (lambda v=v: v) if v is not None else None).publish
+            replay = _Recorded(bool(verified[k])).replay if gate else None
+            out[k] = det.update(d.stamp, run[d.top1].stamp, d.top1, d.score, replay).publish
         return out
 
     return {"retrieval": curve(lambda t: has & (scores >= t)),
@@ -215,3 +214,6 @@ class _Recorded:
 
     verified: bool
     reason: str = "recorded"
+
+    def replay(self) -> "_Recorded":
+        return self
