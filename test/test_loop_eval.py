@@ -84,10 +84,26 @@ def test_the_real_corridor_as_one_sequence_through_the_live_code(tmp_path, capsy
     assert "111 reference frames, then 111 query frames" in text and "max recall at 100% precision" in text
     res = json.loads((out / "results.json").read_text())
     assert res["frames"] == 222 and res["frames_with_a_loop"] == 111  # every query revisits the reference pass
-    assert set(res["detectors"]) == {"retrieval", "verification", "temporal", "verification+temporal"}
+    assert set(res["detectors"]) == {"retrieval", "verification", "temporal", "verification+temporal", "sequence",
+                                     "verification+sequence"}
     for d in res["detectors"].values():
         assert 0.0 <= d["auc"] <= 1.0 and 0.0 <= d["max_recall_at_100_precision"] <= 1.0
     rows = (out / "loops.csv").read_text().splitlines()
     assert len(rows) == 223 and rows[0].startswith("frame,image,stamp,top1,score,verified")
     assert (out / "loops.png").stat().st_size > 30_000
     assert main([str(CORRIDOR), "--ground-truth", "x.npy", "--output", str(out)]) == 2  # a layout brings its own
+
+
+def test_sequence_matching_scores_a_match_by_the_diagonal_behind_it():
+    from vpr_ros.loop_eval import sequence_scores
+
+    d = np.eye(8, dtype=np.float32)
+    d[5:8] = d[1:4]  # frames 5..7 revisit 1..3, in the same order
+    run = [FrameDecision(i, float(i), -1, -np.inf, False, "", 0, 1.0) for i in range(5)]
+    run += [FrameDecision(5, 5.0, 1, 1.0, False, "", 0, 1.0), FrameDecision(6, 6.0, 2, 1.0, False, "", 0, 1.0),
+            FrameDecision(7, 7.0, 0, 0.0, False, "", 0, 1.0)]
+    s = sequence_scores(run, d, length=3)
+    assert np.isneginf(s[:5]).all()
+    assert s[5] == pytest.approx(1 / 2)   # k=0 matches; k=1: frame 4 vs 0 (different places)
+    assert s[6] == pytest.approx(2 / 3)   # 6-2 and 5-1 agree, 4-0 does not
+    assert s[7] == pytest.approx(0.0)     # off the diagonal

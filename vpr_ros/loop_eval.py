@@ -11,7 +11,11 @@ RTAB-Map report it: the precision-recall curve over the score threshold, its are
 * ``verification``: ... and its geometry verifies (the verifier the node runs);
 * ``temporal``: the node's temporal rules (:class:`~vpr_ros.loop_closure.LoopClosureDetector`:
   consistency, rate) over the retrieval decisions, re-run for every threshold;
-* ``verification+temporal``: both, as the map builder publishes closures by default.
+* ``verification+temporal``: both, as the map builder publishes closures by default;
+* ``sequence`` / ``verification+sequence`` (with the frames' descriptors): the temporal filter of
+  sequence matching (SeqSLAM): a match j of frame i is scored by the mean cosine of the last
+  ``sequence_length`` frames with the frames before j along the same diagonal,
+  ``mean_k d[i-k] . d[j-k]``, in place of the consistency rule.
 
 A frame is a positive when the ground truth gives it at least one loop among the frames it may
 match (older by ``exclude_recent``); a decision is correct when its matched frame is one of them.
@@ -33,7 +37,8 @@ if TYPE_CHECKING:
     from vpr_ros.runtime.base import DescriptorBackend
     from vpr_ros.verification.features import CameraIntrinsics
 
-VARIANTS = ("retrieval", "verification", "temporal", "verification+temporal")
+VARIANTS = ("retrieval", "verification", "temporal", "verification+temporal", "sequence", "verification+sequence")
+SEQUENCE_LENGTH = 5
 IMAGE_SUFFIXES = (".png", ".bmp", ".pgm", ".tif", ".tiff")
 
 
@@ -120,8 +125,9 @@ def loops_from_poses(positions: np.ndarray, stamps: np.ndarray, radius: float, m
 def run_sequence(backend: "DescriptorBackend", images: Sequence[Path], stamps: "Sequence[float] | np.ndarray",
                  live: "LiveLoopConfig", verification: "VerificationConfig",
                  intrinsics: "CameraIntrinsics | None" = None,
-                 progress: Callable[[int], None] | None = None) -> list[FrameDecision]:
-    """Drive ``images`` in order through the live loop closer (every frame a keyframe)."""
+                 progress: Callable[[int], None] | None = None) -> tuple[list[FrameDecision], np.ndarray]:
+    """Drive ``images`` in order through the live loop closer (every frame a keyframe); returns
+    the decisions and the frames' descriptors [N, D]."""
     from vpr_ros.config import KeyframeConfig
     from vpr_ros.datasets import read_rgb
     from vpr_ros.mapping.builder import MapBuilder
@@ -154,6 +160,19 @@ def run_sequence(backend: "DescriptorBackend", images: Sequence[Path], stamps: "
                                  (time.perf_counter() - t0) * 1e3))
         if progress is not None:
             progress(i)
+    return out, builder.map.descriptors()
+
+
+def sequence_scores(run: Sequence[FrameDecision], descriptors: np.ndarray, length: int = SEQUENCE_LENGTH) -> np.ndarray:
+    """[N]: for frame i with top-1 j, ``mean_k d[i-k] . d[j-k]`` over k < ``length`` where both exist
+    (-inf without a top-1)."""
+    d = np.asarray(descriptors, np.float32)
+    out = np.full(len(run), -np.inf)
+    for r in run:
+        if r.top1 < 0:
+            continue
+        ks = [k for k in range(length) if r.index - k >= 0 and r.top1 - k >= 0]
+        out[r.index] = float(np.mean([d[r.index - k] @ d[r.top1 - k] for k in ks]))
     return out
 
 
@@ -166,8 +185,8 @@ def searchable_positives(gt: np.ndarray, stamps: np.ndarray, exclude_recent: flo
 
 
 def score_variants(run: Sequence[FrameDecision], gt: np.ndarray, exclude_recent: float, consistency: int,
-                   window: int, max_rate: float) -> dict[str, PrResult]:
-    """The four detectors' PR curves (see the module docstring)."""
+                   window: int, max_rate: float, descriptors: np.ndarray | None = None) -> dict[str, PrResult]:
+    """The detectors' PR curves (see the module docstring; the sequence ones need ``descriptors``)."""
     from vpr_ros.loop_closure import LoopClosureDetector
 
     stamps = np.array([d.stamp for d in run])
@@ -178,9 +197,10 @@ def score_variants(run: Sequence[FrameDecision], gt: np.ndarray, exclude_recent:
     verified = np.array([d.verified for d in run])
     thresholds = np.unique(scores[has])[::-1] if has.any() else np.zeros(0)
 
-    def curve(accept_at: Callable[[float], np.ndarray]) -> PrResult:
+    def curve(accept_at: Callable[[float], np.ndarray], over: np.ndarray | None = None) -> PrResult:
         precision, recall = [], []
-        for t in thresholds:
+        ts = thresholds if over is None else np.unique(over[np.isfinite(over)])[::-1]
+        for t in ts:
             acc = accept_at(float(t))
             tp, fp = int(np.sum(acc & correct)), int(np.sum(acc & ~correct))
             precision.append(tp / (tp + fp) if tp + fp else 1.0)
@@ -188,9 +208,9 @@ def score_variants(run: Sequence[FrameDecision], gt: np.ndarray, exclude_recent:
         p, r = np.array(precision), np.array(recall)
         rr, pp = np.r_[0.0, r], np.r_[p[0] if len(p) else 1.0, p]
         auc = float(np.sum((rr[1:] - rr[:-1]) * (pp[1:] + pp[:-1]) / 2)) if len(p) else 0.0
-        full = [(r[k], thresholds[k]) for k in range(len(p)) if p[k] >= 1.0 and r[k] > 0]
+        full = [(r[k], ts[k]) for k in range(len(p)) if p[k] >= 1.0 and r[k] > 0]
         best = max(full) if full else (0.0, math.nan)
-        return PrResult(thresholds, p, r, auc, float(best[0]), float(best[1]), int(positive.sum()))
+        return PrResult(ts, p, r, auc, float(best[0]), float(best[1]), int(positive.sum()))
 
     def temporal(t: float, gate: bool) -> np.ndarray:
         det = LoopClosureDetector(t, exclude_recent, consistency, window, max_rate)
@@ -202,10 +222,15 @@ def score_variants(run: Sequence[FrameDecision], gt: np.ndarray, exclude_recent:
             out[k] = det.update(d.stamp, run[d.top1].stamp, d.top1, d.score, replay).publish
         return out
 
-    return {"retrieval": curve(lambda t: has & (scores >= t)),
-            "verification": curve(lambda t: has & (scores >= t) & verified),
-            "temporal": curve(lambda t: temporal(t, False)),
-            "verification+temporal": curve(lambda t: temporal(t, True))}
+    out = {"retrieval": curve(lambda t: has & (scores >= t)),
+           "verification": curve(lambda t: has & (scores >= t) & verified),
+           "temporal": curve(lambda t: temporal(t, False)),
+           "verification+temporal": curve(lambda t: temporal(t, True))}
+    if descriptors is not None:
+        seq = sequence_scores(run, descriptors)
+        out["sequence"] = curve(lambda t: has & (seq >= t), seq)
+        out["verification+sequence"] = curve(lambda t: has & (seq >= t) & verified, seq)
+    return out
 
 
 @dataclass(frozen=True)

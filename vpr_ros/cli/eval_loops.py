@@ -115,14 +115,14 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
 
             bar = tqdm(total=len(images), desc="frames in order", unit="frame")
         try:
-            run = run_sequence(backend, images, stamps, live, cfg["verification"], intrinsics,
-                               progress=(lambda _i: bar.update(1)) if bar is not None else None)
+            run, descriptors = run_sequence(backend, images, stamps, live, cfg["verification"], intrinsics,
+                                            progress=(lambda _i: bar.update(1)) if bar is not None else None)
         finally:
             if bar is not None:
                 bar.close()
         title = f"{backend.model_id} ({backend.weights_source})"
     curves = score_variants(run, gt, live.exclude_recent, live.temporal_consistency, live.consistency_window,
-                            live.max_loop_closure_rate)
+                            live.max_loop_closure_rate, descriptors)
     ms = np.array([d.ms for d in run])
     for name in VARIANTS:
         c = curves[name]
@@ -182,7 +182,7 @@ def _plot(path: Path, run: list, gt: np.ndarray, positive: np.ndarray, curves: d
     from vpr_ros.loop_eval import VARIANTS
 
     fig, (ax, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 5.2), gridspec_kw={"width_ratios": [1.2, 1.6, 1]})
-    for name, style in zip(VARIANTS, ("-", "--", "-.", ":")):
+    for name, style in zip(VARIANTS, ("-", "--", "-.", ":", "-", "--")):
         c = curves[name]
         ax.plot(c.recall, c.precision, style, lw=1.5,
                 label=f"{name}: AUC {c.auc:.2f}, max recall at 100% precision {c.max_recall_at_full_precision:.2f}")
