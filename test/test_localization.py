@@ -157,3 +157,32 @@ def test_recent_keyframes_are_excluded_when_querying_ones_own_map(built_map, tin
     everything = Localizer(tiny_backend, vmap, LocalizerConfig(exclude_recent=1e6))
     with pytest.raises(MapError, match="exclude_recent"):
         everything.localize(first.images[0], stamp=t)
+
+
+def test_sequence_matching_publishes_only_along_a_diagonal(tiny_backend):
+    """temporal_filter 'sequence': a revisit is accepted once the last queries matched the keyframes
+    before its match in order (SeqSLAM's diagonal); a single good match, or matches that jump
+    around, do not reach the threshold."""
+    from vpr_ros.config import LocalizerConfig
+    from vpr_ros.localization import Localizer
+    from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
+
+    ident = ModelIdentity.of_backend(tiny_backend)
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(20, ident.descriptor_dim)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    vmap = VprMap.create(ident)
+    vmap.add(base, [Keyframe(float(i), (float(i), 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)) for i in range(20)])
+    cfg = LocalizerConfig(score_threshold=0.9, temporal_filter="sequence", sequence_length=3, min_time_separation=0.0,
+                          max_loop_closure_rate=1000.0, top_k=1)
+    loc = Localizer(tiny_backend, vmap, cfg)
+
+    def query(i, t):
+        r = loc.match(base[i], t)
+        return r.loop.publish, r.loop.score
+    # revisiting 5, 6, 7, 8 in order: published from the third on (the diagonal is 3 long)
+    got = [query(i, 100.0 + k) for k, i in enumerate((5, 6, 7, 8))]
+    assert [p for p, _ in got] == [False, False, True, True] and got[2][1] == pytest.approx(1.0, abs=1e-5)
+    # jumping around: every match is perfect on its own, the diagonal never builds up
+    jumps = [query(i, 200.0 + k) for k, i in enumerate((15, 2, 11, 4, 17))]
+    assert not any(p for p, _ in jumps) and max(s for _, s in jumps) < 0.9

@@ -104,6 +104,6 @@ def test_sequence_matching_scores_a_match_by_the_diagonal_behind_it():
             FrameDecision(7, 7.0, 0, 0.0, False, "", 0, 1.0)]
     s = sequence_scores(run, d, length=3)
     assert np.isneginf(s[:5]).all()
-    assert s[5] == pytest.approx(1 / 2)   # k=0 matches; k=1: frame 4 vs 0 (different places)
+    assert s[5] == pytest.approx(1 / 3)   # k=0 matches; frame 4 vs 0 differ; nothing before frame 0 (counts 0)
     assert s[6] == pytest.approx(2 / 3)   # 6-2 and 5-1 agree, 4-0 does not
     assert s[7] == pytest.approx(0.0)     # off the diagonal

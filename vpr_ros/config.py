@@ -214,6 +214,13 @@ class LocalizerConfig(CameraNodeConfig):
                                live=True, lo=0.0, hi=1e9)
     max_loop_closure_rate: float = _f(1.0, "Maximum loop closures per second (query time).", live=True,
                                       lo=1e-6, hi=1000.0)
+    temporal_filter: str = _f("consistency", "How consecutive matches must agree before a loop closure: 'consistency' ("
+                             "temporal_consistency matches within consistency_window ids) or 'sequence' (sequence "
+                             "matching, SeqSLAM: the match is scored by the mean cosine of the last sequence_length "
+                             "queries with the keyframes along the same diagonal; that score meets score_threshold). "
+                             "Compared by vpr_ros_eval_loops (docs/evaluation.md).", live=True)
+    sequence_length: int = _f(5, "Queries along the diagonal scored by temporal_filter 'sequence'.", live=True,
+                              lo=2, hi=100)
     map_frame: str = _f("", "Frame of /vpr/pose, /initialpose and the markers: '' (default) = the loaded map's "
                         "own frame (the frame its keyframe poses were recorded in: 'odom' for a map built "
                         "from /odom). A name is a check: a map in another frame is refused at load, since "
@@ -244,9 +251,12 @@ class LocalizerConfig(CameraNodeConfig):
         _positive("max_loop_closure_rate", self.max_loop_closure_rate)
         _positive("position_sigma", self.position_sigma)
         _positive("diagnostics_period", self.diagnostics_period)
+        _choice("temporal_filter", self.temporal_filter, TEMPORAL_FILTERS)
+        _range("sequence_length", self.sequence_length, 2, 100)
 
 
 VERIFICATION_FEATURES = ("sift", "orb", "dense", "none")
+TEMPORAL_FILTERS = ("consistency", "sequence")
 RERANK_MODES = ("auto", "classical", "dense", "none")
 LOOP_VERIFICATION = ("geometric", "none")
 
@@ -572,6 +582,13 @@ class LiveLoopConfig:
                                  live=True, lo=0, hi=1_000_000)
     max_loop_closure_rate: float = _f(1.0, "Maximum loop closures per second (keyframe time).", live=True,
                                       lo=1e-6, hi=1000.0)
+    temporal_filter: str = _f("consistency", "How consecutive matches must agree before a loop closure: 'consistency' ("
+                             "temporal_consistency matches within consistency_window ids) or 'sequence' (sequence "
+                             "matching, SeqSLAM: the match is scored by the mean cosine of the last sequence_length "
+                             "queries with the keyframes along the same diagonal; that score meets score_threshold). "
+                             "Compared by vpr_ros_eval_loops (docs/evaluation.md).", live=True)
+    sequence_length: int = _f(5, "Keyframes along the diagonal scored by temporal_filter 'sequence'.", live=True,
+                              lo=2, hi=100)
     top_k: int = _f(5, "Matches kept per keyframe (re-ranking looks at verification.rerank_top_k).", live=True,
                     lo=1, hi=1000)
     position_sigma: float = _f(2.0, "Position standard deviation (m) of vpr/pose at score 1 (unverified).",
@@ -588,6 +605,8 @@ class LiveLoopConfig:
         _positive("max_loop_closure_rate", self.max_loop_closure_rate)
         _positive("top_k", self.top_k)
         _positive("position_sigma", self.position_sigma)
+        _choice("temporal_filter", self.temporal_filter, TEMPORAL_FILTERS)
+        _range("sequence_length", self.sequence_length, 2, 100)
 
     def localizer(self) -> "LocalizerConfig":
         """The localizer's rules with these values (what the live closer runs)."""
@@ -595,6 +614,7 @@ class LiveLoopConfig:
                                temporal_consistency=self.temporal_consistency,
                                consistency_window=self.consistency_window, min_time_separation=self.exclude_recent,
                                max_loop_closure_rate=self.max_loop_closure_rate, position_sigma=self.position_sigma,
+                               temporal_filter=self.temporal_filter, sequence_length=self.sequence_length,
                                camera_pose_in_base=list(self.camera_pose_in_base))
 
 

@@ -4,6 +4,7 @@ ROS-free; the localizer node converts messages and calls :meth:`Localizer.locali
 """
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from dataclasses import dataclass, field
@@ -79,8 +80,16 @@ def with_floor(covariance: Sequence[float], position_sigma: float, orientation_s
 
 
 def _loop_detector(cfg: LocalizerConfig) -> LoopClosureDetector:
-    return LoopClosureDetector(cfg.score_threshold, cfg.min_time_separation, cfg.temporal_consistency,
+    """The acceptance rules; with temporal_filter 'sequence' the score fed to them is already the
+    sequence score, so no further consistency is required."""
+    consistency = 1 if cfg.temporal_filter == "sequence" else cfg.temporal_consistency
+    return LoopClosureDetector(cfg.score_threshold, cfg.min_time_separation, consistency,
                                cfg.consistency_window, cfg.max_loop_closure_rate)
+
+
+def _rules(cfg: LocalizerConfig) -> tuple:
+    return (cfg.score_threshold, cfg.min_time_separation, cfg.temporal_consistency, cfg.consistency_window,
+            cfg.max_loop_closure_rate, cfg.temporal_filter, cfg.sequence_length)
 
 
 class Localizer:
@@ -105,6 +114,7 @@ class Localizer:
         self._check(vpr_map)
         self.map = vpr_map
         self.loops = _loop_detector(cfg)
+        self._history: collections.deque[np.ndarray] = collections.deque(maxlen=100)  # recent query descriptors
 
     def _check(self, vpr_map: VprMap) -> None:
         vpr_map.check_model(ModelIdentity.of_backend(self.backend), where="map")
@@ -122,6 +132,7 @@ class Localizer:
         with self._lock:
             self.map = vpr_map
             self.loops.reset()
+            self._history.clear()
 
     def update_config(self, cfg: LocalizerConfig, verification: VerificationConfig | None = None) -> None:
         """New settings (top_k, thresholds, loop-closure rules...) from the next query on."""
@@ -132,15 +143,23 @@ class Localizer:
                 verifier = Verifier(verification)
                 verifier.check_backend(self.backend)
                 self.verifier = verifier
-            rules_changed = (cfg.score_threshold, cfg.min_time_separation, cfg.temporal_consistency,
-                             cfg.consistency_window, cfg.max_loop_closure_rate) != (
-                self.cfg.score_threshold, self.cfg.min_time_separation, self.cfg.temporal_consistency,
-                self.cfg.consistency_window, self.cfg.max_loop_closure_rate)
+            rules_changed = _rules(cfg) != _rules(self.cfg)
             self.cfg = cfg
             if rules_changed:
                 published, last = self.loops.published, self.loops.last_published
                 self.loops = _loop_detector(cfg)
                 self.loops.published, self.loops.last_published = published, last
+
+    def _sequence_score(self, vmap: VprMap, desc: np.ndarray, match: int, score: float, length: int) -> float:
+        """Sequence matching (SeqSLAM): the cosines of this query with keyframe ``match`` and of the
+        previous ``length - 1`` queries with the keyframes before it, along the diagonal, summed and
+        divided by ``length`` (a diagonal that does not exist yet counts 0: a sequence is needed)."""
+        total = score
+        for k in range(1, length):
+            if match - k < 0 or len(self._history) < k:
+                break
+            total += float(self._history[-k] @ vmap.descriptors(match - k, match - k + 1)[0])
+        return total / length
 
     def describe(self, rgb: np.ndarray, local: bool = False) -> tuple[np.ndarray, dict[str, float], np.ndarray | None]:
         """One RGB image -> (descriptor [D], timings in ms, dense local features [P, C] if ``local``)."""
@@ -247,8 +266,13 @@ class Localizer:
         geometric = verifier.enabled and vcfg.loop_closures == "geometric"
         with self._lock:
             # a map swapped in during this query resets the streak: do not feed it a stale match
-            loop = loops.update(stamp, top.keyframe.stamp, top.db_id, top.score,
-                                verify_top if geometric else None) if vmap is self.map else None
+            current = vmap is self.map
+            score = self._sequence_score(vmap, desc, top.db_id, top.score, cfg.sequence_length) \
+                if cfg.temporal_filter == "sequence" and current else top.score
+            loop = loops.update(stamp, top.keyframe.stamp, top.db_id, score,
+                                verify_top if geometric else None) if current else None
+            if current:
+                self._history.append(np.asarray(desc, np.float32).ravel())
         pose = top.keyframe.pose if accepted else None
         covariance = pose_covariance(top.score, cfg.position_sigma)
         relative = rel_cov = None

@@ -164,15 +164,15 @@ def run_sequence(backend: "DescriptorBackend", images: Sequence[Path], stamps: "
 
 
 def sequence_scores(run: Sequence[FrameDecision], descriptors: np.ndarray, length: int = SEQUENCE_LENGTH) -> np.ndarray:
-    """[N]: for frame i with top-1 j, ``mean_k d[i-k] . d[j-k]`` over k < ``length`` where both exist
-    (-inf without a top-1)."""
+    """[N]: for frame i with top-1 j, ``sum_k d[i-k] . d[j-k] / length`` over k < ``length`` where
+    both exist (as the nodes' temporal_filter 'sequence' scores it; -inf without a top-1)."""
     d = np.asarray(descriptors, np.float32)
     out = np.full(len(run), -np.inf)
     for r in run:
         if r.top1 < 0:
             continue
         ks = [k for k in range(length) if r.index - k >= 0 and r.top1 - k >= 0]
-        out[r.index] = float(np.mean([d[r.index - k] @ d[r.top1 - k] for k in ks]))
+        out[r.index] = float(sum(d[r.index - k] @ d[r.top1 - k] for k in ks) / length)
     return out
 
 
