@@ -107,3 +107,33 @@ def test_sequence_matching_scores_a_match_by_the_diagonal_behind_it():
     assert s[5] == pytest.approx(1 / 3)   # k=0 matches; frame 4 vs 0 differ; nothing before frame 0 (counts 0)
     assert s[6] == pytest.approx(2 / 3)   # 6-2 and 5-1 agree, 4-0 does not
     assert s[7] == pytest.approx(0.0)     # off the diagonal
+
+
+@pytest.mark.torch
+def test_a_bag_with_revisits_is_scored_from_its_own_poses(tmp_path, traversals, capsys):
+    """A rosbag2 recording of two drives over the same places (the second 1000 s later): its
+    frames in bag order, ground truth from its odometry (within --radius, older by --exclude-recent)."""
+    from types import SimpleNamespace
+
+    from vpr_ros.cli.eval_loops import main
+
+    from test_bags import write_bag
+
+    first, second = traversals
+    both = SimpleNamespace(images=[*first.images, *second.images],
+                           stamps=[*first.stamps, *(t + 1000.0 for t in second.stamps)],
+                           poses=[*first.poses, *second.poses])
+    bag = write_bag(tmp_path / "bag", both)
+    params = tmp_path / "p.yaml"
+    import yaml
+
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "backend": "torch", **{f"model.{k}": v for k, v in TINY_MODEL.items()}}}}))
+    out = tmp_path / "out"
+    assert main([str(bag), "--image-topic", "/camera/image_raw", "--pose-topic", "/odom", "--radius", "1.5",
+                 "--params-file", str(params), "--output", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["frames"] == len(both.images) and res["frames_with_a_loop"] == len(second.images)
+    assert "/camera/image_raw@" in (out / "loops.csv").read_text()
+    assert main([str(bag), "--image-topic", "/camera/image_raw", "--output", str(out)]) == 2
+    assert "needs --image-topic and --pose-topic" in capsys.readouterr().err

@@ -122,12 +122,13 @@ def loops_from_poses(positions: np.ndarray, stamps: np.ndarray, radius: float, m
 
 
 # ---------------------------------------------------------------------------- the run
-def run_sequence(backend: "DescriptorBackend", images: Sequence[Path], stamps: "Sequence[float] | np.ndarray",
+def run_sequence(backend: "DescriptorBackend", images: "Sequence[Path | Callable[[], np.ndarray]]",
+                 stamps: "Sequence[float] | np.ndarray",
                  live: "LiveLoopConfig", verification: "VerificationConfig",
                  intrinsics: "CameraIntrinsics | None" = None,
                  progress: Callable[[int], None] | None = None) -> tuple[list[FrameDecision], np.ndarray]:
-    """Drive ``images`` in order through the live loop closer (every frame a keyframe); returns
-    the decisions and the frames' descriptors [N, D]."""
+    """Drive ``images`` (files, or decoders returning RGB: a bag's frames) in order through the
+    live loop closer (every frame a keyframe); returns the decisions and the frames' descriptors [N, D]."""
     from vpr_ros.config import KeyframeConfig
     from vpr_ros.datasets import read_rgb
     from vpr_ros.mapping.builder import MapBuilder
@@ -141,10 +142,10 @@ def run_sequence(backend: "DescriptorBackend", images: Sequence[Path], stamps: "
     out = []
     for i, (path, stamp) in enumerate(zip(images, stamps)):
         t0 = time.perf_counter()
-        rgb = read_rgb(path)
+        rgb = read_rgb(path) if isinstance(path, Path) else path()
         desc, feats = builder.encode([rgb], None, intrinsics)
-        kf = Keyframe(float(stamp), (float(i), 0.0, 0.0, 0.0, 0.0, 0.0, 1.0), image_ref=str(path),
-                      session=builder.session)
+        kf = Keyframe(float(stamp), (float(i), 0.0, 0.0, 0.0, 0.0, 0.0, 1.0),
+                      image_ref=str(path) if isinstance(path, Path) else "", session=builder.session)
         c = closer.check(desc, feats[0] if feats else None, kf, intrinsics)
         top1, score, verified, method, inliers = -1, -math.inf, False, "", 0
         if c is not None:

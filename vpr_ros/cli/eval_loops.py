@@ -8,8 +8,10 @@ at 100 % precision, and the time per frame. Writes loops.csv, results.json and l
 
 Sources: a folder of images (sorted by name, one frame per --frame-period s) with --ground-truth
 (a loop matrix: .npy, .csv or an image such as RTAB-Map's *_GT.bmp) or --poses (CSV
-image,x,y: loops within --radius m); or a VPR layout with ref/, query/ and ground_truth.csv (the
-reference pass, then the query pass: a sequence that revisits, e.g. ../shared/data/corridor).
+image,x,y: loops within --radius m); a rosbag2 recording (--image-topic, and --pose-topic or
+--trajectory for loops within --radius m at least --exclude-recent s apart, or --ground-truth over
+its frames with a pose); or a VPR layout with ref/, query/ and ground_truth.csv (the reference
+pass, then the query pass: a sequence that revisits, e.g. ../shared/data/corridor).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exclude-recent", type=non_negative_float, default=None,
                     help="frames this many seconds older or less are never matched (default: the params file's "
                          "loop_closure.exclude_recent, 30 s)")
+    ap.add_argument("--image-topic", default="", help="bag: image topic (Image or CompressedImage)")
+    ap.add_argument("--pose-topic", default="", help="bag: Odometry / PoseStamped topic (the ground truth's poses)")
+    ap.add_argument("--trajectory", default="", help="bag: TUM or CSV trajectory instead of a pose topic")
+    ap.add_argument("--camera-info-topic", default="", help="bag: CameraInfo of the camera (geometric verification)")
     ap.add_argument("--camera-info", default="", metavar="YAML",
                     help="the camera model (ROS camera_info YAML); without one, verification uses the fundamental matrix")
     ap.add_argument("--params-file", default="", help="map_builder params YAML (model, verification, loop_closure)")
@@ -53,12 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         return report_error("vpr_ros_eval_loops", exc)
 
 
-def _sequence(a: argparse.Namespace) -> tuple[list[Path], np.ndarray, np.ndarray, str]:
-    """(images in order, stamps [N], ground truth [N, N], what the sequence is)."""
+def _sequence(a: argparse.Namespace, exclude_recent: float) -> tuple[list[Any], list[str], np.ndarray, np.ndarray, str]:
+    """(images or decoders in order, their names, stamps [N], ground truth [N, N], what the sequence is)."""
     from vpr_ros.datasets import list_images, read_eval_dataset, read_poses_csv
     from vpr_ros.loop_eval import loops_from_poses, read_loop_matrix
 
     src = Path(a.source)
+    if (src / "metadata.yaml").is_file() or src.suffix in (".db3", ".mcap"):
+        return _bag_sequence(a, src, exclude_recent)
     if (src / "ref").is_dir() and (src / "query").is_dir():
         if a.ground_truth or a.poses:
             raise DatasetError(f"{src}: a ref/ + query/ layout brings its own ground truth; no --ground-truth/--poses")
@@ -70,7 +79,8 @@ def _sequence(a: argparse.Namespace) -> tuple[list[Path], np.ndarray, np.ndarray
             for r in refs:
                 gt[n_ref + q, r] = gt[r, n_ref + q] = True
         stamps = np.arange(len(images), dtype=np.float64) * a.frame_period
-        return images, stamps, gt, f"{ds.name}: {n_ref} reference frames, then {len(ds.queries)} query frames"
+        return images, [p.name for p in images], stamps, gt, \
+            f"{ds.name}: {n_ref} reference frames, then {len(ds.queries)} query frames"
     images = list_images(src)
     stamps = np.arange(len(images), dtype=np.float64) * a.frame_period
     if bool(a.ground_truth) == bool(a.poses):
@@ -84,7 +94,29 @@ def _sequence(a: argparse.Namespace) -> tuple[list[Path], np.ndarray, np.ndarray
             raise DatasetError(f"{a.poses}: no pose for {len(missing)} image(s), e.g. {missing[0]}")
         xy = np.array([[poses[p.name][0], poses[p.name][1], 0.0] for p in images])
         gt = loops_from_poses(xy, stamps, a.radius, 0.0)
-    return images, stamps, gt, f"{src.name}: {len(images)} frames"
+    return images, [p.name for p in images], stamps, gt, f"{src.name}: {len(images)} frames"
+
+
+def _bag_sequence(a: argparse.Namespace, bag: Path,
+                  exclude_recent: float) -> tuple[list[Any], list[str], np.ndarray, np.ndarray, str]:
+    """A bag's frames that have a pose, in order; loops from those poses (or --ground-truth)."""
+    from vpr_ros.loop_eval import loops_from_poses, read_loop_matrix
+    from vpr_ros.mapping.bag_source import bag_frames
+
+    if not a.image_topic or not (a.pose_topic or a.trajectory):
+        raise DatasetError(f"{bag}: a bag needs --image-topic and --pose-topic or --trajectory (the frames' poses)")
+    if a.poses:
+        raise DatasetError("--poses is for image folders; a bag's poses come from --pose-topic / --trajectory")
+    frames = [(dec, kf) for dec, kf in bag_frames(bag, a.image_topic, a.pose_topic, a.trajectory)]
+    if not frames:
+        raise DatasetError(f"{bag}: no frame on {a.image_topic} has a pose")
+    stamps = np.array([kf.stamp for _, kf in frames])
+    if a.ground_truth:
+        gt = read_loop_matrix(a.ground_truth, len(frames))
+    else:
+        gt = loops_from_poses(np.array([kf.pose[:3] for _, kf in frames]), stamps, a.radius, exclude_recent)
+    names = [f"{a.image_topic}@{kf.stamp:.6f}" for _, kf in frames]
+    return [dec for dec, _ in frames], names, stamps, gt, f"{bag.name}: {len(frames)} frames with a pose"
 
 
 def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
@@ -102,9 +134,9 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
         live = dataclasses.replace(live, exclude_recent=a.exclude_recent)
     out = Path(a.output)
     check_output_dir(out)
-    images, stamps, gt, what = _sequence(a)
-    a.camera_info_topic = ""
-    intrinsics = camera_model_of(a, False, Path(a.source), "vpr_ros_eval_loops")
+    images, names, stamps, gt, what = _sequence(a, live.exclude_recent)
+    is_bag = (Path(a.source) / "metadata.yaml").is_file() or Path(a.source).suffix in (".db3", ".mcap")
+    intrinsics = camera_model_of(a, is_bag, Path(a.source), "vpr_ros_eval_loops")
     print(f"[loops] {what}; {int(np.triu(gt, 1).sum())} ground-truth loop pairs; frames {live.exclude_recent:g} s "
           "or less apart are never matched")
     with open_backend(node.backend, cfg["model"], node.device, node.engine_cache_dir or None) as backend:
@@ -131,18 +163,18 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
               f"{c.max_recall_at_full_precision:.3f}{at}")
     print(f"[loops] {curves['retrieval'].positives} frames have a loop to find; per frame {np.median(ms):.1f} ms "
           f"median, {np.percentile(ms, 95):.1f} ms p95 (encoding, search, re-ranking, verification)")
-    settings = {"source": str(Path(a.source).resolve()), "sequence": what, "model": dataclasses.asdict(cfg["model"]),
+    settings = {"source": str(Path(a.source).resolve()), "sequence": what, "image_topic": a.image_topic, "pose_topic": a.pose_topic, "trajectory": a.trajectory, "model": dataclasses.asdict(cfg["model"]),
                 "backend": node.backend, "loop_closure": dataclasses.asdict(live),
                 "verification": dataclasses.asdict(cfg["verification"]), "frame_period_s": a.frame_period,
                 "ground_truth": a.ground_truth, "poses": a.poses, "radius_m": a.radius, "camera_info": a.camera_info,
                 "command": "vpr_ros_eval_loops " + " ".join(sys.argv[1:] if argv is None else argv),
                 "vpr_ros_version": __version__}
-    files = _write(out, run, images, gt, curves, stamps, live.exclude_recent, settings, title)
+    files = _write(out, run, names, gt, curves, stamps, live.exclude_recent, settings, title)
     print(f"[loops] wrote {', '.join(str(f) for f in files)}")
     return 0
 
 
-def _write(out: Path, run: list, images: list[Path], gt: np.ndarray, curves: dict, stamps: np.ndarray,
+def _write(out: Path, run: list, names: list[str], gt: np.ndarray, curves: dict, stamps: np.ndarray,
            exclude_recent: float, settings: dict, title: str) -> list[Path]:
     from vpr_ros.errors import VprError
     from vpr_ros.files import replaced_atomically
@@ -155,7 +187,7 @@ def _write(out: Path, run: list, images: list[Path], gt: np.ndarray, curves: dic
         w.writerow(["frame", "image", "stamp", "top1", "score", "verified", "method", "inliers", "ms", "has_loop",
                     "top1_correct"])
         for d in run:
-            w.writerow([d.index, images[d.index].name, f"{d.stamp:.3f}", d.top1,
+            w.writerow([d.index, names[d.index], f"{d.stamp:.3f}", d.top1,
                         f"{d.score:.6f}" if d.top1 >= 0 else "", int(d.verified), d.method, d.inliers, f"{d.ms:.1f}",
                         int(positive[d.index]), int(d.top1 >= 0 and bool(gt[d.index, d.top1]))])
     summary = {name: {"auc": c.auc, "max_recall_at_100_precision": c.max_recall_at_full_precision,
