@@ -194,6 +194,14 @@ class CameraNodeConfig:
 OPTICAL_IN_BASE = [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5]
 
 
+TEMPORAL_FILTERS = ("consistency", "sequence")
+TEMPORAL_FILTER_HELP = ("How consecutive matches must agree before a loop closure: 'consistency' (temporal_consistency "
+                        "matches within consistency_window ids) or 'sequence' (sequence matching, SeqSLAM: the cosines "
+                        "of the last sequence_length queries with the keyframes along the match's diagonal, summed and "
+                        "divided by sequence_length, must meet score_threshold). Compared by vpr_ros_eval_loops "
+                        "(docs/evaluation.md).")
+
+
 @dataclass(frozen=True)
 class LocalizerConfig(CameraNodeConfig):
     """Behaviour of the localizer (core and node)."""
@@ -214,11 +222,7 @@ class LocalizerConfig(CameraNodeConfig):
                                live=True, lo=0.0, hi=1e9)
     max_loop_closure_rate: float = _f(1.0, "Maximum loop closures per second (query time).", live=True,
                                       lo=1e-6, hi=1000.0)
-    temporal_filter: str = _f("consistency", "How consecutive matches must agree before a loop closure: 'consistency' ("
-                             "temporal_consistency matches within consistency_window ids) or 'sequence' (sequence "
-                             "matching, SeqSLAM: the match is scored by the mean cosine of the last sequence_length "
-                             "queries with the keyframes along the same diagonal; that score meets score_threshold). "
-                             "Compared by vpr_ros_eval_loops (docs/evaluation.md).", live=True)
+    temporal_filter: str = _f("consistency", TEMPORAL_FILTER_HELP, live=True)
     sequence_length: int = _f(5, "Queries along the diagonal scored by temporal_filter 'sequence'.", live=True,
                               lo=2, hi=100)
     map_frame: str = _f("", "Frame of /vpr/pose, /initialpose and the markers: '' (default) = the loaded map's "
@@ -256,7 +260,6 @@ class LocalizerConfig(CameraNodeConfig):
 
 
 VERIFICATION_FEATURES = ("sift", "orb", "dense", "none")
-TEMPORAL_FILTERS = ("consistency", "sequence")
 RERANK_MODES = ("auto", "classical", "dense", "none")
 LOOP_VERIFICATION = ("geometric", "none")
 
@@ -582,11 +585,7 @@ class LiveLoopConfig:
                                  live=True, lo=0, hi=1_000_000)
     max_loop_closure_rate: float = _f(1.0, "Maximum loop closures per second (keyframe time).", live=True,
                                       lo=1e-6, hi=1000.0)
-    temporal_filter: str = _f("consistency", "How consecutive matches must agree before a loop closure: 'consistency' ("
-                             "temporal_consistency matches within consistency_window ids) or 'sequence' (sequence "
-                             "matching, SeqSLAM: the match is scored by the mean cosine of the last sequence_length "
-                             "queries with the keyframes along the same diagonal; that score meets score_threshold). "
-                             "Compared by vpr_ros_eval_loops (docs/evaluation.md).", live=True)
+    temporal_filter: str = _f("consistency", TEMPORAL_FILTER_HELP, live=True)
     sequence_length: int = _f(5, "Keyframes along the diagonal scored by temporal_filter 'sequence'.", live=True,
                               lo=2, hi=100)
     top_k: int = _f(5, "Matches kept per keyframe (re-ranking looks at verification.rerank_top_k).", live=True,

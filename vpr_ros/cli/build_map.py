@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vpr_ros.config import MAP_BUILDER_SECTIONS, load_node_config
 from vpr_ros.datasets import list_images, read_poses_csv, read_rgb, utm_from_name
-from vpr_ros.cli.camera_args import camera_model_of
+from vpr_ros.cli.camera_args import add_camera_args, camera_model_of
 from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, report_error
 from vpr_ros.cli.model_args import add_model_args, model_with_args, warn_if_random
 from vpr_ros.errors import DatasetError
@@ -90,11 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trajectory", default="", help="bag: TUM or CSV trajectory file instead of a pose topic")
     ap.add_argument("--tf", default="", metavar="PARENT:CHILD",
                     help="bag: poses from the transform PARENT -> CHILD on /tf (e.g. map:base_link) instead")
-    ap.add_argument("--camera-info-topic", default="", help="bag: sensor_msgs/CameraInfo of the camera (stored "
-                    "with the keyframes' local features, for geometric verification)")
-    ap.add_argument("--camera-info", default="", metavar="YAML",
-                    help="the camera model as a ROS camera_info YAML (what camera_calibration writes), for image "
-                         "folders and bags without CameraInfo; without one, verification uses the fundamental matrix")
+    add_camera_args(ap, "sensor_msgs/CameraInfo of the camera (stored with the keyframes' local features, for "
+                        "geometric verification)")
     ap.add_argument("--depth-topic", default="", help="bag: depth image aligned to the camera (16UC1 mm or 32FC1 m): "
                     "keyframes store 3-D points, verified loop closures get a metric relative pose")
     add_model_args(ap)

@@ -13,6 +13,15 @@ if TYPE_CHECKING:
     from vpr_ros.verification.features import CameraIntrinsics
 
 
+def add_camera_args(ap: argparse.ArgumentParser, topic_help: str = "the camera's sensor_msgs/CameraInfo "
+                    "(geometric verification)") -> None:
+    """--camera-info-topic (a bag's CameraInfo) and --camera-info (a camera_info YAML)."""
+    ap.add_argument("--camera-info-topic", default="", help=f"bag: {topic_help}")
+    ap.add_argument("--camera-info", default="", metavar="YAML",
+                    help="the camera model as a ROS camera_info YAML (what camera_calibration writes), for image "
+                         "folders and bags without CameraInfo; without one, verification uses the fundamental matrix")
+
+
 def camera_model_of(a: argparse.Namespace, is_bag: bool, source: Path, prog: str) -> "CameraIntrinsics | None":
     """The intrinsics the arguments name (None: no camera model; verification then uses the
     fundamental matrix); notes (uncorrected distortion) go to stderr."""

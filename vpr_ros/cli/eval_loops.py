@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, non_negative_float, positive_float, report_error
+from vpr_ros.cli.camera_args import add_camera_args
 from vpr_ros.cli.model_args import add_model_args, model_with_args, warn_if_random
 from vpr_ros.config import MAP_BUILDER_SECTIONS, load_node_config
 from vpr_ros.errors import DatasetError
@@ -46,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-topic", default="", help="bag: image topic (Image or CompressedImage)")
     ap.add_argument("--pose-topic", default="", help="bag: Odometry / PoseStamped topic (the ground truth's poses)")
     ap.add_argument("--trajectory", default="", help="bag: TUM or CSV trajectory instead of a pose topic")
-    ap.add_argument("--camera-info-topic", default="", help="bag: CameraInfo of the camera (geometric verification)")
-    ap.add_argument("--camera-info", default="", metavar="YAML",
-                    help="the camera model (ROS camera_info YAML); without one, verification uses the fundamental matrix")
+    add_camera_args(ap)
     ap.add_argument("--params-file", default="", help="map_builder params YAML (model, verification, loop_closure)")
     ap.add_argument("--output", default="loops_output", help="where loops.csv, results.json and loops.png go")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vpr_ros import __version__
-from vpr_ros.cli.camera_args import camera_model_of
+from vpr_ros.cli.camera_args import add_camera_args, camera_model_of
 from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, positive_float, report_error
 from vpr_ros.cli.model_args import add_model_args, model_with_args, warn_if_random
 from vpr_ros.errors import ConfigError, DatasetError
@@ -72,10 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-topic", default="", help="bag: image topic (Image or CompressedImage)")
     ap.add_argument("--pose-topic", default="", help="bag: ground-truth Odometry / PoseStamped topic (optional)")
     ap.add_argument("--trajectory", default="", help="bag: ground-truth TUM / CSV trajectory (optional)")
-    ap.add_argument("--camera-info-topic", default="", help="bag: CameraInfo of the camera (geometric verification)")
-    ap.add_argument("--camera-info", default="", metavar="YAML",
-                    help="the camera model as a ROS camera_info YAML (what camera_calibration writes), for image "
-                         "folders and bags without CameraInfo; without one, verification uses the fundamental matrix")
+    add_camera_args(ap)
     ap.add_argument("--poses", default="", help="folder: ground-truth poses CSV image,x,y[,yaw][,stamp] (optional)")
     ap.add_argument("--correct-within", type=positive_float, default=25.0,
                     help="m: a top-1 match this close to the frame's true position counts as correct")

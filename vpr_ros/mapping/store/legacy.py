@@ -13,7 +13,7 @@ import numpy as np
 
 from vpr_ros.errors import MapError
 from vpr_ros.files import open_regular
-from vpr_ros.mapping.store.database import FEATURE_COLUMNS, connect_ro, features_from_row
+from vpr_ros.mapping.store.database import FEATURE_COLUMNS, connect_ro, features_from_row, snapshot_size_limit
 
 if TYPE_CHECKING:
     from vpr_ros.mapping.map_store import Keyframe, Manifest
@@ -52,7 +52,7 @@ def load_v1(root: Path, manifest: "Manifest") -> tuple[Any, list["Keyframe"], Pa
 
     idx_name, kf_name = files_v1(manifest.generation)
     idx_path, kf_path = root / idx_name, root / kf_name
-    limit = (64 << 20) + int(manifest.count) * (8 * int(manifest.model.descriptor_dim) + 4096)
+    limit = snapshot_size_limit(manifest)  # the same bound as a format-2 index snapshot
     try:
         fd = open_regular(idx_path, "the map's faiss index", limit, MapError)
     except FileNotFoundError:
