@@ -50,6 +50,7 @@ setup(
             "vpr_ros_finetune = vpr_ros.cli.finetune:main",
             "vpr_ros_train_joint = vpr_ros.cli.train_joint:main",
             "vpr_ros_fit_pca = vpr_ros.cli.fit_pca:main",
+            "vpr_ros_fit_vocabulary = vpr_ros.cli.fit_vocabulary:main",
         ],
     },
 )

@@ -25,6 +25,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--drift-deg", type=float, default=0.6, help="odometry heading drift per metre (deg)")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--backbone", default="vits14", help="network of the global descriptor (random weights)")
+    ap.add_argument("--input-size", type=int, default=224, help="network input size (px, multiple of 14)")
+    ap.add_argument("--model-seed", type=int, default=0, help="seed of the network's random weights")
     return ap.parse_args(argv)
 
 
@@ -53,7 +55,8 @@ def run(a: argparse.Namespace) -> dict[str, float]:
     # odometry: true increments with noise and a heading bias (drift)
     odo, increments = drifting_odometry(truth, a.drift_deg, rng)
 
-    with open_backend("auto", ModelConfig(backbone=a.backbone)) as backend:
+    with open_backend("auto", ModelConfig(backbone=a.backbone, input_size=a.input_size, seed=a.model_seed,
+                                          random_weights=True)) as backend:
         vcfg = VerificationConfig()
         builder = MapBuilder(backend, KeyframeConfig(min_distance=0.5), verification=vcfg, intrinsics=intr)
         for k in range(0, n, 8):

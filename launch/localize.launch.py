@@ -12,7 +12,7 @@ ARGUMENTS = [
     ("params_file", None, "ROS parameters YAML of the localizer (default: config/localizer.yaml)."),
     ("backend", "", "Inference backend: auto, tensorrt, torch_cudagraph, onnxruntime or torch (empty: keep the params_file value)."),
     ("transport", "", "Image transport: raw (sensor_msgs/Image) or compressed ('<camera_topic>/compressed'); empty: keep the params_file value."),
-    ("weights", "", "Model weights file (model.weights; empty: keep the params_file value; none: random, a warning)."),
+    ("weights", "", "Model weights file (model.weights; empty: keep the params_file value; a network without weights is refused unless model.random_weights)."),
     ("rviz", "false", "Also start RViz 2 with the package's rviz/vpr_ros.rviz (map keyframes, matches, pose, debug image)."),
     ("camera_topic", "image", "Camera image topic; '<camera_topic>/compressed' with transport:=compressed in the params."),
     ("namespace", "", "Namespace of the localizer node and its topics."),

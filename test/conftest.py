@@ -47,7 +47,7 @@ CORRIDOR = REPO.parent / "shared" / "data" / "corridor"
 HANG_GUARD_S = 120.0
 
 #: Tiny random-weight model used wherever the real ViT-S would only cost time.
-TINY_MODEL = {"backbone": "vit_test", "input_size": 56, "seed": 3}
+TINY_MODEL = {"backbone": "vit_test", "input_size": 56, "seed": 3, "random_weights": True}
 
 
 @pytest.fixture(scope="session")

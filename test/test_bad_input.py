@@ -47,7 +47,7 @@ def test_eval_on_a_dataset_holding_a_fifo_exits_2_without_hanging(tmp_path, caps
 
     data = make_gmberton(tmp_path / "city", n=3)
     os.mkfifo(data / "queries" / "@0@0@.jpg")
-    assert main([str(data), "--backbone", TINY_MODEL["backbone"], "--output", str(tmp_path / "out"),
+    assert main([str(data), "--backbone", TINY_MODEL["backbone"], "--random-weights", "--output", str(tmp_path / "out"),
                  "--cache-dir", ""]) == 2
     assert "image is a FIFO" in _traceback_free(capsys)
 
@@ -150,7 +150,7 @@ def test_eval_refuses_a_pca_fitted_for_another_model_before_describing(tmp_path,
     rng = np.random.default_rng(0)
     Pca.fit(rng.normal(size=(40, dim)).astype(np.float32), 8, model_id="d2vpr-vit_test-56-000000000000").save(
         tmp_path / "other.npz")
-    assert main([str(data), "--backbone", TINY_MODEL["backbone"], "--backend", "torch", "--pca",
+    assert main([str(data), "--backbone", TINY_MODEL["backbone"], "--random-weights", "--backend", "torch", "--pca",
                  str(tmp_path / "other.npz"), "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")]) == 2
     err = _traceback_free(capsys)
     assert "other.npz: PCA was fitted on the descriptors of d2vpr-vit_test-56-000000000000" in err
@@ -336,7 +336,7 @@ def test_a_cache_folder_that_cannot_be_created_is_named(tmp_path, capsys):
 
     data = make_gmberton(tmp_path / "city", n=3)
     (tmp_path / "a_file").write_text("x")
-    assert main([str(data), "--backbone", TINY_MODEL["backbone"], "--backend", "torch", "--output",
+    assert main([str(data), "--backbone", TINY_MODEL["backbone"], "--random-weights", "--backend", "torch", "--output",
                  str(tmp_path / "out"), "--cache-dir", str(tmp_path / "a_file" / "cache")]) == 2
     assert "a_file/cache" in _traceback_free(capsys)
 

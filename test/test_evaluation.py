@@ -180,7 +180,7 @@ def test_eval_command_end_to_end_with_cache_and_pca(tmp_path, capsys):
     from vpr_ros.cli.eval import main
 
     data = make_gmberton(tmp_path / "city", n=8)
-    model = ["--backbone", TINY_MODEL["backbone"]]
+    model = ["--backbone", TINY_MODEL["backbone"], "--random-weights"]
     args = [str(data), "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--batch-size", "3"]
     # tiny input size through a params file (the command reads model.* from it)
     params = tmp_path / "p.yaml"
@@ -215,7 +215,8 @@ def test_eval_reranks_with_local_features(tmp_path, capsys, mode):
     params.write_text(f"/**:\n  ros__parameters:\n    model:\n      input_size: {TINY_MODEL['input_size']}\n"
                       f"      seed: {TINY_MODEL['seed']}\n")
     assert main([str(data), "--output", str(tmp_path / "out"), "--cache-dir", "", "--backbone",
-                 TINY_MODEL["backbone"], "--params-file", str(params), "--rerank", mode, "--min-inliers", "8"]) == 0
+                 TINY_MODEL["backbone"], "--random-weights", "--params-file", str(params), "--rerank", mode,
+                 "--min-inliers", "8"]) == 0
     out = capsys.readouterr().out
     assert "[eval] global: R@1" in out and f"re-ranked top-6 by {'dense' if mode == 'dense' else 'sift'}" in out
     res = json.loads((tmp_path / "out" / "results.json").read_text())

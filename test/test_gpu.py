@@ -24,7 +24,7 @@ def test_cudagraph_backend_is_refused_without_cuda_with_the_reason():
     from vpr_ros.runtime.factory import open_backend
 
     with pytest.raises(BackendUnavailable, match="torch_cudagraph.*CUDA"):
-        open_backend("torch_cudagraph", ModelConfig(backbone="vit_test", input_size=56), "cuda")
+        open_backend("torch_cudagraph", ModelConfig(backbone="vit_test", input_size=56, random_weights=True), "cuda")
 
 
 def test_batch_buckets_cover_every_batch_size():
@@ -106,7 +106,7 @@ def test_auto_prefers_cuda_graphs_when_tensorrt_is_missing():
         pytest.skip("TensorRT is installed here: 'auto' picks it")
     except ImportError:
         pass
-    with open_backend("auto", ModelConfig(backbone="vit_test", input_size=56), "cuda") as b:
+    with open_backend("auto", ModelConfig(backbone="vit_test", input_size=56, random_weights=True), "cuda") as b:
         assert b.name == "torch_cudagraph"
 
 

@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TINY_MODEL
 
 pytest.importorskip("gtsam")
 
@@ -15,6 +15,8 @@ def test_verified_loop_closures_shrink_the_trajectory_error_in_gtsam():
     spec = importlib.util.spec_from_file_location("gtsam_loop_closures", REPO / "examples" / "gtsam_loop_closures.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    r = mod.run(mod.parse(["--places", "16", "--backbone", "vit_test"]))
+    # the run's tiny test network (its ONNX export is shared by the whole run)
+    r = mod.run(mod.parse(["--places", "16", "--backbone", TINY_MODEL["backbone"], "--input-size",
+                           str(TINY_MODEL["input_size"]), "--model-seed", str(TINY_MODEL["seed"])]))
     assert r["closures"] >= 8
     assert r["without"] > 0.5 and r["with"] < 0.5 * r["without"], r

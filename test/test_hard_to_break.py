@@ -17,7 +17,7 @@ from conftest import HANG_GUARD_S, TINY_MODEL
 from test_bags import write_bag
 from test_evaluation import make_gmberton, write_img
 
-TINY_ARGS = ["--backbone", TINY_MODEL["backbone"]]
+TINY_ARGS = ["--backbone", TINY_MODEL["backbone"], "--random-weights"]
 
 
 @pytest.fixture()

@@ -37,6 +37,32 @@ def test_loop_matrices_are_read_from_npy_csv_and_images(tmp_path):
         [[False, False, True], [False, False, False], [True, False, False]]
 
 
+def test_loop_matrices_are_read_from_matlab_files(tmp_path):
+    """MATLAB v5 files as the FAB-MAP-era evaluation codes ship them (one logical or double [n, n]
+    variable, e.g. 'truth'; written here by scipy.io.savemat in that format)."""
+    sio = pytest.importorskip("scipy.io")
+    gt = np.zeros((6, 6))
+    gt[4, 1] = gt[5, 2] = 1.0
+    sio.savemat(tmp_path / "one.mat", {"truth": gt})
+    sio.savemat(tmp_path / "two.mat", {"truth": gt.astype(bool), "image_times": np.arange(6.0)[None],
+                                       "other": np.ones((6, 6))})
+    for name in ("one.mat", "two.mat"):
+        m = read_loop_matrix(tmp_path / name, 6)
+        assert m[4, 1] and m[1, 4] and m.sum() == 4, name
+    sio.savemat(tmp_path / "none.mat", {"a": np.ones((6, 6)), "b": np.zeros((6, 6))})
+    with pytest.raises(DatasetError, match=r"none.mat: needs exactly one \[6, 6\] numeric variable.*a \[6, 6\], b"):
+        read_loop_matrix(tmp_path / "none.mat", 6)
+    with pytest.raises(DatasetError, match=r"one.mat: needs exactly one \[7, 7\]"):
+        read_loop_matrix(tmp_path / "one.mat", 7)
+    (tmp_path / "v73.mat").write_bytes(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: x HDF5 schema 1.00 ."
+                                       + b" " * 60 + b"\x00" * 400)
+    with pytest.raises(DatasetError, match="v73.mat: a MATLAB v7.3 .HDF5. file"):
+        read_loop_matrix(tmp_path / "v73.mat", 6)
+    (tmp_path / "junk.mat").write_bytes(b"\x00" * 300)
+    with pytest.raises(DatasetError, match="junk.mat: not a readable MATLAB file"):
+        read_loop_matrix(tmp_path / "junk.mat", 6)
+
+
 def _touch(p):
     p.write_text("{}")
     return p
@@ -85,11 +111,14 @@ def test_the_real_corridor_as_one_sequence_through_the_live_code(tmp_path, capsy
     res = json.loads((out / "results.json").read_text())
     assert res["frames"] == 222 and res["frames_with_a_loop"] == 111  # every query revisits the reference pass
     assert set(res["detectors"]) == {"retrieval", "verification", "temporal", "verification+temporal", "sequence",
-                                     "verification+sequence"}
+                                     "verification+sequence", "inliers"}
+    inliers = res["detectors"]["inliers"]["curve"]["threshold"]  # the re-ranking score: inlier counts
+    assert inliers and all(float(t).is_integer() and t >= 0 for t in inliers)
     for d in res["detectors"].values():
         assert 0.0 <= d["auc"] <= 1.0 and 0.0 <= d["max_recall_at_100_precision"] <= 1.0
     rows = (out / "loops.csv").read_text().splitlines()
-    assert len(rows) == 223 and rows[0].startswith("frame,image,stamp,top1,score,verified")
+    assert len(rows) == 223 and rows[0].startswith("frame,image,stamp,top1,score,rerank_score,verified")
+    assert sum(1 for r in rows[1:] if r.split(",")[5].isdigit()) > 100  # re-ranked top-1s carry their score
     assert (out / "loops.png").stat().st_size > 30_000
     assert main([str(CORRIDOR), "--ground-truth", "x.npy", "--output", str(out)]) == 2  # a layout brings its own
 

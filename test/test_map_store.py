@@ -208,3 +208,26 @@ def test_map_info_command(tmp_path, capsys):
     assert "(format 2, generation 1," in out and "writer        none" in out and "pending       0" in out
     assert "checksums     OK: metadata, 5 keyframe rows" in out
     assert main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_the_store_does_not_import_the_map_it_serves():
+    """The map's types (keyframe, manifest, model identity) live in store.map_types: no module of the
+    store imports map_store, at module level or inside a function (no import cycle to hide)."""
+    import ast
+    from pathlib import Path
+
+    import vpr_ros.mapping.store as store
+
+    for path in sorted(Path(store.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(n.startswith("vpr_ros.mapping.map_store") for n in names), (path.name, names)
+    from vpr_ros.mapping import map_store
+    from vpr_ros.mapping.store import database, map_types
+
+    assert map_store.Keyframe is database.Keyframe is map_types.Keyframe  # one type, re-exported

@@ -16,7 +16,7 @@ from vpr_ros.model.encoder import CrossImageEncoder, SelfEnhancedEncoder
 from vpr_ros.model.factory import build_model, create
 from vpr_ros.model.student import region_slices
 
-TINY = dict(backbone="vit_test", input_size=56)
+TINY = dict(backbone="vit_test", input_size=56, random_weights=True)
 VARIANTS = {
     "d2vpr": ModelConfig(**TINY),
     "d2vpr_compat": ModelConfig(**TINY, compat=True, encoder="none"),

@@ -315,7 +315,7 @@ def test_training_envelopes_read_without_pickle(tmp_path):
 def test_batch_dependent_models_are_for_evaluation_only():
     from vpr_ros.runtime.factory import open_backend
 
-    cfg = ModelConfig(backbone="vit_test", input_size=56, encoder="cross_image", compat=True)
+    cfg = ModelConfig(backbone="vit_test", input_size=56, encoder="cross_image", compat=True, random_weights=True)
     for backend in ("auto", "torch", "onnxruntime"):
         with pytest.raises(ConfigError, match="batch-dependent"):
             open_backend(backend, cfg)
@@ -325,7 +325,7 @@ def test_batch_dependent_models_are_for_evaluation_only():
         open_backend("onnxruntime", cfg, batch_dependent_ok=True)
     with pytest.raises(ConfigError, match="cross_image.*super_cricavpr"):
         ModelConfig(arch="scicevpr", encoder="cross_image")
-    teacher = ModelConfig(arch="super_cricavpr", backbone="vit_test", input_size=56)
+    teacher = ModelConfig(arch="super_cricavpr", backbone="vit_test", input_size=56, random_weights=True)
     with pytest.raises(ConfigError, match="Super-CricaVPR teacher of SciceVPR.*batch-dependent"):
         open_backend("auto", teacher)
     with open_backend("auto", teacher, batch_dependent_ok=True) as b:

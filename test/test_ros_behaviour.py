@@ -288,7 +288,8 @@ def test_no_accepted_keyframe_is_lost_on_signals(rclpy_context, tmp_path, traver
     map_dir = tmp_path / "signal_map"
     settings = dict(map_dir=str(map_dir), backend="torch", qos="reliable", pose_qos="reliable", autosave_period=0.0,
                     max_pose_wait=30.0, **{"keyframes.min_distance": 0.0, "keyframes.min_rotation_deg": 0.0,
-                                           "keyframes.max_interval": 0.01, "model.backbone": "vits14"})
+                                           "keyframes.max_interval": 0.01, "model.backbone": "vits14",
+                                           "model.random_weights": True})
     params = _write_params(tmp_path / "p.yaml", **settings)
     proc = subprocess.Popen([sys.executable, "-c", "from vpr_ros.ros.map_builder_node import main; "
                              "raise SystemExit(main())", "--ros-args", "--params-file", str(params)],

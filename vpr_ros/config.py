@@ -24,7 +24,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 BACKBONES = ("vits14", "vitb14", "vits14_reg4", "vitb14_reg4", "vit_test", "vit_test_wide")
-ARCHITECTURES = ("d2vpr", "scicevpr", "cricavpr", "super_cricavpr")
+ARCHITECTURES = ("d2vpr", "scicevpr", "cricavpr", "super_cricavpr", "vlad")
+#: architectures with no network and no weights (vpr_ros.vocabulary: VLAD over RootSIFT)
+WEIGHT_FREE = ("vlad",)
 ENCODERS = ("self_enhanced", "none", "cross_image")
 BACKENDS = ("auto", "tensorrt", "torch_cudagraph", "onnxruntime", "torch")
 #: GPU precision of the TensorRT and CUDA-graph backends (int8: TensorRT, from a Q/DQ graph of
@@ -61,8 +63,9 @@ class ModelConfig:
     """Which network turns an image into a global descriptor."""
 
     arch: str = _f("d2vpr", "Network: 'd2vpr' (D2-VPR student), 'scicevpr' (SciceVPR student), "
-                   "'cricavpr' (the CricaVPR teacher) or 'super_cricavpr' (SciceVPR's teacher); the "
-                   "teachers are batch-dependent: training and evaluation only.")
+                   "'cricavpr' (the CricaVPR teacher), 'super_cricavpr' (SciceVPR's teacher; the "
+                   "teachers are batch-dependent: training and evaluation only) or 'vlad' (weight-free: VLAD "
+                   "over RootSIFT with model.vocabulary; no network, runs on OpenCV on the CPU).")
     backbone: str = _f("vits14", "DINOv2 backbone preset: " + ", ".join(BACKBONES) + ".")
     encoder: str = _f("self_enhanced", "Encoder of the D2-VPR student: 'self_enhanced' (SciceVPR's "
                       "per-image encoder), 'none' (the released no-encoder D2-VPR model) or 'cross_image' "
@@ -70,8 +73,11 @@ class ModelConfig:
     compat: bool = _f(False, "Reproduce the official D2-VPR code's aggregator quirks exactly (needed "
                       "for the released D2-VPR weights); the clean version is the default.")
     input_size: int = _f(224, "Square network input size in pixels (multiple of 14).")
-    weights: str = _f("", "Path to a weights file (.pth or .safetensors); empty = random "
-                      "initialisation (accuracy numbers then mean nothing).")
+    weights: str = _f("", "Path to a weights file (.pth or .safetensors; vpr_ros_weights gets the released "
+                      "ones). Empty: the node or command refuses to start unless model.random_weights is true.")
+    random_weights: bool = _f(False, "Run a randomly initialised network when model.weights is empty (tests and "
+                              "demos: its descriptors mean nothing). Never the default.")
+    vocabulary: str = _f("", "arch 'vlad': the vocabulary file (.npz made by vpr_ros_fit_vocabulary).")
     seed: int = _f(0, "Seed of the random initialisation when no weights are given.")
     gem_p: float = _f(3.0, "Initial exponent p of generalised-mean pooling.")
     pca: str = _f("", "PCA file (.npz, fitted on training images) applied to descriptors; empty = none.")
@@ -86,6 +92,13 @@ class ModelConfig:
             raise ConfigError(f"input_size: must be a positive multiple of 14, got {self.input_size}")
         if not (1.0 <= self.gem_p <= 10.0):
             raise ConfigError(f"gem_p: must be within [1, 10], got {self.gem_p}")
+        if self.arch in WEIGHT_FREE:
+            for key in ("weights", "onnx"):
+                if getattr(self, key):
+                    raise ConfigError(f"{key}: arch '{self.arch}' is weight-free (no network); its descriptor is "
+                                      "defined by model.vocabulary")
+        elif self.vocabulary:
+            raise ConfigError(f"vocabulary: only arch 'vlad' uses one (arch is '{self.arch}')")
         if self.encoder == "cross_image" and self.arch != "d2vpr":
             raise ConfigError(f"encoder: 'cross_image' is an option of arch 'd2vpr', not '{self.arch}' (SciceVPR's "
                               "network with a cross-image encoder is arch 'super_cricavpr')")
@@ -95,6 +108,20 @@ class ModelConfig:
         """True when a descriptor depends on the other images of its batch (cross-image encoder:
         the CricaVPR teacher, or the D2-VPR student with encoder 'cross_image')."""
         return self.arch in ("cricavpr", "super_cricavpr") or (self.arch == "d2vpr" and self.encoder == "cross_image")
+
+
+def weights_refusal(cfg: ModelConfig) -> str:
+    """Why ``cfg`` may not describe images ('' when it may): a network without model.weights runs
+    only when model.random_weights asks for it; arch 'vlad' needs its vocabulary."""
+    if cfg.arch in WEIGHT_FREE:
+        return "" if cfg.vocabulary else ("model.vocabulary: arch 'vlad' needs a vocabulary file (make one with "
+                                          "vpr_ros_fit_vocabulary IMAGE_FOLDER or --map MAP_DIR)")
+    if cfg.weights or cfg.random_weights:
+        return ""
+    return (f"model.weights is empty: no trained network to run. Get the released weights "
+            "(vpr_ros_weights list; vpr_ros_weights get d2vpr) and set model.weights, or use the weight-free "
+            "descriptor (model.arch: vlad with a vocabulary from vpr_ros_fit_vocabulary), or set "
+            "model.random_weights: true (--random-weights) to run an untrained network on purpose (tests, demos)")
 
 
 def batch_dependent_refusal(cfg: ModelConfig) -> str:

@@ -194,12 +194,14 @@ def evaluate_descriptors(db: np.ndarray, q: np.ndarray, positives: Sequence[set[
 
 
 def evaluate(dataset: EvalDataset, backend: DescriptorBackend, batch_size: int = 16,
-             cache_dir: Path | None = None, pca: Pca | None = None, progress: bool = False) -> EvalResult:
-    """Describe (or load cached descriptors), optionally apply PCA, search, score."""
+             cache_dir: Path | None = None, pca: Pca | None = None, progress: bool = False,
+             depth: int = max(RECALL_NS)) -> EvalResult:
+    """Describe (or load cached descriptors), optionally apply PCA, search, score; each query's
+    ranking keeps ``depth`` database entries (at least what re-ranking will look at)."""
     db, q, cached, seconds = load_or_describe(backend, dataset, batch_size, cache_dir, progress)
     if pca is not None:
         db, q = pca.apply(db), pca.apply(q)
-    result = evaluate_descriptors(db, q, dataset.positives)
+    result = evaluate_descriptors(db, q, dataset.positives, max(depth, max(RECALL_NS)))
     result.cached = cached
     n = len(dataset.database) + len(dataset.queries)
     result.timings["describe_ms_per_image"] = seconds * 1e3 / n if not cached else float("nan")

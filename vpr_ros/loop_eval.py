@@ -15,7 +15,10 @@ RTAB-Map report it: the precision-recall curve over the score threshold, its are
 * ``sequence`` / ``verification+sequence`` (with the frames' descriptors): the temporal filter of
   sequence matching (SeqSLAM): a match j of frame i is scored by the mean cosine of the last
   ``sequence_length`` frames with the frames before j along the same diagonal,
-  ``mean_k d[i-k] . d[j-k]``, in place of the consistency rule.
+  ``mean_k d[i-k] . d[j-k]``, in place of the consistency rule;
+* ``inliers``: the top-1 accepted by its re-ranking score (inliers of the local matching) instead of
+  its cosine; with the whole map re-ranked (``vpr_ros_eval_loops --rerank-all``) this is the
+  re-ranker alone, the global descriptor deciding nothing.
 
 A frame is a positive when the ground truth gives it at least one loop among the frames it may
 match (older by ``exclude_recent``); a decision is correct when its matched frame is one of them.
@@ -37,7 +40,8 @@ if TYPE_CHECKING:
     from vpr_ros.runtime.base import DescriptorBackend
     from vpr_ros.verification.features import CameraIntrinsics
 
-VARIANTS = ("retrieval", "verification", "temporal", "verification+temporal", "sequence", "verification+sequence")
+VARIANTS = ("retrieval", "verification", "temporal", "verification+temporal", "sequence", "verification+sequence",
+            "inliers")
 SEQUENCE_LENGTH = 5
 IMAGE_SUFFIXES = (".png", ".bmp", ".pgm", ".tif", ".tiff")
 
@@ -55,6 +59,7 @@ class FrameDecision:
     method: str
     inliers: int
     ms: float
+    local_score: int = -1   # the top-1's re-ranking score (local inliers; -1: not re-ranked)
 
 
 @dataclass(frozen=True)
@@ -73,8 +78,46 @@ class PrResult:
 
 
 # ---------------------------------------------------------------------------- ground truth
+#: names a .mat loop matrix goes by when a file holds several [n, n] variables
+MAT_NAMES = ("truth", "gt", "GT", "groundtruth", "GroundTruth", "ground_truth", "loops")
+MAX_MAT_BYTES = 1 << 30
+
+
+def _read_mat(p: Path, n: int) -> np.ndarray:
+    """The loop matrix of a MATLAB v5 file (scipy.io; no pickle, no code): the one [n, n] numeric or
+    logical variable, else the one named as in MAT_NAMES. v7.3 files (HDF5) are refused by name."""
+    import io
+
+    from vpr_ros.files import read_regular_bytes
+
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise DatasetError(f"{p}: reading .mat needs scipy (pip install scipy), or save the matrix as .npy / .csv") from None
+    raw = read_regular_bytes(p, "ground-truth loop matrix", MAX_MAT_BYTES, DatasetError)
+    if raw[:128].find(b"MATLAB 7.3") >= 0 or raw[:8] == b"\x89HDF\r\n\x1a\n":
+        raise DatasetError(f"{p}: a MATLAB v7.3 (HDF5) file; save it as v5 (save -v7) or export the matrix to .npy / .csv")
+    try:
+        variables = loadmat(io.BytesIO(raw))
+    except NotImplementedError as exc:  # scipy's answer to v7.3
+        raise DatasetError(f"{p}: {exc}; save it as v5 (save -v7) or as .npy / .csv") from None
+    except Exception as exc:  # noqa: BLE001 - scipy.io raises many types on a damaged file
+        raise DatasetError(f"{p}: not a readable MATLAB file ({type(exc).__name__}: {exc})") from None
+    square = {k: v for k, v in variables.items() if not k.startswith("__") and isinstance(v, np.ndarray)
+              and v.ndim == 2 and v.shape == (n, n) and v.dtype.kind in "biuf"}
+    if len(square) != 1:
+        named = {k: v for k, v in square.items() if k in MAT_NAMES}
+        if len(named) != 1:
+            shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in variables.items() if not k.startswith("__"))
+            raise DatasetError(f"{p}: needs exactly one [{n}, {n}] numeric variable (or one named "
+                               f"{' / '.join(MAT_NAMES[:3])}); it holds {shapes or 'none'}")
+        square = named
+    return next(iter(square.values()))
+
+
 def read_loop_matrix(path: str | Path, n: int) -> np.ndarray:
-    """A ground-truth loop matrix bool [n, n] from ``.npy`` (0/1 or bool), ``.csv`` / ``.txt``
+    """A ground-truth loop matrix bool [n, n] from ``.npy`` (0/1 or bool), ``.mat`` (MATLAB v5, as the
+    FAB-MAP-era evaluation codes ship them: the one [n, n] variable, or the one named truth / gt), ``.csv`` / ``.txt``
     (a square 0/1 matrix, comma or whitespace separated) or an image (``*_GT.bmp`` as RTAB-Map
     ships, ``.png``, ...: a non-zero pixel (i, j) is a loop). Made symmetric; DatasetError naming
     the file otherwise."""
@@ -91,6 +134,8 @@ def read_loop_matrix(path: str | Path, n: int) -> np.ndarray:
             m = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
             if m is None:
                 raise DatasetError(f"{p}: not an image OpenCV can read")
+        elif suffix == ".mat":
+            m = _read_mat(p, n)
         elif suffix in (".csv", ".txt"):
             from vpr_ros.files import read_text
 
@@ -98,7 +143,7 @@ def read_loop_matrix(path: str | Path, n: int) -> np.ndarray:
             rows = [line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
             m = np.array([[float(v) for v in row] for row in rows]) if rows else np.zeros((0, 0))
         else:
-            raise DatasetError(f"{p}: a loop matrix is .npy, .csv / .txt or an image ({', '.join(IMAGE_SUFFIXES)})")
+            raise DatasetError(f"{p}: a loop matrix is .npy, .mat, .csv / .txt or an image ({', '.join(IMAGE_SUFFIXES)})")
     except (ValueError, OSError) as exc:
         raise DatasetError(f"{p}: cannot read the loop matrix ({exc})") from None
     m = np.asarray(m)
@@ -147,10 +192,10 @@ def run_sequence(backend: "DescriptorBackend", images: "Sequence[Path | Callable
         kf = Keyframe(float(stamp), (float(i), 0.0, 0.0, 0.0, 0.0, 0.0, 1.0),
                       image_ref=str(path) if isinstance(path, Path) else "", session=builder.session)
         c = closer.check(desc, feats[0] if feats else None, kf, intrinsics)
-        top1, score, verified, method, inliers = -1, -math.inf, False, "", 0
+        top1, score, verified, method, inliers, local = -1, -math.inf, False, "", 0, -1
         if c is not None:
             top = c.result.matches[0]
-            top1, score = top.db_id, top.score
+            top1, score, local = top.db_id, top.score, top.local_score
             stored, query = builder.map.local_features(top.db_id), feats[0] if feats else None
             if verifier.enabled and stored is not None and query is not None:
                 v = verifier.verify(query, stored)
@@ -158,7 +203,7 @@ def run_sequence(backend: "DescriptorBackend", images: "Sequence[Path | Callable
         builder.add_encoded(desc, [kf], feats)
         closer.added(kf)
         out.append(FrameDecision(i, float(stamp), top1, score, verified, method, inliers,
-                                 (time.perf_counter() - t0) * 1e3))
+                                 (time.perf_counter() - t0) * 1e3, local))
         if progress is not None:
             progress(i)
     return out, builder.map.descriptors()
@@ -231,6 +276,8 @@ def score_variants(run: Sequence[FrameDecision], gt: np.ndarray, exclude_recent:
         seq = sequence_scores(run, descriptors)
         out["sequence"] = curve(lambda t: has & (seq >= t), seq)
         out["verification+sequence"] = curve(lambda t: has & (seq >= t) & verified, seq)
+    local = np.array([float(d.local_score) if d.top1 >= 0 and d.local_score >= 0 else -np.inf for d in run])
+    out["inliers"] = curve(lambda t: has & (local >= t), local)
     return out
 
 

@@ -17,6 +17,7 @@ from vpr_ros.datasets import list_images, read_poses_csv, read_rgb, utm_from_nam
 from vpr_ros.cli.camera_args import add_camera_args, camera_model_of
 from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, report_error
 from vpr_ros.cli.model_args import add_model_args, model_with_args, warn_if_random
+from vpr_ros.mapping.bag_source import is_bag
 from vpr_ros.errors import DatasetError
 from vpr_ros.geometry import planar_pose
 from vpr_ros.mapping.builder import MapBuilder
@@ -119,7 +120,7 @@ def _build(cfg: dict, a: argparse.Namespace) -> int:  # type: ignore[type-arg]
     from vpr_ros.runtime.factory import open_backend
 
     source, root = Path(a.source), Path(a.map_dir)
-    is_bag = (source / "metadata.yaml").is_file() or source.suffix in (".db3", ".mcap")
+    from_bag = is_bag(source)
     if not source.exists():
         raise DatasetError(f"{source}: no such folder or bag")
     if root.exists() and not root.is_dir():
@@ -139,9 +140,9 @@ def _build(cfg: dict, a: argparse.Namespace) -> int:  # type: ignore[type-arg]
                 base = VprMap.open_writer(root, ModelIdentity.of_backend(backend), durable=False)
             else:
                 lock = hold_writer_lock(root)
-            intrinsics = camera_model_of(a, is_bag, source, "vpr_ros_build_map")
+            intrinsics = camera_model_of(a, from_bag, source, "vpr_ros_build_map")
             if a.depth_topic:
-                if not is_bag:
+                if not from_bag:
                     raise DatasetError("--depth-topic applies to bags")
                 if intrinsics is None:
                     raise DatasetError("--depth-topic needs --camera-info-topic or --camera-info (3-D points need "
@@ -150,9 +151,9 @@ def _build(cfg: dict, a: argparse.Namespace) -> int:  # type: ignore[type-arg]
                 print(f"vpr_ros_build_map: camera fx {intrinsics.fx:.1f} fy {intrinsics.fy:.1f} "
                       f"cx {intrinsics.cx:.1f} cy {intrinsics.cy:.1f} ({intrinsics.width}x{intrinsics.height})")
             map_frame = cfg[""].map_frame
-            if is_bag and a.tf:
+            if from_bag and a.tf:
                 map_frame = a.tf.partition(":")[0]
-            if is_bag and a.pose_topic:  # the frame the poses are in, as the map_builder node takes it
+            if from_bag and a.pose_topic:  # the frame the poses are in, as the map_builder node takes it
                 from vpr_ros.mapping.bag_source import bag_pose_frame
 
                 map_frame = bag_pose_frame(source, a.pose_topic) or map_frame
@@ -162,7 +163,7 @@ def _build(cfg: dict, a: argparse.Namespace) -> int:  # type: ignore[type-arg]
             builder = MapBuilder(backend, cfg["keyframes"], map_frame=map_frame,
                                  source=f"vpr_ros_build_map {a.source}", base=base,
                                  index=cfg["index"], verification=cfg["verification"], intrinsics=intrinsics)
-            if is_bag:
+            if from_bag:
                 ids, n = _from_bag(builder, source, a, cfg[""].max_pose_age, cfg[""].max_interpolation_gap)
             else:
                 frames = _from_folder(source, a.poses)

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
-from vpr_ros.config import KeyframeConfig, model_config_from
+from vpr_ros.config import WEIGHT_FREE, KeyframeConfig, ModelConfig, model_config_from
 from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, report_error
 from vpr_ros.cli.model_args import add_model_args, model_with_args
 from vpr_ros.evaluation import positives_within, recall_at_n
@@ -98,14 +100,23 @@ def _isolated_ros_env() -> dict[str, str]:
     return env
 
 
+def demo_model(args: argparse.Namespace) -> ModelConfig:
+    """The model the demo runs: the params file's and the flags'; a network without weights runs
+    with random weights (asked for here, on the demo's behalf, and labelled in its output)."""
+    cfg = model_with_args(model_config_from("", args.params_file), args)
+    if cfg.arch not in WEIGHT_FREE and not cfg.weights:
+        cfg = dataclasses.replace(cfg, random_weights=True)
+    return cfg
+
+
 def run(args: argparse.Namespace) -> int:
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.slam:
         from vpr_ros.cli.demo_slam import run_slam
 
-        model_cfg = model_with_args(model_config_from("", args.params_file), args)
-        if not model_cfg.weights:
+        model_cfg = demo_model(args)
+        if model_cfg.random_weights:
             print("[demo] WEIGHTS: random initialisation: the global descriptor means little; the closures come "
                   "from SIFT re-ranking and geometric verification")
         return run_slam(args, model_cfg)
@@ -115,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         data = synthetic_data(args.places, args.seed)
     else:
         data = scene_data(args.places, args.seed)
-    model_cfg = model_with_args(model_config_from("", args.params_file), args)
+    model_cfg = demo_model(args)
     print(f"[demo] data: {data.name}")
 
     from vpr_ros.runtime.factory import open_backend
@@ -128,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
             print("[demo] WEIGHTS: random initialisation (no pretrained weights ship with vpr_ros). "
                   "Accuracy numbers below mean NOTHING about real performance; they only show "
                   "that the pipeline runs end to end. Pass --weights FILE for real results.")
+        elif model_cfg.arch in WEIGHT_FREE:
+            weights_note = f"weight-free {backend.model_id}"
+            print(f"[demo] MODEL: weight-free ({backend.model_id}, vocabulary {backend.weights_source}); no network")
         else:
             print(f"[demo] WEIGHTS: {backend.weights_source}")
         # Map frames are 1 m apart, so every frame becomes a keyframe (map id = frame index).
@@ -145,9 +159,9 @@ def run(args: argparse.Namespace) -> int:
         **({"verification.loop_closures": "none"} if args.no_verification else {}),
         **{f"model.{k}": v for k, v in vars(model_cfg).items()}}}}
     if data.intrinsics is None and not args.no_verification:
-        print("[demo] NOTE: this dataset has no camera model: geometric verification refuses every loop-closure "
-              "candidate (the localizer counts them, with the first reason it finds, e.g. too few matches), so "
-              "none is published; --no-verification shows the temporal rules alone")
+        print("[demo] NOTE: this dataset has no camera model: loop closures are verified with the fundamental "
+              "matrix on pixel matches and published without a metric relative pose (verification method 1 / 4); "
+              "--no-verification shows the temporal rules alone")
     params_file = out / "localizer_params.yaml"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -167,10 +181,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"[demo] ERROR: the localizer did not come up; see {out / 'logs' / 'localizer.log'}:")
         print((out / "logs" / "localizer.log").read_text(errors="replace")[-3000:])
         return 1
-    return _report(data, log, answered, out, weights_note)
+    return _report(data, log, answered, out, weights_note, args.weight_free and model_cfg.arch not in WEIGHT_FREE)
 
 
-def _report(data: DemoData, log, answered: int, out: Path, weights_note: str = "") -> int:  # type: ignore[no-untyped-def]
+def _report(data: DemoData, log, answered: int, out: Path, weights_note: str = "",  # type: ignore[no-untyped-def]
+            weight_free: bool = True) -> int:
     n = len(data.query_stamps)
     ranked = np.full((n, 5), -1, np.int64)
     scores = np.full(n, np.nan)
@@ -229,13 +244,57 @@ def _report(data: DemoData, log, answered: int, out: Path, weights_note: str = "
         for i in range(n):
             w.writerow([i, data.query_stamps[i], ranked[i, 0], scores[i],
                         int(ranked[i, 0] in data.positives[i]), latency[i]])
-    png = _plot(data, ranked, scores, latency, log, out / "demo.png", weights_note)
+    beside = _weight_free_beside(data, out) if weight_free else None
+    png = _plot(data, ranked, scores, latency, log, out / "demo.png", weights_note, beside)
     print(f"[demo] wrote {out / 'results.csv'} and {png}")
     return 0 if answered == n else 1
 
 
-def _plot(data: DemoData, ranked: np.ndarray, scores: np.ndarray, latency: np.ndarray,
-          log, path: Path, weights_note: str = "") -> Path:  # type: ignore[no-untyped-def]
+def _weight_free_beside(data: DemoData, out: Path) -> dict[str, Any]:
+    """The weight-free descriptor on the same drive: a vocabulary fitted on the map's images, a map
+    built with it by the map builder's code, the live drive localised by the localizer's code
+    (offline, same defaults as the node). Returns its Recall@1/@5 and loop closures."""
+    from vpr_ros.config import LocalizerConfig, ModelConfig, VerificationConfig
+    from vpr_ros.localization import Localizer
+    from vpr_ros.runtime.factory import open_backend
+    from vpr_ros.vocabulary import Vocabulary, fit_vocabulary, rgb_chunks
+
+    settings = Vocabulary(np.zeros((2, 128), np.float32), 224, "")
+    vocab, _ = fit_vocabulary(rgb_chunks(data.map_images, settings), settings, 64,
+                              f"the demo's {len(data.map_images)} map images")
+    vocab.save(out / "vocabulary.npz")
+    cfg = ModelConfig(arch="vlad", vocabulary=str(out / "vocabulary.npz"), input_size=vocab.input_size)
+    with open_backend("auto", cfg) as backend:
+        builder = MapBuilder(backend, KeyframeConfig(min_distance=0.5), source=f"vpr_ros_demo (weight-free): {data.name}",
+                             intrinsics=data.intrinsics)  # type: ignore[arg-type]
+        frames = frames_from_lists(data.map_images, data.map_stamps, data.map_poses, CAMERA_TOPIC)
+        depths = data.map_depths if data.map_depths is not None else [None] * len(frames)
+        builder.add_many([(img, kf, d) for (img, kf), d in zip(frames, depths)])
+        loc = Localizer(backend, builder.map, LocalizerConfig(), VerificationConfig())
+        ranked = np.full((len(data.query_images), 5), -1, np.int64)
+        closures = correct = 0
+        top_scores = []
+        for i, (img, t) in enumerate(zip(data.query_images, data.query_stamps)):
+            r = loc.localize(img, t, intrinsics=data.intrinsics)  # type: ignore[arg-type]
+            for j, m in enumerate(r.matches[:5]):
+                ranked[i, j] = m.db_id
+            if r.matches:
+                top_scores.append(r.matches[0].score)
+            if r.loop is not None and r.loop.publish:
+                closures += 1
+                correct += int(r.loop.db_id in data.positives[i])
+    rec = recall_at_n(ranked, data.positives, ns=(1, 5))
+    print(f"[demo] beside it, on the same drive: the weight-free descriptor (model.arch vlad: dense SIFT VLAD, "
+          f"{vocab.clusters} words fitted on the map's {len(data.map_images)} images; no network, no weights), map "
+          f"and localizer code run offline: Recall@1 = {rec[1]:.3f}   Recall@5 = {rec[5]:.3f}   loop closures "
+          f"{closures} ({correct} correct; its top-1 cosines run lower than a network's, median "
+          f"{np.median(top_scores) if top_scores else float('nan'):.2f} against score_threshold "
+          f"{LocalizerConfig().score_threshold}: tune that threshold for it)")
+    return {"recall@1": rec[1], "recall@5": rec[5], "closures": closures, "correct": correct, "top1": ranked[:, 0]}
+
+
+def _plot(data: DemoData, ranked: np.ndarray, scores: np.ndarray, latency: np.ndarray,  # type: ignore[no-untyped-def]
+          log, path: Path, weights_note: str = "", beside: dict[str, Any] | None = None) -> Path:
     """Top-1 matches against the ground truth, top-1 scores with the acceptance threshold, the error
     of /vpr/pose (where the true poses are known) and the latency distribution with its median/p95."""
     import matplotlib
@@ -260,7 +319,12 @@ def _plot(data: DemoData, ranked: np.ndarray, scores: np.ndarray, latency: np.nd
     lc = [(q_index.get(round(a, 6), -1), m_index.get(round(b, 6), -1)) for a, b in log.loop_closures]
     if lc:
         ax[0].scatter(*zip(*lc), marker="x", s=40, c="k", label="loop closure published")
-    ax[0].set(xlabel="query frame", ylabel="matched map keyframe", title="Top-1 match per query")
+    title = "Top-1 match per query"
+    if beside is not None:
+        ax[0].scatter(q, beside["top1"], s=26, facecolors="none", edgecolors="tab:purple", lw=0.8,
+                      label=f"weight-free VLAD top-1 (same drive, R@1 {beside['recall@1']:.2f})")
+        title += f": network R@1 {np.mean(ok):.2f}, weight-free {beside['recall@1']:.2f}"
+    ax[0].set(xlabel="query frame", ylabel="matched map keyframe", title=title)
     ax[0].legend(loc="upper left", fontsize=7)
     threshold = LocalizerConfig().score_threshold
     ax[1].plot(q, scores, ".-", lw=0.8, label="top-1 cosine score")
@@ -313,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params-file", default="", help="localizer params YAML whose model.* settings to use")
     add_model_args(ap)
     ap.add_argument("--frame-timeout", type=float, default=60.0, help="seconds to wait for each answer")
+    ap.add_argument("--no-weight-free", dest="weight_free", action="store_false",
+                    help="skip the weight-free descriptor (model.arch vlad) run beside the network on the same drive")
     ap.add_argument("--slam", action="store_true",
                     help="live loop closure instead: one session with revisits through the map_builder node, the "
                          "closures fed to a LIO-SAM-style pose graph (writes slam.png)")

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                                           min_inliers=max(6, a.min_inliers))
                 Verifier(vcfg).check_backend(backend)
             result = evaluate(dataset, backend, a.batch_size, Path(a.cache_dir) if a.cache_dir else None,
-                              pca, progress=True)
+                              pca, progress=True, depth=a.rerank_top_k if a.rerank != "none" else 0)
             if result.cached:
                 print("[eval] descriptors loaded from cache (the network did not run)")
             summary = None

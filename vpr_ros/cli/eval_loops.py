@@ -29,6 +29,7 @@ from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, non_negative_float, p
 from vpr_ros.cli.camera_args import add_camera_args
 from vpr_ros.cli.model_args import add_model_args, model_with_args, warn_if_random
 from vpr_ros.config import MAP_BUILDER_SECTIONS, load_node_config
+from vpr_ros.mapping.bag_source import is_bag
 from vpr_ros.errors import DatasetError
 
 
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     add_camera_args(ap)
     ap.add_argument("--params-file", default="", help="map_builder params YAML (model, verification, loop_closure)")
     ap.add_argument("--output", default="loops_output", help="where loops.csv, results.json and loops.png go")
+    ap.add_argument("--reverse-queries", action="store_true",
+                    help="ref/ + query/ layout: play the query pass last to first (a revisit in the other direction)")
+    ap.add_argument("--rerank-all", action="store_true",
+                    help="re-rank every older frame (verification.rerank_top_k 500), not the global top-k: the "
+                         "'inliers' detector is then the re-ranker alone")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
     add_model_args(ap)
     a = ap.parse_args(argv)
@@ -65,21 +71,25 @@ def _sequence(a: argparse.Namespace, exclude_recent: float) -> tuple[list[Any], 
     from vpr_ros.loop_eval import loops_from_poses, read_loop_matrix
 
     src = Path(a.source)
-    if (src / "metadata.yaml").is_file() or src.suffix in (".db3", ".mcap"):
+    if is_bag(src):
         return _bag_sequence(a, src, exclude_recent)
     if (src / "ref").is_dir() and (src / "query").is_dir():
         if a.ground_truth or a.poses:
             raise DatasetError(f"{src}: a ref/ + query/ layout brings its own ground truth; no --ground-truth/--poses")
         ds = read_eval_dataset(src)
-        images = [*ds.database, *ds.queries]
+        order = list(range(len(ds.queries)))[::-1] if a.reverse_queries else list(range(len(ds.queries)))
+        images = [*ds.database, *(ds.queries[q] for q in order)]
         n_ref = len(ds.database)
         gt = np.zeros((len(images), len(images)), bool)
-        for q, refs in enumerate(ds.positives):
-            for r in refs:
-                gt[n_ref + q, r] = gt[r, n_ref + q] = True
+        for k, q in enumerate(order):
+            for r in ds.positives[q]:
+                gt[n_ref + k, r] = gt[r, n_ref + k] = True
         stamps = np.arange(len(images), dtype=np.float64) * a.frame_period
-        return images, [p.name for p in images], stamps, gt, \
-            f"{ds.name}: {n_ref} reference frames, then {len(ds.queries)} query frames"
+        return images, [f"{p.parent.name}/{p.name}" for p in images], stamps, gt, \
+            f"{ds.name}: {n_ref} reference frames, then {len(ds.queries)} query frames" + \
+            (" played last to first" if a.reverse_queries else "")
+    if a.reverse_queries:
+        raise DatasetError(f"{src}: --reverse-queries is for a ref/ + query/ layout")
     images = list_images(src)
     stamps = np.arange(len(images), dtype=np.float64) * a.frame_period
     if bool(a.ground_truth) == bool(a.poses):
@@ -102,6 +112,8 @@ def _bag_sequence(a: argparse.Namespace, bag: Path,
     from vpr_ros.loop_eval import loops_from_poses, read_loop_matrix
     from vpr_ros.mapping.bag_source import bag_frames
 
+    if a.reverse_queries:
+        raise DatasetError(f"{bag}: --reverse-queries is for a ref/ + query/ layout, not a bag")
     if not a.image_topic or not (a.pose_topic or a.trajectory):
         raise DatasetError(f"{bag}: a bag needs --image-topic and --pose-topic or --trajectory (the frames' poses)")
     if a.poses:
@@ -131,11 +143,14 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
     live = dataclasses.replace(cfg["loop_closure"], enabled=True, score_threshold=-1.0)
     if a.exclude_recent is not None:
         live = dataclasses.replace(live, exclude_recent=a.exclude_recent)
+    if a.rerank_all:
+        cfg["verification"] = dataclasses.replace(cfg["verification"], rerank_top_k=500)
     out = Path(a.output)
     check_output_dir(out)
     images, names, stamps, gt, what = _sequence(a, live.exclude_recent)
-    is_bag = (Path(a.source) / "metadata.yaml").is_file() or Path(a.source).suffix in (".db3", ".mcap")
-    intrinsics = camera_model_of(a, is_bag, Path(a.source), "vpr_ros_eval_loops")
+    if a.rerank_all and len(images) > 500:
+        print(f"[loops] --rerank-all: {len(images)} frames, only the global top 500 are re-ranked", file=sys.stderr)
+    intrinsics = camera_model_of(a, is_bag(Path(a.source)), Path(a.source), "vpr_ros_eval_loops")
     print(f"[loops] {what}; {int(np.triu(gt, 1).sum())} ground-truth loop pairs; frames {live.exclude_recent:g} s "
           "or less apart are never matched")
     with open_backend(node.backend, cfg["model"], node.device, node.engine_cache_dir or None) as backend:
@@ -155,7 +170,7 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
     curves = score_variants(run, gt, live.exclude_recent, live.temporal_consistency, live.consistency_window,
                             live.max_loop_closure_rate, descriptors)
     ms = np.array([d.ms for d in run])
-    for name in VARIANTS:
+    for name in (v for v in VARIANTS if v in curves):
         c = curves[name]
         at = f" (threshold {c.threshold_at_full_precision:.3f})" if c.max_recall_at_full_precision > 0 else ""
         print(f"[loops] {name:22s} AUC {c.auc:.3f}   max recall at 100% precision "
@@ -183,11 +198,12 @@ def _write(out: Path, run: list, names: list[str], gt: np.ndarray, curves: dict,
     positive = searchable_positives(gt, stamps, exclude_recent)
     with replaced_atomically(out / "loops.csv", VprError) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["frame", "image", "stamp", "top1", "score", "verified", "method", "inliers", "ms", "has_loop",
-                    "top1_correct"])
+        w.writerow(["frame", "image", "stamp", "top1", "score", "rerank_score", "verified", "method", "inliers", "ms",
+                    "has_loop", "top1_correct"])
         for d in run:
             w.writerow([d.index, names[d.index], f"{d.stamp:.3f}", d.top1,
-                        f"{d.score:.6f}" if d.top1 >= 0 else "", int(d.verified), d.method, d.inliers, f"{d.ms:.1f}",
+                        f"{d.score:.6f}" if d.top1 >= 0 else "", d.local_score if d.local_score >= 0 else "",
+                        int(d.verified), d.method, d.inliers, f"{d.ms:.1f}",
                         int(positive[d.index]), int(d.top1 >= 0 and bool(gt[d.index, d.top1]))])
     summary = {name: {"auc": c.auc, "max_recall_at_100_precision": c.max_recall_at_full_precision,
                       "threshold_at_100_precision": None if np.isnan(c.threshold_at_full_precision)
@@ -213,7 +229,9 @@ def _plot(path: Path, run: list, gt: np.ndarray, positive: np.ndarray, curves: d
     from vpr_ros.loop_eval import VARIANTS
 
     fig, (ax, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 5.2), gridspec_kw={"width_ratios": [1.2, 1.6, 1]})
-    for name, style in zip(VARIANTS, ("-", "--", "-.", ":", "-", "--")):
+    for name, style in zip(VARIANTS, ("-", "--", "-.", ":", "-", "--", ":")):
+        if name not in curves:
+            continue
         c = curves[name]
         ax.plot(c.recall, c.precision, style, lw=1.5,
                 label=f"{name}: AUC {c.auc:.2f}, max recall at 100% precision {c.max_recall_at_full_precision:.2f}")

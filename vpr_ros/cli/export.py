@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from vpr_ros.config import model_config_from
+from vpr_ros.config import WEIGHT_FREE, model_config_from, weights_refusal
 from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, report_error
 from vpr_ros.cli.model_args import RANDOM_WEIGHTS_WARNING, add_model_args, model_with_args
 
@@ -20,8 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         cfg = model_with_args(model_config_from("", a.params_file, pca=a.pca), a)
+        from vpr_ros.errors import ConfigError
         from vpr_ros.export.onnx import export_onnx
 
+        if cfg.arch in WEIGHT_FREE:
+            raise ConfigError(f"model.arch '{cfg.arch}' is weight-free (OpenCV SIFT + VLAD): there is no network "
+                              "to export; the nodes run it as it is")
+        if weights_refusal(cfg) and not cfg.batch_dependent:  # a batch-dependent model: export_onnx says why not
+            raise ConfigError(weights_refusal(cfg))
         if not cfg.weights:
             print(f"vpr_ros_export: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr, flush=True)
         start = time.monotonic()

@@ -17,6 +17,7 @@ from vpr_ros import __version__
 from vpr_ros.cli.camera_args import add_camera_args, camera_model_of
 from vpr_ros.cli import EXPECTED_ERRORS, HelpWithDefaults, positive_float, report_error
 from vpr_ros.cli.model_args import add_model_args, model_with_args, warn_if_random
+from vpr_ros.mapping.bag_source import is_bag
 from vpr_ros.errors import ConfigError, DatasetError
 
 
@@ -107,11 +108,11 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
     cfg["model"] = model_with_args(cfg["model"], a)
     node = dataclasses.replace(cfg[""], **{k: getattr(a, k) for k in ("backend", "device") if getattr(a, k)})
     source = Path(a.source)
-    is_bag = (source / "metadata.yaml").is_file() or source.suffix in (".db3", ".mcap")
+    from_bag = is_bag(source)
     if not source.exists():
         raise DatasetError(f"{source}: no such folder or bag")
-    intrinsics = camera_model_of(a, is_bag, source, "vpr_ros_localize")
-    frames, total = _bag_frames(source, a) if is_bag else _folder_frames(source, a.poses)
+    intrinsics = camera_model_of(a, from_bag, source, "vpr_ros_localize")
+    frames, total = _bag_frames(source, a) if from_bag else _folder_frames(source, a.poses)
     # one run's numbers from one backend: a missing engine is built before the replay, not swapped in
     gpu = node.gpu if node.gpu.engine_build == "never" else dataclasses.replace(node.gpu, engine_build="startup")
     with open_backend(node.backend, cfg["model"], node.device, node.engine_cache_dir or None, gpu=gpu) as backend:

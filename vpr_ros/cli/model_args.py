@@ -14,12 +14,16 @@ RANDOM_WEIGHTS_WARNING = ("WARNING: random weights (no model.weights): descripto
 
 
 def add_model_args(ap: argparse.ArgumentParser, backend: bool = True) -> None:
-    """--model-config, --weights, --arch, --backbone, --encoder, --compat (model), and with
+    """--model-config, --weights, --arch, --vocabulary, --random-weights, --backbone, --encoder, --compat (model), and with
     ``backend`` --backend and --device; each overrides what the params file says."""
     g = ap.add_argument_group("model (override the params file's model.* settings)")
     g.add_argument("--model-config", default="", help="a models/*.yaml file (its model: section)")
     g.add_argument("--weights", default="", help="weights file (.safetensors / .pth; default: the params file's)")
-    g.add_argument("--arch", default="", help="model.arch (d2vpr | scicevpr)")
+    g.add_argument("--arch", default="", help="model.arch (d2vpr | scicevpr | vlad: weight-free, needs --vocabulary)")
+    g.add_argument("--vocabulary", default="", help="model.vocabulary of arch vlad (.npz from vpr_ros_fit_vocabulary)")
+    g.add_argument("--random-weights", action="store_true",
+                   help="run an untrained (randomly initialised) network when no weights are given: tests and demos "
+                        "only, its descriptors mean nothing (without this, no weights = refused)")
     g.add_argument("--backbone", default="", help="model.backbone (e.g. dinov2_vits14)")
     g.add_argument("--encoder", default="", help="model.encoder (self_enhanced | none | cross_image)")
     g.add_argument("--compat", action="store_true", help="official D2-VPR aggregator behaviour")
@@ -34,11 +38,12 @@ def model_with_args(base: ModelConfig, a: argparse.Namespace) -> ModelConfig:
     values: dict[str, Any] = dataclasses.asdict(base)
     if getattr(a, "model_config", ""):
         values.update(read_model_section(a.model_config))
-    for key in ("weights", "arch", "backbone", "encoder"):
+    for key in ("weights", "arch", "backbone", "encoder", "vocabulary"):
         if getattr(a, key, ""):
             values[key] = getattr(a, key)
-    if getattr(a, "compat", False):
-        values["compat"] = True
+    for flag in ("compat", "random_weights"):
+        if getattr(a, flag, False):
+            values[flag] = True
     return from_dict(ModelConfig, values, source="model settings")
 
 

@@ -313,6 +313,12 @@ def bag_frames(bag: str | Path, image_topic: str, pose_topic: str = "", trajecto
                 yield _decoder(msg, bag, image_topic, t), kf, depth
 
 
+def is_bag(path: str | Path) -> bool:
+    """Whether ``path`` is a rosbag2 recording (a folder with metadata.yaml, or a .db3 / .mcap file)."""
+    p = Path(path)
+    return (p / "metadata.yaml").is_file() or p.suffix in (".db3", ".mcap")
+
+
 def count_messages(bag: str | Path, topic: str) -> int:
     """Number of messages on ``topic`` (for progress bars)."""
     from rosbags.highlevel import AnyReader

@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
-from vpr_ros.config import BACKENDS, GpuOptions, ModelConfig, batch_dependent_refusal
+from vpr_ros.config import BACKENDS, WEIGHT_FREE, GpuOptions, ModelConfig, batch_dependent_refusal, weights_refusal
 from vpr_ros.errors import BackendUnavailable, CheckpointError, ConfigError, EngineBuildError
 from vpr_ros.export.graph_io import file_sha256
 from vpr_ros.files import remove_stale_temporaries
@@ -35,7 +35,7 @@ def default_cache_dir() -> Path:
 
 def check_model_files(cfg: ModelConfig) -> None:
     """The files a model configuration names exist (checked before any hashing or loading)."""
-    for key in ("weights", "pca", "onnx"):
+    for key in ("weights", "pca", "onnx", "vocabulary"):
         value = getattr(cfg, key)
         if value and not Path(value).is_file():
             raise CheckpointError(f"model.{key}: {value}: file not found")
@@ -44,7 +44,7 @@ def check_model_files(cfg: ModelConfig) -> None:
 def export_key(cfg: ModelConfig) -> str:
     """Identifies the graph ``cfg`` exports to (configuration + weight/PCA file contents)."""
     check_model_files(cfg)
-    fields = {k: v for k, v in asdict(cfg).items() if k != "onnx"}
+    fields = {k: v for k, v in asdict(cfg).items() if k not in ("onnx", "random_weights", "vocabulary")}
     fields["graph"] = "v3: descriptors + local_features, constants folded"  # v1: one output; v2: unfolded
     fields["weights"] = file_sha256(cfg.weights) if cfg.weights else f"random-{cfg.seed}"
     fields["pca"] = file_sha256(cfg.pca) if cfg.pca else ""
@@ -127,12 +127,31 @@ def open_backend(name: str, cfg: ModelConfig, device: str = "cpu",
                  gpu: GpuOptions = GpuOptions()) -> DescriptorBackend:
     """Open backend ``name`` (one of config.BACKENDS) for model ``cfg``.
 
+    A network without weights is refused unless ``cfg.random_weights`` (config.weights_refusal).
     Batch-dependent models (cross-image encoder) are refused unless ``batch_dependent_ok``
-    (evaluation), and then only run on PyTorch (they are not exported).
+    (evaluation), and then only run on PyTorch (they are not exported). The weight-free arch
+    'vlad' runs on OpenCV on the CPU whatever the backend and device ('auto'; a named GPU backend
+    is refused).
     """
     if name not in BACKENDS:
         raise ConfigError(f"backend: '{name}' is not one of {', '.join(BACKENDS)}")
+    if cfg.batch_dependent and not batch_dependent_ok:
+        raise ConfigError(batch_dependent_refusal(cfg))
+    refusal = weights_refusal(cfg)
+    if refusal:
+        raise ConfigError(refusal)
     check_model_files(cfg)
+    if cfg.arch in WEIGHT_FREE:
+        if name != "auto":
+            raise ConfigError(f"backend '{name}': arch '{cfg.arch}' has no network to run on it; it runs on OpenCV "
+                              "on the CPU (set backend: auto)")
+        from vpr_ros.runtime.vlad_backend import VladBackend
+
+        backend: DescriptorBackend = VladBackend(cfg)
+        backend.selection = f"{cfg.arch}: OpenCV SIFT + VLAD on the CPU (weight-free; no network)"
+        if device != "cpu":
+            log.info("arch '%s' runs on the CPU (device '%s' is not used)", cfg.arch, device)
+        return backend
     if cfg.batch_dependent:
         if not batch_dependent_ok:
             raise ConfigError(batch_dependent_refusal(cfg))

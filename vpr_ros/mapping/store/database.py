@@ -37,13 +37,12 @@ from vpr_ros.files import check_not_linked, open_regular, replaced_atomically
 from vpr_ros.files import fsync_dir as files_fsync_dir
 from vpr_ros.mapping.store.pending import PendingFrame
 from vpr_ros.mapping.sessions import SessionRecord
+from vpr_ros.mapping.store.map_types import FORMAT_VERSION, Keyframe, Manifest
 from vpr_ros.mapping.store.records import row_crc
 
 if TYPE_CHECKING:
-    from vpr_ros.mapping.map_store import Keyframe, Manifest
     from vpr_ros.verification.features import LocalFeatures
 
-FORMAT_VERSION = 2
 
 KEYFRAME_COLUMNS = ("id", "stamp", "camera", "frame_id", "x", "y", "z", "qx", "qy", "qz", "qw",
                     "lat", "lon", "alt", "image_ref", "session", "descriptor", "descriptor_crc")
@@ -194,7 +193,6 @@ def _meta_value(con: sqlite3.Connection, path: Path) -> dict[str, Any]:
 
 def manifest_of(meta: dict[str, Any], path: Path) -> "Manifest":
     """The validated Manifest of a metadata dict (every problem a MapError naming ``path``)."""
-    from vpr_ros.mapping.map_store import Manifest
 
     version = meta["format_version"]
     if version != FORMAT_VERSION:
@@ -330,7 +328,6 @@ def sessions_of(meta: dict[str, Any], path: Path) -> dict[int, SessionRecord]:
 def _read_keyframes(con: sqlite3.Connection, path: Path, manifest: "Manifest",
                     keep_from: int) -> tuple[list["Keyframe"], np.ndarray]:
     """Every keyframe (all checked), and the descriptors [N - keep_from, D] of ids >= keep_from."""
-    from vpr_ros.mapping.map_store import Keyframe
 
     n, dim = manifest.count, manifest.model.descriptor_dim
     tail = np.empty((max(0, n - keep_from), dim), np.float32)

@@ -14,9 +14,9 @@ import numpy as np
 from vpr_ros.errors import MapError
 from vpr_ros.files import open_regular
 from vpr_ros.mapping.store.database import FEATURE_COLUMNS, connect_ro, features_from_row, snapshot_size_limit
+from vpr_ros.mapping.store.map_types import Keyframe, Manifest, finite
 
 if TYPE_CHECKING:
-    from vpr_ros.mapping.map_store import Keyframe, Manifest
     from vpr_ros.verification.features import LocalFeatures
 
 UNIT_NORM_TOLERANCE = 1e-3  # float32 L2-normalised vectors are within ~1e-6 of norm 1; a flipped bit is far off
@@ -33,7 +33,6 @@ def files_v1(generation: int) -> tuple[str, str]:
 
 def manifest_v1(d: dict[str, Any], source: str) -> "Manifest":
     """A format-1 manifest (already parsed YAML) as a validated Manifest."""
-    from vpr_ros.mapping.map_store import Manifest
 
     d = dict(d)
     d.pop("files", None)
@@ -138,7 +137,6 @@ def features_v1(con: sqlite3.Connection, i: int, where: str) -> "LocalFeatures |
 
 def _read_keyframes(path: Path) -> list["Keyframe"]:
     """The keyframe table, read-only; every malformed row is a MapError naming file, id and column."""
-    from vpr_ros.mapping.map_store import Keyframe, finite
 
     try:
         con = connect_ro(path)

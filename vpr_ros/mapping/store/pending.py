@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vpr_ros.errors import MapError
+from vpr_ros.mapping.store.map_types import Keyframe
 
 if TYPE_CHECKING:
-    from vpr_ros.mapping.map_store import Keyframe
     from vpr_ros.verification.features import CameraIntrinsics
 
 
@@ -79,7 +79,6 @@ class PendingFrame:
     @classmethod
     def from_row(cls, seq: int, header: str, image: bytes, depth: bytes | None, where: str) -> "PendingFrame":
         """Rebuild from a stored row (its CRC already checked); MapError names ``where``."""
-        from vpr_ros.mapping.map_store import Keyframe
         from vpr_ros.verification.features import CameraIntrinsics
 
         try:
