@@ -54,19 +54,34 @@ def test_demo_on_the_panoramic_street(tmp_path):
     assert "frames answered: 12/12" in r.stdout
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not CORRIDOR.is_dir(), reason="../shared/data/corridor not present")
 def test_demo_on_the_corridor_dataset(tmp_path):
-    """Real images through the real localizer node, with the weight-free descriptor (no network)."""
+    """Real images through the real localizer node, with the weight-free descriptor (no network): the
+    corridor's first 30 reference and query images (the whole corridor: R@1 0.568 through the node,
+    which re-ranks the top-20 by SIFT inliers; docs/evaluation.md)."""
+    import csv as csv_module
+    import shutil
+
     from vpr_ros.cli.fit_vocabulary import main as fit
 
-    assert fit([str(CORRIDOR / "ref"), "--output", str(tmp_path / "vocabulary.npz"), "--no-progress"]) == 0
-    r, out = run_demo(tmp_path, "--dataset", str(CORRIDOR), "--arch", "vlad", "--vocabulary",
+    data = tmp_path / "corridor30"
+    for part in ("ref", "query"):
+        (data / part).mkdir(parents=True)
+        for p in sorted((CORRIDOR / part).iterdir())[:30]:
+            shutil.copy(p, data / part / p.name)
+    rows = list(csv_module.reader((CORRIDOR / "ground_truth.csv").open()))
+    with (data / "ground_truth.csv").open("w", newline="") as fh:
+        w = csv_module.writer(fh)
+        w.writerow(rows[0])
+        for q, refs in rows[1:31]:
+            w.writerow([q, " ".join(r for r in refs.split() if int(r) < 30)])
+    assert fit([str(data / "ref"), "--output", str(tmp_path / "vocabulary.npz"), "--no-progress"]) == 0
+    r, out = run_demo(tmp_path, "--dataset", str(data), "--arch", "vlad", "--vocabulary",
                       str(tmp_path / "vocabulary.npz"), tiny=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "111 refs, 111 queries" in r.stdout and "frames answered: 111/111" in r.stdout
+    assert "30 refs, 30 queries" in r.stdout and "frames answered: 30/30" in r.stdout
     assert "MODEL: weight-free (vlad64-dense_sift-224-" in r.stdout and "beside it" not in r.stdout
+    assert "verified with the fundamental matrix" in r.stdout  # no camera model with these images
     recall = float(r.stdout.split("Recall@1 = ")[1].split()[0])
-    assert recall >= 0.45, recall  # measured 0.568: the node re-ranks the top-20 by SIFT inliers (docs/evaluation.md)
-    rows = list(csv.DictReader((out / "results.csv").open()))
-    assert len(rows) == 111
+    assert recall >= 0.45, recall  # measured 0.600
+    assert len(list(csv.DictReader((out / "results.csv").open()))) == 30

@@ -256,6 +256,12 @@ def test_model_settings_that_cannot_work_are_refused(vocabulary):
         open_backend("auto", _vlad_cfg(vocabulary, input_size=448))
     with pytest.raises(ConfigError, match="vpr_ros_fit_vocabulary"):
         open_backend("auto", _vlad_cfg(""))
+    if HAVE_TORCH:  # training, export and PCA build the network: there is none
+        from vpr_ros.errors import CheckpointError
+        from vpr_ros.model.factory import create
+
+        with pytest.raises(CheckpointError, match="weight-free: there is no network to build, train, export"):
+            create(_vlad_cfg(vocabulary))
 
 
 # ---------------------------------------------------------------------------- no weights, no network

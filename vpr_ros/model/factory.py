@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vpr_ros.config import ModelConfig
+from vpr_ros.config import WEIGHT_FREE, ModelConfig
 from vpr_ros.errors import CheckpointError
 from vpr_ros.model.backbone import build_backbone
 from vpr_ros.model.checkpoints import load_strict, read_state_dict, state_sha256
@@ -41,6 +41,9 @@ def create(cfg: ModelConfig) -> PlaceModel:
         return cls(bb, d=min(768, 2 * bb.spec.embed_dim), gem_p=cfg.gem_p)
     if cfg.arch == "cricavpr":
         return CricaVprTeacher(build_backbone(cfg.backbone, cfg.input_size, adapters=True), gem_p=cfg.gem_p)
+    if cfg.arch in WEIGHT_FREE:
+        raise CheckpointError(f"model.arch '{cfg.arch}' is weight-free: there is no network to build, train, "
+                              "export or fit PCA on (the nodes and commands that describe images run it directly)")
     raise CheckpointError(f"unknown arch '{cfg.arch}'")  # unreachable: ModelConfig validates
 
 
