@@ -56,7 +56,9 @@ def _features(rng: np.random.Generator, count: int) -> list:
 
 def build(root: Path, n: int, d: int) -> float:
     """Write the map of ``n`` keyframes; returns the seconds it took."""
+    from vpr_ros.config import IndexConfig
     from vpr_ros.geometry import planar_pose
+    from vpr_ros.mapping.index import choose_type
     from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
 
     rng = np.random.default_rng(7)
@@ -69,6 +71,9 @@ def build(root: Path, n: int, d: int) -> float:
         vmap.add(_descriptors(rng, places, which), [Keyframe(float(k), planar_pose(k, 0.0)) for k in range(i, j)],
                  _features(rng, j - i))
         np.save(root.parent / f"{root.name}-places-{i}.npy", which)
+    kind = choose_type(IndexConfig(), n)  # as the map builder saves it
+    if kind != vmap.manifest.index_type:
+        vmap.reindex(kind, IndexConfig())
     vmap.save(root)
     vmap.close()
     return time.perf_counter() - t0

@@ -273,13 +273,13 @@ def _weight_free_beside(data: DemoData, out: Path) -> dict[str, Any]:
         loc = Localizer(backend, builder.map, LocalizerConfig(), VerificationConfig())
         ranked = np.full((len(data.query_images), 5), -1, np.int64)
         closures = correct = 0
-        top_scores = []
+        top_scores = np.full(len(data.query_images), np.nan)
         for i, (img, t) in enumerate(zip(data.query_images, data.query_stamps)):
             r = loc.localize(img, t, intrinsics=data.intrinsics)  # type: ignore[arg-type]
             for j, m in enumerate(r.matches[:5]):
                 ranked[i, j] = m.db_id
             if r.matches:
-                top_scores.append(r.matches[0].score)
+                top_scores[i] = r.matches[0].score
             if r.loop is not None and r.loop.publish:
                 closures += 1
                 correct += int(r.loop.db_id in data.positives[i])
@@ -288,9 +288,10 @@ def _weight_free_beside(data: DemoData, out: Path) -> dict[str, Any]:
           f"{vocab.clusters} words fitted on the map's {len(data.map_images)} images; no network, no weights), map "
           f"and localizer code run offline: Recall@1 = {rec[1]:.3f}   Recall@5 = {rec[5]:.3f}   loop closures "
           f"{closures} ({correct} correct; its top-1 cosines run lower than a network's, median "
-          f"{np.median(top_scores) if top_scores else float('nan'):.2f} against score_threshold "
+          f"{np.nanmedian(top_scores) if np.isfinite(top_scores).any() else float('nan'):.2f} against score_threshold "
           f"{LocalizerConfig().score_threshold}: tune that threshold for it)")
-    return {"recall@1": rec[1], "recall@5": rec[5], "closures": closures, "correct": correct, "top1": ranked[:, 0]}
+    return {"recall@1": rec[1], "recall@5": rec[5], "closures": closures, "correct": correct, "top1": ranked[:, 0],
+            "scores": top_scores}
 
 
 def _plot(data: DemoData, ranked: np.ndarray, scores: np.ndarray, latency: np.ndarray,  # type: ignore[no-untyped-def]
@@ -328,6 +329,8 @@ def _plot(data: DemoData, ranked: np.ndarray, scores: np.ndarray, latency: np.nd
     ax[0].legend(loc="upper left", fontsize=7)
     threshold = LocalizerConfig().score_threshold
     ax[1].plot(q, scores, ".-", lw=0.8, label="top-1 cosine score")
+    if beside is not None:
+        ax[1].plot(q, beside["scores"], ".-", lw=0.8, color="tab:purple", label="weight-free VLAD top-1 cosine")
     ax[1].axhline(threshold, color="tab:orange", ls="--", lw=1, label=f"score_threshold {threshold} (accepted above)")
     ax[1].set(xlabel="query frame", ylabel="cosine similarity", title="Top-1 score")
     ax[1].legend(loc="lower left", fontsize=7)
