@@ -51,7 +51,9 @@ def nontrivial_weights(cfg: ModelConfig, tmp_path: Path) -> ModelConfig:
 
 @pytest.mark.torch
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(VARIANTS))
+#: d2vpr_no_encoder is left out: its two differences from d2vpr (no encoder; clean aggregator) are each
+#: exported here already, by d2vpr_compat (no encoder) and d2vpr (clean aggregator); 10 s saved
+@pytest.mark.parametrize("name", sorted(set(VARIANTS) - {"d2vpr_no_encoder"}))
 def test_onnx_export_parity_metadata_and_folding(name, tmp_path):
     from vpr_ros.export.onnx import export_onnx
     from vpr_ros.runtime.torch_backend import TorchBackend
