@@ -113,3 +113,18 @@ def test_a_bag_with_a_binary_metadata_file_is_named(tmp_path):
     (bag / "bag_0.db3").write_bytes(b"")
     with pytest.raises(DatasetError, match=r"metadata.yaml: the bag's metadata.yaml is not UTF-8 text \(line 1"):
         bag_camera_info(bag, "/camera_info")
+
+
+def test_map_info_says_what_a_keyframe_costs_on_disk_and_in_memory(small_map, capsys):
+    from vpr_ros.cli.map_info import main
+    from vpr_ros.mapping.map_store import VprMap
+
+    assert main([str(small_map)]) == 0
+    out = capsys.readouterr().out
+    vmap = VprMap.load(small_map)
+    n, feature_bytes = vmap.feature_stats()
+    want = (vmap.manifest.model.descriptor_dim * 4 + feature_bytes) / 1024  # float32 descriptor + local features
+    vmap.close()
+    line = next(x for x in out.splitlines() if x.strip().startswith("memory"))
+    assert f"{want:.1f} KiB per keyframe held by a node" in line, line
+    assert "KiB per keyframe on disk" in out

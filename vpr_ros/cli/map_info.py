@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
               + (" (for re-ranking and geometric verification)" if n_feat else ""))
         total = sum(f.stat().st_size for f in vmap.files)
         print(f"  size          {total / max(1, len(vmap)) / 1024:.1f} KiB per keyframe on disk (all files)")
+        held = (m.model.descriptor_dim * 4 + mean_bytes) * len(vmap)
+        print(f"  memory        {held / max(1, len(vmap)) / 1024:.1f} KiB per keyframe held by a node that loads it "
+              f"({held / 2**20:.0f} MiB: float32 descriptors and local features; the index and the network come on top)")
     print("  files         " + ", ".join(f"{f.name} {f.stat().st_size / 1e6:.2f} MB" for f in vmap.files))
     try:
         if a.plot and len(vmap):
