@@ -246,6 +246,8 @@ def test_model_settings_that_cannot_work_are_refused(vocabulary):
 
     with pytest.raises(ConfigError, match="weight-free"):
         _vlad_cfg(vocabulary, weights="w.pth")
+    with pytest.raises(ConfigError, match="pca: not supported with arch 'vlad'"):
+        _vlad_cfg(vocabulary, pca="p.npz")
     with pytest.raises(ConfigError, match="only arch 'vlad'"):
         from vpr_ros.config import ModelConfig
 

@@ -97,6 +97,9 @@ class ModelConfig:
                 if getattr(self, key):
                     raise ConfigError(f"{key}: arch '{self.arch}' is weight-free (no network); its descriptor is "
                                       "defined by model.vocabulary")
+            if self.pca:
+                raise ConfigError(f"pca: not supported with arch '{self.arch}' (vpr_ros_fit_pca fits networks); for "
+                                  "a shorter descriptor fit the vocabulary with fewer words (--clusters)")
         elif self.vocabulary:
             raise ConfigError(f"vocabulary: only arch 'vlad' uses one (arch is '{self.arch}')")
         if self.encoder == "cross_image" and self.arch != "d2vpr":

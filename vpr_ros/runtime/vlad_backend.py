@@ -16,7 +16,7 @@ from vpr_ros.vocabulary import denormalise, image_features, load_vocabulary, vla
 
 
 class VladBackend(DescriptorBackend):
-    """Dense (or detected) SIFT -> RootSIFT -> VLAD (intra-normalised) [K * 128]; optional PCA (model.pca) on top."""
+    """Dense (or detected) SIFT -> RootSIFT -> VLAD (intra-normalised) [K * 128]."""
 
     name = "vlad"
 
@@ -29,17 +29,12 @@ class VladBackend(DescriptorBackend):
             raise ConfigError(f"model.input_size: {cfg.input_size}, but {cfg.vocabulary} was fitted on "
                               f"{self.vocab.input_size} x {self.vocab.input_size} images: set model.input_size: "
                               f"{self.vocab.input_size}")
-        from vpr_ros.pca import load_pca_for
-
-        self.pca = load_pca_for(cfg.pca, self.vocab.descriptor_dim, self.vocab.model_id)
         super().__init__(self.vocab.model_id, self.vocab.sha256, cfg.vocabulary, self.vocab.input_size,
-                         self.pca.out_dim if self.pca else self.vocab.descriptor_dim,
-                         self.pca.pca_id if self.pca else "")
+                         self.vocab.descriptor_dim)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         images = denormalise(batch)
-        d = np.stack([vlad(image_features(im, self.vocab), self.vocab.centroids) for im in images])
-        return self.pca.apply(d) if self.pca is not None else d
+        return np.stack([vlad(image_features(im, self.vocab), self.vocab.centroids) for im in images])
 
     def describe(self) -> dict:
         return {**super().describe(), "vocabulary": self.weights_source, "words": self.vocab.clusters,
