@@ -109,6 +109,25 @@ def rclpy_context():
     rclpy.try_shutdown()
 
 
+def corridor_subset(root: Path, n: int) -> Path:
+    """The corridor's first ``n`` reference and query images with their ground truth, a VPR layout
+    (ref/, query/, ground_truth.csv) at ``root``."""
+    import csv
+    import shutil
+
+    for part in ("ref", "query"):
+        (root / part).mkdir(parents=True)
+        for p in sorted((CORRIDOR / part).iterdir())[:n]:
+            shutil.copy(p, root / part / p.name)
+    rows = list(csv.reader((CORRIDOR / "ground_truth.csv").open()))
+    with (root / "ground_truth.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(rows[0])
+        for q, refs in rows[1:n + 1]:
+            w.writerow([q, " ".join(r for r in refs.split() if int(r) < n)])
+    return root
+
+
 def random_image(h: int = 120, w: int = 160, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
 

@@ -9,7 +9,7 @@ import pytest
 
 import yaml
 
-from conftest import CORRIDOR, TINY_MODEL
+from conftest import CORRIDOR, TINY_MODEL, corridor_subset
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -59,22 +59,9 @@ def test_demo_on_the_corridor_dataset(tmp_path):
     """Real images through the real localizer node, with the weight-free descriptor (no network): the
     corridor's first 30 reference and query images (the whole corridor: R@1 0.568 through the node,
     which re-ranks the top-20 by SIFT inliers; docs/evaluation.md)."""
-    import csv as csv_module
-    import shutil
-
     from vpr_ros.cli.fit_vocabulary import main as fit
 
-    data = tmp_path / "corridor30"
-    for part in ("ref", "query"):
-        (data / part).mkdir(parents=True)
-        for p in sorted((CORRIDOR / part).iterdir())[:30]:
-            shutil.copy(p, data / part / p.name)
-    rows = list(csv_module.reader((CORRIDOR / "ground_truth.csv").open()))
-    with (data / "ground_truth.csv").open("w", newline="") as fh:
-        w = csv_module.writer(fh)
-        w.writerow(rows[0])
-        for q, refs in rows[1:31]:
-            w.writerow([q, " ".join(r for r in refs.split() if int(r) < 30)])
+    data = corridor_subset(tmp_path / "corridor30", 30)
     assert fit([str(data / "ref"), "--output", str(tmp_path / "vocabulary.npz"), "--no-progress"]) == 0
     r, out = run_demo(tmp_path, "--dataset", str(data), "--arch", "vlad", "--vocabulary",
                       str(tmp_path / "vocabulary.npz"), tiny=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CORRIDOR, HAVE_TORCH
+from conftest import CORRIDOR, HAVE_TORCH, corridor_subset
 
 need_corridor = pytest.mark.skipif(not CORRIDOR.is_dir(), reason="../shared/data/corridor not present")
 
@@ -24,20 +24,10 @@ def small_corridor(tmp_path_factory):
     """The corridor's first 25 reference and 25 query images with their ground truth (a VPR layout)."""
     if not CORRIDOR.is_dir():
         pytest.skip("../shared/data/corridor not present")
-    root = tmp_path_factory.mktemp("corridor25")
-    for part in ("ref", "query"):
-        (root / part).mkdir()
-        for p in sorted((CORRIDOR / part).iterdir())[:25]:
-            shutil.copy(p, root / part / p.name)
+    root = corridor_subset(tmp_path_factory.mktemp("corridor25"), 25)
     for part in ("ref", "query"):  # frame i at x = 2i m: ground truth +-2 frames is +-4 m
         (root / f"{part}_poses.csv").write_text("image,x,y\n" + "".join(
             f"{p.name},{2.0 * i},0.0\n" for i, p in enumerate(sorted((root / part).iterdir()))))
-    rows = list(csv.reader((CORRIDOR / "ground_truth.csv").open()))
-    with (root / "ground_truth.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(rows[0])
-        for q, refs in rows[1:26]:
-            w.writerow([q, " ".join(r for r in refs.split() if int(r) < 25)])
     return root
 
 

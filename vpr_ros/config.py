@@ -121,7 +121,7 @@ def weights_refusal(cfg: ModelConfig) -> str:
                                           "vpr_ros_fit_vocabulary IMAGE_FOLDER or --map MAP_DIR)")
     if cfg.weights or cfg.random_weights:
         return ""
-    return (f"model.weights is empty: no trained network to run. Get the released weights "
+    return ("model.weights is empty: no trained network to run. Get the released weights "
             "(vpr_ros_weights list; vpr_ros_weights get d2vpr) and set model.weights, or use the weight-free "
             "descriptor (model.arch: vlad with a vocabulary from vpr_ros_fit_vocabulary), or set "
             "model.random_weights: true (--random-weights) to run an untrained network on purpose (tests, demos)")

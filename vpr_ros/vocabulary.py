@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import threading
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -244,8 +245,6 @@ def fit_vocabulary(chunks: Iterable[np.ndarray], settings: Vocabulary, clusters:
                    max_descriptors: int = 200000, seed: int = 0) -> tuple[Vocabulary, int]:
     """Words fitted on RootSIFT chunks [n_i, 128] (extracted as ``settings`` says), keeping
     ``settings``' extraction settings; returns (vocabulary, features seen)."""
-    import dataclasses
-
     sample, seen = sample_descriptors(chunks, max_descriptors, seed)
     centroids = fit_centroids(sample, clusters, seed)
     return dataclasses.replace(settings, centroids=centroids,

@@ -144,13 +144,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"[demo] MODEL: weight-free ({backend.model_id}, vocabulary {backend.weights_source}); no network")
         else:
             print(f"[demo] WEIGHTS: {backend.weights_source}")
-        # Map frames are 1 m apart, so every frame becomes a keyframe (map id = frame index).
-        builder = MapBuilder(backend, KeyframeConfig(min_distance=0.5), source=f"vpr_ros_demo: {data.name}",
-                             intrinsics=data.intrinsics)  # type: ignore[arg-type]
-        # with depth, each keyframe also stores the 3-D points of its local features
-        frames = frames_from_lists(data.map_images, data.map_stamps, data.map_poses, CAMERA_TOPIC)
-        depths = data.map_depths if data.map_depths is not None else [None] * len(frames)
-        builder.add_many([(img, kf, d) for (img, kf), d in zip(frames, depths)], progress=True)
+        builder = _demo_map(backend, data, f"vpr_ros_demo: {data.name}", progress=True)
         map_dir = builder.save(out / "map")
         print(f"[demo] map: {len(builder.map)} keyframes -> {map_dir}")
 
@@ -250,6 +244,18 @@ def _report(data: DemoData, log, answered: int, out: Path, weights_note: str = "
     return 0 if answered == n else 1
 
 
+def _demo_map(backend: Any, data: DemoData, source: str, progress: bool = False) -> MapBuilder:
+    """The map of the first drive, built by the map builder's code with ``backend``. Map frames are
+    1 m apart, so every frame becomes a keyframe (map id = frame index); with depth, each keyframe
+    also stores the 3-D points of its local features."""
+    builder = MapBuilder(backend, KeyframeConfig(min_distance=0.5), source=source,
+                         intrinsics=data.intrinsics)  # type: ignore[arg-type]
+    frames = frames_from_lists(data.map_images, data.map_stamps, data.map_poses, CAMERA_TOPIC)
+    depths = data.map_depths if data.map_depths is not None else [None] * len(frames)
+    builder.add_many([(img, kf, d) for (img, kf), d in zip(frames, depths)], progress=progress)
+    return builder
+
+
 def _weight_free_beside(data: DemoData, out: Path) -> dict[str, Any]:
     """The weight-free descriptor on the same drive: a vocabulary fitted on the map's images, a map
     built with it by the map builder's code, the live drive localised by the localizer's code
@@ -265,11 +271,7 @@ def _weight_free_beside(data: DemoData, out: Path) -> dict[str, Any]:
     vocab.save(out / "vocabulary.npz")
     cfg = ModelConfig(arch="vlad", vocabulary=str(out / "vocabulary.npz"), input_size=vocab.input_size)
     with open_backend("auto", cfg) as backend:
-        builder = MapBuilder(backend, KeyframeConfig(min_distance=0.5), source=f"vpr_ros_demo (weight-free): {data.name}",
-                             intrinsics=data.intrinsics)  # type: ignore[arg-type]
-        frames = frames_from_lists(data.map_images, data.map_stamps, data.map_poses, CAMERA_TOPIC)
-        depths = data.map_depths if data.map_depths is not None else [None] * len(frames)
-        builder.add_many([(img, kf, d) for (img, kf), d in zip(frames, depths)])
+        builder = _demo_map(backend, data, f"vpr_ros_demo (weight-free): {data.name}")
         loc = Localizer(backend, builder.map, LocalizerConfig(), VerificationConfig())
         ranked = np.full((len(data.query_images), 5), -1, np.int64)
         closures = correct = 0

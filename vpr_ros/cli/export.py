@@ -26,8 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.arch in WEIGHT_FREE:
             raise ConfigError(f"model.arch '{cfg.arch}' is weight-free (OpenCV SIFT + VLAD): there is no network "
                               "to export; the nodes run it as it is")
-        if weights_refusal(cfg) and not cfg.batch_dependent:  # a batch-dependent model: export_onnx says why not
-            raise ConfigError(weights_refusal(cfg))
+        refusal = weights_refusal(cfg)
+        if refusal and not cfg.batch_dependent:  # a batch-dependent model: export_onnx says why not
+            raise ConfigError(refusal)
         if not cfg.weights:
             print(f"vpr_ros_export: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr, flush=True)
         start = time.monotonic()
