@@ -21,10 +21,12 @@ import yaml
 from vpr_ros.errors import MapError
 from vpr_ros.geometry import planar_pose
 from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap, writer_holder
+from vpr_ros.mapping.store.database import as_stored
 from vpr_ros.mapping.store.pending import PendingFrame, RawImage
 
 REPO = Path(__file__).resolve().parent.parent
 V1 = REPO / "test" / "fixtures" / "map_v1"
+V2 = REPO / "test" / "fixtures" / "map_v2"
 MODEL = ModelIdentity("store-model", "ab" * 32, 56, 8)
 
 
@@ -59,7 +61,7 @@ def check_consistent(vmap: VprMap) -> None:
     assert len(vmap) == n == vmap.manifest.count
     assert [k.id for k in vmap.keyframes] == list(range(n)) and [k.stamp for k in vmap.keyframes] == list(map(float, range(n)))
     if n:
-        assert np.allclose(vmap.descriptors(), expected(n), atol=1e-6)
+        assert np.array_equal(vmap.descriptors(), as_stored(expected(n)))  # stored as float16, read back as float32
 
 
 # ---------------------------------------------------------------------------- durable writes
@@ -192,7 +194,7 @@ def test_pending_frames_are_durable_and_encoded_after_a_restart(tmp_path, tiny_b
     done = VprMap.load(tmp_path, expect=ident)
     assert done.pending == 0 and [k.stamp for k in done.keyframes] == [0.0, 1.0, 2.0]
     direct = builder.encode([_rgb(i) for i in range(3)])[0]  # the same descriptors as encoding them live
-    assert np.allclose(done.descriptors(), direct, atol=1e-5)
+    assert ((done.descriptors() * direct).sum(1) > 1 - 1e-5).all()  # float16 storage: cosine error ~1e-7
 
 
 @pytest.mark.torch
@@ -245,10 +247,17 @@ def test_a_flipped_exponent_bit_in_a_descriptor_is_refused_naming_the_keyframe(t
     shutil.copytree(sealed_map, d)
     store = next(d.glob("map-*.sqlite"))
     data = bytearray(store.read_bytes())
-    at = bytes(data).find(vec(40).tobytes())
+    at = bytes(data).find(vec(40).astype(np.float16).tobytes())
     assert at > 0
-    data[at + 3] ^= 0x40  # the exponent of the first value: x 2^128
+    data[at + 1] ^= 0x40  # the top exponent bit of the first (float16) value: x 2^16
     store.write_bytes(bytes(data))
+    # covered by the HNSW snapshot, so a localizer's start-up does not read it; the full check of
+    # map_info and of every writer does (a writer never carries it into a migration or a rebuild)
+    with pytest.raises(MapError, match="keyframe 40: descriptor fails its checksum"):
+        VprMap.load(d, check_structure=True)
+    with pytest.raises(MapError, match="keyframe 40: descriptor fails its checksum"):
+        VprMap.open_writer(d).close()
+    (next(d.glob("index-*.faiss"))).unlink()  # without the snapshot every vector is read at load
     with pytest.raises(MapError, match="keyframe 40: descriptor fails its checksum"):
         VprMap.load(d)
     from vpr_ros.cli.map_info import main
@@ -307,10 +316,10 @@ def test_every_byte_class_flipped_is_detected_or_harmless(tmp_path, sealed_map):
 
 # ---------------------------------------------------------------------------- errors and refusals
 def future_format_copy(src: Path, dst: Path) -> Path:
-    """A copy of the map ``src`` whose manifest claims format version 3 (a newer vpr_ros's)."""
+    """A copy of the map ``src`` whose manifest claims format version 4 (a newer vpr_ros's)."""
     shutil.copytree(src, dst)
     mf = dst / "manifest.yaml"
-    mf.write_text(yaml.safe_dump({**yaml.safe_load(mf.read_text()), "format_version": 3}))
+    mf.write_text(yaml.safe_dump({**yaml.safe_load(mf.read_text()), "format_version": 4}))
     return dst
 
 
@@ -322,7 +331,7 @@ def test_unreadable_maps_are_refused_never_replaced(tmp_path, sealed_map):
     store.write_bytes(store.read_bytes()[: store.stat().st_size // 2])
     new = VprMap.create(MODEL)
     new.add(vec(0)[None], [kf(0)])
-    for d, why in ((future, "format version 3 is not supported"), (truncated, "map-")):
+    for d, why in ((future, "format version 4 is not supported"), (truncated, "map-")):
         before = {p.name: p.read_bytes() for p in d.iterdir() if p.name != "writer.lock"}
         with pytest.raises(MapError, match=why):
             VprMap.open_writer(d, MODEL)
@@ -396,7 +405,7 @@ print("still", len(w))
 
 # ---------------------------------------------------------------------------- format 1 (v0.3)
 def test_v03_maps_load_and_migrate_on_first_write(tmp_path, capsys):
-    """Maps written by v0.3 itself: read as they are; the first writer migrates them to format 2
+    """Maps written by v0.3 itself: read as they are; the first writer migrates them to format 3
     with every keyframe, descriptor and local feature (compared with the v0.3 files' own rows)."""
     import logging
 
@@ -420,10 +429,11 @@ def test_v03_maps_load_and_migrate_on_first_write(tmp_path, capsys):
         logging.getLogger("vpr_ros").setLevel(logging.INFO)
         w = VprMap.open_writer(d)
         w.close()
-        assert yaml.safe_load((d / "manifest.yaml").read_text())["format_version"] == 2
+        assert yaml.safe_load((d / "manifest.yaml").read_text())["format_version"] == 3
         assert not list(d.glob("keyframes.*")) and not list(d.glob("index.*"))
         new = VprMap.load(d, expect=old.model)
-        assert np.allclose(new.descriptors(), want, atol=1e-6)
+        # float16 storage: |error| <= 2^-12 |x| (the HNSW snapshot, derived data, keeps v0.3's float32 values)
+        assert np.allclose(new.descriptors(), want, rtol=0, atol=2.5e-4)
         assert [(k.id, k.stamp, k.camera, k.frame_id, *k.pose, *(k.gps or (None, None, None)), k.image_ref)
                 for k in new.keyframes] == [tuple(r) for r in rows]
         assert new.manifest.index_type == kind and new.manifest.map_frame == ("odom" if kind == "flat" else "map")
@@ -433,4 +443,78 @@ def test_v03_maps_load_and_migrate_on_first_write(tmp_path, capsys):
             == [tuple(r) for r in feats]
         assert main([str(d)]) == 0
         out = capsys.readouterr().out
-        assert "(format 2," in out and "checksums     OK" in out
+        assert "(format 3," in out and "checksums     OK" in out
+
+
+# ---------------------------------------------------------------------------- format 2 (v0.4)
+def _v2_rows(d: Path) -> tuple[list[tuple], list[tuple], dict]:
+    """The keyframe rows, local-feature rows and metadata of a v0.4 store, read with sqlite3 itself."""
+    import json
+
+    con = sqlite3.connect(str(next(d.glob("map-*.sqlite"))))
+    rows = con.execute("SELECT id, stamp, camera, frame_id, x, y, z, qx, qy, qz, qw, lat, lon, alt, image_ref, "
+                       "session FROM keyframes ORDER BY id").fetchall()
+    feats = con.execute("SELECT id, kind, keypoints, descriptors, intrinsics FROM local_features ORDER BY id").fetchall()
+    meta = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta")}
+    con.close()
+    return rows, feats, meta
+
+
+def _contents(vmap: VprMap) -> tuple:
+    return ([(k.id, k.stamp, k.camera, k.frame_id, *k.pose, *(k.gps or (None, None, None)), k.image_ref, k.session)
+             for k in vmap.keyframes],
+            [(i, f.kind, f.keypoints.tobytes(), f.descriptors.tobytes(),
+              None if f.intrinsics is None else f.intrinsics.as_array().tobytes())
+             for i, f in sorted(vmap.all_features().items())])
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_v04_maps_load_as_they_are_and_migrate_on_first_write(tmp_path, kind, capsys):
+    """Maps written by v0.4 itself (format 2: float32 descriptors in the keyframe rows): read as
+    they are; the first writer rewrites them as format 3 keeping every keyframe, local feature,
+    session record and the map frame; its descriptors are the v0.4 ones rounded to float16."""
+    from vpr_ros.cli.map_info import main
+
+    want = np.load(V2 / "descriptors.npy", allow_pickle=False)
+    d = tmp_path / kind
+    shutil.copytree(V2 / kind, d)
+    rows, feats, meta = _v2_rows(d)
+    old = VprMap.load(d)
+    assert old.manifest.format_version == 2 and len(old) == 12 and old.manifest.generation == meta["generation"]
+    assert np.array_equal(old.descriptors(), want)  # read as v0.4 wrote them, bit for bit
+    assert _contents(old) == ([tuple(r) for r in rows], [tuple(r) for r in feats])
+    assert {str(k) for k in old.session_records} == set(meta.get("sessions", {}))
+    assert old.search(want[:3], 1)[1][:, 0].tolist() == [0, 1, 2]
+    assert main([str(d)]) == 0 and "(format 2," in capsys.readouterr().out
+    before = {p.name for p in d.iterdir()}
+
+    w = VprMap.open_writer(d)  # the first writer migrates before it writes
+    assert w.manifest.format_version == 3 and _contents(w) == _contents(old)
+    w.add(want[5][None], [Keyframe(stamp=100.0, pose=planar_pose(0.0, 0.0), camera="cam0", session=2)])
+    w.close()
+    assert yaml.safe_load((d / "manifest.yaml").read_text())["format_version"] == 3
+    assert not before & {p.name for p in d.iterdir()} - {"manifest.yaml", "writer.lock"}  # v0.4's files are gone
+    new = VprMap.load(d, expect=old.model, check_structure=True)
+    assert new.manifest.format_version == 3 and len(new) == 13
+    assert new.manifest.map_frame == meta["map_frame"] and new.manifest.index_type == kind
+    assert new.session_records == old.session_records and new.sessions() == {**old.sessions(), 2: 1}
+    kf_new, f_new = _contents(new)
+    assert kf_new[:12] == _contents(old)[0] and f_new == _contents(old)[1]
+    # float16 storage: |error| <= 2^-12 |x| (an HNSW snapshot, derived data, may keep v0.4's float32 values)
+    assert np.allclose(new.descriptors(), np.vstack([want, want[5]]), rtol=0, atol=2.5e-4)
+    assert new.search(want[:3], 1)[1][:, 0].tolist() == [0, 1, 2]
+    assert main([str(d)]) == 0 and "(format 3," in capsys.readouterr().out
+
+
+def test_a_v04_map_loaded_and_saved_back_migrates_and_refuses_a_stale_copy(tmp_path):
+    """VprMap.save into the v0.4 map a copy was loaded from: migrated with the new keyframes; a
+    second, now stale copy is refused (nothing newer is overwritten)."""
+    d = tmp_path / "map"
+    shutil.copytree(V2 / "flat", d)
+    a, b = VprMap.load(d), VprMap.load(d)
+    a.add(vec(0)[None], [kf(12)])
+    a.save(d)
+    assert VprMap.read_manifest(d).format_version == 3 and len(VprMap.load(d)) == 13
+    b.add(vec(1)[None], [kf(12)])
+    with pytest.raises(MapError, match="holds another map"):
+        b.save(d)

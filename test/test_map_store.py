@@ -47,7 +47,7 @@ def test_round_trip_preserves_everything(tmp_path):
     assert np.array_equal(i1, i2) and np.allclose(s1, s2)
     assert np.array_equal(i2[:, 0], np.arange(5))  # each vector finds itself: ids are index ids
     manifest = yaml.safe_load((tmp_path / "map" / "manifest.yaml").read_text())
-    assert manifest["format_version"] == 2 and manifest["store"] == f"map-{back.manifest.store_id}.sqlite"
+    assert manifest["format_version"] == 3 and manifest["store"] == f"map-{back.manifest.store_id}.sqlite"
     m2 = VprMap.read_manifest(tmp_path / "map")
     assert (m2.model, m2.count, m2.metric, m2.index_type, m2.map_frame, m2.source) == \
         (MODEL, 5, "inner_product", "flat", "map", "unit test")
@@ -205,7 +205,7 @@ def test_map_info_command(tmp_path, capsys):
     assert main([str(tmp_path / "map")]) == 0
     out = capsys.readouterr().out
     assert "test-model" in out and "5 x 8" in out and "cam0 (5)" in out and "with GPS      2" in out
-    assert "(format 2, generation 1," in out and "writer        none" in out and "pending       0" in out
+    assert "(format 3, generation 1," in out and "writer        none" in out and "pending       0" in out
     assert "checksums     OK: metadata, 5 keyframe rows" in out
     assert main([str(tmp_path / "nowhere")]) == 2
 

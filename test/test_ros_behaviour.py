@@ -460,7 +460,7 @@ def test_map_builder_refuses_maps_it_cannot_read_or_may_not_write(tmp_path, buil
     shutil.copytree(built_map, busy)
     holder = VprMap.open_writer(busy)
     try:
-        for d, why in ((future, "map format version 3 is not supported"), (busy, f"being written by pid {os.getpid()}")):
+        for d, why in ((future, "map format version 4 is not supported"), (busy, f"being written by pid {os.getpid()}")):
             before = {f.name: f.read_bytes() for f in d.iterdir()}
             params = _write_params(tmp_path / f"{d.name}.yaml", map_dir=str(d), backend="torch",
                                    **{f"model.{k}": v for k, v in TINY_MODEL.items()})

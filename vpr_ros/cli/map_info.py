@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
               "rows, database structure" + ("; " + "; ".join(vmap.notes) if vmap.notes else
                                             (", index snapshot" if m.index_type != "flat" else "")))
     else:
-        print("  checksums     none (format 1, vpr_ros v0.3: migrated to format 2 by its next writer)")
+        print("  checksums     none (format 1, vpr_ros v0.3: migrated to format 3 by its next writer)")
     if len(vmap):
         poses = vmap.poses()
         stamps = np.array([k.stamp for k in vmap.keyframes])

@@ -1,12 +1,12 @@
 """A map: keyframes (pose, stamp, camera, descriptor, local features) in a durable store on disk,
 searched through a faiss index in memory.
 
-Directory layout (format 2)::
+Directory layout (format 3)::
 
-    manifest.yaml              format_version: 2 and the name of the store file (written once,
+    manifest.yaml              format_version: 3 and the name of the store file (written once,
                                atomically; replaced only when a whole map is replaced)
     map-<id>.sqlite            the store (:mod:`vpr_ros.mapping.store.database`): metadata,
-                               keyframes with descriptors, local features, pending frames; every
+                               keyframes, descriptors (float16), local features, pending frames; every
                                row checksummed; WAL journal, every commit fsynced
     index-<id>-<n>.faiss       optional snapshot of a slow-to-build index (HNSW, IVF), sha256 in
                                the store; rebuilt from the stored descriptors when missing or bad
@@ -19,7 +19,8 @@ Directory layout (format 2)::
 * :meth:`VprMap.open_writer` — the one writer of a directory (holds ``writer.lock``): with
   ``durable=True`` every :meth:`VprMap.add` is committed before it returns (the map builder
   node), with ``durable=False`` additions are committed together by :meth:`VprMap.save` (offline
-  builds: all or nothing). Opening a format-1 map (v0.3) for writing migrates it.
+  builds: all or nothing). Opening a format-1 (v0.3) or format-2 (v0.4) map for writing
+  migrates it to format 3; readers read all three as they are.
 
 No pickle anywhere.
 """
@@ -55,8 +56,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.yaml"
-READABLE_VERSIONS = (1, FORMAT_VERSION)
-MANIFEST_MAX_BYTES = 1 << 20  # a format-2 manifest is ~100 bytes, a format-1 one a few KB
+READABLE_VERSIONS = (1, *db.STORE_VERSIONS)
+MANIFEST_MAX_BYTES = 1 << 20  # a format-2/3 manifest is ~100 bytes, a format-1 one a few KB
 
 
 # ---------------------------------------------------------------------------- manifest file
@@ -85,13 +86,13 @@ def read_manifest_file(root: Path) -> tuple[str, dict[str, Any]]:
     version = d["format_version"]
     if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise MapError(f"{path}: map format version {version!r} is not supported (this vpr_ros reads "
-                       f"versions {' and '.join(map(str, READABLE_VERSIONS))}); it was written by another "
+                       f"versions {', '.join(map(str, READABLE_VERSIONS))}); it was written by another "
                        "vpr_ros version and is left untouched")
-    if version == FORMAT_VERSION:
+    if version in db.STORE_VERSIONS:
         store = d.get("store")
         if set(d) - {"format_version", "store", "about"} or not isinstance(store, str) \
                 or not store.startswith("map-") or not store.endswith(".sqlite") or "/" in store:
-            raise MapError(f"{path}: a format-2 manifest holds format_version, store (map-<id>.sqlite) and "
+            raise MapError(f"{path}: a format-{version} manifest holds format_version, store (map-<id>.sqlite) and "
                            f"about; got {sorted(d)} with store {store!r}")
     return text, d
 
@@ -176,14 +177,15 @@ class VprMap:
                     raise MapError(f"add: '{f.kind}' features for a map of '{kind}' features")
                 kind = f.kind
                 new_feats[i] = f
+        stored_d = db.as_stored(d)  # what the store keeps: a reader's index equals this one
         if self.writer is not None and self.durable:
             stored = [replace(kf, id=i) for kf, i in zip(keyframes, ids)]
-            self.writer.commit(stored, d, new_feats, done_pending, {"local_features": kind})
+            self.writer.commit(stored, stored_d, new_feats, done_pending, {"local_features": kind})
             self._stored += len(ids)
             new_feats = {}
         else:
             self._done_pending.extend(int(s) for s in done_pending)
-        self.index.add(d)
+        self.index.add(stored_d)
         for kf, i in zip(keyframes, ids):
             kf.id = i
             self.keyframes.append(kf)
@@ -382,8 +384,16 @@ class VprMap:
             if origin != (f"v1:{root.resolve()}", old.generation):
                 raise MapError(f"{root} holds another map (or a newer save of this one); not overwritten "
                                "(extend it with --append / open_writer, or save elsewhere)")
-            self._write_new_store(root, old=d, guard=guard)  # migrated to format 2 by this first write
-            log.info("%s: migrated from map format 1 (vpr_ros v0.3) to format %d", root, FORMAT_VERSION)
+            self._write_new_store(root, old=d, guard=guard)  # migrated by this first write
+            _log_migrated(root, 1)
+            return
+        if d["format_version"] != FORMAT_VERSION:
+            stored = db.read_meta(root / d["store"])
+            if origin != (stored.store_id, stored.generation):
+                raise MapError(f"{root} holds another map (or a newer save of this one); not overwritten "
+                               "(extend it with --append / open_writer, or save elsewhere)")
+            self._write_new_store(root, old=d, guard=guard)
+            _log_migrated(root, d["format_version"])
             return
         writer = db.StoreWriter(root, root / d["store"])
         writer.guard = guard
@@ -599,13 +609,13 @@ class VprMap:
             fresh._write_new_store(root, old=None, guard=guard)
             fresh.close()
         _, d = read_manifest_file(root)
-        if d["format_version"] == 1:
-            old = cls._read(root, d, verify_features=True)
+        if d["format_version"] != FORMAT_VERSION:  # an older format: rewritten as this one first
+            old = cls._read(root, d, verify_features=True, check_structure=d["format_version"] != 1)
             if model is not None:
                 old.check_model(model, where=str(root))
             old._write_new_store(root, old=d, guard=guard)
             old.close()
-            log.info("%s: migrated from map format 1 (vpr_ros v0.3) to format %d", root, FORMAT_VERSION)
+            _log_migrated(root, d["format_version"])
             _, d = read_manifest_file(root)
         _remove_orphans(root, d["store"])
         store = root / d["store"]
@@ -644,14 +654,22 @@ class VprMap:
         self._writer().drop_pending(seq)
 
 
+_RELEASES = {1: "vpr_ros v0.3", 2: "vpr_ros v0.4"}
+
+
+def _log_migrated(root: Path, version: int) -> None:
+    log.info("%s: migrated from map format %d (%s) to format %d", root, version, _RELEASES.get(version, "?"),
+             FORMAT_VERSION)
+
+
 def _remove_old_map(root: Path, old: dict[str, Any], keep: str, keep_id: str) -> None:
-    """After a manifest swap: the replaced map's files (format 1 generations or a format-2 store)."""
+    """After a manifest swap: the replaced map's files (format 1 generations or a SQLite store)."""
     for f in root.iterdir():
         n = f.name
         if n == keep or n.startswith(f"index-{keep_id}-") or not f.is_file():
             continue
         if (n.startswith(("index.", "keyframes.")) and old.get("format_version") == 1) or \
-                (old.get("format_version") == FORMAT_VERSION and (n.startswith(str(old.get("store"))) or
+                (old.get("format_version") in db.STORE_VERSIONS and (n.startswith(str(old.get("store"))) or
                                                                   n.startswith("index-"))):
             f.unlink(missing_ok=True)
 

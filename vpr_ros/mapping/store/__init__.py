@@ -1,4 +1,4 @@
-"""The map's storage engine (format 2): one SQLite database per map directory, written by one
+"""The map's storage engine (format 3; format 2 read): one SQLite database per map directory, written by one
 process at a time, read by any number without locks.
 
 * :mod:`.records` — canonical bytes and CRC32 of every stored row;

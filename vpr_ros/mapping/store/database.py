@@ -1,21 +1,26 @@
-"""The format-2 map database: one SQLite file in WAL mode, the map's source of truth.
+"""The map database (format 3): one SQLite file in WAL mode, the map's source of truth.
 
 Tables (every row carries ``crc``, :func:`~vpr_ros.mapping.store.records.row_crc` of its values)::
 
     meta            key -> JSON value: format_version, store_id, model, map_frame, source, metric,
                     created, local_features, index_type, index (snapshot file, kind, count, sha256),
                     count (keyframes), generation (committed changes)
-    keyframes       id, stamp, camera, frame_id, pose, GPS, image_ref, session, descriptor (float32) and
-                    its own CRC32 (so that a pose update rewrites the row's crc without the descriptor)
+    keyframes       id, stamp, camera, frame_id, pose, GPS, image_ref, session
+    vectors         id, descriptor (float16, 2 bytes per dimension: 21.5 KB for 10752 values);
+                    read in full only where the index needs every vector (exact/HNSW/IVF built
+                    at load), else row by row (the top candidates of a compressed index)
     local_features  id, kind, size, keypoints, descriptors, 3-D points, intrinsics
     pending         seq, header (keyframe + image fields, JSON), image bytes, depth bytes
+
+Format 2 (vpr_ros v0.4) kept the descriptor (float32) and its own CRC32 in the keyframe row; it is
+read as it is and rewritten as format 3 by its first writer (:func:`is_current`).
 
 Writes: one transaction per change, ``synchronous=FULL`` (a commit is on disk when it returns),
 so a kill or power cut keeps every committed row. Reads: one read transaction per snapshot, so a
 reader sees one generation, never a half-applied change, and never waits for the writer (WAL).
 The faiss index is derived data: an optional snapshot file for the index kinds that are slow to
-build (HNSW, IVF), checked by sha256 and extended with the keyframes added after it; it is
-rebuilt from the stored descriptors whenever it is missing, stale or corrupt.
+build (HNSW, IVF, compact), checked by sha256 and extended with the keyframes added after it; it
+is rebuilt from the stored descriptors whenever it is missing, stale or corrupt.
 """
 from __future__ import annotations
 
@@ -45,8 +50,9 @@ if TYPE_CHECKING:
 
 
 KEYFRAME_COLUMNS = ("id", "stamp", "camera", "frame_id", "x", "y", "z", "qx", "qy", "qz", "qw",
-                    "lat", "lon", "alt", "image_ref", "session", "descriptor", "descriptor_crc")
-_KF_META = 16  # columns before the descriptor: what a pose update rewrites (with the row's crc)
+                    "lat", "lon", "alt", "image_ref", "session")
+_KF_META = len(KEYFRAME_COLUMNS)  # format 2 rows go on with its descriptor and the descriptor's CRC32
+VECTOR_DTYPE = np.float16  # stored descriptors: unit vectors lose < 1e-3 of a cosine
 FEATURE_COLUMNS = ("id", "kind", "width", "height", "n", "dim", "dtype", "keypoints", "descriptors", "points3d",
                    "intrinsics")
 FEATURE_DTYPES = {"uint8": np.uint8, "float32": np.float32, "float16": np.float16}
@@ -56,14 +62,15 @@ _SCHEMA = (
     "CREATE TABLE keyframes (id INTEGER PRIMARY KEY, stamp REAL NOT NULL, camera TEXT NOT NULL, "
     "frame_id TEXT NOT NULL, x REAL NOT NULL, y REAL NOT NULL, z REAL NOT NULL, qx REAL NOT NULL, "
     "qy REAL NOT NULL, qz REAL NOT NULL, qw REAL NOT NULL, lat REAL, lon REAL, alt REAL, "
-    "image_ref TEXT NOT NULL, session INTEGER NOT NULL, descriptor BLOB NOT NULL, descriptor_crc INTEGER NOT NULL, "
-    "crc INTEGER NOT NULL)",
+    "image_ref TEXT NOT NULL, session INTEGER NOT NULL, crc INTEGER NOT NULL)",
+    "CREATE TABLE vectors (id INTEGER PRIMARY KEY, descriptor BLOB NOT NULL, crc INTEGER NOT NULL)",
     "CREATE TABLE local_features (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, width INTEGER NOT NULL, "
     "height INTEGER NOT NULL, n INTEGER NOT NULL, dim INTEGER NOT NULL, dtype TEXT NOT NULL, "
     "keypoints BLOB NOT NULL, descriptors BLOB NOT NULL, points3d BLOB, intrinsics BLOB, crc INTEGER NOT NULL)",
     "CREATE TABLE pending (seq INTEGER PRIMARY KEY AUTOINCREMENT, header TEXT NOT NULL, image BLOB NOT NULL, "
     "depth BLOB, crc INTEGER NOT NULL)",
 )
+STORE_VERSIONS = (2, FORMAT_VERSION)  # SQLite stores: v0.4's and this one
 _META_KEYS = ("format_version", "store_id", "model", "map_frame", "source", "metric", "created", "local_features",
               "index_type", "index", "count", "generation")
 
@@ -130,11 +137,32 @@ def keyframe_meta(kf: "Keyframe") -> tuple:
             *(None if v is None else float(v) for v in gps), kf.image_ref, int(kf.session))
 
 
-def keyframe_row(kf: "Keyframe", descriptor: np.ndarray) -> tuple:
+def keyframe_row(kf: "Keyframe") -> tuple:
     meta = keyframe_meta(kf)
-    blob = np.ascontiguousarray(descriptor, np.float32).tobytes()
-    dcrc = zlib.crc32(blob)
-    return (*meta, blob, dcrc, row_crc((*meta, dcrc)))
+    return (*meta, row_crc(meta))
+
+
+def vector_row(i: int, descriptor: np.ndarray) -> tuple:
+    """(id, float16 bytes, crc) of a descriptor [D]."""
+    blob = np.ascontiguousarray(descriptor, VECTOR_DTYPE).tobytes()
+    return (int(i), blob, row_crc((int(i), blob)))
+
+
+def as_stored(descriptors: np.ndarray) -> np.ndarray:
+    """Descriptors [N, D] float32 rounded to what the store keeps (float16), so that the index a
+    writer grows equals the one a reader builds from the store; MapError when a value does not fit
+    float16 (descriptors are unit vectors: every value is in [-1, 1])."""
+    x = np.asarray(descriptors, np.float32)
+    with np.errstate(over="ignore"):
+        y = x.astype(VECTOR_DTYPE)
+    if not np.isfinite(y).all():
+        raise MapError("add: descriptor values beyond float16's range (descriptors must be L2-normalised)")
+    return y.astype(np.float32)
+
+
+def is_current(path: Path, version: int) -> bool:
+    """Whether a store of format ``version`` is written as it is (else its writer rewrites it)."""
+    return version == FORMAT_VERSION
 
 
 def features_row(i: int, f: "LocalFeatures") -> tuple:
@@ -195,12 +223,12 @@ def manifest_of(meta: dict[str, Any], path: Path) -> "Manifest":
     """The validated Manifest of a metadata dict (every problem a MapError naming ``path``)."""
 
     version = meta["format_version"]
-    if version != FORMAT_VERSION:
+    if version not in STORE_VERSIONS or isinstance(version, bool):
         raise MapError(f"{path}: map format version {version!r} is not supported "
-                       f"(this vpr_ros reads versions 1 and {FORMAT_VERSION})")
+                       f"(this vpr_ros reads versions 1 to {FORMAT_VERSION})")
     fields = {k: meta[k] for k in ("map_frame", "source", "metric", "created", "local_features", "index_type",
                                    "count", "generation", "store_id")}
-    return Manifest.from_fields(meta["model"], fields, str(path), format_version=FORMAT_VERSION)
+    return Manifest.from_fields(meta["model"], fields, str(path), format_version=version)
 
 
 def _put_meta(con: sqlite3.Connection, values: dict[str, Any]) -> None:
@@ -254,12 +282,14 @@ def read_meta(path: Path) -> "Manifest":
 
 def read_snapshot(root: Path, path: Path, verify_features: bool = True,
                   con: sqlite3.Connection | None = None, check_structure: bool = False) -> Snapshot:
-    """Read every keyframe and descriptor of one generation, checking every checksum (and, with
-    ``verify_features``, every stored local-feature row) and the database's structure, and make its
+    """Read every keyframe of one generation and the descriptors its index snapshot lacks, checking
+    every checksum read (and, with ``verify_features``, every stored local-feature row), and make its
     search index. Memory: the index, plus the descriptors its snapshot file lacks while reading.
-    ``check_structure`` adds SQLite's quick_check (one more pass over the file): for a writer, whose
-    next commit must not land in a damaged page list, and for vpr_ros_map_info; a reader's content is
-    covered by the row checksums alone."""
+    ``check_structure`` adds SQLite's quick_check and the checksums of the descriptors the snapshot
+    covers (one more pass over the file): for a writer, whose next commit must not land in a damaged
+    page list nor carry a damaged vector into a migration or a rebuilt index, and for
+    vpr_ros_map_info. A reader's start-up reads only what it uses; a vector it reads later (an
+    index rebuild, re-ranking) is checked then."""
     own = con is None
     con = con or connect_ro(path)
     try:
@@ -295,6 +325,9 @@ def _read(con: sqlite3.Connection, root: Path, path: Path, verify_features: bool
                          "stored descriptors")
     first = int(index.ntotal) if index is not None else 0  # type: ignore[attr-defined]
     keyframes, tail = _read_keyframes(con, path, manifest, first)
+    if check_structure and manifest.format_version != 2:
+        for a in range(0, first, 4096):  # checked, not kept (the snapshot holds them)
+            read_vectors(con, None, range(a, min(first, a + 4096)), manifest.model.descriptor_dim, path)
     features = 0
     if verify_features:
         cur = con.execute(f"SELECT {','.join(FEATURE_COLUMNS)}, crc FROM local_features ORDER BY id")
@@ -327,40 +360,98 @@ def sessions_of(meta: dict[str, Any], path: Path) -> dict[int, SessionRecord]:
 
 def _read_keyframes(con: sqlite3.Connection, path: Path, manifest: "Manifest",
                     keep_from: int) -> tuple[list["Keyframe"], np.ndarray]:
-    """Every keyframe (all checked), and the descriptors [N - keep_from, D] of ids >= keep_from."""
-
+    """Every keyframe (all checked), and the descriptors [N - keep_from, D] float32 of ids >= keep_from
+    (those an index snapshot does not cover; the others are not read)."""
     n, dim = manifest.count, manifest.model.descriptor_dim
     tail = np.empty((max(0, n - keep_from), dim), np.float32)
     keyframes: list[Keyframe] = []
-    cur = con.execute(f"SELECT {','.join(KEYFRAME_COLUMNS)}, crc FROM keyframes ORDER BY id")
+    v2 = manifest.format_version == 2
+    extra = ", descriptor, descriptor_crc" if v2 else ""
+    cur = con.execute(f"SELECT {','.join(KEYFRAME_COLUMNS)}{extra}, crc FROM keyframes ORDER BY id")
     for row in _rows(cur):
         i = len(keyframes)
         if row[0] != i:
             raise MapError(f"{path}: keyframe ids are not contiguous at row {i} (id {row[0]!r})")
-        _check_crc((*row[:_KF_META], row[_KF_META + 1], row[-1]), path, f"keyframe {i}")
         if i >= n:
             raise MapError(f"{path}: more keyframes than the metadata's count {n}")
-        blob = row[_KF_META]
-        if not isinstance(blob, bytes) or zlib.crc32(blob) != row[_KF_META + 1]:
-            raise MapError(f"{path}: keyframe {i}: descriptor fails its checksum (the file is corrupt; restore it "
-                           "from a copy, or remove the map and rebuild it)")
-        if len(blob) != 4 * dim:
-            raise MapError(f"{path}: keyframe {i}: descriptor is not {dim} float32 values")
-        d = np.frombuffer(blob, np.float32)
-        if not np.isfinite(d).all():
-            raise MapError(f"{path}: keyframe {i}: descriptor has NaN or infinite values")
-        if i >= keep_from:
-            tail[i - keep_from] = d
-        gps = None if row[11] is None else (float(row[11]), float(row[12]), float(row[13]))
-        try:
-            keyframes.append(Keyframe(stamp=float(row[1]), pose=tuple(float(v) for v in row[4:11]),  # type: ignore[arg-type]
-                                      camera=str(row[2]), frame_id=str(row[3]), gps=gps, image_ref=str(row[14]),
-                                      id=i, session=int(row[15])))
-        except (MapError, TypeError, ValueError) as exc:
-            raise MapError(f"{path}: keyframe {i}: {exc}") from None
+        if v2:  # format 2: the row's CRC covers the descriptor's own CRC32
+            _check_crc((*row[:_KF_META], row[_KF_META + 1], row[-1]), path, f"keyframe {i}")
+            if i >= keep_from:
+                blob = row[_KF_META]
+                if not isinstance(blob, bytes) or zlib.crc32(blob) != row[_KF_META + 1]:
+                    raise MapError(f"{path}: keyframe {i}: descriptor fails its checksum (the file is corrupt; "
+                                   "restore it from a copy, or remove the map and rebuild it)")
+                tail[i - keep_from] = _vector(blob, np.float32, dim, path, i)
+        else:
+            _check_crc(row, path, f"keyframe {i}")
+        keyframes.append(_keyframe_of(row, i, path))
     if len(keyframes) != n:
         raise MapError(f"{path}: the metadata counts {n} keyframes but the table holds {len(keyframes)}")
+    if not v2 and len(tail):
+        tail[:] = read_vectors(con, None, range(keep_from, n), dim, path)
     return keyframes, tail
+
+
+def _keyframe_of(row: Sequence[Any], i: int, path: Path) -> "Keyframe":
+    gps = None if row[11] is None else (float(row[11]), float(row[12]), float(row[13]))
+    try:
+        return Keyframe(stamp=float(row[1]), pose=tuple(float(v) for v in row[4:11]),  # type: ignore[arg-type]
+                        camera=str(row[2]), frame_id=str(row[3]), gps=gps, image_ref=str(row[14]),
+                        id=i, session=int(row[15]))
+    except (MapError, TypeError, ValueError) as exc:
+        raise MapError(f"{path}: keyframe {i}: {exc}") from None
+
+
+def _vector(blob: Any, dtype: Any, dim: int, path: Path, i: int) -> np.ndarray:
+    """A stored descriptor blob as float32 [D], checked for size and finite values."""
+    size = np.dtype(dtype).itemsize
+    if not isinstance(blob, bytes) or len(blob) != size * dim:
+        raise MapError(f"{path}: keyframe {i}: descriptor is not {dim} {np.dtype(dtype).name} values")
+    d = np.frombuffer(blob, dtype).astype(np.float32)
+    if not np.isfinite(d).all():
+        raise MapError(f"{path}: keyframe {i}: descriptor has NaN or infinite values")
+    return d
+
+
+def read_vectors(con: sqlite3.Connection, lock: threading.Lock | None, ids: Iterable[int], dim: int,
+                 path: Path | str) -> np.ndarray:
+    """The stored descriptors [len(ids), D] float32 of keyframes ``ids`` (format 3), each checked
+    against its checksum; MapError naming the keyframe otherwise. Contiguous ranges are read
+    with one range query, scattered ids (re-ranking candidates) one row each."""
+    ids = [int(i) for i in ids]
+    out = np.empty((len(ids), dim), np.float32)
+    path = Path(path)
+    if not ids:
+        return out
+    contiguous = ids == list(range(ids[0], ids[0] + len(ids)))
+    try:
+        if lock is not None:
+            lock.acquire()
+        try:
+            if contiguous:
+                cur = con.execute("SELECT id, descriptor, crc FROM vectors WHERE id >= ? AND id < ? ORDER BY id",
+                                  (ids[0], ids[0] + len(ids)))
+                rows: Iterable[tuple] = _rows(cur)
+            else:
+                rows = [con.execute("SELECT id, descriptor, crc FROM vectors WHERE id = ?", (i,)).fetchone()
+                        for i in ids]
+            got = 0
+            for k, row in enumerate(rows):
+                if row is None or row[0] != ids[k]:
+                    raise MapError(f"{path}: keyframe {ids[k]}: no stored descriptor (the file is corrupt; "
+                                   "restore it from a copy, or remove the map and rebuild it)")
+                _check_crc(row, path, f"keyframe {ids[k]}: descriptor")
+                out[k] = _vector(row[1], VECTOR_DTYPE, dim, path, ids[k])
+                got += 1
+        finally:
+            if lock is not None:
+                lock.release()
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
+        raise MapError(f"{path}: stored descriptors unreadable ({exc})") from None
+    if got != len(ids):
+        raise MapError(f"{path}: keyframe {ids[got]}: no stored descriptor (the file is corrupt; restore it from "
+                       "a copy, or remove the map and rebuild it)")
+    return out
 
 
 def _complete_index(index: Any, tail: np.ndarray, kind: str, entry: dict[str, Any] | None, n: int,
@@ -547,8 +638,10 @@ class StoreWriter:
         def body(con: sqlite3.Connection) -> None:
             for a in range(0, n, 1024):  # in chunks: a whole map is never copied at once
                 b = min(n, a + 1024)
-                rows = [keyframe_row(kf, d) for kf, d in zip(keyframes[a:b], get(a, b))]
-                con.executemany(f"INSERT INTO keyframes VALUES ({','.join('?' * (len(KEYFRAME_COLUMNS) + 1))})", rows)
+                con.executemany(f"INSERT INTO keyframes VALUES ({','.join('?' * (_KF_META + 1))})",
+                                [keyframe_row(kf) for kf in keyframes[a:b]])
+                con.executemany("INSERT INTO vectors VALUES (?, ?, ?)",
+                                [vector_row(kf.id, d) for kf, d in zip(keyframes[a:b], get(a, b))])
             for i, f in sorted(features.items()):
                 con.execute(f"INSERT INTO local_features VALUES ({','.join('?' * (len(FEATURE_COLUMNS) + 1))})",
                             features_row(i, f))
@@ -568,13 +661,12 @@ class StoreWriter:
         def body(con: sqlite3.Connection) -> None:
             for pose_and_id in rows:
                 i = pose_and_id[-1]
-                old = con.execute(f"SELECT {','.join(KEYFRAME_COLUMNS[:_KF_META])}, descriptor_crc FROM keyframes "
-                                  "WHERE id = ?", (i,)).fetchone()
+                old = con.execute(f"SELECT {','.join(KEYFRAME_COLUMNS)} FROM keyframes WHERE id = ?", (i,)).fetchone()
                 if old is None:
                     raise MapError(f"{self.path}: no stored keyframe {i} to move")
-                new = (*old[:4], *pose_and_id[:7], *old[11:_KF_META])
+                new = (*old[:4], *pose_and_id[:7], *old[11:])
                 con.execute("UPDATE keyframes SET x=?, y=?, z=?, qx=?, qy=?, qz=?, qw=?, crc=? WHERE id=?",
-                            (*pose_and_id[:7], row_crc((*new, old[_KF_META])), i))
+                            (*pose_and_id[:7], row_crc(new), i))
 
         self._transaction("update keyframe poses", body, meta)
 

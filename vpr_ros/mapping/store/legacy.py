@@ -1,6 +1,6 @@
 """Format 1 (vpr_ros v0.3): ``manifest.yaml`` with the map's description, ``index.<gen>.faiss``
 and ``keyframes.<gen>.sqlite``, all replaced by each whole-map save. Read as they are; a writer
-opening one migrates it to format 2 (:meth:`vpr_ros.mapping.map_store.VprMap.open_writer`).
+opening one migrates it to the current format (:meth:`vpr_ros.mapping.map_store.VprMap.open_writer`).
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def load_v1(root: Path, manifest: "Manifest") -> tuple[Any, list["Keyframe"], Pa
 
     idx_name, kf_name = files_v1(manifest.generation)
     idx_path, kf_path = root / idx_name, root / kf_name
-    limit = snapshot_size_limit(manifest)  # the same bound as a format-2 index snapshot
+    limit = snapshot_size_limit(manifest)  # the same bound as a SQLite store's index snapshot
     try:
         fd = open_regular(idx_path, "the map's faiss index", limit, MapError)
     except FileNotFoundError:

@@ -17,8 +17,8 @@ import numpy as np
 from vpr_ros.config import IMAGENET_MEAN, IMAGENET_STD
 from vpr_ros.errors import MapError
 
-#: the store format this vpr_ros writes (format 1: v0.3's files, read and migrated)
-FORMAT_VERSION = 2
+#: the store format this vpr_ros writes (format 1: v0.3's files, format 2: v0.4's; both read, and migrated by their first writer)
+FORMAT_VERSION = 3
 
 
 #: one network through different backends/precisions gives probe cosines >= 0.99 (FP32/FP16 ~ 1.0,
@@ -118,7 +118,7 @@ class Manifest:
     metric: str = "inner_product"
     index_type: str = "flat"
     local_features: str = ""       # kind of the stored local features ('orb', 'sift'), '' = none
-    generation: int = 0            # committed changes (format 2) / whole-map saves (format 1)
+    generation: int = 0            # committed changes (formats 2 and 3) / whole-map saves (format 1)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
     format_version: int = FORMAT_VERSION
     store_id: str = ""
