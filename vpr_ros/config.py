@@ -32,7 +32,7 @@ BACKENDS = ("auto", "tensorrt", "torch_cudagraph", "onnxruntime", "torch")
 #: GPU precision of the TensorRT and CUDA-graph backends (int8: TensorRT, from a Q/DQ graph of
 #: vpr_ros_quantize; bf16: CUDA graphs only).
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq", "compact")
 TRANSPORTS = ("raw", "compressed")
 QOS_NAMES = ("sensor_data", "reliable")
 
@@ -139,23 +139,35 @@ def batch_dependent_refusal(cfg: ModelConfig) -> str:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """How map descriptors are searched."""
+    """How map descriptors are searched, and how much memory the map may take."""
 
-    index_type: str = _f("auto", "faiss index: 'flat' (exact inner product), 'hnsw', 'ivf', 'ivfpq', or "
-                         "'auto' (exact below auto_threshold keyframes, HNSW above).")
+    index_type: str = _f("auto", "faiss index: 'flat' (exact inner product), 'hnsw', 'ivf', 'ivfpq', 'compact' "
+                         "(IVF-PQ codes in memory, the shortlist re-ranked with the stored float16 vectors), or "
+                         "'auto' (exact below auto_threshold keyframes, HNSW above, compact where those do not "
+                         "fit memory_budget_mb).")
     auto_threshold: int = _f(50000, "Keyframes from which 'auto' switches from exact search to HNSW.")
+    memory_budget_mb: int = _f(1024, "Memory (MiB) the map may take in a node (index and keyframe table; the "
+                               "network and ROS come on top): 'auto' picks the first of flat / HNSW / compact "
+                               "whose estimate fits. The default leaves an 8 GB Jetson Orin room for the network "
+                               "and a SLAM stack.")
     hnsw_m: int = _f(32, "HNSW: neighbours per node.")
     hnsw_ef_construction: int = _f(80, "HNSW: candidate list size while building.")
     hnsw_ef_search: int = _f(64, "HNSW: candidate list size while searching (recall vs speed).")
-    ivf_nlist: int = _f(0, "IVF: number of cells (0 = 4 sqrt(N)).")
+    ivf_nlist: int = _f(0, "IVF: number of cells (0 = 4 sqrt(N); compact: sqrt(N), 64 to 1024).")
     ivf_nprobe: int = _f(16, "IVF: cells visited per search (recall vs speed).")
     pq_m: int = _f(32, "IVF-PQ: sub-quantizers (must divide the descriptor dimension).")
+    compact_bytes: int = _f(128, "compact: bytes of code per keyframe (sub-quantizers of 8 bits; the largest "
+                            "divisor of the descriptor dimension not above it is used).")
+    rerank_k: int = _f(64, "compact: candidates re-ranked with their exact (stored float16) vectors per query.")
 
     def __post_init__(self) -> None:
         _choice("index_type", self.index_type, INDEX_TYPES)
-        for key in ("auto_threshold", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe", "pq_m"):
+        for key in ("auto_threshold", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe", "pq_m",
+                    "compact_bytes", "rerank_k"):
             _positive(key, getattr(self, key))
         _range("ivf_nlist", self.ivf_nlist, 0, 10**7)
+        _range("memory_budget_mb", self.memory_budget_mb, 16, 10**7)
+        _range("rerank_k", self.rerank_k, 1, 4096)
 
 
 #: when backend 'auto' builds a missing TensorRT engine: 'background' (start on the next backend,
@@ -238,6 +250,10 @@ class LocalizerConfig(CameraNodeConfig):
 
     map_dir: str = _f("", "Directory of the map to localize against; setting it at run time loads that "
                       "map (the previous one stays in use if it cannot be loaded).", live=True)
+    memory_budget_mb: int = _f(1024, "Memory (MiB) the loaded map may take (index and keyframe table; the network "
+                               "comes on top): a map whose index would take more is searched through a compact "
+                               "index (codes in memory, exact re-ranking from the store) built at load.",
+                               lo=16, hi=10**7)
     top_k: int = _f(5, "Number of map matches reported per query.", live=True, lo=1, hi=1000)
     score_threshold: float = _f(0.5, "Minimum cosine similarity for a match to be accepted.", live=True,
                                 lo=-1.0, hi=1.0)

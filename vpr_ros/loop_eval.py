@@ -181,7 +181,8 @@ def run_sequence(backend: "DescriptorBackend", images: "Sequence[Path | Callable
     from vpr_ros.mapping.map_store import Keyframe
 
     builder = MapBuilder(backend, KeyframeConfig(), verification=verification, intrinsics=intrinsics)
-    builder.map.reindex(live_index_type(builder.index_cfg))
+    builder.map.reindex(live_index_type(builder.index_cfg, 0, builder.map.model.descriptor_dim))
+    builder.live = True
     closer = LiveLoopCloser(backend, builder.map, live, verification, builder.session)
     verifier = closer.localizer.verifier
     out = []

@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poses", default="", help="poses CSV (default: coordinates in the file names)")
     ap.add_argument("--params-file", default="", help="map_builder params YAML (model, keyframes)")
     ap.add_argument("--append", action="store_true", help="extend an existing map in --map-dir")
+    ap.add_argument("--memory-budget-mb", type=int, default=0,
+                    help="memory (MiB) the map may take in a node: picks the index kind (overrides the params "
+                         "file's index.memory_budget_mb; 0 = that, default 1024)")
     ap.add_argument("--finish", action="store_true",
                     help="encode the pending keyframes of --map-dir (left by a stopped map_builder node); no source. "
                          "Damaged pending rows are reported and skipped (exit status 1)")
@@ -101,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_node_config(a.params_file or None, "map_builder", MAP_BUILDER_SECTIONS)
         cfg["model"] = model_with_args(cfg["model"], a)
         cfg[""] = dataclasses.replace(cfg[""], **{k: getattr(a, k) for k in ("backend", "device") if getattr(a, k)})
+        if a.memory_budget_mb:
+            cfg["index"] = dataclasses.replace(cfg["index"], memory_budget_mb=a.memory_budget_mb)
         if a.drop_damaged and not a.finish:
             raise DatasetError("--drop-damaged goes with --finish")
         if a.finish:

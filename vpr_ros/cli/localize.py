@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
                                         "/camera/image_raw --pose-topic /odom --set score_threshold=0.6")
     ap.add_argument("source", help="folder of images, or a rosbag2 directory (.db3 / .mcap)")
     ap.add_argument("--map-dir", required=True, help="the map to localize against")
+    ap.add_argument("--memory-budget-mb", type=int, default=1024,
+                    help="memory (MiB) the map may take: a map whose index would take more is searched through "
+                         "a compact index built at load")
     ap.add_argument("--output", default="localize_output", help="folder for localization.csv, results.json, localize.png")
     ap.add_argument("--params-file", default="", help="localizer params YAML (default: the package's config/localizer.yaml)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -117,7 +120,7 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
     gpu = node.gpu if node.gpu.engine_build == "never" else dataclasses.replace(node.gpu, engine_build="startup")
     with open_backend(node.backend, cfg["model"], node.device, node.engine_cache_dir or None, gpu=gpu) as backend:
         warn_if_random("vpr_ros_localize", backend)
-        vmap = VprMap.load(a.map_dir, expect=ModelIdentity.of_backend(backend))
+        vmap = VprMap.load(a.map_dir, expect=ModelIdentity.of_backend(backend), memory_budget_mb=a.memory_budget_mb)
         localizer = Localizer(backend, vmap, node, cfg["verification"])
         if localizer.map_note:
             print(f"vpr_ros_localize: NOTE: {localizer.map_note}", file=sys.stderr)

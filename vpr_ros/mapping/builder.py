@@ -39,6 +39,7 @@ class MapBuilder:
 
         self.backend = backend
         self.index_cfg = index or IndexConfig()
+        self.live = False  # closing loops as it grows (HNSW from the start; see choose_type)
         self.verifier = Verifier(verification or VerificationConfig())
         self.verifier.check_backend(backend)
         self.intrinsics = intrinsics
@@ -53,6 +54,7 @@ class MapBuilder:
             self.map = base
         else:
             self.map = VprMap.create(identity, map_frame=map_frame, source=source)
+        self.map.search_cfg = self.index_cfg
         self.offered = 0
         self._last_descriptor: np.ndarray | None = None
         #: keyframes this builder adds belong to this recording session (a map it extends has older ones)
@@ -244,7 +246,7 @@ class MapBuilder:
 
     def save(self, map_dir: str | Path | None = None, replace_existing: bool = False, lock: Any = None) -> Path:
         """Write the map (see :meth:`VprMap.save`), converting the index to the configured type first."""
-        kind = choose_type(self.index_cfg, len(self.map))
+        kind = choose_type(self.index_cfg, len(self.map), self.map.model.descriptor_dim, live=self.live)
         if kind != self.map.manifest.index_type:
             log.info("building a '%s' index over %d keyframes", kind, len(self.map))
             self.map.reindex(kind, self.index_cfg)

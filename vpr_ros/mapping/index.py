@@ -1,4 +1,5 @@
-"""faiss index construction for maps: exact inner product, HNSW, IVF, IVF-PQ.
+"""faiss index construction for maps: exact inner product, HNSW, IVF, IVF-PQ, and compact (IVF-PQ
+codes whose shortlist the map re-ranks with its stored vectors), with memory estimates for each.
 
 Search ids are always positions in insertion order (keyframe ids). Exact and HNSW indexes
 take vectors one by one; IVF variants are trained on the map's own descriptors when the index
@@ -7,6 +8,7 @@ is (re)built, so a map grows as exact/HNSW and is converted by :func:`build_inde
 from __future__ import annotations
 
 import math
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -14,11 +16,91 @@ from vpr_ros.config import IndexConfig
 from vpr_ros.errors import ConfigError, MapError
 
 
-def choose_type(cfg: IndexConfig, count: int) -> str:
-    """'auto' -> exact below ``cfg.auto_threshold`` keyframes, HNSW above; else as configured."""
+#: memory a keyframe's table entry takes in a node besides its index entry (Keyframe object: pose,
+#: stamp, strings; measured with tracemalloc: 535 B with shared camera/frame strings)
+KEYFRAME_BYTES = 600
+#: compact indexes are trained on at most this many stored vectors (a 10752-d sample: 704 MB float32)
+COMPACT_TRAIN_MAX = 16384
+
+
+def memory_estimate(kind: str, count: int, dim: int, cfg: IndexConfig) -> int:
+    """Bytes a node holds for a map of ``count`` keyframes of dimension ``dim`` with index ``kind``
+    (the index and the keyframe table; the network, ROS and the SQLite page cache not included)."""
+    per, fixed = KEYFRAME_BYTES, 0
+    if kind in ("flat", "ivf"):
+        per += 4 * dim + (8 if kind == "ivf" else 0)
+        fixed += 4 * dim * (compact_layout(count, dim, cfg)[0] if kind == "ivf" else 0)
+    elif kind == "hnsw":
+        per += 4 * dim + 8 * cfg.hnsw_m + 16  # level-0 links (2 M int32) and upper levels
+    elif kind in ("ivfpq", "compact"):
+        nlist, m = compact_layout(count, dim, cfg) if kind == "compact" else (cfg.ivf_nlist or 1024, cfg.pq_m)
+        per += m + 8                             # code and id in its inverted list
+        fixed += 4 * dim * (nlist + 256)         # coarse centroids and PQ codebooks
+    else:
+        raise ConfigError(f"index_type '{kind}' is not one of {', '.join(INDEX_KINDS)}")
+    return fixed + per * int(count)
+
+
+INDEX_KINDS = ("flat", "hnsw", "ivf", "ivfpq", "compact")
+
+
+def choose_type(cfg: IndexConfig, count: int, dim: int | None = None, live: bool = False) -> str:
+    """'auto' -> exact below ``cfg.auto_threshold`` keyframes, HNSW above (from the start for a
+    ``live`` map, which searches itself as it grows: HNSW's cost grows with log N, exact search's
+    with N), and 'compact' where the one picked would not fit ``cfg.memory_budget_mb`` (with ``dim``
+    known); else as configured."""
     if cfg.index_type != "auto":
         return cfg.index_type
-    return "flat" if count < cfg.auto_threshold else "hnsw"
+    kind = "hnsw" if live or count >= cfg.auto_threshold else "flat"
+    budget = cfg.memory_budget_mb << 20
+    if dim is not None and memory_estimate(kind, count, dim, cfg) > budget:
+        if kind == "flat" and memory_estimate("hnsw", count, dim, cfg) <= budget:
+            return "hnsw"
+        if count >= compact_min_count(count, dim, cfg):
+            return "compact"
+    return kind
+
+
+def compact_layout(count: int, dim: int, cfg: IndexConfig) -> tuple[int, int]:
+    """(IVF cells, PQ sub-quantizers = bytes per code) of a compact index over ``count`` vectors."""
+    nlist = cfg.ivf_nlist or int(min(1024, max(64, math.sqrt(max(count, 1)))))
+    m = max(v for v in range(1, min(cfg.compact_bytes, dim) + 1) if dim % v == 0)
+    return nlist, m
+
+
+def compact_min_count(count: int, dim: int, cfg: IndexConfig) -> int:
+    """Vectors a compact index needs to train (its IVF cells and 256 PQ centroids per sub-space)."""
+    return max(1024, compact_layout(count, dim, cfg)[0])
+
+
+def build_compact(source: "Callable[[Sequence[int]], np.ndarray]", count: int, dim: int, cfg: IndexConfig,
+                  progress: "Callable[[int], None] | None" = None) -> object:
+    """A compact index (IVF-PQ, inner product) over ``count`` vectors read through ``source`` (ids
+    -> float32 rows [len(ids), D]): trained on at most COMPACT_TRAIN_MAX of them (a fixed random
+    sample), then filled in chunks, so at most one chunk and the sample are in memory."""
+    import faiss
+
+    nlist, m = compact_layout(count, dim, cfg)
+    if count < compact_min_count(count, dim, cfg):
+        raise MapError(f"index_type 'compact' needs at least {compact_min_count(count, dim, cfg)} keyframes to "
+                       f"train, the map has {count}")
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+    index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = 1  # small maps: fewer is fine
+    ids = np.arange(count) if count <= COMPACT_TRAIN_MAX else \
+        np.sort(np.random.default_rng(0).choice(count, COMPACT_TRAIN_MAX, replace=False))
+    index.train(np.ascontiguousarray(source(ids.tolist()), np.float32))
+    index.nprobe = cfg.ivf_nprobe
+    for a in range(0, count, 4096):
+        index.add(np.ascontiguousarray(source(range(a, min(count, a + 4096))), np.float32))
+        if progress is not None:
+            progress(min(count, a + 4096))
+    return index
+
+
+def faiss_kind(kind: str) -> str:
+    """The faiss index type (as :func:`kind_of` names it) an index_type is made of."""
+    return "ivfpq" if kind == "compact" else kind
 
 
 def empty_index(kind: str, dim: int, cfg: IndexConfig) -> object:
@@ -60,7 +142,7 @@ def build_index(vectors: np.ndarray, kind: str, cfg: IndexConfig) -> object:
         index.nprobe = cfg.ivf_nprobe
         index.quantizer_trains_alone = 0
     else:
-        raise ConfigError(f"index_type '{kind}' is not one of flat, hnsw, ivf, ivfpq")
+        raise ConfigError(f"index_type '{kind}' is not one of flat, hnsw, ivf, ivfpq (compact: build_compact)")
     if n:
         index.add(x)
     return index
@@ -89,6 +171,15 @@ def all_vectors(index: object, start: int = 0, stop: int | None = None) -> np.nd
     if stop <= start:
         return np.zeros((0, index.d), np.float32)  # type: ignore[attr-defined]
     return index.reconstruct_n(start, stop - start)  # type: ignore[attr-defined]
+
+
+def vectors_by_id(index: object, ids: Iterable[int]) -> np.ndarray:
+    """Stored vectors [len(ids), D] of any ids (in any order) of an exact index (flat, HNSW, IVF)."""
+    import faiss
+
+    if isinstance(index, faiss.IndexIVF):
+        index.make_direct_map()
+    return index.reconstruct_batch(np.asarray(list(ids), np.int64))  # type: ignore[attr-defined]
 
 
 def set_search_params(index: object, cfg: IndexConfig) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vpr_ros.config import IndexConfig, LiveLoopConfig, VerificationConfig
+from vpr_ros.mapping.index import choose_type
 from vpr_ros.localization import LocalizationResult, Localizer
 
 if TYPE_CHECKING:
@@ -23,10 +24,11 @@ if TYPE_CHECKING:
     from vpr_ros.verification.features import CameraIntrinsics, LocalFeatures
 
 
-def live_index_type(cfg: IndexConfig) -> str:
+def live_index_type(cfg: IndexConfig, count: int = 0, dim: int | None = None) -> str:
     """The index kind of a map that closes loops as it grows: HNSW takes vectors one by one at a
-    cost that grows with log N (exact search grows with N), so 'auto' means HNSW from the start."""
-    return "hnsw" if cfg.index_type == "auto" else cfg.index_type
+    cost that grows with log N (exact search grows with N), so 'auto' means HNSW from the start,
+    and 'compact' once HNSW would not fit the memory budget (see :func:`choose_type`)."""
+    return choose_type(cfg, count, dim, live=True)
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,10 @@ class VprMap:
         self._db_v1 = False
         self._db_where = ""
         self._db_lock = threading.Lock()
+        self._unsaved: list[np.ndarray] = []  # float16 rows of ids _stored.. (a compact index lacks them)
+        from vpr_ros.config import IndexConfig
+
+        self.search_cfg = IndexConfig()       # rerank_k of a compact index
 
     @classmethod
     def create(cls, model: ModelIdentity, map_frame: str = "map", source: str = "") -> "VprMap":
@@ -185,6 +189,8 @@ class VprMap:
             new_feats = {}
         else:
             self._done_pending.extend(int(s) for s in done_pending)
+            if self.reranks:  # the index keeps codes only: the exact vectors wait here for the store
+                self._unsaved.append(stored_d.astype(db.VECTOR_DTYPE))
         self.index.add(stored_d)
         for kf, i in zip(keyframes, ids):
             kf.id = i
@@ -286,20 +292,61 @@ class VprMap:
                 out[i] = f
         return out
 
+    @property
+    def reranks(self) -> bool:
+        """Whether the index holds codes only (compact), so that exact vectors come from the store."""
+        import faiss
+
+        return self.manifest.index_type == "compact" and isinstance(self.index, faiss.IndexIVFPQ)
+
     def descriptors(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Descriptors of ids start..stop-1 [n, D] (exact for flat / HNSW / IVF; IVF-PQ gives its
-        approximation); all by default."""
+        """Descriptors of ids start..stop-1 [n, D] float32 (exact for flat / HNSW / IVF and compact,
+        whose vectors are read from the store; IVF-PQ gives its approximation); all by default."""
         from vpr_ros.mapping.index import all_vectors
 
-        return all_vectors(self.index, start, stop)
+        if not self.reranks:
+            return all_vectors(self.index, start, stop)
+        stop = len(self) if stop is None else min(stop, len(self))
+        return self._vectors_of(range(start, max(start, stop)))
+
+    def _vectors_of(self, ids: Iterable[int]) -> np.ndarray:
+        """Exact vectors [len(ids), D] float32 of a compact map: stored ones read from the store
+        (checksums verified), the others from memory."""
+        ids = np.asarray(list(ids), np.int64)
+        out = np.empty((len(ids), self.model.descriptor_dim), np.float32)
+        old = ids < self._stored
+        if old.any():
+            if self._db is None:
+                raise MapError("descriptors: this map's store is closed")
+            out[old] = db.read_vectors(self._db, self._db_lock, ids[old].tolist(), self.model.descriptor_dim,
+                                       self._db_where)
+        if (~old).any():
+            tail = np.concatenate(self._unsaved) if len(self._unsaved) > 1 else self._unsaved[0]
+            self._unsaved = [tail]
+            out[~old] = tail[ids[~old] - self._stored]
+        return out
 
     def reindex(self, kind: str, cfg: "IndexConfig | None" = None) -> None:
-        """Rebuild the search index as ``kind`` ('flat', 'hnsw', 'ivf', 'ivfpq') from the stored vectors."""
+        """Rebuild the search index as ``kind`` ('flat', 'hnsw', 'ivf', 'ivfpq', 'compact') from the
+        stored vectors (a compact index reads them in chunks: never all in memory at once)."""
         from vpr_ros.config import IndexConfig
-        from vpr_ros.mapping.index import build_index
+        from vpr_ros.mapping.index import build_compact, build_index, compact_min_count, vectors_by_id
 
-        self.index = build_index(self.descriptors(), kind, cfg or IndexConfig())
+        cfg = cfg or IndexConfig()
+        n = len(self)
+        if kind == "compact" and n < compact_min_count(n, self.model.descriptor_dim, cfg):
+            # exact search until there are enough keyframes to train (the next save converts it)
+            self.index, self._unsaved = build_index(self.descriptors(), "flat", cfg), []
+        elif kind == "compact":
+            unsaved = self.descriptors(self._stored, n).astype(db.VECTOR_DTYPE)
+            old = self.index
+            source = self._vectors_of if self.reranks else (lambda ids: vectors_by_id(old, ids))
+            self.index = build_compact(source, n, self.model.descriptor_dim, cfg)
+            self._unsaved = [unsaved]
+        else:
+            self.index, self._unsaved = build_index(self.descriptors(), kind, cfg), []
         self.manifest.index_type = kind
+        self.search_cfg = cfg
 
     def search(self, queries: np.ndarray, k: int, before: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by cosine: queries [M, D] -> (scores [M, k'], ids [M, k']), k' = min(k, searched).
@@ -314,9 +361,49 @@ class VprMap:
         k = min(k, n)
         if k == 0:
             return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
+        if self.reranks:
+            return self._search_reranked(q, k, n)
         if n == len(self):
             return self.index.search(q, k)
         return self.index.search(q, k, params=search_params(self.index, n))  # type: ignore[call-overload]
+
+    def _search_reranked(self, q: np.ndarray, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """A compact index's shortlist (``search_cfg.rerank_k`` per query, ids below ``n``)
+        re-ranked by the exact cosine with the stored vectors; missing places are id -1, score -inf."""
+        from vpr_ros.mapping.index import search_params
+
+        short = min(n, max(k, self.search_cfg.rerank_k))
+        params = search_params(self.index, n) if n < len(self) else None
+        _, cand = self.index.search(q, short, params=params)  # type: ignore[call-overload]
+        wanted = np.unique(cand[cand >= 0])
+        vectors = self._vectors_of(wanted)
+        scores = np.full((len(q), k), -np.inf, np.float32)
+        ids = np.full((len(q), k), -1, np.int64)
+        for r in range(len(q)):
+            c = cand[r][cand[r] >= 0]
+            exact = vectors[np.searchsorted(wanted, c)] @ q[r]
+            top = np.argsort(-exact, kind="stable")[:k]
+            scores[r, :len(top)], ids[r, :len(top)] = exact[top], c[top]
+        return scores, ids
+
+    def cost(self) -> dict[str, Any]:
+        """What the map costs: 'index' (kind searched in memory), 'memory_bytes' (estimated: the index
+        and the keyframe table a node holds; the network, ROS and SQLite's page cache not included),
+        'disk_bytes' (all its files) and both per keyframe."""
+        from vpr_ros.mapping.index import kind_of, memory_estimate
+
+        kind = "compact" if self.reranks else kind_of(self.index)
+        n = len(self)
+        memory = memory_estimate(kind, n, self.model.descriptor_dim, self.search_cfg)
+        memory += sum(int(v.nbytes) for v in self._unsaved)
+        disk = 0
+        for f in self.files:
+            try:
+                disk += f.stat().st_size
+            except OSError:
+                pass  # a journal file checkpointed away meanwhile
+        return {"index": kind, "memory_bytes": memory, "disk_bytes": disk,
+                "memory_per_keyframe": memory / max(n, 1), "disk_per_keyframe": disk / max(n, 1)}
 
     def check_model(self, model: ModelIdentity, where: str = "map") -> None:
         """Raise MapError listing every difference if the map was built by another model."""
@@ -428,9 +515,16 @@ class VprMap:
         w.manifest = replace(w.manifest, local_features=self.manifest.local_features,
                              map_frame=self.manifest.map_frame, index_type=self.manifest.index_type)
         self._stored, self._done_pending, self._sessions_stored = n, [], dict(self.session_records)
+        self._unsaved = []
         kind = self.manifest.index_type
+        if kind == "compact" and not self.reranks:
+            from vpr_ros.mapping.index import compact_min_count
+
+            if n >= compact_min_count(n, self.model.descriptor_dim, self.search_cfg):
+                self.reindex("compact", self.search_cfg)  # enough keyframes to train it now
         entry = w.index_entry
-        if kind != "flat" and n and (entry is None or entry.get("count") != n or entry.get("kind") != kind):
+        snapshot = kind != "flat" and (kind != "compact" or self.reranks)
+        if snapshot and n and (entry is None or entry.get("count") != n or entry.get("kind") != kind):
             w.write_index(self.index, kind)
         self._features = {}
         self._origin = (self.manifest.store_id, w.generation)
@@ -454,7 +548,8 @@ class VprMap:
             try:
                 w.commit(keyframes, self.descriptors, feats, (), {"local_features": self.manifest.local_features,
                                                                   **self._sessions_meta()})
-                if self.manifest.index_type != "flat" and len(self):
+                if self.manifest.index_type != "flat" and len(self) and \
+                        (self.manifest.index_type != "compact" or self.reranks):
                     w.write_index(self.index, self.manifest.index_type)
                 w.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 generation = w.generation
@@ -477,6 +572,7 @@ class VprMap:
         self.manifest = replace(self.manifest, store_id=store_id, generation=generation, count=len(self),
                                 format_version=FORMAT_VERSION)
         self._origin, self._stored, self._done_pending, self._features = (store_id, generation), len(self), [], {}
+        self._unsaved = []
         self._sessions_stored = dict(self.session_records)
         self._open_features(root / name)
 
@@ -513,16 +609,16 @@ class VprMap:
 
     @classmethod
     def load(cls, map_dir: str | Path, expect: ModelIdentity | None = None, verify_features: bool = True,
-             check_structure: bool = False) -> "VprMap":
+             check_structure: bool = False, memory_budget_mb: int | None = None) -> "VprMap":
         """Load one consistent generation and validate every checksum; with ``expect``, refuse a
         map from another model; ``check_structure``: SQLite's quick_check too (see
         :func:`~vpr_ros.mapping.store.database.read_snapshot`). Needs no lock: a writer may be
-        adding to the map meanwhile."""
+        adding to the map meanwhile. ``memory_budget_mb``: see :func:`~vpr_ros.mapping.store.database.read_snapshot`."""
         root = Path(map_dir)
         while True:
             text, d = read_manifest_file(root)
             try:
-                vmap = cls._read(root, d, verify_features, check_structure)
+                vmap = cls._read(root, d, verify_features, check_structure, memory_budget_mb)
                 break
             except MapError:
                 try:  # the map was replaced between reading the manifest and its files: read again
@@ -538,7 +634,8 @@ class VprMap:
         return vmap
 
     @classmethod
-    def _read(cls, root: Path, d: dict[str, Any], verify_features: bool, check_structure: bool = False) -> "VprMap":
+    def _read(cls, root: Path, d: dict[str, Any], verify_features: bool, check_structure: bool = False,
+              budget_mb: int | None = None) -> "VprMap":
         if d["format_version"] == 1:
             manifest = legacy.manifest_v1(d, str(root / MANIFEST))
             index, keyframes, kf_path = legacy.load_v1(root, manifest)
@@ -564,7 +661,8 @@ class VprMap:
                 raise MapError(f"{store}: the store named by the manifest is missing")
             con = db.connect_ro(store)
             try:
-                snap = db.read_snapshot(root, store, verify_features, con=con, check_structure=check_structure)
+                snap = db.read_snapshot(root, store, verify_features, con=con, check_structure=check_structure,
+                                        budget_mb=budget_mb)
             except BaseException:
                 con.close()
                 raise

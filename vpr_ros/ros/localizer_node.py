@@ -40,6 +40,7 @@ from vpr_ros.mapping.map_store import ModelIdentity, VprMap
 from vpr_ros.ros.conversions import image_to_rgb, pose_msg, rgb_to_image, sec_to_stamp, stamp_to_sec, table
 from vpr_ros.ros.loop_output import describe_closure, publish_loop
 from vpr_ros.ros.markers import keyframe_markers, match_markers
+from vpr_ros.ros.diagnostics_values import map_cost_values
 from vpr_ros.ros.node_base import (PROBLEM_WINDOW, STAMP_AHEAD_TOLERANCE, VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
                                    SERVICE_QOS, sibling_topic)
 from vpr_ros.ros.node_main import node_help, run_node, wants_help
@@ -198,7 +199,8 @@ class LocalizerCore(VprNodeMixin):
             return False
         with self._load_lock:
             try:
-                vmap = VprMap.load(map_dir, expect=ModelIdentity.of_backend(self.backend))
+                vmap = VprMap.load(map_dir, expect=ModelIdentity.of_backend(self.backend),
+                                   memory_budget_mb=self.cfg.memory_budget_mb)
                 frame = vmap.manifest.map_frame
                 if self.cfg.map_frame and self.cfg.map_frame != frame:
                     raise MapError(f"{map_dir}: its keyframe poses are in frame '{frame}' but map_frame is "
@@ -430,6 +432,7 @@ class LocalizerCore(VprNodeMixin):
             "weights": b.weights_source if b else "",
             "map_dir": self.cfg.map_dir, "map_loaded_from": self.loaded_map_dir, "map_frame": self.frame,
             "map_keyframes": len(loc.map) if loc else 0,
+            **(map_cost_values(loc.map) if loc else {}),
             "frames_received": s.received, "frames_processed": c.processed,
             "frames_dropped": s.dropped, "frames_failed": c.errors,
             "input_rate_hz": f"{(s.received - r0) / dt:.2f}",

@@ -47,6 +47,7 @@ from vpr_ros.mapping.builder import MapBuilder
 from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
 from vpr_ros.mapping.store.pending import PendingFrame, RawImage
 from vpr_ros.mapping.pose_pairing import NONE, READY, LivePoseTrack, StampedPose
+from vpr_ros.ros.diagnostics_values import map_cost_values
 from vpr_ros.ros.conversions import image_to_rgb, pose_tuple, stamp_to_sec
 from vpr_ros.ros.node_base import (PROBLEM_WINDOW, STAMP_AHEAD_TOLERANCE, VprNodeMixin, image_qos, intrinsics_of, lifecycle_class, per_camera, plain_init,
                                    SERVICE_QOS, pose_qos, sibling_topic)
@@ -633,6 +634,7 @@ class MapBuilderCore(SlamSide, VprNodeMixin):
                   "damaged_pending": self.damaged_pending,
                   "generation": self.builder.map.manifest.generation if self.builder is not None else 0,
                   "session": self.builder.session if self.builder is not None else -1, **self._slam_diagnostics(),
+                  **(map_cost_values(self.builder.map) if self.builder is not None else {}),
                   "backend": b.name if b else "", "backend_selection": getattr(b, "selection", "") if b else "", "model_id": b.model_id if b else ""}
         self.publish_status(self.pub_diag, "map_builder", level, msg, b.model_id if b else "", values)
 

@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from geometry_msgs.msg import PoseWithCovarianceStamped
@@ -53,12 +52,12 @@ class SlamSide:
         if not cfg.enabled:
             self.closer = None
             return
-        kind = live_index_type(builder.index_cfg)
+        kind = live_index_type(builder.index_cfg, len(builder.map), builder.map.model.descriptor_dim)
         if builder.map.manifest.index_type != kind:
             node.say("info", f"live loop closure: the index grows online as '{kind}' "
                              f"({len(builder.map)} keyframes converted)")
             builder.map.reindex(kind, builder.index_cfg)
-        builder.index_cfg = replace(builder.index_cfg, index_type=kind)
+        builder.live = True  # each save re-checks the kind against the memory budget
         self.closer = LiveLoopCloser(node.backend, builder.map, cfg, node.cfgs["verification"], builder.session)
         prior = len(builder.map)
         node.say("info", f"live loop closure on: session {builder.session}, keyframes older than "

@@ -28,10 +28,11 @@ import hashlib
 import json
 import os
 import sqlite3
+import sys
 import threading
 import uuid
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
@@ -281,7 +282,8 @@ def read_meta(path: Path) -> "Manifest":
 
 
 def read_snapshot(root: Path, path: Path, verify_features: bool = True,
-                  con: sqlite3.Connection | None = None, check_structure: bool = False) -> Snapshot:
+                  con: sqlite3.Connection | None = None, check_structure: bool = False,
+                  budget_mb: int | None = None) -> Snapshot:
     """Read every keyframe of one generation and the descriptors its index snapshot lacks, checking
     every checksum read (and, with ``verify_features``, every stored local-feature row), and make its
     search index. Memory: the index, plus the descriptors its snapshot file lacks while reading.
@@ -289,13 +291,15 @@ def read_snapshot(root: Path, path: Path, verify_features: bool = True,
     covers (one more pass over the file): for a writer, whose next commit must not land in a damaged
     page list nor carry a damaged vector into a migration or a rebuilt index, and for
     vpr_ros_map_info. A reader's start-up reads only what it uses; a vector it reads later (an
-    index rebuild, re-ranking) is checked then."""
+    index rebuild, re-ranking) is checked then. ``budget_mb``: a reader's memory budget; a map
+    whose stored index kind would exceed it is searched through a compact index built from the
+    store instead (format 3; noted)."""
     own = con is None
     con = con or connect_ro(path)
     try:
         con.execute("BEGIN")  # one snapshot for everything below
         try:
-            return _read(con, root, path, verify_features, check_structure)
+            return _read(con, root, path, verify_features, check_structure, budget_mb)
         finally:
             con.execute("ROLLBACK")
     except sqlite3.Error as exc:
@@ -307,9 +311,14 @@ def read_snapshot(root: Path, path: Path, verify_features: bool = True,
             con.close()
 
 
-def _read(con: sqlite3.Connection, root: Path, path: Path, verify_features: bool, check_structure: bool) -> Snapshot:
+def _read(con: sqlite3.Connection, root: Path, path: Path, verify_features: bool, check_structure: bool,
+          budget_mb: int | None = None) -> Snapshot:
     meta = _meta_value(con, path)
     manifest = manifest_of(meta, path)
+    over = _over_budget(manifest, budget_mb)
+    if over:
+        meta = {**meta, "index": None}
+        manifest = replace(manifest, index_type="compact")
     if check_structure:
         check = con.execute("PRAGMA quick_check").fetchall()
         if check != [("ok",)]:
@@ -324,7 +333,8 @@ def _read(con: sqlite3.Connection, root: Path, path: Path, verify_features: bool
             notes.append(f"index snapshot {entry.get('file')!r} {why}: rebuilt the '{kind}' index from the "
                          "stored descriptors")
     first = int(index.ntotal) if index is not None else 0  # type: ignore[attr-defined]
-    keyframes, tail = _read_keyframes(con, path, manifest, first)
+    compact = kind == "compact" and manifest.format_version != 2
+    keyframes, tail = _read_keyframes(con, path, manifest, manifest.count if compact else first)
     if check_structure and manifest.format_version != 2:
         for a in range(0, first, 4096):  # checked, not kept (the snapshot holds them)
             read_vectors(con, None, range(a, min(first, a + 4096)), manifest.model.descriptor_dim, path)
@@ -340,8 +350,29 @@ def _read(con: sqlite3.Connection, root: Path, path: Path, verify_features: bool
     else:
         features = int(con.execute("SELECT COUNT(*) FROM local_features").fetchone()[0])
     pending = int(con.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
-    index = _complete_index(index, tail, kind, entry, len(keyframes), notes)
-    return Snapshot(path, manifest, keyframes, index, pending, features, notes, sessions_of(meta, path))
+    if compact:
+        index = _complete_compact(con, path, manifest, index, entry, notes)
+    else:
+        index = _complete_index(index, tail, kind, entry, len(keyframes), notes)
+    return Snapshot(path, manifest, keyframes, index, pending, features, [*over, *notes], sessions_of(meta, path))
+
+
+def _over_budget(manifest: "Manifest", budget_mb: int | None) -> list[str]:
+    """[why] when a reader with ``budget_mb`` should search ``manifest``'s map through a compact
+    index instead of its stored kind (which would exceed the budget), else []."""
+    from vpr_ros.config import IndexConfig
+    from vpr_ros.mapping.index import compact_min_count, faiss_kind, memory_estimate
+
+    kind, n, dim = manifest.index_type, manifest.count, manifest.model.descriptor_dim
+    if budget_mb is None or kind == "compact" or manifest.format_version == 2:
+        return []
+    cfg = IndexConfig()
+    need = memory_estimate(faiss_kind(kind), n, dim, cfg)
+    if need <= budget_mb << 20 or n < compact_min_count(n, dim, cfg):
+        return []
+    return [f"its '{kind}' index would take {need / 2**20:.0f} MiB, more than memory_budget_mb {budget_mb}: "
+            "searching a compact index built from the store at load instead (re-save the map with the map "
+            "builder's index.memory_budget_mb to store one)"]
 
 
 def sessions_of(meta: dict[str, Any], path: Path) -> dict[int, SessionRecord]:
@@ -396,7 +427,8 @@ def _keyframe_of(row: Sequence[Any], i: int, path: Path) -> "Keyframe":
     gps = None if row[11] is None else (float(row[11]), float(row[12]), float(row[13]))
     try:
         return Keyframe(stamp=float(row[1]), pose=tuple(float(v) for v in row[4:11]),  # type: ignore[arg-type]
-                        camera=str(row[2]), frame_id=str(row[3]), gps=gps, image_ref=str(row[14]),
+                        camera=sys.intern(str(row[2])), frame_id=sys.intern(str(row[3])), gps=gps,
+                        image_ref=str(row[14]),
                         id=i, session=int(row[15]))
     except (MapError, TypeError, ValueError) as exc:
         raise MapError(f"{path}: keyframe {i}: {exc}") from None
@@ -417,7 +449,7 @@ def read_vectors(con: sqlite3.Connection, lock: threading.Lock | None, ids: Iter
                  path: Path | str) -> np.ndarray:
     """The stored descriptors [len(ids), D] float32 of keyframes ``ids`` (format 3), each checked
     against its checksum; MapError naming the keyframe otherwise. Contiguous ranges are read
-    with one range query, scattered ids (re-ranking candidates) one row each."""
+    with one range query, scattered ids (re-ranking candidates, any order) with IN queries."""
     ids = [int(i) for i in ids]
     out = np.empty((len(ids), dim), np.float32)
     path = Path(path)
@@ -432,9 +464,13 @@ def read_vectors(con: sqlite3.Connection, lock: threading.Lock | None, ids: Iter
                 cur = con.execute("SELECT id, descriptor, crc FROM vectors WHERE id >= ? AND id < ? ORDER BY id",
                                   (ids[0], ids[0] + len(ids)))
                 rows: Iterable[tuple] = _rows(cur)
-            else:
-                rows = [con.execute("SELECT id, descriptor, crc FROM vectors WHERE id = ?", (i,)).fetchone()
-                        for i in ids]
+            else:  # sorted ids, at most 500 per query (SQLite's limit on bound values is 999 in old builds)
+                rows = []  # type: ignore[var-annotated]
+                for a in range(0, len(ids), 500):
+                    part = ids[a:a + 500]
+                    got_rows = {r[0]: r for r in con.execute(
+                        f"SELECT id, descriptor, crc FROM vectors WHERE id IN ({','.join('?' * len(part))})", part)}
+                    rows += [got_rows.get(i) for i in part]
             got = 0
             for k, row in enumerate(rows):
                 if row is None or row[0] != ids[k]:
@@ -475,6 +511,35 @@ def _complete_index(index: Any, tail: np.ndarray, kind: str, entry: dict[str, An
     return index
 
 
+def _complete_compact(con: sqlite3.Connection, path: Path, manifest: "Manifest", index: Any,
+                      entry: dict[str, Any] | None, notes: list[str]) -> Any:
+    """A compact index: the snapshot's, extended with the stored vectors after it in chunks (so a
+    large map's vectors are never all in memory); without a snapshot, trained and filled from the
+    store (exact search over them all while the map is too small to train one)."""
+    from vpr_ros.config import IndexConfig
+    from vpr_ros.mapping.index import build_compact, build_index, compact_min_count, set_search_params
+
+    n, dim, cfg = manifest.count, manifest.model.descriptor_dim, IndexConfig()
+
+    def source(ids: Iterable[int]) -> np.ndarray:
+        return read_vectors(con, None, ids, dim, path)
+
+    if index is None:
+        if n < compact_min_count(n, dim, cfg):
+            index = build_index(source(range(n)), "flat", cfg)
+            if n:
+                notes.append("'compact' needs more keyframes to train; searching exactly meanwhile")
+        else:
+            if entry is None:
+                notes.append("no 'compact' index snapshot yet: trained and built from the stored descriptors")
+            index = build_compact(source, n, dim, cfg)
+    else:
+        for a in range(int(index.ntotal), n, 4096):
+            index.add(source(range(a, min(n, a + 4096))))
+    set_search_params(index, cfg)
+    return index
+
+
 def _rows(cur: sqlite3.Cursor) -> Iterator[tuple]:
     while batch := cur.fetchmany(256):
         yield from batch
@@ -510,7 +575,7 @@ def _index_from_file(root: Path, entry: dict[str, Any], kind: str, manifest: "Ma
     copy in memory) and fits the map, else (None, why)."""
     import faiss
 
-    from vpr_ros.mapping.index import kind_of
+    from vpr_ros.mapping.index import faiss_kind, kind_of
 
     try:
         name, count, sha = str(entry["file"]), int(entry["count"]), str(entry["sha256"])
@@ -540,7 +605,7 @@ def _index_from_file(root: Path, entry: dict[str, Any], kind: str, manifest: "Ma
         except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError with its own text
             first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
             return None, f"cannot be read by faiss ({first})"
-    if kind_of(index) != kind or index.d != manifest.model.descriptor_dim or index.ntotal != count \
+    if kind_of(index) != faiss_kind(kind) or index.d != manifest.model.descriptor_dim or index.ntotal != count \
             or count > manifest.count:
         return None, "does not fit the map"
     return index, ""
