@@ -133,7 +133,7 @@ def test_auto_picks_the_index_that_fits_the_memory_budget(tmp_path):
     load, and says so."""
     cfg = IndexConfig()
     assert choose_type(cfg, 10_000, 512) == "flat" and choose_type(cfg, 100_000, 512) == "hnsw"
-    assert choose_type(cfg, 10_000, 10752) == "flat"        # 416 MiB exact
+    assert choose_type(cfg, 2_000, 10752) == "flat" and choose_type(cfg, 10_000, 10752) == "hnsw"  # N x D as 50k x 512
     assert choose_type(cfg, 100_000, 10752) == "compact"    # 4.1 GiB exact, 94 MiB compact
     assert choose_type(cfg, 1_000_000, 10752) == "compact"
     assert choose_type(cfg, 0, 10752, live=True) == "hnsw"

@@ -145,7 +145,8 @@ class IndexConfig:
                          "(IVF-PQ codes in memory, the shortlist re-ranked with the stored float16 vectors), or "
                          "'auto' (exact below auto_threshold keyframes, HNSW above, compact where those do not "
                          "fit memory_budget_mb).")
-    auto_threshold: int = _f(50000, "Keyframes from which 'auto' switches from exact search to HNSW.")
+    auto_threshold: int = _f(50000, "Keyframes from which 'auto' switches from exact search to HNSW (for "
+                             "descriptors of up to 512 values; scaled by 512/D for longer ones: 2380 at 10752).")
     memory_budget_mb: int = _f(1024, "Memory (MiB) the map may take in a node (index and keyframe table; the "
                                "network and ROS come on top): 'auto' picks the first of flat / HNSW / compact "
                                "whose estimate fits. The default leaves an 8 GB Jetson Orin room for the network "

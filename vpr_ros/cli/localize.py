@@ -120,7 +120,8 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
     gpu = node.gpu if node.gpu.engine_build == "never" else dataclasses.replace(node.gpu, engine_build="startup")
     with open_backend(node.backend, cfg["model"], node.device, node.engine_cache_dir or None, gpu=gpu) as backend:
         warn_if_random("vpr_ros_localize", backend)
-        vmap = VprMap.load(a.map_dir, expect=ModelIdentity.of_backend(backend), memory_budget_mb=a.memory_budget_mb)
+        vmap = VprMap.load(a.map_dir, expect=ModelIdentity.of_backend(backend), verify_features=False,
+                           memory_budget_mb=a.memory_budget_mb)
         localizer = Localizer(backend, vmap, node, cfg["verification"])
         if localizer.map_note:
             print(f"vpr_ros_localize: NOTE: {localizer.map_note}", file=sys.stderr)

@@ -27,11 +27,13 @@ def memory_estimate(kind: str, count: int, dim: int, cfg: IndexConfig) -> int:
     """Bytes a node holds for a map of ``count`` keyframes of dimension ``dim`` with index ``kind``
     (the index and the keyframe table; the network, ROS and the SQLite page cache not included)."""
     per, fixed = KEYFRAME_BYTES, 0
+    # float32 vectors count twice in the exact kinds: faiss keeps them in a vector that doubles its
+    # capacity as a writer adds to it (measured: a map builder's peak is 2x the index after one add)
     if kind in ("flat", "ivf"):
-        per += 4 * dim + (8 if kind == "ivf" else 0)
+        per += 8 * dim + (8 if kind == "ivf" else 0)
         fixed += 4 * dim * (compact_layout(count, dim, cfg)[0] if kind == "ivf" else 0)
     elif kind == "hnsw":
-        per += 4 * dim + 8 * cfg.hnsw_m + 16  # level-0 links (2 M int32) and upper levels
+        per += 8 * dim + 8 * cfg.hnsw_m + 16  # level-0 links (2 M int32) and upper levels
     elif kind in ("ivfpq", "compact"):
         nlist, m = compact_layout(count, dim, cfg) if kind == "compact" else (cfg.ivf_nlist or 1024, cfg.pq_m)
         per += m + 8                             # code and id in its inverted list
@@ -45,13 +47,13 @@ INDEX_KINDS = ("flat", "hnsw", "ivf", "ivfpq", "compact")
 
 
 def choose_type(cfg: IndexConfig, count: int, dim: int | None = None, live: bool = False) -> str:
-    """'auto' -> exact below ``cfg.auto_threshold`` keyframes, HNSW above (from the start for a
+    """'auto' -> exact below :func:`exact_limit` keyframes, HNSW above (from the start for a
     ``live`` map, which searches itself as it grows: HNSW's cost grows with log N, exact search's
     with N), and 'compact' where the one picked would not fit ``cfg.memory_budget_mb`` (with ``dim``
     known); else as configured."""
     if cfg.index_type != "auto":
         return cfg.index_type
-    kind = "hnsw" if live or count >= cfg.auto_threshold else "flat"
+    kind = "hnsw" if live or count >= exact_limit(cfg, dim) else "flat"
     budget = cfg.memory_budget_mb << 20
     if dim is not None and memory_estimate(kind, count, dim, cfg) > budget:
         if kind == "flat" and memory_estimate("hnsw", count, dim, cfg) <= budget:
@@ -59,6 +61,15 @@ def choose_type(cfg: IndexConfig, count: int, dim: int | None = None, live: bool
         if count >= compact_min_count(count, dim, cfg):
             return "compact"
     return kind
+
+
+def exact_limit(cfg: IndexConfig, dim: int | None) -> int:
+    """Keyframes below which 'auto' searches exactly: ``cfg.auto_threshold`` for descriptors of up
+    to 512 values, fewer for longer ones (exact search costs N x D: 50k x 512 is about 5 ms on 2
+    cores, and so is 2380 x 10752)."""
+    if dim is None or dim <= 512:
+        return cfg.auto_threshold
+    return max(1, cfg.auto_threshold * 512 // dim)
 
 
 def compact_layout(count: int, dim: int, cfg: IndexConfig) -> tuple[int, int]:
@@ -115,6 +126,26 @@ def empty_index(kind: str, dim: int, cfg: IndexConfig) -> object:
         index.hnsw.efSearch = cfg.hnsw_ef_search
         return index
     raise ConfigError(f"index_type '{kind}' needs training: build it with build_index()")
+
+
+def filled_flat(chunks: Iterable[np.ndarray], count: int, dim: int) -> object:
+    """An exact index of ``count`` vectors given as float32 chunks [k, D], written into storage
+    allocated once (adding chunk by chunk would let faiss's vector double, and hold two copies)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(dim)
+    if not count:
+        return index
+    index.codes.resize(count * dim * 4)
+    view = faiss.rev_swig_ptr(index.codes.data(), count * dim * 4).view(np.float32).reshape(count, dim)
+    at = 0
+    for x in chunks:
+        view[at:at + len(x)] = x
+        at += len(x)
+    if at != count:
+        raise MapError(f"filled_flat: {at} vectors for an index of {count}")
+    index.ntotal = count
+    return index
 
 
 def build_index(vectors: np.ndarray, kind: str, cfg: IndexConfig) -> object:

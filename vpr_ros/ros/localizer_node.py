@@ -199,7 +199,8 @@ class LocalizerCore(VprNodeMixin):
             return False
         with self._load_lock:
             try:
-                vmap = VprMap.load(map_dir, expect=ModelIdentity.of_backend(self.backend),
+                # local features are checked when a match reads them (not all at start-up: 11 GB at 1M keyframes)
+                vmap = VprMap.load(map_dir, expect=ModelIdentity.of_backend(self.backend), verify_features=False,
                                    memory_budget_mb=self.cfg.memory_budget_mb)
                 frame = vmap.manifest.map_frame
                 if self.cfg.map_frame and self.cfg.map_frame != frame:

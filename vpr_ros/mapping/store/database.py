@@ -333,8 +333,8 @@ def _read(con: sqlite3.Connection, root: Path, path: Path, verify_features: bool
             notes.append(f"index snapshot {entry.get('file')!r} {why}: rebuilt the '{kind}' index from the "
                          "stored descriptors")
     first = int(index.ntotal) if index is not None else 0  # type: ignore[attr-defined]
-    compact = kind == "compact" and manifest.format_version != 2
-    keyframes, tail = _read_keyframes(con, path, manifest, manifest.count if compact else first)
+    v2 = manifest.format_version == 2  # float32 vectors in the keyframe rows: read with them
+    keyframes, tail = _read_keyframes(con, path, manifest, first if v2 else manifest.count)
     if check_structure and manifest.format_version != 2:
         for a in range(0, first, 4096):  # checked, not kept (the snapshot holds them)
             read_vectors(con, None, range(a, min(first, a + 4096)), manifest.model.descriptor_dim, path)
@@ -350,10 +350,17 @@ def _read(con: sqlite3.Connection, root: Path, path: Path, verify_features: bool
     else:
         features = int(con.execute("SELECT COUNT(*) FROM local_features").fetchone()[0])
     pending = int(con.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
-    if compact:
+    if kind == "compact" and not v2:
         index = _complete_compact(con, path, manifest, index, entry, notes)
     else:
-        index = _complete_index(index, tail, kind, entry, len(keyframes), notes)
+        dim = manifest.model.descriptor_dim
+
+        def source(ids: Iterable[int]) -> np.ndarray:
+            if v2:
+                return tail[np.asarray(list(ids), np.int64) - first]
+            return read_vectors(con, None, ids, dim, path)
+
+        index = _complete_index(index, source, first, kind, entry, len(keyframes), dim, notes)
     return Snapshot(path, manifest, keyframes, index, pending, features, [*over, *notes], sessions_of(meta, path))
 
 
@@ -490,24 +497,35 @@ def read_vectors(con: sqlite3.Connection, lock: threading.Lock | None, ids: Iter
     return out
 
 
-def _complete_index(index: Any, tail: np.ndarray, kind: str, entry: dict[str, Any] | None, n: int,
-                    notes: list[str]) -> Any:
-    """The snapshot's index extended with the keyframes after it, or one built from them all."""
+def _complete_index(index: Any, source: Callable[[Iterable[int]], np.ndarray], first: int, kind: str,
+                    entry: dict[str, Any] | None, n: int, dim: int, notes: list[str]) -> Any:
+    """The snapshot's index (holding ids < ``first``) extended with the keyframes after it, or
+    one built from them all; vectors come from ``source`` (ids -> float32 rows) in chunks, and an
+    exact index is filled in place, so the index is the only copy of them in memory."""
     from vpr_ros.config import IndexConfig
-    from vpr_ros.mapping.index import build_index, set_search_params
+    from vpr_ros.mapping.index import build_index, empty_index, filled_flat, set_search_params
 
+    cfg = IndexConfig()
+    chunks = lambda a: (source(range(i, min(n, i + 4096))) for i in range(a, n, 4096))  # noqa: E731
     if index is not None:
-        if len(tail):
-            index.add(tail)
+        for x in chunks(first):
+            index.add(x)
     else:
         if kind != "flat" and entry is None and n:
             notes.append(f"no '{kind}' index snapshot yet: built from the stored descriptors")
-        try:
-            index = build_index(tail, kind, IndexConfig())
-        except MapError:  # too few keyframes to train IVF: search exactly until there are enough
-            index = build_index(tail, "flat", IndexConfig())
-            notes.append(f"'{kind}' needs more keyframes to train; searching exactly meanwhile")
-    set_search_params(index, IndexConfig())
+        if kind == "flat":
+            index = filled_flat(chunks(0), n, dim)
+        elif kind == "hnsw":
+            index = empty_index(kind, dim, cfg)
+            for x in chunks(0):
+                index.add(x)
+        else:
+            try:  # IVF kinds train on every vector
+                index = build_index(source(range(n)), kind, cfg)
+            except MapError:  # too few keyframes to train IVF: search exactly until there are enough
+                index = filled_flat(chunks(0), n, dim)
+                notes.append(f"'{kind}' needs more keyframes to train; searching exactly meanwhile")
+    set_search_params(index, cfg)
     return index
 
 
