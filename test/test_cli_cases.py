@@ -121,10 +121,13 @@ def test_map_info_says_what_a_keyframe_costs_on_disk_and_in_memory(small_map, ca
 
     assert main([str(small_map)]) == 0
     out = capsys.readouterr().out
+    from vpr_ros.mapping.index import KEYFRAME_BYTES
+
     vmap = VprMap.load(small_map)
-    n, feature_bytes = vmap.feature_stats()
-    want = (vmap.manifest.model.descriptor_dim * 4 + feature_bytes) / 1024  # float32 descriptor + local features
+    assert vmap.manifest.index_type == "flat"
+    # a flat index: float32 vectors counted twice (faiss's storage doubles as it grows) + the keyframe table
+    want = (vmap.manifest.model.descriptor_dim * 8 + KEYFRAME_BYTES) / 1024
     vmap.close()
     line = next(x for x in out.splitlines() if x.strip().startswith("memory"))
-    assert f"{want:.1f} KiB per keyframe held by a node" in line, line
+    assert f"{want:.2f} KiB per keyframe held by a node" in line and "'flat' index" in line, line
     assert "KiB per keyframe on disk" in out

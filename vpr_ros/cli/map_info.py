@@ -74,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
               + (" (for re-ranking and geometric verification)" if n_feat else ""))
         total = sum(f.stat().st_size for f in vmap.files)
         print(f"  size          {total / max(1, len(vmap)) / 1024:.1f} KiB per keyframe on disk (all files)")
-        held = (m.model.descriptor_dim * 4 + mean_bytes) * len(vmap)
-        print(f"  memory        {held / max(1, len(vmap)) / 1024:.1f} KiB per keyframe held by a node that loads it "
-              f"({held / 2**20:.0f} MiB: float32 descriptors and local features; the index and the network come on top)")
+        cost = vmap.cost()
+        print(f"  memory        {cost['memory_per_keyframe'] / 1024:.2f} KiB per keyframe held by a node that loads it "
+              f"({cost['memory_bytes'] / 2**20:.0f} MiB: the '{cost['index']}' index and the keyframe table, estimated; "
+              "local features and vectors to re-rank are read when used; the network comes on top)")
     print("  files         " + ", ".join(f"{f.name} {f.stat().st_size / 1e6:.2f} MB" for f in vmap.files))
     try:
         if a.plot and len(vmap):

@@ -585,7 +585,8 @@ class VprMap:
 
     def close(self) -> None:
         """Release the database handles and, for a writer, the directory's lock (additions not
-        yet committed by :meth:`save` are dropped). The map stays usable for search."""
+        yet committed by :meth:`save` are dropped). The map stays usable for search, except a
+        compact one (its re-ranking reads the store)."""
         with self._db_lock:
             if self._db is not None:
                 self._db.close()

@@ -24,8 +24,11 @@ is rebuilt from the stored descriptors whenever it is missing, stale or corrupt.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -44,7 +47,7 @@ from vpr_ros.files import fsync_dir as files_fsync_dir
 from vpr_ros.mapping.store.pending import PendingFrame
 from vpr_ros.mapping.sessions import SessionRecord
 from vpr_ros.mapping.store.map_types import FORMAT_VERSION, Keyframe, Manifest
-from vpr_ros.mapping.store.records import row_crc
+from vpr_ros.mapping.store.records import keyframe_crc, row_crc
 
 if TYPE_CHECKING:
     from vpr_ros.verification.features import LocalFeatures
@@ -406,6 +409,28 @@ def _read_keyframes(con: sqlite3.Connection, path: Path, manifest: "Manifest",
     v2 = manifest.format_version == 2
     extra = ", descriptor, descriptor_crc" if v2 else ""
     cur = con.execute(f"SELECT {','.join(KEYFRAME_COLUMNS)}{extra}, crc FROM keyframes ORDER BY id")
+    with _no_gc():  # a million new objects, none in a cycle: the collector's passes would cost seconds
+        _fill_keyframes(cur, keyframes, tail, keep_from, n, dim, v2, path)
+    if len(keyframes) != n:
+        raise MapError(f"{path}: the metadata counts {n} keyframes but the table holds {len(keyframes)}")
+    if not v2 and len(tail):
+        tail[:] = read_vectors(con, None, range(keep_from, n), dim, path)
+    return keyframes, tail
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _fill_keyframes(cur: sqlite3.Cursor, keyframes: list["Keyframe"], tail: np.ndarray, keep_from: int, n: int,
+                    dim: int, v2: bool, path: Path) -> None:
     for row in _rows(cur):
         i = len(keyframes)
         if row[0] != i:
@@ -420,24 +445,22 @@ def _read_keyframes(con: sqlite3.Connection, path: Path, manifest: "Manifest",
                     raise MapError(f"{path}: keyframe {i}: descriptor fails its checksum (the file is corrupt; "
                                    "restore it from a copy, or remove the map and rebuild it)")
                 tail[i - keep_from] = _vector(blob, np.float32, dim, path, i)
-        else:
+        elif keyframe_crc(row[:-1]) != row[-1]:  # the fast path's bytes differ only for odd value types
             _check_crc(row, path, f"keyframe {i}")
         keyframes.append(_keyframe_of(row, i, path))
-    if len(keyframes) != n:
-        raise MapError(f"{path}: the metadata counts {n} keyframes but the table holds {len(keyframes)}")
-    if not v2 and len(tail):
-        tail[:] = read_vectors(con, None, range(keep_from, n), dim, path)
-    return keyframes, tail
 
 
 def _keyframe_of(row: Sequence[Any], i: int, path: Path) -> "Keyframe":
-    gps = None if row[11] is None else (float(row[11]), float(row[12]), float(row[13]))
+    """The Keyframe of a stored row (its CRC checked): numbers checked for being finite in one sum
+    (NaN and infinity propagate through it) before the full check names the bad one."""
     try:
-        return Keyframe(stamp=float(row[1]), pose=tuple(float(v) for v in row[4:11]),  # type: ignore[arg-type]
-                        camera=sys.intern(str(row[2])), frame_id=sys.intern(str(row[3])), gps=gps,
-                        image_ref=str(row[14]),
-                        id=i, session=int(row[15]))
-    except (MapError, TypeError, ValueError) as exc:
+        stamp, pose = float(row[1]), tuple(map(float, row[4:11]))
+        gps = None if row[11] is None else (float(row[11]), float(row[12]), float(row[13]))
+        if not math.isfinite(stamp + sum(pose) + (sum(gps) if gps else 0.0)):
+            return Keyframe(stamp=stamp, pose=pose, gps=gps)  # type: ignore[arg-type]  # raises, naming the value
+        return Keyframe.stored(stamp, pose, sys.intern(str(row[2])), sys.intern(str(row[3])), gps,  # type: ignore[arg-type]
+                               str(row[14]), i, int(row[15]))
+    except (MapError, TypeError, ValueError, OverflowError) as exc:
         raise MapError(f"{path}: keyframe {i}: {exc}") from None
 
 

@@ -106,6 +106,16 @@ class Keyframe:
         if self.gps is not None and (len(self.gps) != 3 or not all(finite(v) for v in self.gps)):
             raise MapError(f"keyframe at stamp {self.stamp}: GPS must be 3 finite numbers, got {self.gps}")
 
+    @classmethod
+    def stored(cls, stamp: float, pose: tuple[float, ...], camera: str, frame_id: str,
+               gps: tuple[float, float, float] | None, image_ref: str, id: int, session: int) -> "Keyframe":
+        """A keyframe of values the store has checked already (floats, finite; 7 pose and 0 or 3
+        GPS values), without the checks of the constructor (a million at a map's load)."""
+        kf = object.__new__(cls)
+        kf.__dict__.update(stamp=stamp, pose=pose, camera=camera, frame_id=frame_id, gps=gps, image_ref=image_ref,
+                           id=id, session=session)
+        return kf
+
 
 @dataclass
 class Manifest:
