@@ -35,9 +35,11 @@ def memory_estimate(kind: str, count: int, dim: int, cfg: IndexConfig) -> int:
     elif kind == "hnsw":
         per += 8 * dim + 8 * cfg.hnsw_m + 16  # level-0 links (2 M int32) and upper levels
     elif kind in ("ivfpq", "compact"):
-        nlist, m = compact_layout(count, dim, cfg) if kind == "compact" else (cfg.ivf_nlist or 1024, cfg.pq_m)
+        nlist, m, coded = compact_layout(count, dim, cfg) if kind == "compact" else \
+            (cfg.ivf_nlist or 1024, cfg.pq_m, dim)
         per += m + 8                             # code and id in its inverted list
-        fixed += 4 * dim * (nlist + 256)         # coarse centroids and PQ codebooks
+        fixed += 4 * coded * (nlist + 256)       # coarse centroids and PQ codebooks
+        fixed += 4 * coded * dim if coded < dim else 0  # the projection matrix
     else:
         raise ConfigError(f"index_type '{kind}' is not one of {', '.join(INDEX_KINDS)}")
     return fixed + per * int(count)
@@ -72,11 +74,20 @@ def exact_limit(cfg: IndexConfig, dim: int | None) -> int:
     return max(1, cfg.auto_threshold * 512 // dim)
 
 
-def compact_layout(count: int, dim: int, cfg: IndexConfig) -> tuple[int, int]:
-    """(IVF cells, PQ sub-quantizers = bytes per code) of a compact index over ``count`` vectors."""
+#: a compact index codes descriptors longer than this after a random orthogonal projection to it:
+#: 8-bit PQ codes over 84-value sub-vectors (10752 / 128) keep too little of a place's signal (measured
+#: on benchmarks/map_scale.py's clustered descriptors: the right place in the top 64 for 0.94 of the
+#: queries at 40k keyframes, 0.815 at 100k), over 8-value ones (1024 / 128) they keep it (1.000)
+COMPACT_CODED_DIM = 1024
+
+
+def compact_layout(count: int, dim: int, cfg: IndexConfig) -> tuple[int, int, int]:
+    """(IVF cells, PQ sub-quantizers = bytes per code, dimension coded) of a compact index over
+    ``count`` vectors of ``dim`` values."""
     nlist = cfg.ivf_nlist or int(min(1024, max(64, math.sqrt(max(count, 1)))))
-    m = max(v for v in range(1, min(cfg.compact_bytes, dim) + 1) if dim % v == 0)
-    return nlist, m
+    coded = min(dim, COMPACT_CODED_DIM)
+    m = max(v for v in range(1, min(cfg.compact_bytes, coded) + 1) if coded % v == 0)
+    return nlist, m, coded
 
 
 def compact_min_count(count: int, dim: int, cfg: IndexConfig) -> int:
@@ -91,17 +102,21 @@ def build_compact(source: "Callable[[Sequence[int]], np.ndarray]", count: int, d
     sample), then filled in chunks, so at most one chunk and the sample are in memory."""
     import faiss
 
-    nlist, m = compact_layout(count, dim, cfg)
+    nlist, m, coded = compact_layout(count, dim, cfg)
     if count < compact_min_count(count, dim, cfg):
         raise MapError(f"index_type 'compact' needs at least {compact_min_count(count, dim, cfg)} keyframes to "
                        f"train, the map has {count}")
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-    index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = 1  # small maps: fewer is fine
+    ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(coded), coded, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+    ivf.cp.min_points_per_centroid = ivf.pq.cp.min_points_per_centroid = 1  # small maps: fewer is fine
+    ivf.nprobe = cfg.ivf_nprobe
+    index = ivf
+    if coded < dim:  # inner products are kept in expectation (scaled by coded / dim): the ranking is
+        projection = faiss.RandomRotationMatrix(dim, coded)
+        projection.init(20261206)  # fixed seed: the same map gives the same index
+        index = faiss.IndexPreTransform(projection, ivf)
     ids = np.arange(count) if count <= COMPACT_TRAIN_MAX else \
         np.sort(np.random.default_rng(0).choice(count, COMPACT_TRAIN_MAX, replace=False))
     index.train(np.ascontiguousarray(source(ids.tolist()), np.float32))
-    index.nprobe = cfg.ivf_nprobe
     for a in range(0, count, 4096):
         index.add(np.ascontiguousarray(source(range(a, min(count, a + 4096))), np.float32))
         if progress is not None:
@@ -180,9 +195,11 @@ def build_index(vectors: np.ndarray, kind: str, cfg: IndexConfig) -> object:
 
 
 def kind_of(index: object) -> str:
-    """The index_type name of a faiss index."""
+    """The index_type name of a faiss index (of the index behind a projection: a compact one's)."""
     import faiss
 
+    if isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
     for cls, name in ((faiss.IndexIVFPQ, "ivfpq"), (faiss.IndexIVFFlat, "ivf"), (faiss.IndexHNSWFlat, "hnsw"),
                       (faiss.IndexFlatIP, "flat")):
         if isinstance(index, cls):
@@ -217,7 +234,9 @@ def set_search_params(index: object, cfg: IndexConfig) -> None:
     """Apply the search-time knobs (nprobe, efSearch) after loading."""
     import faiss
 
-    if isinstance(index, faiss.IndexIVF):
+    if isinstance(index, faiss.IndexPreTransform):
+        faiss.extract_index_ivf(index).nprobe = cfg.ivf_nprobe
+    elif isinstance(index, faiss.IndexIVF):
         index.nprobe = cfg.ivf_nprobe
     elif isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = cfg.hnsw_ef_search
@@ -229,6 +248,9 @@ def search_params(index: object, before: int) -> object:
     import faiss
 
     sel = faiss.IDSelectorRange(0, int(before))
+    if isinstance(index, faiss.IndexPreTransform):  # a compact index: the IVF behind the projection
+        ivf = faiss.extract_index_ivf(index)
+        return faiss.SearchParametersPreTransform(index_params=faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe))
     if isinstance(index, faiss.IndexHNSW):
         return faiss.SearchParametersHNSW(sel=sel, efSearch=index.hnsw.efSearch)
     if isinstance(index, faiss.IndexIVF):

@@ -295,9 +295,9 @@ class VprMap:
     @property
     def reranks(self) -> bool:
         """Whether the index holds codes only (compact), so that exact vectors come from the store."""
-        import faiss
+        from vpr_ros.mapping.index import kind_of
 
-        return self.manifest.index_type == "compact" and isinstance(self.index, faiss.IndexIVFPQ)
+        return self.manifest.index_type == "compact" and kind_of(self.index) == "ivfpq"
 
     def descriptors(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Descriptors of ids start..stop-1 [n, D] float32 (exact for flat / HNSW / IVF and compact,
