@@ -377,11 +377,12 @@ class VprMap:
         _, cand = self.index.search(q, short, params=params)  # type: ignore[call-overload]
         wanted = np.unique(cand[cand >= 0])
         vectors = self._vectors_of(wanted)
+        exact_all = vectors @ q.T  # [candidates, queries]: one product
         scores = np.full((len(q), k), -np.inf, np.float32)
         ids = np.full((len(q), k), -1, np.int64)
         for r in range(len(q)):
             c = cand[r][cand[r] >= 0]
-            exact = vectors[np.searchsorted(wanted, c)] @ q[r]
+            exact = exact_all[np.searchsorted(wanted, c), r]
             top = np.argsort(-exact, kind="stable")[:k]
             scores[r, :len(top)], ids[r, :len(top)] = exact[top], c[top]
         return scores, ids

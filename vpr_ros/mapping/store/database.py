@@ -47,7 +47,7 @@ from vpr_ros.files import fsync_dir as files_fsync_dir
 from vpr_ros.mapping.store.pending import PendingFrame
 from vpr_ros.mapping.sessions import SessionRecord
 from vpr_ros.mapping.store.map_types import FORMAT_VERSION, Keyframe, Manifest
-from vpr_ros.mapping.store.records import keyframe_crc, row_crc
+from vpr_ros.mapping.store.records import keyframe_crc, row_crc, vector_crc
 
 if TYPE_CHECKING:
     from vpr_ros.verification.features import LocalFeatures
@@ -502,12 +502,18 @@ def read_vectors(con: sqlite3.Connection, lock: threading.Lock | None, ids: Iter
                         f"SELECT id, descriptor, crc FROM vectors WHERE id IN ({','.join('?' * len(part))})", part)}
                     rows += [got_rows.get(i) for i in part]
             got = 0
+            size = dim * np.dtype(VECTOR_DTYPE).itemsize
+            half = out[:, : dim // 2 + 1].view(VECTOR_DTYPE)  # each row's first half holds its float16 bytes
             for k, row in enumerate(rows):
                 if row is None or row[0] != ids[k]:
                     raise MapError(f"{path}: keyframe {ids[k]}: no stored descriptor (the file is corrupt; "
                                    "restore it from a copy, or remove the map and rebuild it)")
-                _check_crc(row, path, f"keyframe {ids[k]}: descriptor")
-                out[k] = _vector(row[1], VECTOR_DTYPE, dim, path, ids[k])
+                blob = row[1]
+                if type(blob) is not bytes or type(row[0]) is not int or vector_crc(row[0], blob) != row[2]:
+                    _check_crc(row, path, f"keyframe {ids[k]}: descriptor")  # names the fault (or passes odd types)
+                if len(blob) != size:
+                    raise MapError(f"{path}: keyframe {ids[k]}: descriptor is not {dim} float16 values")
+                half[k, :dim] = np.frombuffer(blob, VECTOR_DTYPE)
                 got += 1
         finally:
             if lock is not None:
@@ -517,6 +523,12 @@ def read_vectors(con: sqlite3.Connection, lock: threading.Lock | None, ids: Iter
     if got != len(ids):
         raise MapError(f"{path}: keyframe {ids[got]}: no stored descriptor (the file is corrupt; restore it from "
                        "a copy, or remove the map and rebuild it)")
+    for a in range(0, len(ids), 1024):  # float16 -> float32 in place, in blocks (one temporary block)
+        b = min(len(ids), a + 1024)
+        out[a:b] = half[a:b, :dim].astype(np.float32)
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        raise MapError(f"{path}: keyframe {ids[int(np.argmax(bad))]}: descriptor has NaN or infinite values")
     return out
 
 

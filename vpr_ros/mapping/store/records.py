@@ -66,3 +66,8 @@ def keyframe_crc(v: tuple) -> int:
     except (AttributeError, struct.error, TypeError, UnicodeEncodeError):
         return -1
     return zlib.crc32(data)
+
+
+def vector_crc(i: int, blob: bytes) -> int:
+    """:func:`row_crc` of a vector row (id, blob) without copying the blob (CRC32 runs on)."""
+    return zlib.crc32(blob, zlib.crc32(_INT + _pack_q(i) + _BLOB + _pack_Q(len(blob))))
