@@ -114,6 +114,8 @@ def build_new(root: Path, n: int, d: int) -> float:
         np.save(root.parent / f"{root.name}-places-{i}.npy", which)
         if kind != vmap.manifest.index_type and (j >= min(n, COMPACT_TRAIN_MAX) or kind != "compact"):
             vmap.reindex(kind, cfg)
+        if (i // CHUNK) % 20 == 19:  # the node's autosave: an index snapshot (and a compact index retrained as it grows)
+            vmap.save()
         print(f"  built {j}/{n} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     vmap.save()
     vmap.close()

@@ -221,3 +221,30 @@ def test_resident_memory_per_keyframe_stays_within_the_budget_rule(tmp_path):
     print(f"resident growth {per_kf_f:.0f} B per keyframe; budget rule {rule} B")
     assert n == "16000" and reranks == "True"
     assert per_kf_f <= 2 * rule < 4 * 1024  # measured 253 B (the rule is generous: 736 B)
+
+
+def test_a_compact_index_is_retrained_as_the_map_outgrows_its_cells(tmp_path):
+    """Trained at 1500 keyframes (64 cells), a durable map grown past 4x that is retrained at its
+    next save (128+ cells), and searches as before."""
+    import faiss
+
+    x, places = clustered(9000, d=64, seed=9)
+    model = ModelIdentity("scale-model", "ef" * 32, 56, 64)
+    w = VprMap.open_writer(tmp_path / "map", model)
+    w.add(x[:1500], kfs(0, 1500))
+    w.reindex("compact", IndexConfig())
+    w.save()
+    assert faiss.extract_index_ivf(w.index).nlist == 64
+    w.add(x[1500:], kfs(1500, 9000))
+    w.save()
+    assert faiss.extract_index_ivf(w.index).nlist == 64 and w.reranks  # sqrt(9000) = 94 < 2 x 64: kept
+    w.close()
+    w = VprMap.open_writer(tmp_path / "map", model)
+    more, _ = clustered(8000, d=64, seed=10)
+    w.add(more, kfs(9000, 17000))
+    w.save()
+    assert faiss.extract_index_ivf(w.index).nlist == 130  # sqrt(17000) >= 2 x 64: retrained
+    q = views_of(places, 100)
+    exact = np.argmax(q @ w.descriptors().T, axis=1)
+    assert (w.search(q, 1)[1][:, 0] == exact).mean() >= 0.99
+    w.close()

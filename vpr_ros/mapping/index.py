@@ -95,6 +95,17 @@ def compact_min_count(count: int, dim: int, cfg: IndexConfig) -> int:
     return max(1024, compact_layout(count, dim, cfg)[0])
 
 
+def compact_outgrown(index: object, count: int, cfg: IndexConfig) -> bool:
+    """Whether a compact index trained for fewer keyframes should be retrained for ``count``: its
+    IVF cells are half or less of what ``count`` gets (each cell then holds 4x what it was made
+    for, and a search scans 4x more codes). Retraining at 4x growth costs a geometric series: the
+    total work stays a few builds of the final map."""
+    import faiss
+
+    nlist = faiss.extract_index_ivf(index).nlist
+    return compact_layout(count, index.d, cfg)[0] >= 2 * nlist  # type: ignore[attr-defined]
+
+
 def build_compact(source: "Callable[[Sequence[int]], np.ndarray]", count: int, dim: int, cfg: IndexConfig,
                   progress: "Callable[[int], None] | None" = None) -> object:
     """A compact index (IVF-PQ, inner product) over ``count`` vectors read through ``source`` (ids

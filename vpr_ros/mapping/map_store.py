@@ -518,11 +518,14 @@ class VprMap:
         self._stored, self._done_pending, self._sessions_stored = n, [], dict(self.session_records)
         self._unsaved = []
         kind = self.manifest.index_type
-        if kind == "compact" and not self.reranks:
-            from vpr_ros.mapping.index import compact_min_count
+        if kind == "compact":
+            from vpr_ros.mapping.index import compact_min_count, compact_outgrown
 
-            if n >= compact_min_count(n, self.model.descriptor_dim, self.search_cfg):
+            if not self.reranks and n >= compact_min_count(n, self.model.descriptor_dim, self.search_cfg):
                 self.reindex("compact", self.search_cfg)  # enough keyframes to train it now
+            elif self.reranks and compact_outgrown(self.index, n, self.search_cfg):
+                log.info("retraining the compact index for %d keyframes (its cells were made for far fewer)", n)
+                self.reindex("compact", self.search_cfg)
         entry = w.index_entry
         snapshot = kind != "flat" and (kind != "compact" or self.reranks)
         if snapshot and n and (entry is None or entry.get("count") != n or entry.get("kind") != kind):

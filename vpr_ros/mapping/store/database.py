@@ -266,7 +266,7 @@ class Snapshot:
     keyframes: list["Keyframe"]
     index: Any
     pending: int
-    features: int                        # keyframes with local features (all verified when asked)
+    features: int                        # keyframes with local features (all verified when asked; else -1)
     notes: list[str] = field(default_factory=list)
     sessions: dict[int, SessionRecord] = field(default_factory=dict)  # alignment per session (meta 'sessions')
 
@@ -350,8 +350,8 @@ def _read(con: sqlite3.Connection, root: Path, path: Path, verify_features: bool
                 raise MapError(f"{path}: local features of a keyframe the map does not hold (id {row[0]!r})")
             features_from_row(row, f"{path}: keyframe {row[0]}")
             features += 1
-    else:
-        features = int(con.execute("SELECT COUNT(*) FROM local_features").fetchone()[0])
+    else:  # not counted: COUNT(*) walks every row's page (a million feature rows: a minute at start-up)
+        features = -1
     pending = int(con.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
     if kind == "compact" and not v2:
         index = _complete_compact(con, path, manifest, index, entry, notes)
