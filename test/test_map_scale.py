@@ -211,7 +211,7 @@ w.close()
 def test_resident_memory_per_keyframe_stays_within_the_budget_rule(tmp_path):
     """Mapping for hours: a durable writer with a compact index appends 12000 keyframes (1024-d) in
     its own process; resident memory grows per keyframe by about what the budget rule counts for it
-    (code, id and keyframe table: 736 B), not by the vector (4 KiB float32, as the exact index held)."""
+    (code, id and keyframe table: 856 B), not by the vector (4 KiB float32, as the exact index held)."""
     proc = subprocess.run([sys.executable, "-c", GROWTH, str(tmp_path / "map"), str(REPO / "test")],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -220,7 +220,7 @@ def test_resident_memory_per_keyframe_stays_within_the_budget_rule(tmp_path):
     rule = KEYFRAME_BYTES + compact_layout(16000, 1024, IndexConfig())[1] + 8  # table entry, code, id
     print(f"resident growth {per_kf_f:.0f} B per keyframe; budget rule {rule} B")
     assert n == "16000" and reranks == "True"
-    assert per_kf_f <= 2 * rule < 4 * 1024  # measured 253 B (the rule is generous: 736 B)
+    assert per_kf_f <= 2 * rule < 4 * 1024  # measured 253 B (the rule is generous: 856 B)
 
 
 def test_a_compact_index_is_retrained_as_the_map_outgrows_its_cells(tmp_path):
