@@ -377,7 +377,9 @@ class VprMap:
         _, cand = self.index.search(q, short, params=params)  # type: ignore[call-overload]
         wanted = np.unique(cand[cand >= 0])
         vectors = self._vectors_of(wanted)
-        exact_all = vectors @ q.T  # [candidates, queries]: one product
+        # [candidates, queries]; einsum, not BLAS: BLAS threads waking while faiss's OpenMP threads
+        # spin doubled the time of a whole search (measured: 9.2 ms -> 5.x ms at 30k x 10752)
+        exact_all = np.einsum("cd,qd->cq", vectors, q)
         scores = np.full((len(q), k), -np.inf, np.float32)
         ids = np.full((len(q), k), -1, np.int64)
         for r in range(len(q)):
