@@ -65,23 +65,34 @@ def _features(rng: np.random.Generator, count: int) -> list:
                           rng.integers(0, 256, (FEATURES, 128), dtype=np.uint8), (640, 480)) for _ in range(count)]
 
 
-def build(root: Path, n: int, d: int) -> float:
-    """v0.4's offline build of ``n`` keyframes (in memory, saved at the end); returns its seconds."""
-    from vpr_ros.config import IndexConfig
+def _add_chunks(vmap, root: Path, n: int, d: int):  # type: ignore[no-untyped-def]
+    """Add the ``n`` keyframes to ``vmap`` CHUNK at a time (the place of each saved beside ``root``
+    for the recall check); yields (first, end) after each chunk. Both designs' builds use it, so
+    they store the same keyframes."""
     from vpr_ros.geometry import planar_pose
-    from vpr_ros.mapping.index import choose_type
-    from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
+    from vpr_ros.mapping.map_store import Keyframe
 
     rng = np.random.default_rng(7)
     places = _places(n, d)
-    t0 = time.perf_counter()
-    vmap = VprMap.create(ModelIdentity("bench", "ab" * 32, 224, d))
     for i in range(0, n, CHUNK):
         j = min(n, i + CHUNK)
         which = rng.integers(0, len(places), j - i)
         vmap.add(_descriptors(rng, places, which), [Keyframe(float(k), planar_pose(k, 0.0)) for k in range(i, j)],
                  _features(rng, j - i))
         np.save(root.parent / f"{root.name}-places-{i}.npy", which)
+        yield i, j
+
+
+def build(root: Path, n: int, d: int) -> float:
+    """v0.4's offline build of ``n`` keyframes (in memory, saved at the end); returns its seconds."""
+    from vpr_ros.config import IndexConfig
+    from vpr_ros.mapping.index import choose_type
+    from vpr_ros.mapping.map_store import ModelIdentity, VprMap
+
+    t0 = time.perf_counter()
+    vmap = VprMap.create(ModelIdentity("bench", "ab" * 32, 224, d))
+    for _ in _add_chunks(vmap, root, n, d):
+        pass
     kind = choose_type(IndexConfig(), n)  # as the map builder saves it
     if kind != vmap.manifest.index_type:
         vmap.reindex(kind, IndexConfig())
@@ -95,23 +106,15 @@ def build_new(root: Path, n: int, d: int) -> float:
     train, the index becomes the kind 'auto' picks for ``n`` under the default budget (as the map
     builder's saves convert it); an index snapshot at the end. Returns its seconds."""
     from vpr_ros.config import IndexConfig
-    from vpr_ros.geometry import planar_pose
     from vpr_ros.mapping.index import COMPACT_TRAIN_MAX, choose_type
-    from vpr_ros.mapping.map_store import Keyframe, ModelIdentity, VprMap
+    from vpr_ros.mapping.map_store import ModelIdentity, VprMap
 
-    rng = np.random.default_rng(7)
-    places = _places(n, d)
     cfg = IndexConfig()
     kind = choose_type(cfg, n, d)
     t0 = time.perf_counter()
     vmap = VprMap.open_writer(root, ModelIdentity("bench", "ab" * 32, 224, d), durable=True)
     vmap.search_cfg = cfg
-    for i in range(0, n, CHUNK):
-        j = min(n, i + CHUNK)
-        which = rng.integers(0, len(places), j - i)
-        vmap.add(_descriptors(rng, places, which), [Keyframe(float(k), planar_pose(k, 0.0)) for k in range(i, j)],
-                 _features(rng, j - i))
-        np.save(root.parent / f"{root.name}-places-{i}.npy", which)
+    for i, j in _add_chunks(vmap, root, n, d):
         if kind != vmap.manifest.index_type and (j >= min(n, COMPACT_TRAIN_MAX) or kind != "compact"):
             vmap.reindex(kind, cfg)
         if (i // CHUNK) % 20 == 19:  # the node's autosave: an index snapshot (and a compact index retrained as it grows)

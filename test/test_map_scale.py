@@ -42,6 +42,14 @@ def kfs(a: int, b: int) -> list[Keyframe]:
     return [Keyframe(float(i), planar_pose(0.5 * i, 0.0), camera="cam0") for i in range(a, b)]
 
 
+def saved_exact_map(root: Path, x: np.ndarray) -> None:
+    """A map of descriptors ``x`` [N, D] with an exact index, saved to ``root``."""
+    m = VprMap.create(ModelIdentity("scale-model", "ef" * 32, 56, x.shape[1]))
+    m.add(x, kfs(0, len(x)))
+    m.save(root)
+    m.close()
+
+
 @pytest.fixture(scope="module")
 def compact_map(tmp_path_factory):
     x, places = clustered(4000)
@@ -140,12 +148,7 @@ def test_auto_picks_the_index_that_fits_the_memory_budget(tmp_path):
     assert memory_estimate("compact", 1_000_000, 10752, cfg) < (cfg.memory_budget_mb << 20)
     assert choose_type(IndexConfig(index_type="flat"), 10**6, 10752) == "flat"  # forced kinds stay
 
-    x, places = clustered(3000, d=256)
-    model = ModelIdentity("scale-model", "ef" * 32, 56, 256)
-    m = VprMap.create(model)
-    m.add(x, kfs(0, 3000))
-    m.save(tmp_path / "map")
-    m.close()
+    saved_exact_map(tmp_path / "map", clustered(3000, d=256)[0])
     small = VprMap.load(tmp_path / "map", memory_budget_mb=16)  # exact would take 3.0 MiB + keyframes: fits
     assert not small.reranks
     small.close()
@@ -158,11 +161,7 @@ def test_auto_picks_the_index_that_fits_the_memory_budget(tmp_path):
 
 def test_a_reader_over_its_budget_builds_a_compact_index_at_load(tmp_path):
     x, places = clustered(3000, d=2048)
-    model = ModelIdentity("scale-model", "ef" * 32, 56, 2048)
-    m = VprMap.create(model)
-    m.add(x, kfs(0, 3000))
-    m.save(tmp_path / "map")
-    m.close()
+    saved_exact_map(tmp_path / "map", x)
     assert memory_estimate("flat", 3000, 2048, IndexConfig()) > 16 << 20
     vmap = VprMap.load(tmp_path / "map", memory_budget_mb=16)
     assert vmap.reranks and any("more than memory_budget_mb 16" in n for n in vmap.notes)
