@@ -265,13 +265,16 @@ def test_a_flipped_exponent_bit_in_a_descriptor_is_refused_naming_the_keyframe(t
     assert main([str(d)]) == 2
 
 
-def _flip_positions(path: Path, page_size: int = 4096) -> list[int]:
+def _flip_positions(path: Path) -> list[int]:
     """Byte positions of every class in a file: in an SQLite file the file header, and in every page
-    its header, cell-pointer array, free space and cell content (start, middle, end); elsewhere
-    every 97th byte."""
+    (of the size its header names) its header, cell-pointer array, free space and cell content
+    (start, middle, end); elsewhere every 97th byte."""
     size = path.stat().st_size
     if not path.name.endswith(".sqlite"):
         return list(range(0, size, 97))
+    with open(path, "rb") as f:
+        page_size = int.from_bytes(f.read(18)[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size  # the file format writes 65536 as 1
     out = list(range(0, 100, 3))
     for start in range(0, size, page_size):
         head = start + (100 if start == 0 else 0)

@@ -135,6 +135,53 @@ def test_a_damaged_stored_vector_is_named_when_a_search_reads_it(tmp_path, compa
     assert main([str(d)]) == 2
 
 
+def test_a_large_store_opens_for_writing_without_reading_all_of_it(tmp_path, compact_map, monkeypatch):
+    """Above FULL_CHECK_BYTES a writer checks what opening reads, says so, and still names a
+    damaged descriptor when a search reads it; map_info's full check still refuses the map."""
+    import vpr_ros.mapping.map_store as map_store
+
+    root, x, _ = compact_map
+    d = tmp_path / "map"
+    shutil.copytree(root, d)
+    store = next(d.glob("map-*.sqlite"))
+    data = bytearray(store.read_bytes())
+    data[bytes(data).find(as_stored(x[321:322]).astype(np.float16).tobytes()) + 3] ^= 0x08
+    store.write_bytes(bytes(data))
+    monkeypatch.setattr(map_store, "FULL_CHECK_BYTES", store.stat().st_size - 1)
+    w = VprMap.open_writer(d, MODEL)
+    assert any("vpr_ros_map_info" in n for n in w.notes)
+    with pytest.raises(MapError, match="keyframe 321: descriptor fails its checksum"):
+        w.search(x[321:322], 1)
+    w.add(x[:2], kfs(4000, 4002))  # the writer goes on: new keyframes are committed
+    w.close()
+    assert len(VprMap.load(d)) == 4002
+    from vpr_ros.cli.map_info import main
+
+    assert main([str(d)]) == 2
+
+
+def test_scattered_vectors_read_on_several_connections_equal_one_connection(compact_map):
+    """Re-ranking's reads split over READ_CONNECTIONS connections come back in the order asked,
+    equal to the same rows read on one connection; the store uses 64 KiB pages."""
+    import sqlite3
+
+    from vpr_ros.mapping.store.database import PAGE_SIZE, read_vectors
+    from vpr_ros.mapping.store.vector_reads import ParallelVectorReader
+
+    root, x, _ = compact_map
+    store = next(root.glob("map-*.sqlite"))
+    con = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    assert con.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 65536
+    ids = np.random.default_rng(3).permutation(len(x))[:61].tolist()  # any order, not a multiple of 4
+    reader = ParallelVectorReader(store, DIM)
+    got = reader.read(ids)
+    assert np.array_equal(got, read_vectors(con, None, ids, DIM, store))
+    assert np.array_equal(got, as_stored(x[ids]))
+    assert np.array_equal(reader.read(ids[:3]), as_stored(x[ids[:3]]))  # fewer ids than connections
+    reader.close()
+    con.close()
+
+
 def test_auto_picks_the_index_that_fits_the_memory_budget(tmp_path):
     """'auto' as before while the map fits (exact below auto_threshold, HNSW above), compact where
     not; a reader with a smaller budget searches a large exact map through a compact index built at
