@@ -159,7 +159,8 @@ class IndexConfig:
     pq_m: int = _f(32, "IVF-PQ: sub-quantizers (must divide the descriptor dimension).")
     compact_bytes: int = _f(128, "compact: bytes of code per keyframe (sub-quantizers of 8 bits; the largest "
                             "divisor of the descriptor dimension not above it is used).")
-    rerank_k: int = _f(64, "compact: candidates re-ranked with their exact (stored float16) vectors per query.")
+    rerank_k: int = _f(32, "compact: candidates re-ranked with their exact (stored float16) vectors per query "
+                           "(each one a random read of the store: 32 keep a search at 1M x 10752 under 10 ms).")
 
     def __post_init__(self) -> None:
         _choice("index_type", self.index_type, INDEX_TYPES)

@@ -46,3 +46,16 @@ class DatasetError(VprError):
 
 class AccuracyGateError(EngineBuildError):
     """A built engine or quantized graph disagrees with the FP32 reference beyond tolerance."""
+
+
+class FleetError(VprError):
+    """A fleet message cannot be used: malformed, damaged, or from a robot running another model
+    (names the robot and the reason)."""
+
+
+class ForeignModel(FleetError):
+    """A fleet packet from a robot whose model computes other descriptors (``robot`` names it)."""
+
+    def __init__(self, robot: str, message: str) -> None:
+        super().__init__(message)
+        self.robot = robot
