@@ -11,10 +11,11 @@ import pytest
 
 from conftest import CORRIDOR, corridor_subset
 from vpr_ros.errors import FleetError
-from vpr_ros.fleet.codec import FLEET_DIM, MAX_PER_PACKET, FleetCodec
+from vpr_ros.fleet.codec import FLEET_DIM, MAX_PER_PACKET, FleetCodec, Robot
 from vpr_ros.mapping.map_store import ModelIdentity
 
 DEFAULT = ModelIdentity("d2vpr-vits14-224", "ab" * 32, 224, 10752)
+A, B = Robot("robot_a", 1), Robot("robot_b", 2)
 
 
 def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -25,24 +26,24 @@ def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
 def test_a_default_model_keyframe_costs_under_a_kilobyte_and_round_trips():
     codec = FleetCodec(DEFAULT)
     x = unit(10, 10752)
-    packet = codec.encode("robot_a", 7, np.arange(100, 110), np.arange(10) * 0.5 + 1e9, x)
-    assert len(packet) / 10 <= 1000  # 993 bytes: 990 a keyframe, 32 a packet
-    assert len(codec.encode("robot_a", 8, [5], [0.0], x[:1])) == 990 + 32
+    packet = codec.encode(A, 7, np.arange(100, 110), np.arange(10) * 0.5 + 1e9, x)
+    assert len(packet) / 10 <= 1000  # 993 bytes: 990 a keyframe, 34 a packet
+    assert len(codec.encode(A, 8, [5], [0.0], x[:1])) == 990 + 34
     assert 86_000 / (len(packet) / 10) > 80  # Swarm-SLAM's float64 GlobalDescriptor of 10752 values
     got = codec.decode(packet)
-    assert (got.robot, got.seq) == ("robot_a", 7)
+    assert (got.robot, got.seq) == (A, 7)
     assert np.array_equal(got.keyframe_ids, np.arange(100, 110))
     assert np.array_equal(got.stamps, np.arange(10) * 0.5 + 1e9)
     assert got.vectors.shape == (10, FLEET_DIM)
     cos = np.einsum("ij,ij->i", got.vectors, codec.project(x))
     assert cos.min() > 0.99  # 4 bits over +-2.7 sigma: measured 0.9928 (minimum of 64), 0.9941 mean
     # the projection is the same on every robot (fixed seed): another codec object codes alike
-    assert FleetCodec(DEFAULT).encode("robot_a", 7, np.arange(100, 110), np.arange(10) * 0.5 + 1e9, x) == packet
+    assert FleetCodec(DEFAULT).encode(A, 7, np.arange(100, 110), np.arange(10) * 0.5 + 1e9, x) == packet
 
 
 def test_damaged_truncated_and_foreign_packets_are_refused_by_name():
     codec = FleetCodec(DEFAULT)
-    packet = codec.encode("robot_b", 1, np.arange(3), np.zeros(3), unit(3, 10752))
+    packet = codec.encode(B, 1, np.arange(3), np.zeros(3), unit(3, 10752))
     flipped = bytearray(packet)
     flipped[200] ^= 0x10
     with pytest.raises(FleetError, match="fails its checksum"):
@@ -52,17 +53,19 @@ def test_damaged_truncated_and_foreign_packets_are_refused_by_name():
     with pytest.raises(FleetError, match="too short"):
         codec.decode(b"VPRF")
     other = FleetCodec(ModelIdentity("another-model", "cd" * 32, 224, 10752))
-    with pytest.raises(FleetError, match="robot 'robot_b' runs another model"):
+    with pytest.raises(FleetError, match="robot 'robot_b' \\(id 2\\) runs another model"):
         other.decode(packet)
     with pytest.raises(FleetError, match="NaN"):
-        codec.encode("robot_b", 2, [0], [0.0], np.full((1, 10752), np.nan, np.float32))
+        codec.encode(B, 2, [0], [0.0], np.full((1, 10752), np.nan, np.float32))
     with pytest.raises(FleetError, match="robot name"):
-        codec.encode("", 2, [0], [0.0], unit(1, 10752))
+        Robot("", 2)
+    with pytest.raises(FleetError, match="robot id"):
+        Robot("robot_z", 70000)
     with pytest.raises(FleetError, match=f"1..{MAX_PER_PACKET} keyframes"):
-        codec.encode("robot_b", 2, np.arange(MAX_PER_PACKET + 1), np.zeros(MAX_PER_PACKET + 1),
+        codec.encode(B, 2, np.arange(MAX_PER_PACKET + 1), np.zeros(MAX_PER_PACKET + 1),
                      unit(MAX_PER_PACKET + 1, 10752))
     with pytest.raises(FleetError, match="dimension 10752"):
-        codec.encode("robot_b", 2, [0], [0.0], unit(1, 512))
+        codec.encode(B, 2, [0], [0.0], unit(1, 512))
 
 
 @pytest.mark.skipif(not CORRIDOR.is_dir(), reason="../shared/data/corridor not present")
@@ -88,7 +91,7 @@ def test_codes_keep_recall_on_real_images(tmp_path):
         codec = FleetCodec(ModelIdentity(b.model_id, b.weights_sha256, b.input_size, b.descriptor_dim))
 
     def coded(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([codec.decode(codec.encode("r", 0, np.arange(i, min(len(x), i + 10)),
+        return np.concatenate([codec.decode(codec.encode(A, 0, np.arange(i, min(len(x), i + 10)),
                                                          np.zeros(min(len(x), i + 10) - i), x[i:i + 10])).vectors
                                for i in range(0, len(x), 10)])
 

@@ -162,16 +162,17 @@ def test_a_large_store_opens_for_writing_without_reading_all_of_it(tmp_path, com
 
 def test_scattered_vectors_read_on_several_connections_equal_one_connection(compact_map):
     """Re-ranking's reads split over READ_CONNECTIONS connections come back in the order asked,
-    equal to the same rows read on one connection; the store uses 64 KiB pages."""
+    equal to the same rows read on one connection; the store's pages hold three descriptors."""
     import sqlite3
 
-    from vpr_ros.mapping.store.database import PAGE_SIZE, read_vectors
+    from vpr_ros.mapping.store.database import page_size_for, read_vectors
     from vpr_ros.mapping.store.vector_reads import ParallelVectorReader
 
     root, x, _ = compact_map
     store = next(root.glob("map-*.sqlite"))
     con = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
-    assert con.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 65536
+    assert con.execute("PRAGMA page_size").fetchone()[0] == page_size_for(DIM) == 4096
+    assert (page_size_for(512), page_size_for(4096), page_size_for(10752)) == (4096, 32768, 65536)
     ids = np.random.default_rng(3).permutation(len(x))[:61].tolist()  # any order, not a multiple of 4
     reader = ParallelVectorReader(store, DIM)
     got = reader.read(ids)

@@ -56,6 +56,6 @@ class FleetError(VprError):
 class ForeignModel(FleetError):
     """A fleet packet from a robot whose model computes other descriptors (``robot`` names it)."""
 
-    def __init__(self, robot: str, message: str) -> None:
+    def __init__(self, robot: object, message: str) -> None:
         super().__init__(message)
         self.robot = robot

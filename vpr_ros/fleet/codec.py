@@ -17,13 +17,13 @@ Wire format of a descriptor packet (little-endian), carried as the bytes of a st
 
     magic  b"VPRF"   version u8 = 1   kind u8 = 1 (descriptors)
     model  8 bytes   first 8 bytes of sha256 over the model identity and the reduction
-    robot  u8 length + UTF-8 name (1..64 bytes)
+    robot  u16 id, then u8 length + UTF-8 name (1..64 bytes)
     seq    u32       the sender's packet number (duplicates and reordering are detected with it)
     count  u16       keyframes in the packet (1..MAX_PER_PACKET)
     count x (keyframe id u32, stamp f64, scale f16, codes: P 4-bit values, two per byte, low first)
     crc    u32       CRC32 of every byte before it
 
-990 bytes per keyframe plus 25 + len(robot) per packet (993 bytes per keyframe in packets of 10
+990 bytes per keyframe plus 27 + len(name) per packet (993 bytes per keyframe in packets of 10
 from a robot with a 7-letter name).
 """
 from __future__ import annotations
@@ -48,14 +48,37 @@ CLIP_SIGMAS = 2.7             # the quantiser spans +-2.7 standard deviations of
 MAX_PER_PACKET = 64
 MAX_ROBOT_NAME = 64
 _RECORD = struct.Struct("<Id")  # keyframe id, stamp
-_HEAD = struct.Struct("<4sBB8s")
+_HEAD = struct.Struct("<4sBB8sH")
+
+
+@dataclass(frozen=True)
+class Robot:
+    """A robot of the fleet: ``id`` (0..65535, unique in the fleet: what a multi-robot back end
+    keys its poses by, as Swarm-SLAM's robot ids) and ``name`` (its namespace, for people)."""
+
+    name: str
+    id: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.name.encode()) <= MAX_ROBOT_NAME:
+            raise FleetError(f"robot name {self.name!r} must be 1..{MAX_ROBOT_NAME} bytes of UTF-8")
+        if not (isinstance(self.id, int) and 0 <= self.id <= 0xFFFF):
+            raise FleetError(f"robot id {self.id!r} of {self.name!r} must be an integer 0..65535")
+
+    def wire(self) -> bytes:
+        """u16 id, u8 name length, name."""
+        name = self.name.encode()
+        return struct.pack("<HB", self.id, len(name)) + name
+
+    def __str__(self) -> str:
+        return f"{self.name!r} (id {self.id})"
 
 
 @dataclass(frozen=True)
 class DescriptorPacket:
     """A decoded descriptor packet: ``vectors`` [count, P] float32, unit length."""
 
-    robot: str
+    robot: Robot
     seq: int
     keyframe_ids: np.ndarray  # [count] int64
     stamps: np.ndarray        # [count] float64, seconds
@@ -105,12 +128,9 @@ class FleetCodec:
         norm = np.linalg.norm(y, axis=1, keepdims=True)
         return (y / np.maximum(norm, 1e-12)).astype(np.float32)
 
-    def encode(self, robot: str, seq: int, keyframe_ids: np.ndarray, stamps: np.ndarray,
+    def encode(self, robot: Robot, seq: int, keyframe_ids: np.ndarray, stamps: np.ndarray,
                descriptors: np.ndarray) -> bytes:
-        """One packet for up to MAX_PER_PACKET keyframes (ids, stamps [N], descriptors [N, D])."""
-        name = robot.encode()
-        if not 1 <= len(name) <= MAX_ROBOT_NAME:
-            raise FleetError(f"robot name {robot!r} must be 1..{MAX_ROBOT_NAME} bytes of UTF-8")
+        """One packet from ``robot`` for up to MAX_PER_PACKET keyframes (ids, stamps [N], descriptors [N, D])."""
         ids = np.asarray(keyframe_ids, np.int64)
         stamps = np.asarray(stamps, np.float64)
         n = len(ids)
@@ -123,8 +143,8 @@ class FleetCodec:
         if not np.isfinite(y).all():
             raise FleetError("descriptors with NaN or infinite values are not shared")
         scale16, codes = quantise(y)
-        parts = [_HEAD.pack(MAGIC, VERSION, KIND_DESCRIPTORS, self.fingerprint), bytes([len(name)]), name,
-                 struct.pack("<IH", int(seq) & 0xFFFFFFFF, n)]
+        parts = [_HEAD.pack(MAGIC, VERSION, KIND_DESCRIPTORS, self.fingerprint, robot.id),
+                 robot.wire()[2:], struct.pack("<IH", int(seq) & 0xFFFFFFFF, n)]
         for i in range(n):
             parts += [_RECORD.pack(int(ids[i]), float(stamps[i])), scale16[i:i + 1].astype("<f2").tobytes(),
                       codes[i].tobytes()]
@@ -138,32 +158,32 @@ class FleetCodec:
             raise FleetError(f"fleet packet of {len(data)} bytes is too short")
         if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
             raise FleetError("fleet packet fails its checksum (damaged in transit)")
-        magic, version, kind, fingerprint = _HEAD.unpack_from(data)
+        magic, version, kind, fingerprint, robot_id = _HEAD.unpack_from(data)
         if magic != MAGIC or version != VERSION or kind != KIND_DESCRIPTORS:
             raise FleetError(f"not a version-{VERSION} descriptor packet (magic {magic!r}, version {version}, "
                              f"kind {kind})")
         at = _HEAD.size
         size = data[at]
         try:
-            robot = data[at + 1:at + 1 + size].decode()
+            robot = Robot(data[at + 1:at + 1 + size].decode(), robot_id)
         except UnicodeDecodeError:
             raise FleetError("fleet packet: robot name is not UTF-8") from None
         at += 1 + size
         if fingerprint != self.fingerprint:
-            raise ForeignModel(robot, f"robot {robot!r} runs another model (fingerprint {fingerprint.hex()}, this robot "
+            raise ForeignModel(robot, f"robot {robot} runs another model (fingerprint {fingerprint.hex()}, this robot "
                              f"{self.fingerprint.hex()}): its descriptors cannot be compared with this map's")
         seq, n = struct.unpack_from("<IH", data, at)
         at += 6
         record = self.bytes_per_keyframe(self.dim)
         if not 1 <= n <= MAX_PER_PACKET or len(data) != at + n * record + 4:
-            raise FleetError(f"fleet packet from {robot!r}: {n} keyframes do not fit its {len(data)} bytes")
+            raise FleetError(f"fleet packet from robot {robot}: {n} keyframes do not fit its {len(data)} bytes")
         rows = np.frombuffer(data, np.uint8, n * record, at).reshape(n, record)
         ids = rows[:, :4].copy().view("<u4").ravel().astype(np.int64)
         stamps = rows[:, 4:12].copy().view("<f8").ravel()
         scale = rows[:, 12:14].copy().view("<f2").ravel().astype(np.float32)
         vectors = dequantise(scale, rows[:, 14:])
         if not (np.isfinite(stamps).all() and np.isfinite(vectors).all()):
-            raise FleetError(f"fleet packet from {robot!r}: stamps or codes not finite")
+            raise FleetError(f"fleet packet from robot {robot}: stamps or codes not finite")
         return DescriptorPacket(robot, int(seq), ids, stamps, vectors)
 
     def round_trip(self, descriptors: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from vpr_ros.errors import FleetError, ForeignModel
-from vpr_ros.fleet.codec import MAX_PER_PACKET, FleetCodec
+from vpr_ros.fleet.codec import MAX_PER_PACKET, FleetCodec, Robot
 
 
 class ByteBudget:
@@ -58,7 +58,7 @@ class ByteBudget:
 class DescriptorSharer:
     """Packs the robot's keyframes (as they are added) into descriptor packets within ``budget``."""
 
-    def __init__(self, codec: FleetCodec, robot: str, budget: ByteBudget, per_packet: int = 10) -> None:
+    def __init__(self, codec: FleetCodec, robot: Robot, budget: ByteBudget, per_packet: int = 10) -> None:
         if not 1 <= per_packet <= MAX_PER_PACKET:
             raise FleetError(f"keyframes per packet must be 1..{MAX_PER_PACKET} (got {per_packet})")
         self.codec, self.robot, self.budget, self.per_packet = codec, robot, budget, per_packet
@@ -101,7 +101,7 @@ class DescriptorSharer:
 class Candidate:
     """A proposed inter-robot loop closure: their keyframe looks like ours (code cosine ``score``)."""
 
-    robot: str            # the other robot
+    robot: Robot          # the other robot
     keyframe: int         # its keyframe id
     stamp: float          # its keyframe's stamp (s)
     own_keyframe: int     # this robot's keyframe id
@@ -116,14 +116,14 @@ class _Codes:
     dim: int
     ids: list[int] = field(default_factory=list)
     stamps: list[float] = field(default_factory=list)
-    robots: list[str] = field(default_factory=list)
+    robots: list[Robot] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         import faiss
 
         self.index = faiss.IndexFlatIP(self.dim)
 
-    def add(self, robot: str, ids: Sequence[int], stamps: Sequence[float], vectors: np.ndarray) -> None:
+    def add(self, robot: Robot, ids: Sequence[int], stamps: Sequence[float], vectors: np.ndarray) -> None:
         self.index.add(np.ascontiguousarray(vectors, np.float32))
         self.ids += [int(i) for i in ids]
         self.stamps += [float(s) for s in stamps]
@@ -140,13 +140,14 @@ class CandidateMatcher:
     """Matches received codes with this robot's own (``threshold``: the least code cosine of a
     candidate; ``top_k``: candidates per keyframe at most)."""
 
-    def __init__(self, codec: FleetCodec, robot: str, threshold: float, top_k: int = 3) -> None:
+    def __init__(self, codec: FleetCodec, robot: Robot, threshold: float, top_k: int = 3) -> None:
         self.codec, self.robot, self.threshold, self.top_k = codec, robot, float(threshold), int(top_k)
         self._own = _Codes(codec.dim)
         self._theirs = _Codes(codec.dim)
-        self._seen_packets: set[tuple[str, int]] = set()
-        self._seen_keyframes: set[tuple[str, int]] = set()
-        self.refused: dict[str, str] = {}   # robot -> why its packets are not used (said once)
+        self._seen_packets: set[tuple[int, int]] = set()     # (robot id, packet number)
+        self._seen_keyframes: set[tuple[int, int]] = set()   # (robot id, keyframe id)
+        self.names: dict[int, str] = {robot.id: robot.name}  # robot id -> the name that claimed it first
+        self.refused: dict[int, str] = {}   # robot id -> why its packets are not used (said once)
         self.duplicates = 0
 
     def add_own(self, keyframe_ids: Sequence[int], stamps: Sequence[float],
@@ -167,26 +168,37 @@ class CandidateMatcher:
         try:
             packet = self.codec.decode(data)
         except ForeignModel as exc:
-            if exc.robot in self.refused:
+            rid = exc.robot.id  # type: ignore[attr-defined]
+            if rid in self.refused:
                 return []  # said once; its later packets are ignored quietly
-            self.refused[exc.robot] = str(exc)
+            self.refused[rid] = str(exc)
             raise
-        if packet.robot == self.robot:
+        robot = packet.robot
+        if robot == self.robot:
             return []  # our own packet, heard back on the shared topic
-        if (packet.robot, packet.seq) in self._seen_packets:
+        self.check_name(robot)
+        if (robot.id, packet.seq) in self._seen_packets:
             self.duplicates += 1
             return []
-        self._seen_packets.add((packet.robot, packet.seq))
-        new = [k for k, i in enumerate(packet.keyframe_ids) if (packet.robot, int(i)) not in self._seen_keyframes]
+        self._seen_packets.add((robot.id, packet.seq))
+        new = [k for k, i in enumerate(packet.keyframe_ids) if (robot.id, int(i)) not in self._seen_keyframes]
         if not new:
             return []
         ids, stamps, vectors = packet.keyframe_ids[new], packet.stamps[new], packet.vectors[new]
-        self._seen_keyframes.update((packet.robot, int(i)) for i in ids)
+        self._seen_keyframes.update((robot.id, int(i)) for i in ids)
         self._theirs.add(packet.robot, ids, stamps, vectors)
         scores, rows = self._own.search(vectors, self.top_k)
         return [Candidate(packet.robot, int(ids[q]), float(stamps[q]), self._own.ids[r], self._own.stamps[r],
                           float(s))
                 for q in range(len(ids)) for s, r in zip(scores[q], rows[q]) if r >= 0 and s >= self.threshold]
+
+    def check_name(self, robot: Robot) -> None:
+        """FleetError if ``robot``'s id was claimed by a robot of another name (two robots given the
+        same id would mix their keyframes in every back end)."""
+        known = self.names.setdefault(robot.id, robot.name)
+        if known != robot.name:
+            raise FleetError(f"robot id {robot.id} is claimed by {known!r} and by {robot.name!r}: give every "
+                             "robot of the fleet its own fleet.robot_id; packets of the second are ignored")
 
     @property
     def received(self) -> int:

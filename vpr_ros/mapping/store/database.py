@@ -74,7 +74,16 @@ _SCHEMA = (
     "CREATE TABLE pending (seq INTEGER PRIMARY KEY AUTOINCREMENT, header TEXT NOT NULL, image BLOB NOT NULL, "
     "depth BLOB, crc INTEGER NOT NULL)",
 )
-PAGE_SIZE = 65536  # bytes per page of a new store
+def page_size_for(dim: int) -> int:
+    """Page size (bytes) of a new store for ``dim``-value descriptors: the smallest power of two
+    from 4 KiB to 64 KiB (SQLite's largest) that holds three stored descriptors, so that reading one
+    is one random read of one page. A 10752-d float16 descriptor (21 KiB) on 4 KiB pages spans six
+    overflow pages read one after another (64 scattered descriptors, file not cached: 22 ms on 4 KiB
+    pages, 8.6 ms on 64 KiB); a 512-d one (1 KiB) on 64 KiB pages would read 64 KiB to use 1."""
+    need = 3 * (dim * np.dtype(VECTOR_DTYPE).itemsize + 64)  # three rows with their cell headers
+    return int(min(65536, max(4096, 1 << (need - 1).bit_length())))
+
+
 STORE_VERSIONS = (2, FORMAT_VERSION)  # SQLite stores: v0.4's and this one
 _META_KEYS = ("format_version", "store_id", "model", "map_frame", "source", "metric", "created", "local_features",
               "index_type", "index", "count", "generation")
@@ -96,17 +105,14 @@ def check_store_files(path: Path) -> None:
         check_not_linked(Path(f"{path}{suffix}"), what, MapError)
 
 
-def connect_rw(path: Path, new: bool = False) -> sqlite3.Connection:
+def connect_rw(path: Path, new: bool = False, page_size: int = 4096) -> sqlite3.Connection:
     """The writer's connection: WAL journal, every commit fsynced, explicit transactions. A ``new``
-    database gets incremental auto-vacuum (set before anything else is written)."""
+    database gets ``page_size`` and incremental auto-vacuum (set before anything else is written)."""
     check_store_files(path)
     try:
         con = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         if new:  # set before anything is written: they are fixed when the file is created
-            # 64 KiB pages (SQLite's largest): three 10752-d float16 descriptors per page, so each is
-            # one random read, where 4 KiB pages chain six overflow pages read one after another
-            # (64 scattered descriptors, file not cached: 22 ms on 4 KiB pages, 8.6 ms on 64 KiB)
-            con.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            con.execute(f"PRAGMA page_size={int(page_size)}")
             # the space of encoded pending images can go back to the file system
             con.execute("PRAGMA auto_vacuum=INCREMENTAL")
         con.execute("PRAGMA journal_mode=WAL")
@@ -708,7 +714,7 @@ class StoreWriter:
         keyframes; fsynced and closed."""
         if path.exists():
             raise MapError(f"{path}: exists already")
-        con = connect_rw(path, new=True)
+        con = connect_rw(path, new=True, page_size=page_size_for(manifest.model.descriptor_dim))
         try:
             con.execute("BEGIN IMMEDIATE")
             for stmt in _SCHEMA:

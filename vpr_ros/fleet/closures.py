@@ -1,0 +1,85 @@
+"""Inter-robot loop closures: a candidate verified geometrically with the other robot's features.
+
+The closure relates two keyframe cameras: ``pose`` is the other robot's keyframe camera in this
+robot's keyframe camera frame (optical frames, metres), so it holds whatever frames the robots'
+odometry uses. It is metric only when one side has 3-D points (depth at map time) and the other
+its camera model (PnP); a candidate verified without that is refused, because a multi-robot back
+end needs a metric edge.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from vpr_ros.fleet.codec import Robot
+from vpr_ros.geometry import inverse, quat_to_matrix
+from vpr_ros.verification.features import LocalFeatures
+from vpr_ros.verification.verifier import Verification, Verifier
+
+Pose7 = tuple[float, float, float, float, float, float, float]
+
+
+@dataclass(frozen=True)
+class InterRobotClosure:
+    """``robot``'s keyframe ``keyframe`` seen again by ``other``'s ``other_keyframe``."""
+
+    robot: Robot
+    keyframe: int
+    stamp: float
+    other: Robot
+    other_keyframe: int
+    other_stamp: float
+    pose: Pose7               # the other keyframe's camera in this keyframe's camera frame
+    covariance: np.ndarray    # [6, 6] over (x, y, z, rx, ry, rz) of ``pose``
+    inliers: int
+    score: float              # the fleet code cosine that proposed it
+
+
+def verify_pair(verifier: Verifier, own: LocalFeatures, theirs: LocalFeatures) -> tuple[Verification, bool]:
+    """Verify their keyframe against ours: ours as the map side when it has 3-D points, else theirs
+    (the pose then inverted). Returns (verification with the pose of *their* camera in *our*
+    camera frame, whether the roles were swapped)."""
+    if own.points3d is not None and theirs.intrinsics is not None:
+        return verifier.verify(theirs, own), False
+    if theirs.points3d is not None and own.intrinsics is not None:
+        v = verifier.verify(own, theirs)  # our camera in theirs
+        if v.verified and v.pose is not None and v.covariance is not None:
+            return replace(v, pose=inverse(v.pose), covariance=inverse_covariance(v.pose, v.covariance)), True
+        return v, True
+    return Verification(False, "", 0, 0, "no metric pose possible: neither keyframe has 3-D points with the "
+                        "other's camera model"), False
+
+
+def closure_of(verifier: Verifier, robot: Robot, keyframe: int, stamp: float, own: LocalFeatures, other: Robot,
+               other_keyframe: int, other_stamp: float, theirs: LocalFeatures,
+               score: float) -> tuple[InterRobotClosure | None, str]:
+    """(the closure, '') when the pair verifies with a metric pose, else (None, the reason)."""
+    v, _ = verify_pair(verifier, own, theirs)
+    if not v.verified:
+        return None, v.reason
+    if not v.metric or v.pose is None or v.covariance is None:
+        return None, f"{v.method}: verified without a metric pose"
+    return InterRobotClosure(robot, keyframe, stamp, other, other_keyframe, other_stamp, v.pose,
+                             np.asarray(v.covariance, np.float64), v.inliers, score), ""
+
+
+def inverse_covariance(pose: Pose7, cov: np.ndarray) -> np.ndarray:
+    """Covariance [6, 6] of the inverse of ``pose`` given that of ``pose``, both over (x, y, z,
+    rx, ry, rz) (rotation vector), by a numerical Jacobian of the inversion."""
+    import cv2
+
+    def inv(p: np.ndarray) -> np.ndarray:
+        R, _ = cv2.Rodrigues(p[3:])
+        r, _ = cv2.Rodrigues(R.T)
+        return np.r_[-R.T @ p[:3], r.ravel()]
+
+    r0, _ = cv2.Rodrigues(quat_to_matrix(pose[3:]))
+    p0 = np.r_[np.asarray(pose[:3], np.float64), r0.ravel()]
+    f0 = inv(p0)
+    J = np.zeros((6, 6))
+    for i in range(6):
+        d = np.zeros(6)
+        d[i] = 1e-6
+        J[:, i] = (inv(p0 + d) - f0) / 1e-6
+    return J @ np.asarray(cov, np.float64) @ J.T
