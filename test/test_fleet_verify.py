@@ -73,9 +73,9 @@ def test_other_places_and_non_metric_pairs_are_refused(drives):
 
 
 def test_requests_and_damaged_or_hostile_feature_packets():
-    req = encode_request(CODEC, A, B, 5, [(104, 4), (106, 6)])
+    req = encode_request(CODEC, A, B, 5, [(104, 4, 0.75), (106, 6, 0.5)])
     got = decode_request(CODEC, req)
-    assert (got.sender, got.to, got.seq, got.pairs) == (A, B, 5, [(104, 4), (106, 6)])
+    assert (got.sender, got.to, got.seq, got.pairs) == (A, B, 5, [(104, 4, 0.75), (106, 6, 0.5)])
     from vpr_ros.verification.features import LocalFeatures
 
     rng = np.random.default_rng(0)

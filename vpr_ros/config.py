@@ -691,6 +691,42 @@ class InitialPoseConfig:
             raise ConfigError("topic: must not be empty")
 
 
+@dataclass(frozen=True)
+class FleetConfig:
+    """Fleet mode (``vpr_ros_fleet`` beside a robot's map builder): the robot shares compact codes of
+    its keyframes and closes loops with the other robots' (docs/fleet.md)."""
+
+    robot_id: int = _f(0, "This robot's id in the fleet (0..65535, unique: a multi-robot back end keys its "
+                       "poses by it).", lo=0, hi=65535)
+    robot_name: str = _f("", "This robot's name in the fleet's messages and logs ('' = the node's namespace).")
+    map_dir: str = _f("", "The map this robot's map builder writes (followed as a reader).")
+    bandwidth_bytes_per_s: float = _f(4000.0, "Bytes per second this robot may send to the fleet on average "
+                                      "(descriptors, feature requests and replies together; never exceeded).",
+                                      lo=100.0, hi=1e9)
+    burst_bytes: int = _f(65536, "Largest burst (bytes) above the average; at least the largest message (a "
+                          "features reply: reply_features x 148 bytes for SIFT with 3-D points).", lo=2048, hi=10**9)
+    per_packet: int = _f(10, "Keyframes per descriptor message (993 bytes each with 10).", lo=1, hi=64)
+    reply_features: int = _f(200, "Most local features sent for one requested keyframe (those with 3-D points "
+                             "first; SIFT with 3-D points: 148 bytes each).", lo=10, hi=20000)
+    threshold: float = _f(0.6, "Least cosine of two fleet codes for a candidate whose features are requested.",
+                          lo=-1.0, hi=1.0)
+    top_k: int = _f(3, "Candidates per keyframe at most.", lo=1, hi=64)
+    poll_period: float = _f(1.0, "Seconds between two looks at the map for new keyframes.", lo=0.01, hi=3600.0)
+    features_timeout: float = _f(30.0, "Seconds after which an unanswered feature request is asked again (a "
+                                 "lost message costs a retry, never a closure).", lo=0.1, hi=1e6)
+
+    def __post_init__(self) -> None:
+        _range("robot_id", self.robot_id, 0, 65535)
+        _range("bandwidth_bytes_per_s", self.bandwidth_bytes_per_s, 100.0, 1e9)
+        _range("burst_bytes", self.burst_bytes, 2048, 10**9)
+        _range("per_packet", self.per_packet, 1, 64)
+        _range("reply_features", self.reply_features, 10, 20000)
+        _range("threshold", self.threshold, -1.0, 1.0)
+        _range("top_k", self.top_k, 1, 64)
+        _range("poll_period", self.poll_period, 0.01, 3600.0)
+        _range("features_timeout", self.features_timeout, 0.1, 1e6)
+
+
 LOCALIZER_SECTIONS: dict[str, type] = {"": LocalizerConfig, "model": ModelConfig,
                                        "verification": VerificationConfig, "initial_pose": InitialPoseConfig}
 MAP_BUILDER_SECTIONS: dict[str, type] = {"": MapBuilderConfig, "model": ModelConfig,

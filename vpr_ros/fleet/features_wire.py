@@ -7,7 +7,7 @@ id and name) and end with a CRC32; every count and size is checked against the b
 allocated, so a hostile packet is refused by name, not trusted::
 
     request (kind 2):  to robot (u16 id, u8 length + UTF-8 name), seq u32, count u16,
-                       count x (their keyframe id u32, the requester's keyframe id u32)
+                       count x (their keyframe id u32, the requester's keyframe id u32, code cosine f32)
     features (kind 3): to robot, seq u32, keyframe id u32, stamp f64, requester's keyframe id u32,
                        kind (u8 length + ASCII), width u16, height u16, n u32, dim u16,
                        dtype u8 (0 uint8, 1 float32, 2 float16), flags u8 (1: 3-D points, 2: intrinsics),
@@ -36,12 +36,14 @@ _HEAD = struct.Struct("<4sBB8s")
 
 @dataclass(frozen=True)
 class FeatureRequest:
-    """``sender`` asks ``to`` for the features of ``pairs`` [(to's keyframe, sender's keyframe)]."""
+    """``sender`` asks ``to`` for the features of ``pairs`` [(to's keyframe, sender's keyframe, the
+    codes' cosine)]: the receiver learns of the candidate too (it may never have heard the sender's
+    descriptors: a robot that joined later) and asks for the sender's features in turn."""
 
     sender: Robot
     to: Robot
     seq: int
-    pairs: list[tuple[int, int]]
+    pairs: list[tuple[int, int, float]]
 
 
 @dataclass(frozen=True)
@@ -107,11 +109,12 @@ def _open(codec: FleetCodec, data: bytes, kind: int, what: str) -> tuple[_Reader
     return r, sender, to
 
 
-def encode_request(codec: FleetCodec, sender: Robot, to: Robot, seq: int, pairs: list[tuple[int, int]]) -> bytes:
+def encode_request(codec: FleetCodec, sender: Robot, to: Robot, seq: int,
+                   pairs: list[tuple[int, int, float]]) -> bytes:
     if not 1 <= len(pairs) <= MAX_REQUEST:
         raise FleetError(f"a feature request asks for 1..{MAX_REQUEST} keyframes (got {len(pairs)})")
     body = struct.pack("<IH", int(seq) & 0xFFFFFFFF, len(pairs)) + b"".join(
-        struct.pack("<II", int(a), int(b)) for a, b in pairs)
+        struct.pack("<IIf", int(a), int(b), float(c)) for a, b, c in pairs)
     return _sealed(codec, KIND_REQUEST, sender, to, body)
 
 
@@ -120,10 +123,12 @@ def decode_request(codec: FleetCodec, data: bytes) -> FeatureRequest:
     seq, n = r.unpack("IH")
     if not 1 <= n <= MAX_REQUEST:
         raise FleetError(f"feature request from robot {sender}: {n} keyframes (1..{MAX_REQUEST})")
-    pairs = [r.unpack("II") for _ in range(n)]
+    pairs = [r.unpack("IIf") for _ in range(n)]
     if r.at != len(r.data):
         raise FleetError(f"feature request from robot {sender}: {len(r.data) - r.at} bytes after its keyframes")
-    return FeatureRequest(sender, to, int(seq), [(int(a), int(b)) for a, b in pairs])
+    if not all(np.isfinite(c) and -1.01 <= c <= 1.01 for _, _, c in pairs):
+        raise FleetError(f"feature request from robot {sender}: a cosine outside [-1, 1]")
+    return FeatureRequest(sender, to, int(seq), [(int(a), int(b), float(c)) for a, b, c in pairs])
 
 
 def encode_features(codec: FleetCodec, sender: Robot, to: Robot, seq: int, keyframe: int, stamp: float,

@@ -430,6 +430,39 @@ def _read_keyframes(con: sqlite3.Connection, path: Path, manifest: "Manifest",
     return keyframes, tail
 
 
+def read_new_keyframes(con: sqlite3.Connection, path: Path, first: int) -> tuple["Manifest", list["Keyframe"],
+                                                                                 np.ndarray]:
+    """(metadata, keyframes with ids >= ``first``, their descriptors [n, D] float32) of a format-3
+    store, every row checked, in one read transaction: what a follower of a growing map (the fleet
+    node beside a map builder) reads since its last call."""
+    con.execute("BEGIN")
+    try:
+        manifest = manifest_of(_meta_value(con, path), path)
+        if manifest.format_version == 2:
+            raise MapError(f"{path}: a format-2 (v0.4) map: open it with a map builder once to migrate it")
+        n, dim = manifest.count, manifest.model.descriptor_dim
+        cur = con.execute(f"SELECT {','.join(KEYFRAME_COLUMNS)}, crc FROM keyframes WHERE id >= ? AND id < ? "
+                          "ORDER BY id", (int(first), n))
+        out: list[Keyframe] = []
+        for row in _rows(cur):
+            i = int(first) + len(out)
+            if row[0] != i:
+                raise MapError(f"{path}: keyframe ids are not contiguous at id {i} (id {row[0]!r})")
+            if keyframe_crc(row[:-1]) != row[-1]:
+                _check_crc(row, path, f"keyframe {i}")
+            out.append(_keyframe_of(row, i, path))
+        if first + len(out) != max(n, first):
+            raise MapError(f"{path}: the metadata counts {n} keyframes but the table holds {first + len(out)}")
+        vectors = read_vectors(con, None, range(first, first + len(out)), dim, path)
+        return manifest, out, vectors
+    except sqlite3.Error as exc:
+        raise sqlite_error(path, "cannot read the map database", exc) from None
+    except UnicodeDecodeError:
+        raise MapError(f"{path}: holds text that is not UTF-8 (a corrupt file)") from None
+    finally:
+        con.execute("ROLLBACK")
+
+
 @contextlib.contextmanager
 def _no_gc() -> Iterator[None]:
     enabled = gc.isenabled()
