@@ -31,6 +31,7 @@ setup(
             "map_builder = vpr_ros.ros.map_builder_node:main",
             "localizer_lifecycle = vpr_ros.ros.localizer_node:main_lifecycle",
             "map_builder_lifecycle = vpr_ros.ros.map_builder_node:main_lifecycle",
+            "fleet = vpr_ros.ros.fleet_node:main",
             # commands
             "vpr_ros_demo = vpr_ros.cli.demo:main",
             "vpr_ros_launch = vpr_ros.cli.launch:main",

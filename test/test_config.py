@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from vpr_ros.config import (LOCALIZER_SECTIONS, MAP_BUILDER_SECTIONS, LocalizerConfig, ModelConfig,
-                            describe, from_dict, load_node_config)
+from vpr_ros.config import (FLEET_SECTIONS, LOCALIZER_SECTIONS, MAP_BUILDER_SECTIONS, LocalizerConfig,
+                            ModelConfig, describe, from_dict, load_node_config)
 from vpr_ros.errors import ConfigError
 
 from conftest import REPO
@@ -23,7 +23,8 @@ def test_shipped_yaml_files_list_every_declared_parameter():
     """Users copy these files: every parameter the nodes declare is there, with its default."""
     from dataclasses import MISSING, fields
 
-    for name, sections in (("localizer", LOCALIZER_SECTIONS), ("map_builder", MAP_BUILDER_SECTIONS)):
+    for name, sections in (("localizer", LOCALIZER_SECTIONS), ("map_builder", MAP_BUILDER_SECTIONS),
+                           ("fleet", FLEET_SECTIONS)):
         params = yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())["/**"]["ros__parameters"]
         for section, cls in sections.items():
             listed = params.get(section, {}) if section else params
@@ -38,7 +39,7 @@ def test_shipped_yaml_files_list_every_declared_parameter():
 
 
 def test_every_field_has_a_description():
-    for cls in {*LOCALIZER_SECTIONS.values(), *MAP_BUILDER_SECTIONS.values()}:
+    for cls in {*LOCALIZER_SECTIONS.values(), *MAP_BUILDER_SECTIONS.values(), *FLEET_SECTIONS.values()}:
         assert all(len(text) > 10 for text in describe(cls).values()), cls
 
 

@@ -120,7 +120,7 @@ def test_three_robots_find_each_other_within_their_budgets(drives):
             other_robot = by_name[cl.other.name]
             mine, theirs = r.positions[cl.keyframe], other_robot.positions[cl.other_keyframe]
             assert mine == theirs, (r.peer.robot.name, cl)  # precision 1.00
-            R_true, t_true = relative_pose(r.drive.camera_poses[mine], other_robot.drive.camera_poses[theirs])
+            R_true, t_true = relative_pose(r.drive.poses[mine], other_robot.drive.poses[theirs])  # base frames
             rot = rotation_angle_deg(quat_to_matrix(cl.pose[3:]).T @ R_true)
             assert rot < 0.8 and np.linalg.norm(np.array(cl.pose[:3]) - t_true) < 0.08
             found.setdefault((r.peer.robot.name, cl.other.name), set()).add(mine)

@@ -13,7 +13,8 @@ from vpr_ros.errors import FleetError, ForeignModel
 from vpr_ros.fleet.closures import closure_of, inverse_covariance
 from vpr_ros.fleet.codec import FleetCodec, Robot
 from vpr_ros.fleet.features_wire import decode_features, decode_request, encode_features, encode_request
-from vpr_ros.geometry import quat_to_matrix
+from vpr_ros.config import OPTICAL_IN_BASE
+from vpr_ros.geometry import compose, inverse, quat_to_matrix
 from vpr_ros.mapping.map_store import ModelIdentity
 from vpr_ros.verification.geometry import rotation_angle_deg
 from vpr_ros.verification.verifier import Verifier
@@ -35,10 +36,15 @@ def drives():
     return a, b, v, feats
 
 
-def _errors(closure, a, b, i, j):
-    R_true, t_true = relative_pose(a.camera_poses[i], b.camera_poses[j])
-    rot = rotation_angle_deg(quat_to_matrix(closure.pose[3:]).T @ R_true)
-    return rot, float(np.linalg.norm(np.array(closure.pose[:3]) - t_true))
+OPTICAL = tuple(OPTICAL_IN_BASE)
+#: robot_b's camera sits 0.3 m ahead of, 0.1 m right of and 0.2 m above its base origin
+CAMERA_B = compose((0.3, -0.1, 0.2, 0.0, 0.0, 0.0, 1.0), OPTICAL)
+
+
+def _errors(pose, truth_a, truth_b):
+    R_true, t_true = relative_pose(truth_a, truth_b)
+    rot = rotation_angle_deg(quat_to_matrix(pose[3:]).T @ R_true)
+    return rot, float(np.linalg.norm(np.array(pose[:3]) - t_true))
 
 
 @pytest.mark.parametrize("own_has_depth", [True, False])
@@ -46,16 +52,21 @@ def test_a_verified_closure_has_the_true_metric_pose(drives, own_has_depth):
     a, b, v, feats = drives
     for i in (3, 6):
         theirs = feats(b, i)  # robot_b's keyframe, with its depth and camera model
-        packet = encode_features(CODEC, B, A, 1, 100 + i, b.stamps[i], i, theirs)
+        packet = encode_features(CODEC, B, A, 1, 100 + i, b.stamps[i], i, theirs, CAMERA_B)
         reply = decode_features(CODEC, packet)
         assert (reply.sender, reply.to, reply.keyframe, reply.for_keyframe) == (B, A, 100 + i, i)
         assert np.array_equal(reply.features.descriptors, theirs.descriptors)
         assert len(packet) < theirs.nbytes + 200  # the features plus a small head
         own = feats(a, i, depth=own_has_depth)
+        assert reply.camera_in_base == pytest.approx(CAMERA_B)
         closure, why = closure_of(v, A, i, a.stamps[i], own, B, 100 + i, reply.stamp,
-                                  reply.features, 0.8)
+                                  reply.features, 0.8, OPTICAL, reply.camera_in_base)
         assert closure is not None, why
-        rot, trans = _errors(closure, a, b, i, i)
+        rot, trans = _errors(closure.camera_pose, a.camera_poses[i], b.camera_poses[i])
+        # the base frames: robot_a's camera at its base origin, robot_b's mounted at CAMERA_B
+        base_a, base_b = compose(a.camera_poses[i], inverse(OPTICAL)), compose(b.camera_poses[i], inverse(CAMERA_B))
+        rot_b, trans_b = _errors(closure.pose, base_a, base_b)
+        assert rot_b < 0.8 and trans_b < 0.08, (rot_b, trans_b)
         print(f"keyframe {i}, own depth {own_has_depth}: {rot:.3f} deg, {100 * trans:.1f} cm, {closure.inliers} inliers")
         assert rot < 0.8 and trans < 0.08, (rot, trans)  # measured 0.06-0.08 deg, 0.1-0.6 cm
         sigma = np.sqrt(np.diag(closure.covariance))
@@ -65,10 +76,10 @@ def test_a_verified_closure_has_the_true_metric_pose(drives, own_has_depth):
 
 def test_other_places_and_non_metric_pairs_are_refused(drives):
     a, b, v, feats = drives
-    closure, why = closure_of(v, A, 1, 0.0, feats(a, 1), B, 108, 0.0, feats(b, 8), 0.7)
+    closure, why = closure_of(v, A, 1, 0.0, feats(a, 1), B, 108, 0.0, feats(b, 8), 0.7, OPTICAL, OPTICAL)
     assert closure is None and why
     no_depth = feats(b, 4, depth=False), feats(a, 4, depth=False)
-    closure, why = closure_of(v, A, 4, 0.0, no_depth[1], B, 104, 0.0, no_depth[0], 0.9)
+    closure, why = closure_of(v, A, 4, 0.0, no_depth[1], B, 104, 0.0, no_depth[0], 0.9, OPTICAL, OPTICAL)
     assert closure is None and "metric" in why
 
 
@@ -80,7 +91,7 @@ def test_requests_and_damaged_or_hostile_feature_packets():
 
     rng = np.random.default_rng(0)
     f = LocalFeatures("sift", rng.random((20, 2), np.float32) * 100, rng.random((20, 128), np.float32), (320, 240))
-    packet = encode_features(CODEC, B, A, 1, 7, 1.5, 3, f)
+    packet = encode_features(CODEC, B, A, 1, 7, 1.5, 3, f, OPTICAL)
     bad = bytearray(packet)
     bad[60] ^= 1
     with pytest.raises(FleetError, match="checksum"):

@@ -693,7 +693,7 @@ class InitialPoseConfig:
 
 @dataclass(frozen=True)
 class FleetConfig:
-    """Fleet mode (``vpr_ros_fleet`` beside a robot's map builder): the robot shares compact codes of
+    """Fleet mode (``ros2 run vpr_ros fleet`` beside a robot's map builder): the robot shares compact codes of
     its keyframes and closes loops with the other robots' (docs/fleet.md)."""
 
     robot_id: int = _f(0, "This robot's id in the fleet (0..65535, unique: a multi-robot back end keys its "
@@ -714,6 +714,9 @@ class FleetConfig:
     poll_period: float = _f(1.0, "Seconds between two looks at the map for new keyframes.", lo=0.01, hi=3600.0)
     features_timeout: float = _f(30.0, "Seconds after which an unanswered feature request is asked again (a "
                                  "lost message costs a retry, never a closure).", lo=0.1, hi=1e6)
+    camera_pose_in_base: list = _f(OPTICAL_IN_BASE, "Pose of this robot's camera optical frame in its base frame "
+                                   "(x y z qx qy qz qw), sent with its features: closures relate the robots' base "
+                                   "frames. Default: at the origin, looking along x.")
 
     def __post_init__(self) -> None:
         _range("robot_id", self.robot_id, 0, 65535)
@@ -725,10 +728,12 @@ class FleetConfig:
         _range("top_k", self.top_k, 1, 64)
         _range("poll_period", self.poll_period, 0.01, 3600.0)
         _range("features_timeout", self.features_timeout, 0.1, 1e6)
+        _pose7("camera_pose_in_base", self.camera_pose_in_base)
 
 
 LOCALIZER_SECTIONS: dict[str, type] = {"": LocalizerConfig, "model": ModelConfig,
                                        "verification": VerificationConfig, "initial_pose": InitialPoseConfig}
+FLEET_SECTIONS: dict[str, type] = {"": FleetConfig, "verification": VerificationConfig}
 MAP_BUILDER_SECTIONS: dict[str, type] = {"": MapBuilderConfig, "model": ModelConfig,
                                          "verification": VerificationConfig,
                                          "keyframes": KeyframeConfig, "index": IndexConfig,

@@ -1,8 +1,9 @@
 """Inter-robot loop closures: a candidate verified geometrically with the other robot's features.
 
-The closure relates two keyframe cameras: ``pose`` is the other robot's keyframe camera in this
-robot's keyframe camera frame (optical frames, metres), so it holds whatever frames the robots'
-odometry uses. It is metric only when one side has 3-D points (depth at map time) and the other
+The closure relates the two keyframes' robot base frames: ``pose`` is the other robot's base at
+its keyframe, in this robot's base frame at its keyframe (metres, quaternion), from the verified
+camera-to-camera pose and each robot's camera pose in its base (the other's comes with its
+features), so it holds whatever odometry frames the robots use. It is metric only when one side has 3-D points (depth at map time) and the other
 its camera model (PnP); a candidate verified without that is refused, because a multi-robot back
 end needs a metric edge.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from vpr_ros.fleet.codec import Robot
-from vpr_ros.geometry import inverse, quat_to_matrix
+from vpr_ros.geometry import adjoint, compose, inverse, quat_to_matrix
 from vpr_ros.verification.features import LocalFeatures
 from vpr_ros.verification.verifier import Verification, Verifier
 
@@ -30,8 +31,9 @@ class InterRobotClosure:
     other: Robot
     other_keyframe: int
     other_stamp: float
-    pose: Pose7               # the other keyframe's camera in this keyframe's camera frame
+    pose: Pose7               # the other keyframe's base in this keyframe's base frame
     covariance: np.ndarray    # [6, 6] over (x, y, z, rx, ry, rz) of ``pose``
+    camera_pose: Pose7        # the same between the two cameras (optical frames)
     inliers: int
     score: float              # the fleet code cosine that proposed it
 
@@ -52,16 +54,19 @@ def verify_pair(verifier: Verifier, own: LocalFeatures, theirs: LocalFeatures) -
 
 
 def closure_of(verifier: Verifier, robot: Robot, keyframe: int, stamp: float, own: LocalFeatures, other: Robot,
-               other_keyframe: int, other_stamp: float, theirs: LocalFeatures,
-               score: float) -> tuple[InterRobotClosure | None, str]:
-    """(the closure, '') when the pair verifies with a metric pose, else (None, the reason)."""
+               other_keyframe: int, other_stamp: float, theirs: LocalFeatures, score: float,
+               own_camera: Pose7, their_camera: Pose7) -> tuple[InterRobotClosure | None, str]:
+    """(the closure, '') when the pair verifies with a metric pose, else (None, the reason).
+    ``own_camera`` / ``their_camera``: each robot's camera pose in its base frame."""
     v, _ = verify_pair(verifier, own, theirs)
     if not v.verified:
         return None, v.reason
     if not v.metric or v.pose is None or v.covariance is None:
         return None, f"{v.method}: verified without a metric pose"
-    return InterRobotClosure(robot, keyframe, stamp, other, other_keyframe, other_stamp, v.pose,
-                             np.asarray(v.covariance, np.float64), v.inliers, score), ""
+    base = compose(compose(tuple(own_camera), v.pose), inverse(tuple(their_camera)))
+    Ad = adjoint(tuple(own_camera))  # the covariance expressed in this robot's base frame, as the localizer does
+    return InterRobotClosure(robot, keyframe, stamp, other, other_keyframe, other_stamp, base,  # type: ignore[arg-type]
+                             Ad @ np.asarray(v.covariance, np.float64) @ Ad.T, v.pose, v.inliers, score), ""
 
 
 def inverse_covariance(pose: Pose7, cov: np.ndarray) -> np.ndarray:

@@ -129,7 +129,8 @@ class FleetPeer:
                 closure = None
             else:
                 closure, why = closure_of(self.verifier, self.robot, c.own_keyframe, c.own_stamp, own, reply.sender,
-                                          reply.keyframe, reply.stamp, reply.features, c.score)
+                                          reply.keyframe, reply.stamp, reply.features, c.score,
+                                          tuple(self.cfg.camera_pose_in_base), reply.camera_in_base)
             if closure is None:
                 self.stats.refused += 1
                 self.stats.last_refusal = (f"robot {reply.sender} keyframe {reply.keyframe} vs own "
@@ -164,7 +165,7 @@ class FleetPeer:
                 continue
             try:
                 msg = encode_features(self.codec, self.robot, to, self._next_seq(), mine, stamp, theirs,
-                                      strongest(f, self.cfg.reply_features))
+                                      strongest(f, self.cfg.reply_features), tuple(self.cfg.camera_pose_in_base))
                 if len(msg) > self.budget.burst:
                     raise FleetError(f"the features of keyframe {mine} take {len(msg)} bytes, more than the "
                                      f"burst of {self.budget.burst:.0f}: raise fleet.burst_bytes or lower "
