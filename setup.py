@@ -46,6 +46,7 @@ setup(
             "vpr_ros_check_graph = vpr_ros.cli.check_graph:main",
             "vpr_ros_quantize = vpr_ros.cli.quantize:main",
             "vpr_ros_map_info = vpr_ros.cli.map_info:main",
+            "vpr_ros_merge_maps = vpr_ros.cli.merge_maps:main",
             "vpr_ros_localize = vpr_ros.cli.localize:main",
             "vpr_ros_distill = vpr_ros.cli.distill:main",
             "vpr_ros_finetune = vpr_ros.cli.finetune:main",

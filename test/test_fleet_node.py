@@ -69,7 +69,13 @@ def test_three_robots_close_loops_over_dds(rclpy_context, tmp_path):
     ex = MultiThreadedExecutor(num_threads=4)
     for n in [*nodes, listener]:
         ex.add_node(n)
-    spinner = threading.Thread(target=ex.spin, daemon=True)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            ex.spin_once(timeout_sec=0.05)
+
+    spinner = threading.Thread(target=spin, daemon=True)
     spinner.start()
     try:
         assert until(lambda: rows["robot_a"] and rows["robot_b"])  # a and b overlap at places 5..9
@@ -77,7 +83,11 @@ def test_three_robots_close_loops_over_dds(rclpy_context, tmp_path):
         write_keyframes(maps["robot_c"], c_drive, [0, 1, 2, 3, 4], 3)  # robot_c starts mapping
         assert until(lambda: any(r[3] == 3 for r in rows["robot_a"]) and rows["robot_c"], timeout=HANG_GUARD_S)
     finally:
-        ex.shutdown()
+        from vpr_ros.ros.node_main import stop_executor
+
+        stop.set()
+        spinner.join(HANG_GUARD_S)
+        stop_executor(ex)  # the callbacks in flight finish before the executor and the nodes go
         for n in [*nodes, listener]:
             n.destroy_node()
     col = {c: i for i, c in enumerate(CLOSURE_COLUMNS)}

@@ -44,7 +44,8 @@ class Robot3d:
 
     def add_keyframes(self) -> None:
         ks = list(range(len(self.positions)))
-        self.peer.add_own(ks, [float(1000 * self.peer.robot.id + k) for k in ks], self.descriptors)
+        self.peer.add_own(ks, [float(1000 * self.peer.robot.id + k) for k in ks], self.descriptors,
+                          [self.drive.poses[p] for p in self.positions])
 
 
 class LossyTopic:

@@ -52,13 +52,13 @@ def test_a_verified_closure_has_the_true_metric_pose(drives, own_has_depth):
     a, b, v, feats = drives
     for i in (3, 6):
         theirs = feats(b, i)  # robot_b's keyframe, with its depth and camera model
-        packet = encode_features(CODEC, B, A, 1, 100 + i, b.stamps[i], i, theirs, CAMERA_B)
+        packet = encode_features(CODEC, B, A, 1, 100 + i, b.stamps[i], i, theirs, CAMERA_B, b.poses[i])
         reply = decode_features(CODEC, packet)
         assert (reply.sender, reply.to, reply.keyframe, reply.for_keyframe) == (B, A, 100 + i, i)
         assert np.array_equal(reply.features.descriptors, theirs.descriptors)
-        assert len(packet) < theirs.nbytes + 200  # the features plus a small head
+        assert len(packet) < theirs.nbytes + 300  # the features, the camera model, two poses and a small head
         own = feats(a, i, depth=own_has_depth)
-        assert reply.camera_in_base == pytest.approx(CAMERA_B)
+        assert reply.camera_in_base == pytest.approx(CAMERA_B) and reply.pose == pytest.approx(b.poses[i])
         closure, why = closure_of(v, A, i, a.stamps[i], own, B, 100 + i, reply.stamp,
                                   reply.features, 0.8, OPTICAL, reply.camera_in_base)
         assert closure is not None, why
@@ -91,7 +91,7 @@ def test_requests_and_damaged_or_hostile_feature_packets():
 
     rng = np.random.default_rng(0)
     f = LocalFeatures("sift", rng.random((20, 2), np.float32) * 100, rng.random((20, 128), np.float32), (320, 240))
-    packet = encode_features(CODEC, B, A, 1, 7, 1.5, 3, f, OPTICAL)
+    packet = encode_features(CODEC, B, A, 1, 7, 1.5, 3, f, OPTICAL, (1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 1.0))
     bad = bytearray(packet)
     bad[60] ^= 1
     with pytest.raises(FleetError, match="checksum"):

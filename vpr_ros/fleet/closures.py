@@ -34,6 +34,8 @@ class InterRobotClosure:
     pose: Pose7               # the other keyframe's base in this keyframe's base frame
     covariance: np.ndarray    # [6, 6] over (x, y, z, rx, ry, rz) of ``pose``
     camera_pose: Pose7        # the same between the two cameras (optical frames)
+    keyframe_pose: Pose7      # this keyframe's base pose in this robot's map frame
+    other_keyframe_pose: Pose7  # the other keyframe's base pose in the other robot's map frame
     inliers: int
     score: float              # the fleet code cosine that proposed it
 
@@ -55,9 +57,11 @@ def verify_pair(verifier: Verifier, own: LocalFeatures, theirs: LocalFeatures) -
 
 def closure_of(verifier: Verifier, robot: Robot, keyframe: int, stamp: float, own: LocalFeatures, other: Robot,
                other_keyframe: int, other_stamp: float, theirs: LocalFeatures, score: float,
-               own_camera: Pose7, their_camera: Pose7) -> tuple[InterRobotClosure | None, str]:
+               own_camera: Pose7, their_camera: Pose7, own_pose: Pose7 = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0),
+               their_pose: Pose7 = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)) -> tuple[InterRobotClosure | None, str]:
     """(the closure, '') when the pair verifies with a metric pose, else (None, the reason).
-    ``own_camera`` / ``their_camera``: each robot's camera pose in its base frame."""
+    ``own_camera`` / ``their_camera``: each robot's camera pose in its base frame; ``own_pose`` /
+    ``their_pose``: the keyframes' base poses in their robots' map frames."""
     v, _ = verify_pair(verifier, own, theirs)
     if not v.verified:
         return None, v.reason
@@ -66,7 +70,8 @@ def closure_of(verifier: Verifier, robot: Robot, keyframe: int, stamp: float, ow
     base = compose(compose(tuple(own_camera), v.pose), inverse(tuple(their_camera)))
     Ad = adjoint(tuple(own_camera))  # the covariance expressed in this robot's base frame, as the localizer does
     return InterRobotClosure(robot, keyframe, stamp, other, other_keyframe, other_stamp, base,  # type: ignore[arg-type]
-                             Ad @ np.asarray(v.covariance, np.float64) @ Ad.T, v.pose, v.inliers, score), ""
+                             Ad @ np.asarray(v.covariance, np.float64) @ Ad.T, v.pose, tuple(own_pose),  # type: ignore[arg-type]
+                             tuple(their_pose), v.inliers, score), ""
 
 
 def inverse_covariance(pose: Pose7, cov: np.ndarray) -> np.ndarray:

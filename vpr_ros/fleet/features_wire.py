@@ -10,6 +10,7 @@ allocated, so a hostile packet is refused by name, not trusted::
                        count x (their keyframe id u32, the requester's keyframe id u32, code cosine f32)
     features (kind 3): to robot, seq u32, keyframe id u32, stamp f64, requester's keyframe id u32,
                        the sender's camera pose in its base frame f64 [7] (x y z qx qy qz qw),
+                       the keyframe's base pose in the sender's map frame f64 [7],
                        kind (u8 length + ASCII), width u16, height u16, n u32, dim u16,
                        dtype u8 (0 uint8, 1 float32, 2 float16), flags u8 (1: 3-D points, 2: intrinsics),
                        keypoints f32 [n, 2], descriptors [n, dim], 3-D points f32 [n, 3], intrinsics f64 [6]
@@ -59,6 +60,7 @@ class FeatureReply:
     for_keyframe: int
     features: LocalFeatures
     camera_in_base: tuple[float, ...]  # the sender's camera optical frame in its base frame
+    pose: tuple[float, ...]            # the keyframe's base pose in the sender's map frame
 
 
 def _sealed(codec: FleetCodec, kind: int, sender: Robot, to: Robot, body: bytes) -> bytes:
@@ -134,7 +136,8 @@ def decode_request(codec: FleetCodec, data: bytes) -> FeatureRequest:
 
 
 def encode_features(codec: FleetCodec, sender: Robot, to: Robot, seq: int, keyframe: int, stamp: float,
-                    for_keyframe: int, f: LocalFeatures, camera_in_base: tuple[float, ...]) -> bytes:
+                    for_keyframe: int, f: LocalFeatures, camera_in_base: tuple[float, ...],
+                    pose: tuple[float, ...]) -> bytes:
     code = {np.dtype(v): k for k, v in _DTYPES.items()}.get(f.descriptors.dtype)
     n, dim = f.descriptors.shape if f.descriptors.ndim == 2 else (-1, -1)
     if code is None or not (0 < n <= MAX_FEATURES and 0 < dim <= MAX_FEATURE_DIM) or f.keypoints.shape != (n, 2):
@@ -143,7 +146,7 @@ def encode_features(codec: FleetCodec, sender: Robot, to: Robot, seq: int, keyfr
     kind = f.kind.encode("ascii")
     flags = (1 if f.points3d is not None else 0) | (2 if f.intrinsics is not None else 0)
     body = [struct.pack("<IIdI", int(seq) & 0xFFFFFFFF, int(keyframe), float(stamp), int(for_keyframe)),
-            struct.pack("<7d", *(float(v) for v in camera_in_base)),
+            struct.pack("<7d", *(float(v) for v in camera_in_base)), struct.pack("<7d", *(float(v) for v in pose)),
             bytes([len(kind)]), kind,
             struct.pack("<HHIHBB", int(f.image_size[0]), int(f.image_size[1]), n, dim, code, flags),
             np.ascontiguousarray(f.keypoints, "<f4").tobytes(), np.ascontiguousarray(f.descriptors).tobytes()]
@@ -157,7 +160,7 @@ def encode_features(codec: FleetCodec, sender: Robot, to: Robot, seq: int, keyfr
 def decode_features(codec: FleetCodec, data: bytes) -> FeatureReply:
     r, sender, to = _open(codec, data, KIND_FEATURES, "features packet")
     seq, keyframe, stamp, for_keyframe = r.unpack("IIdI")
-    camera = r.unpack("7d")
+    camera, pose = r.unpack("7d"), r.unpack("7d")
     kind = r.take(r.unpack("B")[0]).decode("ascii", "replace")
     w, h, n, dim, code, flags = r.unpack("HHIHBB")
     where = f"features packet from robot {sender} (keyframe {keyframe})"
@@ -177,9 +180,9 @@ def decode_features(codec: FleetCodec, data: bytes) -> FeatureReply:
         raise FleetError(f"{where}: {len(r.data) - r.at} bytes after its features")
     if not np.isfinite(keypoints).all() or not np.isfinite(stamp):
         raise FleetError(f"{where}: keypoints or stamp not finite")
-    q = np.asarray(camera[3:])
-    if not np.isfinite(camera).all() or abs(float(np.linalg.norm(q)) - 1.0) > 1e-3:
-        raise FleetError(f"{where}: camera pose in base {list(camera)} is not a pose (unit quaternion)")
+    for what, p in (("camera pose in base", camera), ("keyframe pose", pose)):
+        if not np.isfinite(p).all() or abs(float(np.linalg.norm(p[3:])) - 1.0) > 1e-3:
+            raise FleetError(f"{where}: {what} {list(p)} is not a pose (finite, unit quaternion)")
     return FeatureReply(sender, to, int(seq), int(keyframe), float(stamp), int(for_keyframe),
                         LocalFeatures(kind, keypoints, descriptors, (int(w), int(h)), points, intr),
-                        tuple(float(v) for v in camera))
+                        tuple(float(v) for v in camera), tuple(float(v) for v in pose))

@@ -62,16 +62,20 @@ class FleetPeer:
         self._settled: set[tuple[int, int]] = set()
         self._replies: OrderedDict[tuple[int, int], tuple[Robot, int, float, int]] = OrderedDict()
         self._stamps: dict[int, float] = {}   # own keyframe id -> stamp (for replies)
+        self._poses: dict[int, tuple[float, ...]] = {}  # own keyframe id -> base pose in this robot's map frame
         self._seq = 0
         self.closures: list[InterRobotClosure] = []
         self.stats = FleetStats()
 
     # ------------------------------------------------------------------ inputs
-    def add_own(self, keyframe_ids: Sequence[int], stamps: Sequence[float], descriptors: np.ndarray) -> None:
-        """This robot's new keyframes: queued to be shared and matched against what was received."""
+    def add_own(self, keyframe_ids: Sequence[int], stamps: Sequence[float], descriptors: np.ndarray,
+                poses: Sequence[Sequence[float]]) -> None:
+        """This robot's new keyframes (ids, stamps, descriptors [N, D], base poses [N, 7] in its map
+        frame): queued to be shared and matched against what was received."""
         if not len(keyframe_ids):
             return
         self._stamps.update((int(i), float(s)) for i, s in zip(keyframe_ids, stamps))
+        self._poses.update((int(i), tuple(float(v) for v in p)) for i, p in zip(keyframe_ids, poses))
         self.sharer.add(keyframe_ids, stamps, descriptors)
         self._want(self.matcher.add_own(keyframe_ids, stamps, descriptors))
 
@@ -130,7 +134,8 @@ class FleetPeer:
             else:
                 closure, why = closure_of(self.verifier, self.robot, c.own_keyframe, c.own_stamp, own, reply.sender,
                                           reply.keyframe, reply.stamp, reply.features, c.score,
-                                          tuple(self.cfg.camera_pose_in_base), reply.camera_in_base)
+                                          tuple(self.cfg.camera_pose_in_base), reply.camera_in_base,
+                                          self._poses[c.own_keyframe], reply.pose)  # type: ignore[arg-type]
             if closure is None:
                 self.stats.refused += 1
                 self.stats.last_refusal = (f"robot {reply.sender} keyframe {reply.keyframe} vs own "
@@ -165,7 +170,8 @@ class FleetPeer:
                 continue
             try:
                 msg = encode_features(self.codec, self.robot, to, self._next_seq(), mine, stamp, theirs,
-                                      strongest(f, self.cfg.reply_features), tuple(self.cfg.camera_pose_in_base))
+                                      strongest(f, self.cfg.reply_features), tuple(self.cfg.camera_pose_in_base),
+                                      self._poses[mine])
                 if len(msg) > self.budget.burst:
                     raise FleetError(f"the features of keyframe {mine} take {len(msg)} bytes, more than the "
                                      f"burst of {self.budget.burst:.0f}: raise fleet.burst_bytes or lower "

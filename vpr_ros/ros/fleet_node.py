@@ -103,7 +103,7 @@ class FleetNode(VprNodeMixin, Node):
                                   self.follower.features)
             self.say("info", f"fleet: sharing the keyframes of model {self.follower.model.model_id}")
         if kfs:
-            self.peer.add_own([kf.id for kf in kfs], [kf.stamp for kf in kfs], vectors)
+            self.peer.add_own([kf.id for kf in kfs], [kf.stamp for kf in kfs], vectors, [kf.pose for kf in kfs])
 
     def _receive(self, handler: str, msg: UInt8MultiArray) -> None:
         if self.peer is None:
