@@ -708,9 +708,10 @@ class FleetConfig:
     per_packet: int = _f(10, "Keyframes per descriptor message (993 bytes each with 10).", lo=1, hi=64)
     reply_features: int = _f(200, "Most local features sent for one requested keyframe (those with 3-D points "
                              "first; SIFT with 3-D points: 148 bytes each).", lo=10, hi=20000)
-    threshold: float = _f(0.6, "Least cosine of two fleet codes for a candidate whose features are requested.",
-                          lo=-1.0, hi=1.0)
-    top_k: int = _f(3, "Candidates per keyframe at most.", lo=1, hi=64)
+    threshold: float = _f(0.4, "Least cosine of two fleet codes for a candidate whose features are requested "
+                          "(model dependent: weight-free VLAD on the rendered corridor gives 0.28-0.65 for the same "
+                          "place, at most 0.30 for another; geometric verification decides).", lo=-1.0, hi=1.0)
+    top_k: int = _f(2, "Candidates per keyframe at most (each costs a features reply: about 30 KB).", lo=1, hi=64)
     poll_period: float = _f(1.0, "Seconds between two looks at the map for new keyframes.", lo=0.01, hi=3600.0)
     features_timeout: float = _f(30.0, "Seconds after which an unanswered feature request is asked again (a "
                                  "lost message costs a retry, never a closure).", lo=0.1, hi=1e6)

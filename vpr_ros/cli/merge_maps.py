@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(default the first map's)")
     ap.add_argument("--min-closures", type=int, default=3, help="agreeing closures needed to align two robots")
     ap.add_argument("--min-extent", type=float, default=1.0, help="metres the agreeing closures must span")
-    ap.add_argument("--threshold", type=float, default=0.6, help="least fleet-code cosine of a candidate")
+    ap.add_argument("--threshold", type=float, default=0.4, help="least fleet-code cosine of a candidate (fleet.threshold)")
     a = ap.parse_args(argv)
     ids = a.robot_ids if a.robot_ids is not None else list(range(len(a.maps)))
     if len(ids) != len(a.maps) or len(set(ids)) != len(ids) or len(a.maps) < 2:
