@@ -25,13 +25,9 @@ import numpy as np
 
 from vpr_ros.config import FleetConfig, ModelConfig, VerificationConfig
 from vpr_ros.fleet.codec import KIND_DESCRIPTORS, MAGIC, VERSION, DescriptorPacket, FleetCodec, Robot
-from vpr_ros.geometry import compose, inverse, planar_pose, quat_to_matrix
+from vpr_ros.geometry import compose, inverse, quat_to_matrix
 
 STEP = 0.25
-#: robot -> (first place, last place, start time s, its odometry frame in the world)
-ROUTES = {"robot_a": (0, 13, 0.0, (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)),
-          "robot_b": (6, 19, 4.0, planar_pose(3.0, -2.0, 0.7)),
-          "robot_c": (0, 7, 20.0, planar_pose(-5.0, 4.0, -2.1))}
 
 
 class FullCodec(FleetCodec):
@@ -71,18 +67,6 @@ class FullCodec(FleetCodec):
             vecs.append(np.frombuffer(data, "<f8", self.model.descriptor_dim, at + k * rec + 12))
         return DescriptorPacket(Robot(name, rid), seq, np.array(ids, np.int64), np.array(stamps),
                                 np.array(vecs, np.float32))
-
-
-def drifted(world: list, frame, yaw_per_m: float, scale: float) -> list:  # type: ignore[no-untyped-def]
-    """Odometry poses: the robot starts at ``frame``^-1 world[0] and integrates each true motion with
-    a yaw error of ``yaw_per_m`` rad per metre and a scale error."""
-    out = [compose(inverse(frame), world[0])]
-    for a, b in zip(world, world[1:]):
-        m = compose(inverse(a), b)
-        dist = float(np.linalg.norm(m[:3]))
-        m = (m[0] * (1 + scale), m[1] * (1 + scale), m[2] * (1 + scale), *m[3:])
-        out.append(compose(compose(out[-1], m), planar_pose(0.0, 0.0, yaw_per_m * dist)))
-    return out
 
 
 def describe(model: str, images: list, fit_on: list, work: Path) -> tuple:  # type: ignore[type-arg]
@@ -154,11 +138,11 @@ def run(variant: str, robots: dict, identity, budget: float, threshold: float, t
     true = [c for c in closures if correct(c)]
     overlap: dict[frozenset, float] = {}  # type: ignore[type-arg]
     names = list(robots)
-    for i, a in enumerate(names):  # the first time both robots have a keyframe within 1 m of each other
+    for i, a in enumerate(names):  # the first time both robots have keyframes within 2 m (their views overlap)
         for b in names[i + 1:]:
             ra, rb = robots[a], robots[b]
             shared = [max(ta, tb) for pa, ta in zip(ra["world"], ra["times"]) for pb, tb in zip(rb["world"], rb["times"])
-                      if np.linalg.norm(np.subtract(pa[:3], pb[:3])) <= 1.0]
+                      if np.linalg.norm(np.subtract(pa[:3], pb[:3])) <= 2.0]
             if shared:
                 overlap[frozenset((a, b))] = min(shared)
     sent = {n: sum(p.stats.sent_bytes.values()) for n, p in peers.items()}
@@ -187,7 +171,7 @@ def run(variant: str, robots: dict, identity, budget: float, threshold: float, t
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vpr_ros.demo.scene3d import Scene, corridor_traversals
+    from vpr_ros.demo.fleet_drives import fleet_drives
     from vpr_ros.verification.verifier import Verifier
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -199,24 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=FleetConfig().threshold, help="fleet.threshold")
     ap.add_argument("--top-k", type=int, default=FleetConfig().top_k, help="fleet.top_k")
     a = ap.parse_args(argv)
-    scene = Scene.corridor(length=28.0, seed=3)
-    drives = {"robot_a": corridor_traversals(20, scene=scene, seed=3)[0],
-              "robot_b": corridor_traversals(20, scene=scene, seed=3)[1],
-              "robot_c": corridor_traversals(20, scene=scene, seed=8)[1]}
+    drives = fleet_drives(a.yaw_drift, a.scale_drift)
     v = Verifier(VerificationConfig(features="sift"))
     robots = {}
     with tempfile.TemporaryDirectory() as tmp:
-        images = []
-        for name, (first, last, start, frame) in ROUTES.items():
-            places = list(range(first, last + 1))
-            d = drives[name]
-            world = [d.poses[p] for p in places]
-            robots[name] = {"places": places, "times": [start + k for k in range(len(places))], "world": world,
-                            "odometry": drifted(world, frame, np.radians(a.yaw_drift), a.scale_drift),
-                            "features": {k: v.features(d.images[p]).with_depth(d.depths[p], d.intrinsics)
-                                         for k, p in enumerate(places)}}
-            images += [d.images[p] for p in places]
-        x, identity = describe(a.model, images, [drives["robot_a"].images[p] for p in range(14)], Path(tmp))
+        for name, d in drives.items():
+            robots[name] = {"places": d.places, "times": d.times, "world": d.world, "odometry": d.odometry,
+                            "features": {k: v.features(img).with_depth(dep, d.intrinsics)
+                                         for k, (img, dep) in enumerate(zip(d.images, d.depths))}}
+        x, identity = describe(a.model, [img for d in drives.values() for img in d.images], drives["robot_a"].images,
+                               Path(tmp))
     at = 0
     for r in robots.values():
         r["descriptors"] = x[at:at + len(r["places"])]

@@ -11,7 +11,8 @@ closures it published (geometrically verified, with a metric relative pose), the
 
 ``--dataset PATH`` uses a real folder pair instead (``ref/`` = map, ``query/`` = live,
 ``ground_truth.csv`` as in VPR-Bench), e.g. ``../shared/data/corridor``. ``--slam`` shows live loop
-closure for a SLAM back end instead (:mod:`vpr_ros.cli.demo_slam`).
+closure for a SLAM back end instead (:mod:`vpr_ros.cli.demo_slam`), ``--fleet`` three robots merging
+their maps (:mod:`vpr_ros.cli.demo_fleet`).
 """
 from __future__ import annotations
 
@@ -112,6 +113,10 @@ def demo_model(args: argparse.Namespace) -> ModelConfig:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.fleet:
+        from vpr_ros.cli.demo_fleet import run_fleet
+
+        return run_fleet(args, demo_model(args))
     if args.slam:
         from vpr_ros.cli.demo_slam import run_slam
 
@@ -387,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slam", action="store_true",
                     help="live loop closure instead: one session with revisits through the map_builder node, the "
                          "closures fed to a LIO-SAM-style pose graph (writes slam.png)")
+    ap.add_argument("--fleet", action="store_true",
+                    help="three robots in their own odometry frames find each other's places, close loops between "
+                         "them and merge their maps (writes fleet.png; docs/fleet.md)")
     ap.add_argument("--slam-rate", type=float, default=2.0, help="--slam: frames per second sent to the node")
     args = ap.parse_args(argv)
     args.backend, args.device = args.backend or "auto", args.device or "cpu"
