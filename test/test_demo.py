@@ -84,4 +84,6 @@ def test_demo_fleet_merges_three_robots(tmp_path):
     line = next(x for x in text.splitlines() if "verified inter-robot closures" in x)
     assert "precision 1.00" in line and int(line.split("fleet: ")[1].split()[0]) >= 10, line
     assert "robot_b: aligned through 1 -> 2" in text and "robot_c: aligned through 1 -> 3" in text
+    line = next(x for x in text.splitlines() if "where robots met" in x)
+    assert float(line.split("within ")[1].split()[0]) <= 5.0, line  # cm
     assert (out / "fleet.png").stat().st_size > 10_000 and (out / "fleet" / "merged" / "manifest.yaml").is_file()

@@ -87,3 +87,43 @@ def test_a_robot_that_cannot_be_aligned_is_left_out_with_the_reason(robot_maps, 
     assert len(VprMap.load(out)) == 7
     assert main([str(root / "robot_a"), str(root / "robot_b"), "--output", str(out)]) == 2  # never overwrites
     assert "holds a map already" in capsys.readouterr().err
+
+
+def test_with_drifting_odometry_the_robots_agree_where_they_met(tmp_path):
+    """The three drives of the fleet benchmark, odometry drifting 0.05 deg/m and 0.2 % in scale. No
+    frame is the truth any more (robot_a's own odometry drifts too), so the alignment is measured
+    where robots met: for every closure, the two keyframes' relative pose in the merged map against
+    the true one. One rigid transform per robot, estimated from those meetings, keeps them within
+    the issue's 5 cm and 1 deg; far from the meetings each trajectory keeps its own drift, which a
+    pose-graph back end fed with the closures removes (docs/fleet.md)."""
+    from vpr_ros.demo.fleet_drives import fleet_drives
+    from vpr_ros.fleet.codec import Robot
+    from vpr_ros.fleet.merge import merge_maps, offline_closures
+
+    drives = fleet_drives()
+    places = np.random.default_rng(5).standard_normal((20, 2048)).astype(np.float32)  # one vector a place
+    v = Verifier(VerificationConfig(features="sift"))
+    robots, maps = [], []
+    for rid, (name, d) in enumerate(drives.items(), 1):
+        m = VprMap.create(MODEL)
+        feats = [v.features(img).with_depth(dep, d.intrinsics) for img, dep in zip(d.images, d.depths)]
+        rng = np.random.default_rng(20 + rid)
+        x = places[d.places] + 0.5 * rng.standard_normal((len(d.places), 2048)).astype(np.float32)
+        m.add(x / np.linalg.norm(x, axis=1, keepdims=True), [Keyframe(t, p) for t, p in zip(d.times, d.odometry)],
+              feats)
+        robots.append(Robot(name, rid))
+        maps.append(m)
+    closures = offline_closures(robots, maps)
+    report = merge_maps(robots, maps, tmp_path / "merged", 1, closures)
+    assert not report.left_out
+    merged = VprMap.load(tmp_path / "merged")
+    at = {(kf.image_ref.split("#")[0], int(kf.image_ref.split("#")[1])): kf.pose for kf in merged.keyframes}
+    errs = []
+    for c in closures:
+        mine, theirs = at[(c.robot.name, c.keyframe)], at[(c.other.name, c.other_keyframe)]
+        truth = compose(inverse(drives[c.robot.name].world[c.keyframe]), drives[c.other.name].world[c.other_keyframe])
+        errs.append(_error(compose(inverse(mine), theirs), truth))
+    worst = (max(e[0] for e in errs), max(e[1] for e in errs))
+    print(f"where robots met ({len(closures)} closures): {100 * worst[0]:.2f} cm, {worst[1]:.3f} deg (worst)")
+    assert worst[0] <= 0.05 and worst[1] <= 1.0  # measured 0.45 cm, 0.048 deg
+    merged.close()
