@@ -71,11 +71,39 @@ class Robot:
             self.pubs["image"].publish(rgb_to_image(self.drive.images[p], t))
         assert until(lambda: self.builder.keyframes == len(self.places))
 
-    def leave(self) -> None:
+    def leave(self, spinning: "Spinner") -> None:
+        """Stop the robot's nodes: with the executor paused, so that no wait set holds their
+        handles while they are destroyed."""
+        spinning.pause()
         for n in (self.fleet, self.builder):
             self.ex.remove_node(n)
             n.destroy_node()
         self.gone = True
+        spinning.resume()
+
+
+class Spinner:
+    """Spins ``ex`` on a thread of its own; ``pause`` returns once no spin is in progress."""
+
+    def __init__(self, ex) -> None:  # type: ignore[no-untyped-def]
+        self.ex = ex
+        self.resume()
+
+    def resume(self) -> None:
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def _spin(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.ex.spin_once(timeout_sec=0.05)
+
+    def pause(self) -> None:
+        """Stop spinning, then wait for the callbacks the executor's pool is still running
+        (rclpy's MultiThreadedExecutor keeps them in ``_futures``)."""
+        self.stop.set()
+        self.thread.join(HANG_GUARD_S)
+        assert until(lambda: all(f.done() for f in list(getattr(self.ex, "_futures", []))))
 
 
 def test_three_robots_with_their_map_builders_close_loops_over_dds(rclpy_context, tmp_path):
@@ -88,14 +116,7 @@ def test_three_robots_with_their_map_builders_close_loops_over_dds(rclpy_context
     feeder = rclpy.create_node("fleet_feeder")
     ex = MultiThreadedExecutor(num_threads=4)
     ex.add_node(feeder)
-    stop = threading.Event()
-
-    def spin() -> None:
-        while not stop.is_set():
-            ex.spin_once(timeout_sec=0.05)
-
-    spinner = threading.Thread(target=spin, daemon=True)
-    spinner.start()
+    spinner = Spinner(ex)
     robots = {}
     try:
         robots["robot_a"] = Robot("robot_a", a_drive, [0, 1, 2, 3, 4, 5, 6], tmp_path / "a", feeder, ex)
@@ -104,15 +125,14 @@ def test_three_robots_with_their_map_builders_close_loops_over_dds(rclpy_context
         robots["robot_b"].drive_it()
         a, b = robots["robot_a"], robots["robot_b"]
         assert until(lambda: any(r[3] == 2 for r in a.rows) and any(r[3] == 1 for r in b.rows))
-        b.leave()  # robot_b goes; robot_c comes later
+        b.leave(spinner)  # robot_b goes; robot_c comes later
         robots["robot_c"] = Robot("robot_c", c_drive, [0, 1, 2, 3], tmp_path / "c", feeder, ex)
         c = robots["robot_c"]
         c.drive_it()
         assert until(lambda: any(r[3] == 3 for r in a.rows) and any(r[3] == 1 for r in c.rows), timeout=HANG_GUARD_S)
         stats = a.fleet.peer.stats
     finally:
-        stop.set()
-        spinner.join(HANG_GUARD_S)
+        spinner.pause()
         stop_executor(ex)
         for r in robots.values():
             if not r.gone:
