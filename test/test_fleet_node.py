@@ -46,7 +46,7 @@ class Robot:
         self.fleet = FleetNode(namespace=name, parameter_overrides=[
             Parameter("robot_id", value=IDS[name]), Parameter("map_dir", value=str(map_dir)),
             Parameter("bandwidth_bytes_per_s", value=500000.0), Parameter("poll_period", value=0.2),
-            Parameter("threshold", value=-1.0), Parameter("top_k", value=8), Parameter("features_timeout", value=3.0)])
+            Parameter("threshold", value=-1.0), Parameter("top_k", value=6), Parameter("features_timeout", value=3.0)])
         for n in (self.builder, self.fleet):
             ex.add_node(n)
         self.pubs = {"image": feeder.create_publisher(Image, f"/{name}/image", 50),
@@ -119,17 +119,17 @@ def test_three_robots_with_their_map_builders_close_loops_over_dds(rclpy_context
     spinner = Spinner(ex)
     robots = {}
     try:
-        robots["robot_a"] = Robot("robot_a", a_drive, [0, 1, 2, 3, 4, 5, 6], tmp_path / "a", feeder, ex)
-        robots["robot_b"] = Robot("robot_b", b_drive, [4, 5, 6, 7, 8, 9], tmp_path / "b", feeder, ex)
+        robots["robot_a"] = Robot("robot_a", a_drive, [0, 1, 2, 3, 4, 5], tmp_path / "a", feeder, ex)
+        robots["robot_b"] = Robot("robot_b", b_drive, [3, 4, 5, 6, 7], tmp_path / "b", feeder, ex)
         robots["robot_a"].drive_it()
         robots["robot_b"].drive_it()
         a, b = robots["robot_a"], robots["robot_b"]
         assert until(lambda: any(r[3] == 2 for r in a.rows) and any(r[3] == 1 for r in b.rows))
         b.leave(spinner)  # robot_b goes; robot_c comes later
-        robots["robot_c"] = Robot("robot_c", c_drive, [0, 1, 2, 3], tmp_path / "c", feeder, ex)
+        robots["robot_c"] = Robot("robot_c", c_drive, [0, 1, 2], tmp_path / "c", feeder, ex)
         c = robots["robot_c"]
         c.drive_it()
-        assert until(lambda: any(r[3] == 3 for r in a.rows) and any(r[3] == 1 for r in c.rows), timeout=HANG_GUARD_S)
+        assert until(lambda: any(r[3] == 3 for r in a.rows) and any(r[3] == 1 for r in c.rows))
         stats = a.fleet.peer.stats
     finally:
         spinner.pause()

@@ -106,8 +106,8 @@ class FleetPeer:
         for mine, theirs, score in req.pairs:
             if mine not in self._stamps:
                 continue  # not one of ours (yet): the requester asks again after its timeout
-            self._replies[(req.sender.id, mine)] = (req.sender, mine, self._stamps[mine], theirs)
-            self._replies.move_to_end((req.sender.id, mine))
+            if (req.sender.id, mine) not in self._replies:  # one reply per keyframe, whatever it was paired with
+                self._replies[(req.sender.id, mine)] = (req.sender, mine, self._stamps[mine], theirs)
             learned.append(Candidate(req.sender, theirs, float("nan"), mine, self._stamps[mine], score))
         self._want(learned)  # verified on this side too: ask for the requester's features in turn
         while len(self._replies) > MAX_QUEUED_REPLIES:
@@ -190,15 +190,17 @@ class FleetPeer:
             if w.asked_at is None or now - w.asked_at >= self.cfg.features_timeout or now < w.asked_at:
                 by_robot.setdefault(key[0], []).append((key, w))
         for items in by_robot.values():
-            for a in range(0, len(items), MAX_REQUEST):
-                part = items[a:a + MAX_REQUEST]
-                to = part[0][1].candidates[0].robot
+            # every proposed pair is named (the receiver verifies them all on its side too), best first
+            pairs = [(key[1], c.own_keyframe, c.score, w) for key, w in items
+                     for c in sorted(w.candidates, key=lambda c: -c.score)]
+            for a in range(0, len(pairs), MAX_REQUEST):
+                part = pairs[a:a + MAX_REQUEST]
+                to = part[0][3].candidates[0].robot
                 msg = encode_request(self.codec, self.robot, to, self._next_seq(),
-                                     [(key[1], w.candidates[0].own_keyframe, w.candidates[0].score)
-                                      for key, w in part])
+                                     [(theirs, own, score) for theirs, own, score, _ in part])
                 if not self.budget.take(len(msg), now):
                     return out
-                for _, w in part:
+                for *_, w in part:
                     w.asked_at = now
                 out.append((REQUESTS, msg))
                 self.stats.sent_bytes[REQUESTS] += len(msg)
