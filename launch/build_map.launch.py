@@ -3,6 +3,7 @@
     ros2 launch vpr_ros build_map.launch.py map_dir:=/path/to/new_map camera_topic:=/camera/image_raw
 
 With a SLAM back end (LIO-SAM): ... loop_closure:=true optimized_path_topic:=/lio_sam/mapping/path
+In a fleet: ... namespace:=robot_a fleet:=true robot_id:=1
 Index snapshot at any time: ros2 service call /vpr/save_map std_srvs/srv/Trigger (keyframes are on
 disk as they are accepted)
 Without ros2 launch, the same graph: vpr_ros_launch build_map --map-dir ... --camera-topic ...
@@ -29,6 +30,9 @@ ARGUMENTS = [
                               "vpr/loop_closures for a SLAM back end (LIO-SAM's lio_loop/loop_closure_detection)."),
     ("optimized_path_topic", "", "nav_msgs/Path of the SLAM back end's optimised keyframes (e.g. "
                                  "lio_sam/mapping/path): keyframe poses follow it (empty: keep the params_file value)."),
+    ("fleet", "false", "Also start the fleet node in the same namespace: it shares this map's places with the other "
+                       "robots and closes loops between them (docs/fleet.md)."),
+    ("robot_id", "0", "With fleet:=true, this robot's id in the fleet (0..65535, unique)."),
 ]
 
 

@@ -23,7 +23,8 @@ COMMON = {"map_dir", "params_file", "backend", "camera_topic", "namespace", "use
           "lifecycle", "autostart", "transport", "weights", "rviz"}
 EXPECTED_ARGS = {
     "localize.launch.py": ("localize_graph", COMMON),
-    "build_map.launch.py": ("build_map_graph", COMMON | {"odom_topic", "loop_closure", "optimized_path_topic"}),
+    "build_map.launch.py": ("build_map_graph", COMMON | {"odom_topic", "loop_closure", "optimized_path_topic",
+                                                        "fleet", "robot_id"}),
 }
 
 
@@ -72,6 +73,12 @@ def test_graph_specs_become_ros_command_lines():
     assert " ".join(lc.command()).endswith("--log-level debug")
     with pytest.raises(ValueError, match="log_level"):
         localize_graph(log_level="loud")
+    mb, fl = build_map_graph(map_dir="/maps/a", namespace="robot_a", fleet="true", robot_id="3")
+    assert fl.executable == "fleet" and fl.fqn == "/robot_a/fleet" and fl.overrides == {"map_dir": "/maps/a",
+                                                                                         "robot_id": 3}
+    assert "from vpr_ros.ros.fleet_node import main;" in fl.command()[2]
+    with pytest.raises(ValueError, match="robot_id"):
+        build_map_graph(fleet="true", robot_id="seven")
 
 
 def test_launch_description_builds_when_launch_ros_is_available():

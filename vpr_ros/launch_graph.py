@@ -16,6 +16,7 @@ EXECUTABLES = {
     "localizer_lifecycle": ("vpr_ros.ros.localizer_node", "main_lifecycle"),
     "map_builder": ("vpr_ros.ros.map_builder_node", "main"),
     "map_builder_lifecycle": ("vpr_ros.ros.map_builder_node", "main_lifecycle"),
+    "fleet": ("vpr_ros.ros.fleet_node", "main"),
 }
 #: Seconds ros2 launch waits after SIGINT before SIGTERM, and after SIGTERM before SIGKILL, for
 #: the map builder: time to encode what is pending (what it cannot finish stays on disk for its
@@ -136,21 +137,34 @@ def build_map_graph(map_dir: str = "", params_file: str = "", backend: str = "",
                     namespace: str = "", use_sim_time: Any = "false", log_level: str = "info",
                     lifecycle: Any = "false", autostart: Any = "true", loop_closure: Any = "false",
                     optimized_path_topic: str = "", transport: str = "", weights: str = "",
-                    rviz: Any = "false") -> list[NodeSpec]:
+                    rviz: Any = "false", fleet: Any = "false", robot_id: Any = "0") -> list[NodeSpec]:
     """build_map.launch.py: one map_builder node, given time to encode what is pending on shutdown;
     ``loop_closure`` turns on live loop closure (``loop_closure.enabled``) and
-    ``optimized_path_topic`` the poses that follow a SLAM back end's path (empty: params file)."""
+    ``optimized_path_topic`` the poses that follow a SLAM back end's path (empty: params file);
+    ``fleet`` adds the fleet node beside it (same namespace, following the same map, ``robot_id``)."""
     c = _common(use_sim_time, log_level, lifecycle, autostart)
     remaps = _camera_remaps(camera_topic)
     if odom_topic and odom_topic != "odom":
         remaps += (("odom", odom_topic),)
     slam: dict[str, Any] = {"loop_closure.enabled": True} if as_bool(loop_closure, "loop_closure") else {}
-    return _with_rviz([NodeSpec("map_builder", "map_builder", namespace, params_file,
-                     {**_overrides(map_dir=map_dir, backend=backend, optimized_path_topic=optimized_path_topic,
-                                   transport=transport, **{"model.weights": weights}),
-                      **slam, **c["sim"]}, remaps,
-                     lifecycle=c["lifecycle"], autostart=c["autostart"], log_level=c["log_level"],
-                     shutdown_timeouts=MAP_BUILDER_SHUTDOWN_TIMEOUTS)], rviz, namespace)
+    specs = [NodeSpec("map_builder", "map_builder", namespace, params_file,
+                      {**_overrides(map_dir=map_dir, backend=backend, optimized_path_topic=optimized_path_topic,
+                                    transport=transport, **{"model.weights": weights}),
+                       **slam, **c["sim"]}, remaps,
+                      lifecycle=c["lifecycle"], autostart=c["autostart"], log_level=c["log_level"],
+                      shutdown_timeouts=MAP_BUILDER_SHUTDOWN_TIMEOUTS)]
+    if as_bool(fleet, "fleet"):
+        try:
+            rid = int(str(robot_id))
+        except ValueError:
+            raise ValueError(f"launch argument robot_id:={robot_id!r} is not an integer") from None
+        if not 0 <= rid <= 65535:
+            raise ValueError(f"launch argument robot_id:={rid} must be 0..65535")
+        # the map builder's params file gives it map_dir (and verification.*) too; the rest it ignores
+        specs.append(NodeSpec("fleet", "fleet", namespace, params_file,
+                              {**_overrides(map_dir=map_dir), "robot_id": rid, **c["sim"]},
+                              log_level=c["log_level"]))
+    return _with_rviz(specs, rviz, namespace)
 
 
 def rviz_spec(namespace: str = "") -> NodeSpec:

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="build_map: close loops while mapping (vpr/loop_closures for a SLAM back end)")
     ap.add_argument("--optimized-path-topic", default="",
                     help="build_map: nav_msgs/Path of the SLAM back end's optimised keyframes; poses follow it")
+    ap.add_argument("--fleet", action="store_true", help="build_map: also start the fleet node (docs/fleet.md)")
+    ap.add_argument("--robot-id", type=int, default=0, help="build_map --fleet: this robot's id in the fleet")
     ap.add_argument("--namespace", default="", help="namespace of the nodes")
     ap.add_argument("--use-sim-time", action="store_true", help="use /clock as the nodes' time")
     ap.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log level of the nodes")
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-autostart", action="store_true",
                     help="with --lifecycle: leave the nodes unconfigured (for your lifecycle manager)")
     a = ap.parse_args(argv)
+    if not 0 <= a.robot_id <= 65535:
+        ap.error(f"--robot-id must be 0..65535, got {a.robot_id}")
     kwargs = dict(map_dir=a.map_dir, params_file=a.params_file or default_params_file(DEFAULT_PARAMS[a.graph]),
                   backend=a.backend, camera_topic=a.camera_topic, namespace=a.namespace,
                   transport=a.transport or "", weights=a.weights, rviz=str(a.rviz and rviz2_installed()),
@@ -47,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                   autostart=str(not a.no_autostart))
     if a.graph == "build_map":
         kwargs.update(odom_topic=a.odom_topic, loop_closure=str(a.loop_closure),
-                      optimized_path_topic=a.optimized_path_topic)
-    elif a.loop_closure or a.optimized_path_topic:
-        ap.error("--loop-closure and --optimized-path-topic apply to build_map")
+                      optimized_path_topic=a.optimized_path_topic, fleet=str(a.fleet), robot_id=str(a.robot_id))
+    elif a.loop_closure or a.optimized_path_topic or a.fleet:
+        ap.error("--loop-closure, --optimized-path-topic and --fleet apply to build_map")
     try:
         read_yaml(kwargs["params_file"])  # a missing or broken file stops here, not in every node
         specs = GRAPHS[a.graph](**kwargs)
