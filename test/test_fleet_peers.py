@@ -130,6 +130,16 @@ def test_three_robots_find_each_other_within_their_budgets(drives):
     assert found[("robot_a", "robot_b")] and found[("robot_b", "robot_a")]
     assert found[("robot_a", "robot_c")] and found[("robot_c", "robot_a")]
     assert ("robot_b", "robot_c") not in found and ("robot_c", "robot_b") not in found  # they share no place
+    # what robot_a's fleet node puts on /diagnostics: the others' frames (all the drives share one frame here)
+    from vpr_ros.fleet.alignment import describe_frames
+
+    import re
+
+    frames = describe_frames(a.peer.closures, 1)
+    got = {int(r): (float(x), float(y), float(yaw)) for r, x, y, yaw in
+           re.findall(r"robot (\d+): (-?[\d.]+) (-?[\d.]+) m, yaw (-?[\d.]+) deg", frames)}
+    assert set(got) == {2, 3}, frames
+    assert all(abs(x) <= 0.02 and abs(y) <= 0.02 and abs(yaw) <= 0.3 for x, y, yaw in got.values()), frames
     # the robot of another model is refused, once per receiving robot, with the reason
     foreign = [why for _, why in topic.refusals if "robot_x" in why]
     assert foreign and all("runs another model" in why for why in foreign)

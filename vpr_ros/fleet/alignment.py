@@ -90,3 +90,25 @@ def align_fleet(closures: Iterable[InterRobotClosure], reference: int, robots: I
                if r in (a, b2) and b != r and not al.ok]
         out[r] = RobotFrame(r, None, reason="; ".join(why) or "no verified closure with an aligned robot")
     return out
+
+
+def describe_frames(closures: list[InterRobotClosure], own: int) -> str:
+    """Where the other robots' map frames lie in robot ``own``'s, from ``closures`` (one line for
+    /diagnostics): 'robot 2: x y m, yaw deg (from n agreeing closures); robot 3: not yet (why)'."""
+    import math
+
+    others = sorted({c.other.id for c in closures if c.robot.id == own})
+    if not others:
+        return ""
+    frames = align_fleet(closures, own, others)
+    out = []
+    for rid in others:
+        f = frames[rid]
+        if f.transform is None:
+            out.append(f"robot {rid}: not yet ({f.reason})")
+            continue
+        T = f.transform
+        yaw = math.degrees(math.atan2(2 * (T[6] * T[5] + T[3] * T[4]), 1 - 2 * (T[4] ** 2 + T[5] ** 2)))
+        out.append(f"robot {rid}: {T[0]:.2f} {T[1]:.2f} m, yaw {yaw:.1f} deg (from "
+                   f"{sum(h.inliers for h in f.hops)} agreeing closures)")
+    return "; ".join(out)

@@ -25,6 +25,7 @@ from std_msgs.msg import Float64MultiArray, UInt8MultiArray
 
 from vpr_ros.config import FLEET_SECTIONS, FleetConfig
 from vpr_ros.errors import ConfigError, MapError, VprError
+from vpr_ros.fleet.alignment import describe_frames
 from vpr_ros.fleet.closures import InterRobotClosure
 from vpr_ros.fleet.codec import FleetCodec, Robot
 from vpr_ros.fleet.map_follower import MapFollower
@@ -141,34 +142,11 @@ class FleetNode(VprNodeMixin, Node):
                           bytes_per_shared_keyframe=round(p.stats.sent_bytes[DESCRIPTORS] /
                                                           max(1, p.sharer.sent_keyframes), 1),
                           robots_refused="; ".join(p.matcher.refused.values()), last_refusal=p.stats.last_refusal,
-                          other_frames=self._frames(p))
+                          other_frames=describe_frames(p.closures[-2000:], self.robot.id))
             message = f"{p.stats.verified} inter-robot closures, {p.matcher.received} keyframes received"
         if self.last_error:
             values["last_error"] = self.last_error
         self.publish_status(self.pub_diag, "fleet", level, message, self.robot.name, values)
-
-    def _frames(self, p: FleetPeer) -> str:
-        """Where the other robots' map frames lie in this robot's, from the closures so far (the
-        robust estimate vpr_ros_merge_maps uses): 'robot 2: x y m, yaw deg (from n closures)'."""
-        import math
-
-        from vpr_ros.fleet.alignment import align_fleet
-
-        others = sorted({c.other.id for c in p.closures})
-        if not others:
-            return ""
-        frames = align_fleet(p.closures[-2000:], self.robot.id, others)
-        out = []
-        for rid in others:
-            f = frames[rid]
-            if f.transform is None:
-                out.append(f"robot {rid}: not yet ({f.reason})")
-            else:
-                T = f.transform
-                yaw = math.degrees(math.atan2(2 * (T[6] * T[5] + T[3] * T[4]), 1 - 2 * (T[4] ** 2 + T[5] ** 2)))
-                out.append(f"robot {rid}: {T[0]:.2f} {T[1]:.2f} m, yaw {yaw:.1f} deg (from "
-                           f"{sum(h.inliers for h in f.hops)} agreeing closures)")
-        return "; ".join(out)
 
     def destroy_node(self) -> None:
         self.follower.close()
