@@ -76,20 +76,10 @@ def closure_of(verifier: Verifier, robot: Robot, keyframe: int, stamp: float, ow
 
 def inverse_covariance(pose: Pose7, cov: np.ndarray) -> np.ndarray:
     """Covariance [6, 6] of the inverse of ``pose`` given that of ``pose``, both over (x, y, z,
-    rx, ry, rz) (rotation vector), by a numerical Jacobian of the inversion."""
+    rx, ry, rz) (rotation vector)."""
     import cv2
 
-    def inv(p: np.ndarray) -> np.ndarray:
-        R, _ = cv2.Rodrigues(p[3:])
-        r, _ = cv2.Rodrigues(R.T)
-        return np.r_[-R.T @ p[:3], r.ravel()]
+    from vpr_ros.verification.geometry import inverse_covariance as of_inverse
 
     r0, _ = cv2.Rodrigues(quat_to_matrix(pose[3:]))
-    p0 = np.r_[np.asarray(pose[:3], np.float64), r0.ravel()]
-    f0 = inv(p0)
-    J = np.zeros((6, 6))
-    for i in range(6):
-        d = np.zeros(6)
-        d[i] = 1e-6
-        J[:, i] = (inv(p0 + d) - f0) / 1e-6
-    return J @ np.asarray(cov, np.float64) @ J.T
+    return of_inverse(np.r_[np.asarray(pose[:3], np.float64), r0.ravel()], cov)

@@ -148,24 +148,30 @@ def pnp(points3d_k: np.ndarray, kp_q: np.ndarray, intr_q: CameraIntrinsics, thre
 
 
 def _covariance_of_inverse(rvec: np.ndarray, tvec: np.ndarray, cov_rt: np.ndarray) -> np.ndarray:
-    """Covariance of the query-in-keyframe pose (t_kq, r_kq) from that of (r_qk, t_qk), by a
-    numerical Jacobian of the inversion (ordering (x, y, z, rx, ry, rz))."""
+    """Covariance of the query-in-keyframe pose (t_kq, r_kq) from that of (r_qk, t_qk) (ordering
+    (x, y, z, rx, ry, rz) out; (rx, ry, rz, x, y, z) in)."""
+    order = [3, 4, 5, 0, 1, 2]
+    return inverse_covariance(np.r_[tvec, rvec], np.asarray(cov_rt, np.float64)[np.ix_(order, order)])
+
+
+def inverse_covariance(p: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Covariance [6, 6] of the inverse of the pose ``p`` = (x, y, z, rx, ry, rz) (rotation vector)
+    from that of ``p``, both in that order, by a numerical Jacobian of the inversion."""
     import cv2
 
-    def inv(p: np.ndarray) -> np.ndarray:
-        R, _ = cv2.Rodrigues(p[:3])
-        t = -R.T @ p[3:]
+    def inv(q: np.ndarray) -> np.ndarray:
+        R, _ = cv2.Rodrigues(q[3:])
         r, _ = cv2.Rodrigues(R.T)
-        return np.r_[t, r.ravel()]
+        return np.r_[-R.T @ q[:3], r.ravel()]
 
-    p0 = np.r_[rvec, tvec].astype(np.float64)
+    p0 = np.asarray(p, np.float64)
     f0 = inv(p0)
     J = np.zeros((6, 6))
     for i in range(6):
         d = np.zeros(6)
         d[i] = 1e-6
         J[:, i] = (inv(p0 + d) - f0) / 1e-6
-    return J @ cov_rt @ J.T
+    return J @ np.asarray(cov, np.float64) @ J.T
 
 
 def query_in_keyframe(R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
